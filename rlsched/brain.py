@@ -1,0 +1,242 @@
+"""Brain-tissue segmentation slices cut from the MNI152 template that ships inside nilearn, so it works offline.
+
+The ICBM 2009a symmetric template (197 x 233 x 189 voxels at 1 mm, RAS) comes as a skull-stripped T1 image and
+grey/white-matter probability maps. Slices of it become a multiclass task with two foreground classes:
+
+* labels: every pixel takes the most probable of background (0), grey matter (1) and white matter (2), with
+  P(background) = 1 - P(GM) - P(WM); CSF and everything outside the brain count as background. The rule runs
+  on the probability maps *after* they are resampled to the output size, so a label is the most probable tissue
+  of the output pixel rather than a nearest-neighbour pick that aliases the thin cortex.
+* slices: along ``cfg.planes`` ("axial", "coronal"), keeping those whose brain area (GM + WM >= 0.5) is at least
+  ``MIN_BRAIN_AREA`` of the plane's largest, which drops the tips of the brain that hold a few specks of tissue.
+  Sagittal slices are refused: the template is left-right symmetric, so every sagittal slice has a mirror twin
+  that a split would put on the other side.
+* crop: one square window per plane around the bounding box of the brain over all kept slices, plus a margin,
+  so all slices of a plane share one pixel size and keep their real proportions.
+* split: contiguous slabs, fixed by ``cfg.split_seed`` (see ``brain_split``).
+* variety: the template gives the same slices every time, so ``seed`` draws a mild augmentation (see
+  ``make_brain_dataset``) that makes every environment instance a slightly different problem.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, DataConfig
+from .data import SegmentationData
+
+# slice axis first, then channel, rows, columns, for a (channel, X, Y, Z) RAS volume; rows are later flipped so
+# that anterior (axial) or superior (coronal) is up
+_AXES = {"axial": (3, 0, 2, 1), "coronal": (2, 0, 3, 1)}
+PLANES = tuple(_AXES)
+_TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+_MAPS = ("t1", "gm", "wm")
+
+MIN_BRAIN_AREA = 0.2  # keep slices whose brain area is at least this fraction of the plane's largest slice
+MARGIN = 0.05  # crop margin on each side, as a fraction of the brain's larger extent
+SLAB = 8  # slices per split slab: ~8 mm, well beyond the smoothness of neighbouring 1 mm slices
+GAP = 2  # train slices within this many slices of a validation slice are dropped
+MAX_SHIFT = 0.04  # largest random shift of the crop window, as a fraction of its side
+NOISE = (0.01, 0.04)  # per-instance Gaussian noise std, on T1 intensities in [0, 1] (GM ~0.65, WM ~0.84)
+BIAS = (0.0, 0.15)  # per-instance bias-field strength: the field lies in exp([-s, s])
+GAIN = (0.9, 1.1)  # per-slice intensity gain
+GAMMA = (0.8, 1.25)  # per-slice gamma, drawn log-uniformly
+
+
+class BrainExtraMissing(ImportError):
+    """nilearn or nibabel is missing; the message gives the pip command that installs them."""
+
+
+@dataclass(frozen=True)
+class BrainSlices:
+    """Template slices of the train and validation pools, as (plane, slice index) pairs in ascending order."""
+
+    train: tuple[tuple[str, int], ...]
+    val: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What one plane contributes: its kept slices and the crop window they all share."""
+
+    slices: tuple[int, ...]
+    top: int
+    left: int
+    size: int
+
+
+@lru_cache(maxsize=1)
+def load_template() -> np.ndarray:
+    """T1, GM and WM maps as one read-only uint8 array (3, X, Y, Z), cached since envs rebuild data every reset."""
+    try:
+        import nibabel
+        import nilearn
+    except ImportError as err:
+        raise BrainExtraMissing(
+            'data source "brain" needs nilearn and nibabel, which ship and read the MNI152 template: '
+            'pip install "rlsched[brain]"') from err
+    folder = resources.files(nilearn) / "datasets" / "data"
+    maps = []
+    for name in _MAPS:
+        ref = folder / _TEMPLATE.format(name)
+        if not ref.is_file():
+            raise FileNotFoundError(f"nilearn {nilearn.__version__} does not ship {ref.name}; "
+                                    'upgrade it: pip install -U "rlsched[brain]"')
+        with resources.as_file(ref) as path:
+            volume = np.asarray(nibabel.load(path).dataobj)
+        if volume.dtype != np.uint8:
+            raise ValueError(f"{ref.name}: expected uint8 voxels (0..255), got {volume.dtype}; "
+                             "this nilearn version packs the template differently")
+        maps.append(volume)
+    volumes = np.stack(maps)
+    volumes.flags.writeable = False
+    return volumes
+
+
+def _plane_stack(volumes: np.ndarray, plane: str) -> np.ndarray:
+    """View of the volumes as (slice, map, row, column) for one plane, upright."""
+    return volumes.transpose(_AXES[plane])[:, :, ::-1, :]
+
+
+@lru_cache(maxsize=None)
+def _layout(plane: str) -> _Layout:
+    """Kept slices and crop window of a plane; cached because they depend on the template only."""
+    stack = _plane_stack(load_template(), plane)
+    brain = stack[:, 1].astype(np.uint16) + stack[:, 2] >= 128  # P(GM) + P(WM) >= 0.5 on the 0..255 scale
+    area = brain.sum(axis=(1, 2))
+    slices = np.flatnonzero(area >= MIN_BRAIN_AREA * area.max())
+    rows = np.flatnonzero(brain[slices].any(axis=(0, 2)))
+    cols = np.flatnonzero(brain[slices].any(axis=(0, 1)))
+    extent = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    size = math.ceil(extent * (1 + 2 * MARGIN))
+    top = (rows[0] + rows[-1] + 1 - size) // 2
+    left = (cols[0] + cols[-1] + 1 - size) // 2
+    return _Layout(tuple(int(i) for i in slices), int(top), int(left), size)
+
+
+def _check(cfg: DataConfig) -> None:
+    if cfg.task != "multiclass" or cfg.classes != 2:
+        raise ConfigError(f"[data] source='brain' is a multiclass task with 2 classes (grey and white matter); "
+                          f"got task={cfg.task!r}, classes={cfg.classes}: set task='multiclass', classes=2")
+    if not cfg.planes or len(set(cfg.planes)) != len(cfg.planes) or not set(cfg.planes) <= set(PLANES):
+        raise ConfigError(f"[data] planes={list(cfg.planes)}: use distinct planes out of {list(PLANES)} "
+                          "(sagittal slices of the symmetric template come in mirror-twin pairs that leak "
+                          "across a split)")
+
+
+def brain_split(cfg: DataConfig) -> BrainSlices:
+    """Split each plane's kept slices into train and validation pools by contiguous slabs.
+
+    Neighbouring 1 mm slices are nearly identical, so a random split would validate on near-copies of training
+    slices. Each plane's slices are cut into slabs of ``SLAB`` consecutive slices; ``round(val_fraction *
+    slabs)`` of them (at least one, never all) go to validation, drawn from ``cfg.split_seed`` alone. Train
+    slices within ``GAP`` slices of a validation slice are dropped so no pair straddles the cut. The split does
+    not depend on the instance seed. Axial and coronal slices do cross along a line of voxels; that leak is
+    unavoidable with a single template.
+    """
+    _check(cfg)
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    for plane in PLANES:
+        if plane not in cfg.planes:
+            continue
+        slices = np.asarray(_layout(plane).slices)
+        slab = (slices - slices[0]) // SLAB
+        n_slabs = int(slab[-1]) + 1
+        n_val = min(max(1, round(cfg.val_fraction * n_slabs)), n_slabs - 1)
+        rng = np.random.default_rng([cfg.split_seed, PLANES.index(plane)])
+        is_val = np.isin(slab, rng.choice(n_slabs, n_val, replace=False))
+        distance = np.abs(slices[:, None] - slices[None, is_val]).min(axis=1)
+        train += [(plane, int(i)) for i in slices[~is_val & (distance > GAP)]]
+        val += [(plane, int(i)) for i in slices[is_val]]
+    return BrainSlices(tuple(train), tuple(val))
+
+
+def _subset(pool: tuple[tuple[str, int], ...], n: int, rng: np.random.Generator) -> tuple[tuple[str, int], ...]:
+    """At most ``n`` slices of a pool, sampled without replacement and kept in pool order."""
+    if len(pool) <= n:
+        return pool
+    return tuple(pool[i] for i in np.sort(rng.choice(len(pool), n, replace=False)))
+
+
+def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """Square window of a (map, row, column) slice; zero (background) where it leaves the volume."""
+    _, height, width = slice_.shape
+    out = np.zeros((slice_.shape[0], size, size), slice_.dtype)
+    r0, r1 = max(top, 0), min(top + size, height)
+    c0, c1 = max(left, 0), min(left + size, width)
+    out[:, r0 - top:r1 - top, c0 - left:c1 - left] = slice_[:, r0:r1, c0:c1]
+    return out
+
+
+def _render(slices: tuple[tuple[str, int], ...], image_size: int, noise: float, bias: float,
+            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, S, S) on the raw T1 scale and masks (N, S, S) uint8 for the given slices, augmented."""
+    volumes = load_template()
+    maps = []
+    for plane in PLANES:
+        indices = [i for p, i in slices if p == plane]
+        if not indices:
+            continue
+        layout, stack = _layout(plane), _plane_stack(volumes, plane)
+        shift = round(MAX_SHIFT * layout.size)
+        offsets = rng.integers(-shift, shift + 1, size=(len(indices), 2))
+        windows = np.stack([_crop(stack[i], layout.top + dy, layout.left + dx, layout.size)
+                            for i, (dy, dx) in zip(indices, offsets)])
+        # resample all maps alike (antialiased, since this mostly shrinks), then label: see the module docstring
+        maps.append(F.interpolate(torch.from_numpy(windows).float().div_(255), size=(image_size, image_size),
+                                  mode="bilinear", antialias=True, align_corners=False))
+    t1, gm, wm = torch.cat(maps).unbind(1)
+    masks = torch.stack([1 - gm - wm, gm, wm], dim=1).argmax(dim=1).to(torch.uint8)
+
+    n = len(t1)
+    gain = torch.from_numpy(rng.uniform(*GAIN, size=(n, 1, 1))).float()
+    gamma = torch.from_numpy(np.exp(rng.uniform(*np.log(GAMMA), size=(n, 1, 1)))).float()
+    grid = torch.linspace(-1, 1, image_size)
+    y, x = grid[:, None], grid[None, :]
+    c = torch.from_numpy(rng.uniform(-1, 1, size=(n, 3, 1, 1))).float()
+    field = torch.exp(bias * (c[:, 0] * x + c[:, 1] * y + c[:, 2] * x * y) / 3)  # smooth, within exp([-b, b])
+    images = gain * t1.pow(gamma) * field + noise * torch.from_numpy(rng.standard_normal(t1.shape)).float()
+    return images.unsqueeze(1), masks
+
+
+def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
+    """Brain-tissue slices (0 background, 1 grey matter, 2 white matter) for one environment instance.
+
+    The train/validation pools come from ``brain_split`` and do not depend on ``seed``. ``cfg.n_val`` caps the
+    validation slices with a sample fixed by ``cfg.split_seed``, so every instance validates on the same
+    anatomy; ``cfg.n_train`` caps the training slices with a sample drawn from ``seed``. When a pool is smaller
+    than its cap all of it is used, so the returned counts may be below ``n_train`` / ``n_val``.
+
+    ``seed`` (>= 0) also draws a mild augmentation, the same kind for train and validation so they stay one
+    distribution: per instance a noise level and bias-field strength (a "scanner"), per slice a crop shift of up
+    to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field and Gaussian noise.
+    Images are then standardised with the training mean and std and repeated to ``cfg.channels``.
+    """
+    split = brain_split(cfg)
+    val = _subset(split.val, cfg.n_val, np.random.default_rng([cfg.split_seed, len(PLANES)]))
+    train = _subset(split.train, cfg.n_train, np.random.default_rng([seed, 0]))
+    rng = np.random.default_rng([seed, 1])
+    noise, bias = rng.uniform(*NOISE), rng.uniform(*BIAS)
+    train_images, train_masks = _render(train, cfg.image_size, noise, bias, rng)
+    val_images, val_masks = _render(val, cfg.image_size, noise, bias, rng)
+    mean, std = train_images.mean(), train_images.std()
+    return SegmentationData(
+        train_images=((train_images - mean) / std).repeat(1, cfg.channels, 1, 1),
+        train_masks=train_masks,
+        val_images=((val_images - mean) / std).repeat(1, cfg.channels, 1, 1),
+        val_masks=val_masks,
+        task="multiclass",
+        classes=2,
+        ignore_index=cfg.ignore_index,
+    )
+
+
+__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "brain_split", "load_template", "make_brain_dataset"]

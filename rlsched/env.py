@@ -1,0 +1,320 @@
+"""``UNetLREnv``: real UNet training as a learning-rate control problem (``rlsched/UNetLR-v0``)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .config import Config, EnvConfig, load_config
+from .data import SegmentationData, make_dataset
+from .penalties import CombinedPenalty, Penalty, Transition
+from .trainer import Trainer
+
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One training run to control: its data, its initial weights and its initial LR."""
+
+    split: str
+    index: int
+    data_seed: int
+    init_seed: int
+    initial_lr: float
+
+
+def make_instances(env: EnvConfig, split: str) -> list[Instance]:
+    """The fixed instance set of a split; train and held-out seeds come from disjoint seed streams."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use 'train' or 'heldout'")
+    count = env.train_instances if split == "train" else env.heldout_instances
+    rng = np.random.default_rng([env.instance_seed, SPLITS.index(split), 0x5EED])
+    seeds = rng.integers(0, 2**31 - 1, size=(count, 2))
+    log_lrs = rng.uniform(math.log10(env.initial_lr_min), math.log10(env.initial_lr_max), size=count)
+    return [Instance(split, i, int(seeds[i, 0]), int(seeds[i, 1]), float(10 ** log_lrs[i])) for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------------- observation
+# The observation space is declared here, beside the only function that fills it, so the two cannot drift.
+OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    # name, low, high, meaning
+    ("log_lr", -1.0, 1.0, "log10 LR scaled so lr_min -> -1 and lr_max -> +1"),
+    ("budget_used", 0.0, 1.0, "fraction of the epoch budget spent"),
+    ("log_train_loss", -10.0, 5.0, "ln(training loss of the last slice); at reset ln(val loss)"),
+    ("log_val_loss", -10.0, 5.0, "ln(validation loss)"),
+    ("d_log_train_loss", -5.0, 5.0, "change of log_train_loss over the last step"),
+    ("d_log_val_loss", -5.0, 5.0, "change of log_val_loss over the last step"),
+    ("dice", 0.0, 1.0, "validation Dice (mean over foreground classes)"),
+    ("d_dice", -1.0, 1.0, "change of Dice over the last step"),
+    ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset)"),
+    ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (-8 at reset)"),
+)
+HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
+
+
+@functools.lru_cache(maxsize=16)
+def _bounds(history: int) -> tuple[np.ndarray, np.ndarray]:
+    lows = [f[1] for f in OBS_FEATURES] + [h[1] for _ in range(history) for h in HISTORY_FEATURES]
+    highs = [f[2] for f in OBS_FEATURES] + [h[2] for _ in range(history) for h in HISTORY_FEATURES]
+    return np.array(lows, np.float32), np.array(highs, np.float32)
+
+
+def observation_space(env: EnvConfig) -> spaces.Box:
+    low, high = _bounds(env.history)
+    return spaces.Box(low.copy(), high.copy(), dtype=np.float32)
+
+
+def observation_names(env: EnvConfig) -> list[str]:
+    names = [f[0] for f in OBS_FEATURES]
+    for lag in range(1, env.history + 1):
+        names += [f"{h[0]}{lag}" for h in HISTORY_FEATURES]
+    return names
+
+
+@dataclass
+class _Dynamics:
+    """The raw numbers an observation is computed from."""
+
+    lr: float
+    train_loss: float
+    val_loss: float
+    dice: float
+    grad_norm: float
+    update_ratio: float
+
+
+def _ln(x: float) -> float:
+    return math.log(x) if (math.isfinite(x) and x > 0) else math.nan
+
+
+def build_observation(env: EnvConfig, step: int, now: _Dynamics, before: _Dynamics,
+                      history: list[tuple[float, float]]) -> np.ndarray:
+    """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
+    low, high = _bounds(env.history)
+
+    def scaled_lr(lr: float) -> float:
+        return 2 * (math.log10(lr) - math.log10(env.lr_min)) / (math.log10(env.lr_max) - math.log10(env.lr_min)) - 1
+
+    values = [
+        scaled_lr(now.lr),
+        step / env.steps,
+        _ln(now.train_loss),
+        _ln(now.val_loss),
+        _ln(now.train_loss) - _ln(before.train_loss),
+        _ln(now.val_loss) - _ln(before.val_loss),
+        now.dice,
+        now.dice - before.dice,
+        _ln(now.grad_norm) / math.log(10) if now.grad_norm > 0 else 0.0,
+        _ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,
+    ]
+    padded = history[-env.history:] if env.history else []
+    padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
+    for dice, lr in reversed(padded):
+        values += [dice, scaled_lr(lr)]
+    obs = np.array(values, dtype=np.float64)
+    obs = np.where(np.isnan(obs), high, obs)  # NaN losses come from blow-ups: report them as maximal
+    return np.clip(obs, low, high).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- the env
+class UNetLREnv(gym.Env):
+    """Steer the learning rate of a real UNet segmentation training run.
+
+    ## Description
+    Each episode is one training run of a UNet on a segmentation task (synthetic shapes, a folder of images and
+    masks, or brain MRI slices) with a fixed budget of ``env.epochs`` epochs. Each step trains one slice of
+    ``env.epochs_per_step`` epochs at the LR the action chose, then validates. The agent's job is to pick the LR
+    schedule that ends with the best validation Dice. Everything comes from a preset (``envs/*.toml``).
+
+    ## Action Space
+    ``env.action = "discrete"`` (default): ``Discrete(len(factors))``; action ``i`` multiplies the LR by
+    ``factors[i]`` (default ``(0.5, 0.8, 1.0, 1.25, 2.0)``). ``"continuous"``: ``Box(-1, 1, (1,))``; action ``a``
+    multiplies the LR by ``10 ** (a * max_log10_change)``. The LR is always clipped to ``[lr_min, lr_max]``.
+
+    ## Observation Space
+    ``Box(float32)`` of normalised training-dynamics features a real controller can compute:
+
+    | index | name | range | meaning |
+    |---|---|---|---|
+    | 0 | log_lr | [-1, 1] | log10 LR scaled so lr_min -> -1, lr_max -> +1 |
+    | 1 | budget_used | [0, 1] | fraction of the epoch budget spent |
+    | 2 | log_train_loss | [-10, 5] | ln(training loss of the last slice); at reset ln(val loss) |
+    | 3 | log_val_loss | [-10, 5] | ln(validation loss) |
+    | 4 | d_log_train_loss | [-5, 5] | change of log_train_loss over the last step |
+    | 5 | d_log_val_loss | [-5, 5] | change of log_val_loss over the last step |
+    | 6 | dice | [0, 1] | validation Dice (mean over foreground classes) |
+    | 7 | d_dice | [-1, 1] | change of Dice over the last step |
+    | 8 | log_grad_norm | [-8, 8] | log10 mean gradient norm of the last slice (0 at reset) |
+    | 9 | log_update_ratio | [-8, 2] | log10 of ||w_end - w_start|| / ||w_start|| over the last slice |
+    | 10+2k, 11+2k | dice_lag{k+1}, log_lr_lag{k+1} | as above | the previous ``env.history`` steps |
+
+    Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
+    ``info``: ``lr``, ``epoch``, ``train_loss``, ``val_loss``, ``dice`` (per class), ``dice_mean``, ``iou``,
+    ``grad_norm``, ``update_ratio``, ``diverged``, ``seconds``, ``penalty`` and one ``penalty/<name>`` per term.
+
+    ## Rewards
+    ``reward = (dice_after - dice_before) * env.reward_scale - penalty``, with Dice = 0 after a diverged slice.
+    The penalty is the weighted sum of the built-ins named in ``[penalty]`` (``lr_change``: |log10 LR change|,
+    ``divergence``: 1 once on blow-up, ``compute``: 1 per step, ``val_loss_increase``: rise of ln val loss) plus an
+    optional user callable (``penalty=fn``, ``fn(Transition) -> float``). Without penalties the undiscounted return
+    telescopes to ``(final Dice - initial Dice) * reward_scale``, so maximising return maximises final Dice.
+
+    ## Starting State
+    ``reset(seed=...)`` draws an instance from the train set (data seed, init seed, initial LR log-uniform in
+    ``[initial_lr_min, initial_lr_max]``), builds a fresh network and optimizer, and validates once to get the
+    initial Dice. ``reset(options={"split": "heldout", "instance": k})`` picks held-out instance ``k`` exactly;
+    ``options={"lr": x}`` overrides the initial LR.
+
+    ## Episode End
+    ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
+    true terminal state and must not be bootstrapped) or when training diverged (NaN/inf loss; the divergence
+    penalty applies). ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing raises
+    on divergence.
+
+    ## Arguments
+    ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
+    are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``).
+    ``rlsched/UNetLR-fast-v0`` is the same with ``preset="fast"`` and needs no arguments.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, preset: str | None = None, penalty: Penalty | None = None, config: Config | None = None,
+                 **overrides: Any) -> None:
+        self.config = config if config is not None else load_config(preset, overrides)
+        if config is not None and (preset is not None or overrides):
+            raise ValueError("pass either config=... or preset/overrides, not both")
+        cfg = self.config.env
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        if cfg.action == "discrete":
+            self.action_space: spaces.Space = spaces.Discrete(len(cfg.factors))
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = observation_space(cfg)
+        self.instances = {split: make_instances(cfg, split) for split in SPLITS}
+        self.penalty = CombinedPenalty(self.config.penalty, penalty)
+        self.trainer: Trainer | None = None
+        self.instance: Instance | None = None
+        self._data_cache: OrderedDict[int, SegmentationData] = OrderedDict()
+        self._done = True
+
+    # ------------------------------------------------------------------------------------------- helpers
+    @property
+    def keep_action(self) -> int | np.ndarray:
+        """The action that leaves the LR unchanged (used to run external schedules through ``step``)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            factors = list(self.config.env.factors)
+            if 1.0 not in factors:
+                raise ValueError("env.factors has no 1.0, so no action keeps the LR; add 1.0 to the factors")
+            return factors.index(1.0)
+        return np.zeros(1, dtype=np.float32)
+
+    def set_lr(self, lr: float) -> None:
+        """Set the LR the next action multiplies: lets a fixed schedule drive the env via ``keep_action``."""
+        if self.trainer is None:
+            raise RuntimeError("call reset() before set_lr()")
+        self._lr = self._clip_lr(lr)
+
+    def _clip_lr(self, lr: float) -> float:
+        return float(min(max(lr, self.config.env.lr_min), self.config.env.lr_max))
+
+    def _data(self, seed: int) -> SegmentationData:
+        if seed not in self._data_cache:
+            self._data_cache[seed] = make_dataset(self.config.data, seed)
+            while len(self._data_cache) > 4:
+                self._data_cache.popitem(last=False)
+        self._data_cache.move_to_end(seed)
+        return self._data_cache[seed]
+
+    def _pick_instance(self, options: Mapping[str, Any]) -> Instance:
+        unknown = set(options) - {"instance", "split", "lr"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}: use 'instance', 'split', 'lr'")
+        chosen = options.get("instance")
+        if isinstance(chosen, Instance):
+            instance = chosen
+        else:
+            split = options.get("split", "train")
+            pool = self.instances.get(split)
+            if pool is None:
+                raise ValueError(f"unknown split {split!r}: use 'train' or 'heldout'")
+            if chosen is None:
+                chosen = int(self.np_random.integers(len(pool)))
+            if not 0 <= int(chosen) < len(pool):
+                raise ValueError(f"instance {chosen} out of range: the {split} split has {len(pool)} instances")
+            instance = pool[int(chosen)]
+        if "lr" in options:
+            instance = Instance(**{**asdict(instance), "initial_lr": float(options["lr"])})
+        return instance
+
+    def _info(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        assert self.instance is not None
+        return {**record, "instance": self.instance.index, "split": self.instance.split,
+                "initial_lr": self.instance.initial_lr}
+
+    # ------------------------------------------------------------------------------------------- API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.instance = self._pick_instance(options or {})
+        self._lr = self._clip_lr(self.instance.initial_lr)
+        self.trainer = Trainer(self.config, self._data(self.instance.data_seed), self.instance.init_seed, lr=self._lr)
+        evaluation = self.trainer.evaluate()
+        dice = _finite_or(evaluation.dice_mean, 0.0)
+        self._now = _Dynamics(self._lr, evaluation.loss, evaluation.loss, dice, 0.0, 0.0)
+        self._history: list[tuple[float, float]] = []
+        self._initial_dice = dice
+        self._step = 0
+        self._done = False
+        obs = build_observation(self.config.env, 0, self._now, self._now, self._history)
+        info = self._info({"lr": self._lr, "epoch": 0, "val_loss": evaluation.loss, "dice_mean": dice,
+                           "dice": evaluation.dice, "seconds": evaluation.seconds, "diverged": False})
+        return obs, info
+
+    def step(self, action):
+        if self._done or self.trainer is None:
+            raise RuntimeError("the episode is over (or never started): call reset() first")
+        cfg = self.config.env
+        if isinstance(self.action_space, spaces.Discrete):
+            factor = cfg.factors[int(action)]
+        else:
+            a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+            factor = 10 ** (a * cfg.max_log10_change)
+        before = self._now
+        lr = self._clip_lr(self._lr * factor)
+        self.trainer.set_lr(lr)
+        result = self.trainer.train_slice(cfg.epochs_per_step)
+        record = result.record()
+        self._step += 1
+        dice = 0.0 if result.diverged else _finite_or(record["dice_mean"], 0.0)
+        self._history.append((before.dice, before.lr))
+        self._now = _Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
+                              record["update_ratio"])
+        transition = Transition(before.lr, lr, before.dice, dice, before.val_loss, record["val_loss"],
+                                result.diverged, self._step, cfg.steps, result.seconds)
+        penalty, parts = self.penalty(transition)
+        reward = (dice - before.dice) * cfg.reward_scale - penalty
+        terminated = result.diverged or self._step >= cfg.steps
+        self._lr = lr
+        self._done = terminated
+        obs = build_observation(cfg, self._step, self._now, before, self._history)
+        info = self._info({**record, "penalty": penalty, **{f"penalty/{k}": v for k, v in parts.items()}})
+        if terminated:
+            info.update(final_dice=dice, initial_dice=self._initial_dice)
+        return obs, float(reward), terminated, False, info
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default

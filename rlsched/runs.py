@@ -1,0 +1,91 @@
+"""Run directories and crash-safe file writes.
+
+Every file a run keeps is written to a temporary file in the same folder and moved into place with
+``os.replace``, so killing a process at any moment leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+RUNS_ROOT = Path("runs")
+
+
+def new_run_dir(*parts: str, root: Path | str = RUNS_ROOT) -> Path:
+    """``runs/<part1>__<part2>__...__<YYYYmmdd-HHMMSS>``; a numeric suffix keeps two runs in one second apart."""
+    stem = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", p) for p in parts if p)
+    base = Path(root) / f"{stem}__{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def _atomic(path: Path, write: Any, mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    _atomic(Path(path), lambda h: h.write(text), "w")
+
+
+def atomic_write_json(path: Path | str, data: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")
+
+
+def atomic_torch_save(path: Path | str, obj: Any) -> None:
+    _atomic(Path(path), lambda h: torch.save(obj, h), "wb")
+
+
+def to_jsonable(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so files stay valid JSON for any reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return to_jsonable(value.item())
+    return value
+
+
+def append_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> None:
+    """Append whole lines; a reader skips a torn last line (see ``read_jsonl``)."""
+    with open(path, "a") as handle:
+        for record in records:
+            handle.write(json.dumps(to_jsonable(record)) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    """All complete records; a line cut off by a kill is ignored rather than failing the reader."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

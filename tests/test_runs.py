@@ -1,0 +1,25 @@
+import json
+import math
+
+from rlsched.runs import append_jsonl, atomic_write_json, new_run_dir, read_jsonl
+
+
+def test_run_dirs_are_unique_and_named(tmp_path):
+    a = new_run_dir("fast", "fixed-cosine", "s0", root=tmp_path)
+    b = new_run_dir("fast", "fixed-cosine", "s0", root=tmp_path)
+    assert a != b and a.name.startswith("fast__fixed-cosine__s0__") and a.is_dir()
+
+
+def test_atomic_json_writes_valid_json_with_nan_as_null(tmp_path):
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"a": math.nan, "b": [1.0, math.inf]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
+
+
+def test_jsonl_reader_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    append_jsonl(path, [{"epoch": 1}, {"epoch": 2}])
+    with open(path, "a") as handle:
+        handle.write('{"epoch": 3, "di')
+    assert read_jsonl(path) == [{"epoch": 1}, {"epoch": 2}]
