@@ -1,14 +1,14 @@
-"""Brain-tissue segmentation slices cut from the MNI152 template that ships inside nilearn, so it works offline.
+"""Brain-tissue segmentation slices cut from the MNI152 template shipped inside nilearn: a real task, offline.
 
 The ICBM 2009a symmetric template (197 x 233 x 189 voxels at 1 mm, RAS) comes as a skull-stripped T1 image and
 grey/white-matter probability maps. Slices of it become a multiclass task with two foreground classes:
 
 * labels: every pixel takes the most probable of background (0), grey matter (1) and white matter (2), with
   P(background) = 1 - P(GM) - P(WM); CSF and everything outside the brain count as background. The rule runs
-  on the probability maps *after* they are resampled to the output size, so a label is the most probable tissue
-  of the output pixel rather than a nearest-neighbour pick that aliases the thin cortex.
-* slices: along ``cfg.planes`` ("axial", "coronal"), keeping those whose brain area (GM + WM >= 0.5) is at least
-  ``MIN_BRAIN_AREA`` of the plane's largest, which drops the tips of the brain that hold a few specks of tissue.
+  on the probability maps *after* they are resampled to the output size, so a label is the most probable
+  tissue of the output pixel rather than a nearest-neighbour pick that aliases the thin cortex.
+* slices: along ``cfg.planes`` ("axial", "coronal"), keeping those whose brain area (GM + WM >= 0.5) is at
+  least ``MIN_BRAIN_AREA`` of the plane's largest, which drops the tips of the brain: a few specks of tissue.
   Sagittal slices are refused: the template is left-right symmetric, so every sagittal slice has a mirror twin
   that a split would put on the other side.
 * crop: one square window per plane around the bounding box of the brain over all kept slices, plus a margin,
@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from .config import ConfigError, DataConfig
 from .data import SegmentationData
 
-# slice axis first, then channel, rows, columns, for a (channel, X, Y, Z) RAS volume; rows are later flipped so
-# that anterior (axial) or superior (coronal) is up
+# axes of a (map, X, Y, Z) RAS volume in the order slice, map, row, column; rows are later flipped so that
+# anterior (axial) or superior (coronal) is up
 _AXES = {"axial": (3, 0, 2, 1), "coronal": (2, 0, 3, 1)}
 PLANES = tuple(_AXES)
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _MAPS = ("t1", "gm", "wm")
+Slice = tuple[str, int]  # (plane, slice index along that plane's axis)
 
 MIN_BRAIN_AREA = 0.2  # keep slices whose brain area is at least this fraction of the plane's largest slice
 MARGIN = 0.05  # crop margin on each side, as a fraction of the brain's larger extent
@@ -58,8 +59,8 @@ class BrainExtraMissing(ImportError):
 class BrainSlices:
     """Template slices of the train and validation pools, as (plane, slice index) pairs in ascending order."""
 
-    train: tuple[tuple[str, int], ...]
-    val: tuple[tuple[str, int], ...]
+    train: tuple[Slice, ...]
+    val: tuple[Slice, ...]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class _Layout:
 
 @lru_cache(maxsize=1)
 def load_template() -> np.ndarray:
-    """T1, GM and WM maps as one read-only uint8 array (3, X, Y, Z), cached since envs rebuild data every reset."""
+    """T1, GM and WM as one read-only uint8 array (3, X, Y, Z); cached as envs rebuild data every reset."""
     try:
         import nibabel
         import nilearn
@@ -122,8 +123,9 @@ def _layout(plane: str) -> _Layout:
 
 
 def _check(cfg: DataConfig) -> None:
+    """Refuse settings the template cannot serve, with the fix in the message."""
     if cfg.task != "multiclass" or cfg.classes != 2:
-        raise ConfigError(f"[data] source='brain' is a multiclass task with 2 classes (grey and white matter); "
+        raise ConfigError(f"[data] source='brain' is a multiclass task with 2 classes (grey, white matter); "
                           f"got task={cfg.task!r}, classes={cfg.classes}: set task='multiclass', classes=2")
     if not cfg.planes or len(set(cfg.planes)) != len(cfg.planes) or not set(cfg.planes) <= set(PLANES):
         raise ConfigError(f"[data] planes={list(cfg.planes)}: use distinct planes out of {list(PLANES)} "
@@ -137,13 +139,13 @@ def brain_split(cfg: DataConfig) -> BrainSlices:
     Neighbouring 1 mm slices are nearly identical, so a random split would validate on near-copies of training
     slices. Each plane's slices are cut into slabs of ``SLAB`` consecutive slices; ``round(val_fraction *
     slabs)`` of them (at least one, never all) go to validation, drawn from ``cfg.split_seed`` alone. Train
-    slices within ``GAP`` slices of a validation slice are dropped so no pair straddles the cut. The split does
-    not depend on the instance seed. Axial and coronal slices do cross along a line of voxels; that leak is
-    unavoidable with a single template.
+    slices within ``GAP`` slices of a validation slice are dropped so no pair straddles the cut. The split
+    does not depend on the instance seed. Axial and coronal slices do cross along a line of voxels; that leak
+    is unavoidable with a single template.
     """
     _check(cfg)
-    train: list[tuple[str, int]] = []
-    val: list[tuple[str, int]] = []
+    train: list[Slice] = []
+    val: list[Slice] = []
     for plane in PLANES:
         if plane not in cfg.planes:
             continue
@@ -159,11 +161,24 @@ def brain_split(cfg: DataConfig) -> BrainSlices:
     return BrainSlices(tuple(train), tuple(val))
 
 
-def _subset(pool: tuple[tuple[str, int], ...], n: int, rng: np.random.Generator) -> tuple[tuple[str, int], ...]:
+def _subset(pool: tuple[Slice, ...], n: int, rng: np.random.Generator) -> tuple[Slice, ...]:
     """At most ``n`` slices of a pool, sampled without replacement and kept in pool order."""
     if len(pool) <= n:
         return pool
     return tuple(pool[i] for i in np.sort(rng.choice(len(pool), n, replace=False)))
+
+
+def select_slices(cfg: DataConfig, seed: int) -> BrainSlices:
+    """The slices one instance uses: the pools of ``brain_split`` capped at ``cfg.n_train`` / ``cfg.n_val``.
+
+    The validation sample depends on ``cfg.split_seed`` only, so every instance validates on the same anatomy;
+    the training sample is drawn from ``seed``. A pool smaller than its cap is used whole, so the counts may
+    be below ``n_train`` / ``n_val``.
+    """
+    split = brain_split(cfg)
+    val_rng = np.random.default_rng([cfg.split_seed, len(PLANES)])  # a stream brain_split does not use
+    return BrainSlices(train=_subset(split.train, cfg.n_train, np.random.default_rng([seed, 0])),
+                       val=_subset(split.val, cfg.n_val, val_rng))
 
 
 def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -176,7 +191,7 @@ def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     return out
 
 
-def _render(slices: tuple[tuple[str, int], ...], image_size: int, noise: float, bias: float,
+def _render(slices: tuple[Slice, ...], image_size: int, noise: float, bias: float,
             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, S, S) on the raw T1 scale and masks (N, S, S) uint8 for the given slices, augmented."""
     volumes = load_template()
@@ -190,7 +205,7 @@ def _render(slices: tuple[tuple[str, int], ...], image_size: int, noise: float, 
         offsets = rng.integers(-shift, shift + 1, size=(len(indices), 2))
         windows = np.stack([_crop(stack[i], layout.top + dy, layout.left + dx, layout.size)
                             for i, (dy, dx) in zip(indices, offsets)])
-        # resample all maps alike (antialiased, since this mostly shrinks), then label: see the module docstring
+        # resample all maps alike (antialiased: this mostly shrinks), then label as the module docstring says
         maps.append(F.interpolate(torch.from_numpy(windows).float().div_(255), size=(image_size, image_size),
                                   mode="bilinear", antialias=True, align_corners=False))
     t1, gm, wm = torch.cat(maps).unbind(1)
@@ -210,23 +225,17 @@ def _render(slices: tuple[tuple[str, int], ...], image_size: int, noise: float, 
 def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """Brain-tissue slices (0 background, 1 grey matter, 2 white matter) for one environment instance.
 
-    The train/validation pools come from ``brain_split`` and do not depend on ``seed``. ``cfg.n_val`` caps the
-    validation slices with a sample fixed by ``cfg.split_seed``, so every instance validates on the same
-    anatomy; ``cfg.n_train`` caps the training slices with a sample drawn from ``seed``. When a pool is smaller
-    than its cap all of it is used, so the returned counts may be below ``n_train`` / ``n_val``.
-
-    ``seed`` (>= 0) also draws a mild augmentation, the same kind for train and validation so they stay one
-    distribution: per instance a noise level and bias-field strength (a "scanner"), per slice a crop shift of up
-    to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field and Gaussian noise.
+    The slices come from ``select_slices``, so the train/validation split does not depend on ``seed``. What
+    ``seed`` (>= 0) changes is a mild augmentation, the same kind for train and validation so they stay one
+    distribution: per instance a noise level and bias-field strength (a "scanner"), per slice a crop shift of
+    up to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field and Gaussian noise.
     Images are then standardised with the training mean and std and repeated to ``cfg.channels``.
     """
-    split = brain_split(cfg)
-    val = _subset(split.val, cfg.n_val, np.random.default_rng([cfg.split_seed, len(PLANES)]))
-    train = _subset(split.train, cfg.n_train, np.random.default_rng([seed, 0]))
+    slices = select_slices(cfg, seed)
     rng = np.random.default_rng([seed, 1])
     noise, bias = rng.uniform(*NOISE), rng.uniform(*BIAS)
-    train_images, train_masks = _render(train, cfg.image_size, noise, bias, rng)
-    val_images, val_masks = _render(val, cfg.image_size, noise, bias, rng)
+    train_images, train_masks = _render(slices.train, cfg.image_size, noise, bias, rng)
+    val_images, val_masks = _render(slices.val, cfg.image_size, noise, bias, rng)
     mean, std = train_images.mean(), train_images.std()
     return SegmentationData(
         train_images=((train_images - mean) / std).repeat(1, cfg.channels, 1, 1),
@@ -239,4 +248,5 @@ def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     )
 
 
-__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "brain_split", "load_template", "make_brain_dataset"]
+__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "brain_split", "load_template", "make_brain_dataset",
+           "select_slices"]

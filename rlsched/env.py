@@ -159,7 +159,8 @@ class UNetLREnv(gym.Env):
 
     Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
     ``info``: ``lr``, ``epoch``, ``train_loss``, ``val_loss``, ``dice`` (per class), ``dice_mean``, ``iou``,
-    ``grad_norm``, ``update_ratio``, ``diverged``, ``seconds``, ``penalty`` and one ``penalty/<name>`` per term.
+    ``grad_norm``, ``update_ratio``, ``diverged``, ``penalty`` and one ``penalty/<name>`` per term. Wall time is
+    kept out of ``info`` (which must be deterministic) in ``env.unwrapped.seconds`` (this episode, so far).
 
     ## Rewards
     ``reward = (dice_after - dice_before) * env.reward_scale - penalty``, with Dice = 0 after a diverged slice.
@@ -207,6 +208,7 @@ class UNetLREnv(gym.Env):
         self.instances = {split: make_instances(cfg, split) for split in SPLITS}
         self.penalty = CombinedPenalty(self.config.penalty, penalty)
         self.trainer: Trainer | None = None
+        self.seconds = 0.0  # wall time of this episode's training and validation
         self.instance: Instance | None = None
         self._data_cache: OrderedDict[int, SegmentationData] = OrderedDict()
         self._done = True
@@ -279,8 +281,9 @@ class UNetLREnv(gym.Env):
         self._step = 0
         self._done = False
         obs = build_observation(self.config.env, 0, self._now, self._now, self._history)
+        self.seconds = evaluation.seconds
         info = self._info({"lr": self._lr, "epoch": 0, "val_loss": evaluation.loss, "dice_mean": dice,
-                           "dice": evaluation.dice, "seconds": evaluation.seconds, "diverged": False})
+                           "dice": evaluation.dice, "diverged": False})
         return obs, info
 
     def step(self, action):
@@ -297,6 +300,8 @@ class UNetLREnv(gym.Env):
         self.trainer.set_lr(lr)
         result = self.trainer.train_slice(cfg.epochs_per_step)
         record = result.record()
+        del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
+        self.seconds += result.seconds
         self._step += 1
         dice = 0.0 if result.diverged else _finite_or(record["dice_mean"], 0.0)
         self._history.append((before.dice, before.lr))

@@ -1,0 +1,122 @@
+"""Stable-Baselines3 PPO on ``UNetLREnv``: vector env, callbacks (atomic checkpoints, episode logging), resume.
+
+One env step is a whole training epoch, so SB3's defaults (``n_steps=2048``) would mean hours per rollout:
+``PPOSettings`` sizes rollouts in *episodes* and checks that minibatches divide them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from ..config import Config
+from ..runs import atomic_write_json
+from .episodes import EpisodeLog
+from .workers import env_factory, start_method
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO hyper-parameters sized for expensive steps (shared by the SB3 and the reference agent)."""
+
+    episodes_per_rollout: int = 2  # per env; n_steps = this * env steps
+    batch_size: int = 0  # 0 = half a rollout
+    n_epochs: int = 10
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden: tuple[int, ...] = (64, 64)
+
+    def n_steps(self, config: Config) -> int:
+        return self.episodes_per_rollout * config.env.steps
+
+    def minibatch(self, config: Config, n_envs: int) -> int:
+        rollout = self.n_steps(config) * n_envs
+        size = self.batch_size or max(1, rollout // 2)
+        if rollout % size:
+            raise ValueError(f"batch_size={size} does not divide the rollout of {rollout} steps "
+                             f"({self.episodes_per_rollout} episodes x {config.env.steps} steps x {n_envs} envs); "
+                             f"pick a divisor of {rollout}")
+        return size
+
+
+def make_vec(config: Config, n_envs: int, episodes_path: Path | None) -> VecEnv:
+    """``SubprocVecEnv`` (forkserver/spawn so CUDA works in workers) for n_envs > 1, else in-process."""
+    if n_envs == 1:
+        return DummyVecEnv([env_factory(config, 0, episodes_path, in_worker=False)])
+    return SubprocVecEnv([env_factory(config, i, episodes_path, in_worker=True, n_workers=n_envs)
+                          for i in range(n_envs)], start_method=start_method())
+
+
+class RunCallback(BaseCallback):
+    """After every PPO update: atomic checkpoint (SB3's CheckpointCallback is not atomic) and episode metrics.
+
+    SB3 calls ``_on_rollout_start`` right after the previous update, so the checkpoint holds a policy that has
+    learned from every step it counts.
+    """
+
+    def __init__(self, run_dir: Path, episodes: EpisodeLog) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.episodes = episodes
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps > 0:
+            self.checkpoint()
+
+    def _on_rollout_end(self) -> None:
+        for key, value in self.episodes.new_means().items():
+            self.logger.record(key, value)
+
+    def checkpoint(self) -> None:
+        save_atomic(self.model, self.run_dir / "checkpoints" / "last.zip")
+        atomic_write_json(self.run_dir / "checkpoints" / "last.json", {"num_timesteps": self.num_timesteps})
+
+
+def save_atomic(model: PPO, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as handle:
+            model.save(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_ppo(config: Config, settings: PPOSettings, env: VecEnv, seed: int, tensorboard_dir: Path) -> PPO:
+    return PPO(
+        "MlpPolicy", env,
+        n_steps=settings.n_steps(config),
+        batch_size=settings.minibatch(config, env.num_envs),
+        n_epochs=settings.n_epochs,
+        learning_rate=settings.learning_rate,
+        gamma=settings.gamma,
+        gae_lambda=settings.gae_lambda,
+        clip_range=settings.clip_range,
+        ent_coef=settings.ent_coef,
+        vf_coef=settings.vf_coef,
+        max_grad_norm=settings.max_grad_norm,
+        policy_kwargs={"net_arch": list(settings.hidden)},
+        tensorboard_log=str(tensorboard_dir),
+        seed=seed,
+        device="cpu",  # a small MLP: the GPU (if any) belongs to the UNet workers
+        verbose=0,
+    )

@@ -1,0 +1,403 @@
+"""Segmentation datasets as ready-to-train tensors: procedural synthetic tasks and image/mask folders.
+
+Everything is loaded once into memory (the datasets are small) so that one RL episode -- a short UNet
+training run -- never waits on I/O. ``make_dataset`` is a pure function of ``(cfg, seed)``: the same inputs
+give bit-identical tensors, which is what makes an LR-schedule "instance" reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import DataConfig
+
+
+class DatasetError(ValueError):
+    """The data on disk (or the [data] settings) cannot form a dataset; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SegmentationData:
+    """Train and validation splits of one segmentation task.
+
+    Images are float32 ``(N, C, H, W)`` normalised with train-split statistics. Masks are uint8: ``(N, H, W)``
+    class indices (0 = background) for binary/multiclass, ``(N, K, H, W)`` 0/1 labels for multilabel. Pixels
+    equal to ``ignore_index`` (in all K channels for multilabel) carry no label.
+    """
+
+    train_images: torch.Tensor
+    train_masks: torch.Tensor
+    val_images: torch.Tensor
+    val_masks: torch.Tensor
+    task: str  # "binary" | "multiclass" | "multilabel"
+    classes: int  # foreground classes K (binary: 1)
+    ignore_index: int
+
+
+def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
+    """Build the dataset ``cfg.source`` names; deterministic in ``(cfg, seed)``.
+
+    ``seed`` draws the synthetic images; folder datasets ignore it (their split is fixed by ``cfg.split_seed``
+    so every training instance sees the same files).
+    """
+    labels = 1 if cfg.task in ("binary", "multilabel") else cfg.classes
+    if cfg.ignore_index <= labels:
+        raise DatasetError(f"[data] ignore_index={cfg.ignore_index} collides with the labels 0..{labels} of "
+                           f"task={cfg.task!r}: set ignore_index above {labels}, e.g. 255")
+    if cfg.source == "synthetic":
+        return make_synthetic_dataset(cfg, seed)
+    if cfg.source == "folder":
+        return make_folder_dataset(cfg)
+    from .brain import make_brain_dataset  # lazy: needs the optional nilearn/nibabel extra
+
+    return make_brain_dataset(cfg, seed)
+
+
+def _normalise(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel zero mean / unit variance using train statistics only, so validation leaks nothing."""
+    mean = train.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
+    std = np.maximum(train.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64), 1e-6)
+    return ((train - mean) / std).astype(np.float32), ((val - mean) / std).astype(np.float32)
+
+
+def _pack(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int) -> SegmentationData:
+    train_images, val_images = _normalise(images[:n_train], images[n_train:])
+    return SegmentationData(
+        train_images=torch.from_numpy(np.ascontiguousarray(train_images)),
+        train_masks=torch.from_numpy(np.ascontiguousarray(masks[:n_train])),
+        val_images=torch.from_numpy(np.ascontiguousarray(val_images)),
+        val_masks=torch.from_numpy(np.ascontiguousarray(masks[n_train:])),
+        task=cfg.task, classes=cfg.classes, ignore_index=cfg.ignore_index,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthetic tasks
+# --------------------------------------------------------------------------------------------------------------
+
+# Multiclass/multilabel object kinds, told apart mainly by shape. Kind k uses SHAPES[k % 5]; kinds past the
+# fifth reuse a shape but are brighter (see _draw_scene), so every kind stays distinguishable.
+SHAPES = ("disk", "square", "triangle", "ring", "cross")
+# How many radii each shape reaches from its centre; it sizes the window the shape is drawn in.
+_REACH = {"ellipse": 1.0, "blob": 1.5, "disk": 1.0, "square": 1.21, "triangle": 1.2, "ring": 1.0, "cross": 1.06}
+_STRIPE_PERIOD = 6.0  # pixels; multilabel texture, coarse enough to survive a blur of sigma ~1.5
+
+
+def _inside(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Which points of each shape's local frame (unit radius, rotated; arrays (M, h, w)) lie inside it."""
+    r2 = u * u + v * v
+    if shape == "ellipse":
+        return u * u + (v / rng.uniform(0.45, 1.0, size=(len(u), 1, 1))) ** 2 <= 1.0
+    if shape == "blob":  # a disk with a wobbly rim: random 2nd and 3rd angular harmonics of the radius
+        amp = rng.uniform(0.1, 0.25, size=(2, len(u), 1, 1))
+        phase = rng.uniform(0, 2 * math.pi, size=(2, len(u), 1, 1))
+        rho = np.sqrt(r2) + 1e-6
+        cos1, sin1 = u / rho, v / rho  # cos/sin of the polar angle; the multiple-angle formulas avoid arctan2
+        cos2, sin2 = cos1 * cos1 - sin1 * sin1, 2 * cos1 * sin1
+        cos3, sin3 = cos1 * cos2 - sin1 * sin2, sin1 * cos2 + cos1 * sin2
+        rim = (1.0 + amp[0] * (cos2 * np.cos(phase[0]) - sin2 * np.sin(phase[0]))
+               + amp[1] * (cos3 * np.cos(phase[1]) - sin3 * np.sin(phase[1])))
+        return rho <= rim
+    if shape == "disk":
+        return r2 <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.85
+    if shape == "triangle":  # equilateral, circumradius 1.2 so its area is close to the other kinds'
+        edges = [u * math.cos(a) + v * math.sin(a) <= 0.6 for a in np.deg2rad([90.0, 210.0, 330.0])]
+        return edges[0] & edges[1] & edges[2]
+    if shape == "ring":
+        return (r2 <= 1.0) & (r2 >= 0.3)
+    if shape == "cross":
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 0.33) & (av <= 1.0)) | ((av <= 0.33) & (au <= 1.0))
+    raise ValueError(f"unknown shape {shape!r}")  # pragma: no cover - programming error
+
+
+def _draw_shapes(names: list[str], cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly size, place and rotate the named shapes; return window corners (M, 2) and inside-masks (M, w, w).
+
+    All windows share the size of the largest shape that could be drawn, so one image's shapes are evaluated
+    in a single vectorised pass whose cost scales with object area, not image area.
+    """
+    size, m = cfg.image_size, len(names)
+    half = math.ceil(max(_REACH[name] for name in names) * cfg.max_radius * size)
+    radius = (rng.uniform(cfg.min_radius, cfg.max_radius, size=(m, 1, 1)) * size).astype(np.float32)
+    centre = rng.uniform(0, size, size=(m, 2))
+    angle = rng.uniform(0, 2 * math.pi, size=(m, 1, 1))
+    pixel = np.floor(centre)
+    offset = np.arange(-half, half + 1, dtype=np.float32) + 0.5  # window pixel centres around the centre pixel
+    fraction = (centre - pixel).astype(np.float32)
+    dy, dx = offset[None, :, None] - fraction[:, 0, None, None], offset[None, None, :] - fraction[:, 1, None, None]
+    cos, sin = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    u, v = (dx * cos + dy * sin) / radius, (dy * cos - dx * sin) / radius
+    inside = np.empty(u.shape, dtype=bool)
+    for shape in dict.fromkeys(names):  # first-seen order, so the random draws are reproducible
+        chosen = np.array([name == shape for name in names])
+        inside[chosen] = _inside(shape, u[chosen], v[chosen], rng)
+    return pixel.astype(np.int64) - half, inside
+
+
+def _tint(hues: np.ndarray, channels: int) -> np.ndarray:
+    """Per-channel gains (M, C) with mean 1: a hue for RGB (colour carries signal, brightness not), 1 for gray."""
+    if channels == 1:
+        return np.ones((len(hues), 1))
+    return 1.0 + 0.35 * np.cos(hues[:, None] - np.array([0.0, 2.0, 4.0]) * math.pi / 3)
+
+
+def _field_of_view(size: int) -> np.ndarray:
+    """Centred inscribed disk (a fundus-like circular field of view) as an (H, W) bool mask."""
+    offset = np.arange(size) - (size - 1) / 2
+    return offset[:, None] ** 2 + offset[None, :] ** 2 <= (size / 2) ** 2
+
+
+def _gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur over the last two axes (reflect padding); sigma <= 0 returns the input."""
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(images.dtype)
+    out = images
+    for _ in range(2):  # blur the last axis, then swap so the other axis is last
+        width = out.shape[-1]
+        padded = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(radius, radius)], mode="reflect")
+        out = taps[radius] * padded[..., radius:radius + width]
+        for i in range(radius):  # the kernel is symmetric: one multiply per pair of taps
+            out += taps[i] * (padded[..., i:i + width] + padded[..., 2 * radius - i:2 * radius - i + width])
+        out = out.swapaxes(-1, -2)
+    return np.ascontiguousarray(out)
+
+
+def _backgrounds(cfg: DataConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, C, H, W) smooth backgrounds: a random offset, illumination gradient, faint wave and (RGB) colour cast."""
+    size, scale = cfg.image_size, abs(cfg.contrast)
+    grid = ((np.arange(size) + 0.5) / size - 0.5).astype(np.float32)
+    yy, xx = grid[:, None], grid[None, :]
+    slope = rng.normal(size=(n, 2))
+    slope *= (rng.uniform(0.2, 0.6, size=n) / np.linalg.norm(slope, axis=1))[:, None]
+    angle = rng.uniform(0, math.pi, size=(n, 1, 1))
+    cycles = rng.uniform(1.0, 2.5, size=(n, 1, 1))  # per image width: smooth, unlike any object
+    phase = rng.uniform(0, 2 * math.pi, size=(n, 1, 1))
+    wave = np.sin(2 * math.pi * cycles * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+    offset = rng.uniform(-0.2, 0.2, size=(n, 1, 1))
+    background = scale * (offset + slope[:, 0, None, None] * xx + slope[:, 1, None, None] * yy + 0.15 * wave)
+    cast = scale * 0.1 * rng.normal(size=(n, cfg.channels, 1, 1)) if cfg.channels == 3 else 0.0
+    return np.ascontiguousarray(np.broadcast_to(background[:, None] + cast, (n, cfg.channels, size, size)),
+                                dtype=np.float32)
+
+
+def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator, stripes: np.ndarray) -> np.ndarray:
+    """Paint distractors and objects onto a (C, H, W) background in place; return the scene's mask.
+
+    Distractors are low-contrast ellipses of object size (some brighter, some darker than the background), so
+    together with the background's gradient no global intensity threshold separates the foreground: the net
+    has to use local context and shape -- which is what makes the learning rate matter. The mask is (H, W)
+    class indices, or (K, H, W) labels for multilabel.
+    """
+    size, channels, kinds = cfg.image_size, cfg.channels, cfg.classes
+    scale = abs(cfg.contrast)
+    n_distractors, n_objects = int(rng.integers(2, 6)), int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    if cfg.task == "binary":
+        object_kinds = np.zeros(n_objects, dtype=np.int64)
+        shapes = ["ellipse" if p < 0.6 else "blob" for p in rng.random(n_objects)]
+        gains, hues = rng.uniform(0.8, 1.2, n_objects), rng.uniform(-0.3, 0.3, n_objects)
+    else:
+        object_kinds = rng.integers(kinds, size=n_objects)
+        shapes = [SHAPES[k % len(SHAPES)] for k in object_kinds]
+        hues = 2 * math.pi * object_kinds / kinds + rng.uniform(-0.2, 0.2, n_objects)
+        if cfg.task == "multiclass":  # similar intensities: shape is the cue
+            gains = (1.0 + 0.5 * (object_kinds // len(SHAPES))) * rng.uniform(0.85, 1.15, n_objects)
+        else:  # multilabel: each kind has its own level, so overlaps read as sums
+            gains = (0.7 + 0.6 * object_kinds / max(kinds - 1, 1)) * rng.uniform(0.9, 1.1, n_objects)
+    distractor_levels = rng.uniform(0.25, 0.45, n_distractors) * np.where(rng.random(n_distractors) < 0.5, -scale, scale)
+    levels = np.concatenate([distractor_levels, cfg.contrast * gains])
+    colours = (levels[:, None] * _tint(np.concatenate([math.pi + rng.uniform(-1, 1, n_distractors), hues]),
+                                       channels)).astype(np.float32)
+    corners, insides = _draw_shapes(["ellipse"] * n_distractors + shapes, cfg, rng)
+
+    layer = np.zeros_like(image)  # objects are painted here, then added on top of the background
+    mask = np.zeros((kinds, size, size) if cfg.task == "multilabel" else (size, size), dtype=np.uint8)
+    width = insides.shape[-1]
+    for j, ((y, x), inside, colour) in enumerate(zip(corners.tolist(), insides, colours)):
+        ys, xs = slice(max(y, 0), min(y + width, size)), slice(max(x, 0), min(x + width, size))
+        hit = inside[ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]  # the window clipped to the image
+        if j < n_distractors:
+            image[:, ys, xs] += hit * colour[:, None, None]
+            continue
+        kind = object_kinds[j - n_distractors]
+        if cfg.task == "multilabel":
+            layer[:, ys, xs] += hit * colour[:, None, None] * stripes[kind, ys, xs]
+            mask[kind, ys, xs] |= hit
+        else:  # one label per pixel: later objects overwrite earlier ones, in the image as in the mask
+            layer[:, ys, xs][:, hit] = colour[:, None]
+            mask[ys, xs][hit] = kind + 1
+    image += layer
+    return mask
+
+
+def make_synthetic_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
+    """Procedural task: ``n_train`` then ``n_val`` scenes drawn from one generator seeded by ``seed``.
+
+    Images are blurred (``cfg.blur``), get Gaussian noise (``cfg.noise``) and, with ``cfg.ignore_border``,
+    a dark constant outside a centred circular field of view whose mask pixels become ``ignore_index``.
+    """
+    if cfg.noise < 0 or cfg.blur < 0 or cfg.contrast == 0:
+        raise DatasetError(f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need noise >= 0, "
+                           "blur >= 0 (0 = none) and contrast != 0")
+    rng = np.random.default_rng(seed)
+    size = cfg.image_size
+    grid = np.arange(size)
+    angles = np.arange(cfg.classes)[:, None, None] * math.pi / cfg.classes  # one stripe direction per kind
+    phase = 2 * math.pi / _STRIPE_PERIOD * (grid[None, None, :] * np.cos(angles) + grid[None, :, None] * np.sin(angles))
+    stripes = (1.0 + 0.5 * np.sin(phase)).astype(np.float32)  # multilabel texture, (K, H, W)
+    images = _backgrounds(cfg, rng, cfg.n_train + cfg.n_val)
+    masks = np.stack([_paint_scene(image, cfg, rng, stripes) for image in images])
+    images = _gaussian_blur(images, cfg.blur)
+    images += cfg.noise * rng.standard_normal(images.shape, dtype=np.float32)
+    if cfg.ignore_border:
+        outside = ~_field_of_view(size)
+        images[..., outside] = -2.0 * (abs(cfg.contrast) + cfg.noise)  # darker than anything inside the view
+        masks[..., outside] = cfg.ignore_index
+    return _pack(cfg, images, masks, cfg.n_train)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Folder datasets
+# --------------------------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_LAYOUT = "<root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>"
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    """Image files of a folder by stem; other files (README, .DS_Store, ...) are skipped."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in files:
+            raise DatasetError(f"{folder}: both {files[path.stem].name} and {path.name} have the stem "
+                               f"{path.stem!r}; keep one file per stem so images and masks pair up unambiguously")
+        files[path.stem] = path
+    if not files:
+        raise DatasetError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}): add them, or point "
+                           f"[data] root at the folder laid out as {_LAYOUT}")
+    return files
+
+
+def _square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """Centre-crop to a square, then resize, so objects keep their aspect ratio."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.resize((size, size), resample, box=(left, top, left + side, top + side))
+
+
+def _image_array(image: Image.Image, cfg: DataConfig) -> np.ndarray:
+    """(C, S, S) float32 in the file's own intensity units; 16-bit and float gray images keep their range."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        gray = np.asarray(_square(image.convert("F"), cfg.image_size, Image.Resampling.BILINEAR))
+        return np.repeat(gray[None], cfg.channels, axis=0).astype(np.float32)
+    converted = image.convert("L" if cfg.channels == 1 else "RGB")
+    pixels = np.asarray(_square(converted, cfg.image_size, Image.Resampling.BILINEAR), dtype=np.float32)
+    return pixels[None] if cfg.channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _mask_array(mask: Image.Image, path: Path, cfg: DataConfig) -> np.ndarray:
+    """(S, S) int64 raw label values; NEAREST resampling so no label value is ever invented."""
+    if len(mask.getbands()) != 1:
+        raise DatasetError(f"{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); save masks as "
+                           "single-channel label images (mode L or P, one class value per pixel)")
+    return np.asarray(_square(mask, cfg.image_size, Image.Resampling.NEAREST)).astype(np.int64)
+
+
+def _names(stems: list[str], files: dict[str, Path]) -> str:
+    """Up to five file names, for error messages."""
+    shown = ", ".join(files[s].name for s in stems[:5]) or "none"
+    return shown + (f" (+{len(stems) - 5} more)" if len(stems) > 5 else "")
+
+
+def _mask_mapping(cfg: DataConfig, raw_values: set[int]) -> dict[int, int]:
+    """Raw mask value -> class. Unlisted values map to themselves (so ignore_index stays ignore)."""
+    if cfg.mask_map:
+        mapping = {}
+        for key, label in cfg.mask_map.items():
+            try:
+                mapping[int(key)] = label
+            except ValueError:
+                raise DatasetError(f"[data] mask_map key {key!r} is not an integer mask value; write e.g. "
+                                   'mask_map = {"255" = 1}') from None
+        return mapping
+    if cfg.task == "binary" and raw_values <= {0, 255}:
+        return {0: 0, 255: 1}
+    return {}
+
+
+def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
+    """Load ``<cfg.root>/images`` and ``<cfg.root>/masks`` (pairs matched by file stem).
+
+    Each pair is centre-cropped to a square and resized to ``cfg.image_size`` (bilinear for images, nearest
+    for masks). The split is a shuffle of the sorted stems by ``cfg.split_seed``; ``round(val_fraction * n)``
+    pairs (at least 1, at most n - 1) go to validation. ``cfg.n_train`` / ``cfg.n_val`` are not used.
+    """
+    if cfg.task == "multilabel":
+        raise DatasetError("[data] source='folder' supports only task='binary' or 'multiclass' (one label image per "
+                           "case); use one of those, or source='synthetic' for a multilabel task")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"[data] root={cfg.root!r} is not a folder: set root to a folder laid out as {_LAYOUT}")
+    for sub in ("images", "masks"):
+        if not (root / sub).is_dir():
+            raise DatasetError(f"{root} has no {sub}/ folder: create {root / sub} (layout: {_LAYOUT})")
+    images, masks = _index(root / "images"), _index(root / "masks")
+
+    no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
+    if no_mask or no_image:
+        raise DatasetError(f"{root}: {len(no_mask)} image(s) without a mask: {_names(no_mask, images)}; "
+                           f"{len(no_image)} mask(s) without an image: {_names(no_image, masks)}. Every image needs "
+                           "a mask with the same file stem (images/case01.jpg <-> masks/case01.png): add the "
+                           "missing files or remove the extra ones")
+    stems = sorted(images)
+    if len(stems) < 2:
+        raise DatasetError(f"{root}: found {len(stems)} image/mask pair; need at least 2 (one to train on, one to "
+                           "validate on): add more pairs")
+
+    pixels, raw_masks = [], []
+    for stem in stems:
+        with Image.open(images[stem]) as image, Image.open(masks[stem]) as mask:
+            if image.size != mask.size:
+                raise DatasetError(f"{images[stem].name} is {image.size[0]}x{image.size[1]} but its mask "
+                                   f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at the "
+                                   "image's size (width x height)")
+            pixels.append(_image_array(image, cfg))
+            raw_masks.append(_mask_array(mask, masks[stem], cfg))
+
+    raw_values = {int(v) for m in raw_masks for v in np.unique(m)}
+    mapping = _mask_mapping(cfg, raw_values)
+    top = 1 if cfg.task == "binary" else cfg.classes
+    labels = []
+    for stem, raw in zip(stems, raw_masks):
+        values, inverse = np.unique(raw, return_inverse=True)
+        mapped = np.array([mapping.get(int(v), int(v)) for v in values], dtype=np.int64)
+        bad = [int(v) for v, m in zip(values, mapped) if not (0 <= m <= top or m == cfg.ignore_index)]
+        if bad:
+            hint = " (JPEG compression changes label values: save masks as PNG)" \
+                if masks[stem].suffix.lower() in (".jpg", ".jpeg") else ""
+            raise DatasetError(f"{masks[stem]}: raw mask values {bad[:10]} are not classes of task={cfg.task!r} "
+                               f"(allowed after mapping: 0..{top}, and {cfg.ignore_index} = ignore){hint}. Set [data] "
+                               'mask_map to map raw values to classes, e.g. mask_map = {"255" = 1}')
+        labels.append(mapped[inverse].reshape(raw.shape).astype(np.uint8))
+
+    order = np.random.default_rng(cfg.split_seed).permutation(len(stems))
+    n_val = min(max(1, round(cfg.val_fraction * len(stems))), len(stems) - 1)
+    picks = np.concatenate([np.sort(order[n_val:]), np.sort(order[:n_val])])  # train first, each in stem order
+    return _pack(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(stems) - n_val)
+
+
+__all__ = ["DatasetError", "SegmentationData", "make_dataset", "make_folder_dataset", "make_synthetic_dataset"]

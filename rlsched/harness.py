@@ -1,0 +1,132 @@
+"""One harness for every LR controller: learned policies, fixed schedules, random and constant baselines.
+
+Every controller runs an episode of the *same* env (same instance: data, initial weights, epoch budget), so
+their results differ only by the LRs they chose. Fixed schedules reach the trainer through ``env.set_lr`` and
+the keep-LR action, i.e. through exactly the code path a policy's actions take.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .env import Instance, UNetLREnv
+from .schedules import FixedSchedule
+
+
+class Controller(Protocol):
+    """Chooses the next action; ``start`` is called with the reset info, ``act`` before every step."""
+
+    name: str
+
+    def start(self, env: UNetLREnv, info: dict[str, Any]) -> None: ...
+
+    def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any: ...
+
+
+class Predictor(Protocol):
+    def predict(self, observation: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
+
+
+@dataclass
+class PolicyController:
+    """A trained agent (SB3 or the reference PPO): anything with SB3's ``predict``."""
+
+    policy: Predictor
+    name: str = "learned"
+    deterministic: bool = True
+
+    def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
+        pass
+
+    def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
+        action, _ = self.policy.predict(obs, deterministic=self.deterministic)
+        return action
+
+
+@dataclass
+class ScheduleController:
+    """A named torch LR schedule with its own base LR (``None``: start from the instance's initial LR)."""
+
+    schedule: str
+    base_lr: float | None = None
+    name: str = ""
+    _plan: FixedSchedule | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.schedule
+
+    def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
+        base = self.base_lr if self.base_lr is not None else info["lr"]
+        self._plan = FixedSchedule(self.schedule, base, env.config.env.steps)
+
+    def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
+        assert self._plan is not None, "start() must run before act()"
+        if info.get("epoch", 0) > 0:
+            self._plan.step(info["dice_mean"])
+        env.set_lr(self._plan.lr)
+        return env.keep_action
+
+
+@dataclass
+class RandomController:
+    """Uniformly random actions: the floor any learned controller must clear."""
+
+    seed: int = 0
+    name: str = "random"
+
+    def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
+        env.action_space.seed(self.seed + (env.instance.index if env.instance else 0))
+
+    def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
+        return env.action_space.sample()
+
+
+@dataclass
+class EpisodeResult:
+    """One controlled training run, step by step."""
+
+    method: str
+    instance: Instance
+    records: list[dict[str, Any]]  # env info of the reset and of every step
+    total_reward: float
+    seconds: float  # wall time of training and validation
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.records[-1].get("diverged", False))
+
+    @property
+    def dices(self) -> list[float]:
+        return [0.0 if (r.get("diverged") or not math.isfinite(r["dice_mean"])) else r["dice_mean"]
+                for r in self.records]
+
+    @property
+    def final_dice(self) -> float:
+        return self.dices[-1]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.records[-1]["epoch"])
+
+
+
+def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, initial_lr: float | None = None
+                ) -> EpisodeResult:
+    """Run one full episode of ``controller`` on ``instance`` (optionally forcing the initial LR)."""
+    options: dict[str, Any] = {"instance": instance}
+    if initial_lr is not None:
+        options["lr"] = initial_lr
+    obs, info = env.reset(options=options)
+    controller.start(env, info)
+    records, total = [info], 0.0
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = controller.act(env, obs, info)
+        obs, reward, terminated, truncated, info = env.step(action)
+        records.append(info)
+        total += reward
+    return EpisodeResult(controller.name, env.instance, records, total, env.seconds)

@@ -1,0 +1,209 @@
+"""Learn an LR schedule: ``python -m rlsched.train [--preset demo] [--algo sb3|reference] [--resume RUN]``.
+
+Writes ``runs/<preset>__ppo-<algo>__s<seed>__<time>/``: ``config.toml`` and ``args.json`` (what ran),
+``tb/`` (TensorBoard: PPO diagnostics and per-episode final Dice, LR trajectory, penalties),
+``episodes.jsonl`` (every training episode), ``checkpoints/last.*`` (after every update, atomic),
+``model.zip`` (SB3) or ``model.pt`` (reference PPO), and ``heldout.json`` / ``heldout.md``: the learned
+policy against the constant initial-LR baseline on the held-out instances.
+Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume runs/<id>`` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .agents.sb3 import PPOSettings
+from .config import Config, ConfigError, config_to_toml, load_config, parse_override
+from .runs import atomic_write_json, atomic_write_text, new_run_dir
+
+ALGOS = ("sb3", "reference")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rlsched.train", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="demo", help="preset name in envs/ or a .toml path (default: demo)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
+    p.add_argument("--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO")
+    p.add_argument("--n-envs", type=int, default=2, help="parallel env workers (subprocesses when > 1)")
+    p.add_argument("--total-timesteps", type=int, default=0,
+                   help="env steps (= training slices) to train for; 0 = 24 rollouts")
+    p.add_argument("--seed", type=int, default=0)
+    defaults = PPOSettings()
+    p.add_argument("--episodes-per-rollout", type=int, default=defaults.episodes_per_rollout)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="0 = half a rollout")
+    p.add_argument("--n-epochs", type=int, default=defaults.n_epochs)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--gamma", type=float, default=defaults.gamma)
+    p.add_argument("--gae-lambda", type=float, default=defaults.gae_lambda)
+    p.add_argument("--clip-range", type=float, default=defaults.clip_range)
+    p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    args = p.parse_args(argv)
+    if args.n_envs < 1:
+        p.error("--n-envs must be >= 1")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> PPOSettings:
+    return PPOSettings(episodes_per_rollout=args.episodes_per_rollout, batch_size=args.batch_size,
+                       n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma,
+                       gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef)
+
+
+class Interrupted(Exception):
+    """SIGTERM, turned into an exception so the same clean-up as Ctrl-C runs."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Config]:
+    """A new run directory, or the one to resume with the arguments and config it was started with."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "args.json").is_file() or not (run_dir / "config.toml").is_file():
+            raise SystemExit(f"--resume {run_dir}: not a training run (no args.json/config.toml there); "
+                             "pass a folder made by python -m rlsched.train")
+        saved = argparse.Namespace(**json.loads((run_dir / "args.json").read_text()))
+        saved.resume, saved.no_eval = str(run_dir), args.no_eval
+        config = load_config(run_dir / "config.toml")
+        return run_dir, saved, config
+    try:
+        config = load_config(args.preset, dict(parse_override(o) for o in args.set))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    settings = settings_from(args)
+    settings.minibatch(config, args.n_envs)  # fail now, not after the workers started
+    if not args.total_timesteps:
+        args.total_timesteps = 24 * settings.n_steps(config) * args.n_envs
+    run_dir = new_run_dir(config.name, f"ppo-{args.algo}", f"s{args.seed}", root=args.runs_dir)
+    atomic_write_text(run_dir / "config.toml", config_to_toml(config))
+    atomic_write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})
+    return run_dir, args, config
+
+
+def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
+    from stable_baselines3 import PPO
+
+    from .agents.episodes import EpisodeLog
+    from .agents.sb3 import RunCallback, build_ppo, make_vec, save_atomic
+
+    env = make_vec(config, args.n_envs, run_dir / "episodes.jsonl")
+    checkpoint = run_dir / "checkpoints" / "last.zip"
+    if args.resume and checkpoint.is_file():
+        model = PPO.load(checkpoint, env=env, device="cpu", tensorboard_log=str(run_dir / "tb"))
+    else:
+        model = build_ppo(config, settings_from(args), env, args.seed, run_dir / "tb")
+    callback = RunCallback(run_dir, EpisodeLog(run_dir / "episodes.jsonl"))
+    remaining = max(0, args.total_timesteps - model.num_timesteps)
+    print(f"training SB3 PPO for {remaining} env steps ({model.num_timesteps} done) with {args.n_envs} env(s)")
+    try:
+        model.learn(remaining, callback=callback, reset_num_timesteps=not args.resume, tb_log_name="ppo",
+                    progress_bar=True)
+    except (KeyboardInterrupt, Interrupted):
+        callback.checkpoint()
+        _close_quietly(env)
+        raise
+    callback.checkpoint()
+    save_atomic(model, run_dir / "model.zip")
+    env.close()
+    return run_dir / "model.zip"
+
+
+def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
+    import gymnasium as gym
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .agents.episodes import EpisodeLog
+    from .agents.ppo import PPOConfig, ReferencePPO
+    from .agents.workers import env_factory, start_method
+
+    settings = settings_from(args)
+    factories = [env_factory(config, i, run_dir / "episodes.jsonl", in_worker=args.n_envs > 1,
+                             n_workers=args.n_envs) for i in range(args.n_envs)]
+    envs = (gym.vector.AsyncVectorEnv(factories, context=start_method()) if args.n_envs > 1
+            else gym.vector.SyncVectorEnv(factories))
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    writer = SummaryWriter(str(run_dir / "tb" / "reference"))
+    episodes = EpisodeLog(run_dir / "episodes.jsonl")
+
+    def log(stats: dict[str, float], step: int) -> None:
+        for key, value in {**{f"train/{k}": v for k, v in stats.items()}, **episodes.new_means()}.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if args.resume and checkpoint.is_file():
+        agent = ReferencePPO.load(checkpoint, envs=envs, log_fn=log)
+    else:
+        ppo_config = PPOConfig(
+            n_steps=settings.n_steps(config), batch_size=settings.minibatch(config, args.n_envs),
+            n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, gamma=settings.gamma,
+            gae_lambda=settings.gae_lambda, clip_range=settings.clip_range, ent_coef=settings.ent_coef,
+            vf_coef=settings.vf_coef, max_grad_norm=settings.max_grad_norm, hidden=settings.hidden)
+        agent = ReferencePPO(envs, ppo_config, seed=args.seed, log_fn=log)
+    bar = tqdm(total=args.total_timesteps, initial=agent.num_timesteps, desc="reference PPO", unit="step")
+
+    def after_update(agent: ReferencePPO) -> bool:
+        agent.save(checkpoint)
+        atomic_write_json(run_dir / "checkpoints" / "last.json", {"num_timesteps": agent.num_timesteps})
+        bar.update(agent.num_timesteps - bar.n)
+        return True
+
+    print(f"training reference PPO for {args.total_timesteps - agent.num_timesteps} env steps "
+          f"with {args.n_envs} env(s)")
+    try:
+        agent.learn(args.total_timesteps, callback=after_update)
+    except (KeyboardInterrupt, Interrupted):
+        agent.save(checkpoint)
+        _close_quietly(envs)
+        raise
+    finally:
+        bar.close()
+        writer.close()
+    agent.save(run_dir / "model.pt")
+    envs.close()
+    return run_dir / "model.pt"
+
+
+def _close_quietly(env: Any) -> None:
+    try:
+        env.close()
+    except Exception:  # workers may already be gone after Ctrl-C; the checkpoint is what matters
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_dir, args, config = _open_run(args)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    start = time.perf_counter()
+    try:
+        model_path = (train_sb3 if args.algo == "sb3" else train_reference)(run_dir, args, config)
+    except (KeyboardInterrupt, Interrupted):
+        print(f"\ninterrupted: checkpoint saved. Continue with:\n  python -m rlsched.train --resume {run_dir}")
+        return 130
+    print(f"trained in {time.perf_counter() - start:.0f} s; policy: {model_path}")
+    if not args.no_eval:
+        from .evaluate import evaluate_heldout
+
+        report = evaluate_heldout(model_path, config)
+        print(report)
+    print(f"results: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

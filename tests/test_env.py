@@ -1,0 +1,138 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import rlsched  # noqa: F401  (registers the env ids)
+from rlsched.config import ConfigError
+from rlsched.data import make_dataset
+from rlsched.env import OBS_FEATURES, UNetLREnv, make_instances, observation_names
+from rlsched.fixed import run_schedule
+from rlsched.schedules import FixedSchedule
+
+SHORT = {"env.epochs": 3}
+
+
+def rollout(env, seed, actions, options=None):
+    obs, info = env.reset(seed=seed, options=options)
+    trajectory = [(obs, 0.0, info)]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        trajectory.append((obs, reward, info))
+        if terminated or truncated:
+            break
+    return trajectory
+
+
+def test_gymnasium_and_sb3_env_checkers_pass():
+    gym_check_env(UNetLREnv("fast", **SHORT), skip_render_check=True)
+    sb3_check_env(UNetLREnv("fast", **SHORT), warn=True)
+    gym_check_env(UNetLREnv("fast", **SHORT, **{"env.action": "continuous"}), skip_render_check=True)
+
+
+def test_make_by_id_with_preset_overrides_and_the_no_argument_fast_id():
+    env = gym.make("rlsched/UNetLR-v0", preset="envs/fast.toml", env={"epochs": 2})
+    assert env.unwrapped.config.env.epochs == 2
+    fast = gym.make("rlsched:rlsched/UNetLR-fast-v0")  # module:id form, as tools that take only an id use it
+    assert fast.unwrapped.config.name == "fast"
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        gym.make("rlsched/UNetLR-v0", preset="fast", env={"epoch": 2})
+
+
+def test_observation_space_is_declared_beside_its_builder():
+    env = UNetLREnv("fast", **SHORT, **{"env.history": 3})
+    assert env.observation_space.shape == (len(OBS_FEATURES) + 2 * 3,)
+    assert len(observation_names(env.config.env)) == env.observation_space.shape[0]
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+
+
+def test_same_seed_and_actions_give_the_same_trajectory():
+    actions = [4, 0, 2]
+    a = rollout(UNetLREnv("fast", **SHORT), 7, actions)
+    b = rollout(UNetLREnv("fast", **SHORT), 7, actions)
+    for (obs_a, r_a, info_a), (obs_b, r_b, info_b) in zip(a, b):
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert r_a == r_b and info_a["dice_mean"] == info_b["dice_mean"]
+    c = rollout(UNetLREnv("fast", **SHORT), 8, actions)
+    assert c[0][2]["instance"] != a[0][2]["instance"] or c[-1][1] != a[-1][1]
+
+
+def test_action_multiplies_lr_and_stays_within_bounds():
+    env = UNetLREnv("fast", **SHORT, **{"env.lr_max": 0.2, "env.initial_lr_max": 0.2})
+    env.reset(seed=0, options={"lr": 0.15})
+    _, _, _, _, info = env.step(4)  # x2 -> clipped to lr_max
+    assert info["lr"] == pytest.approx(0.2)
+    _, _, _, _, info = env.step(0)  # x0.5
+    assert info["lr"] == pytest.approx(0.1)
+
+
+def test_continuous_action_is_log_scale():
+    env = UNetLREnv("fast", **SHORT, **{"env.action": "continuous"})
+    env.reset(seed=0, options={"lr": 0.01})
+    _, _, _, _, info = env.step(np.array([1.0], np.float32))
+    assert info["lr"] == pytest.approx(0.01 * 10 ** env.config.env.max_log10_change)
+
+
+def test_return_without_penalties_telescopes_to_final_minus_initial_dice():
+    env = UNetLREnv("fast", **SHORT, **{"penalty.divergence": 0.0})
+    trajectory = rollout(env, 0, [2, 3, 2], options={"lr": 0.05})
+    final = trajectory[-1][2]
+    assert final["final_dice"] != final["initial_dice"]  # something happened, so the identity is not 0 == 0
+    total = sum(r for _, r, _ in trajectory)
+    assert total == pytest.approx((final["final_dice"] - final["initial_dice"]) * env.config.env.reward_scale)
+
+
+def test_divergence_terminates_with_penalty_and_never_raises():
+    env = UNetLREnv("fast", **{"env.lr_max": 1e4, "penalty.divergence": 2.0})
+    env.reset(seed=0, options={"lr": 1e4})
+    obs, reward, terminated, truncated, info = env.step(env.keep_action)
+    assert info["diverged"] and terminated and not truncated
+    assert info["penalty/divergence"] == 2.0 and reward <= -2.0 and info["final_dice"] == 0.0
+    assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(env.keep_action)
+
+
+def test_budget_end_is_terminal_not_truncated():
+    trajectory = rollout(UNetLREnv("fast", **SHORT), 0, [2] * 10, options={"lr": 0.01})
+    assert len(trajectory) == 4  # reset + 3 steps
+    assert trajectory[-1][2]["epoch"] == 3
+
+
+def test_heldout_instances_are_disjoint_and_selectable():
+    env = UNetLREnv("fast", **SHORT)
+    train = make_instances(env.config.env, "train")
+    heldout = make_instances(env.config.env, "heldout")
+    assert not {i.data_seed for i in train} & {i.data_seed for i in heldout}
+    _, info = env.reset(options={"split": "heldout", "instance": 2})
+    assert info["split"] == "heldout" and info["instance"] == 2 and info["initial_lr"] == heldout[2].initial_lr
+    for options, message in [({"split": "test"}, "unknown split"), ({"instance": 99}, "out of range"),
+                             ({"instanse": 1}, "unknown reset option")]:
+        with pytest.raises(ValueError, match=message):
+            env.reset(options=options)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_schedule_through_env_equals_schedule_on_trainer(schedule):
+    env = UNetLREnv("fast")
+    instance = env.instances["heldout"][0]
+    steps = env.config.env.steps
+    direct = list(run_schedule(env.config, FixedSchedule(schedule, 0.05, steps),
+                               make_dataset(env.config.data, instance.data_seed), instance.init_seed))
+
+    through_env = []
+    plan = FixedSchedule(schedule, 0.05, steps)
+    env.reset(options={"instance": instance, "lr": plan.lr})
+    for _ in range(steps):
+        env.set_lr(plan.lr)
+        _, _, terminated, _, info = env.step(env.keep_action)
+        through_env.append(info)
+        plan.step(info["dice_mean"])
+        if terminated:
+            break
+    assert len(direct) == len(through_env) == steps
+    for d, e in zip(direct, through_env):
+        for key in ("lr", "train_loss", "val_loss", "dice_mean", "grad_norm", "update_ratio"):
+            assert d[key] == e[key], key

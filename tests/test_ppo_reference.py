@@ -1,0 +1,294 @@
+"""Behavioural checks of the reference PPO: each test fails if the PPO detail it names breaks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.vector import SyncVectorEnv
+from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+from rlsched.agents.ppo import PPOConfig, ReferencePPO, compute_gae
+
+
+def make_cartpole(n_envs: int) -> gym.vector.VectorEnv:
+    return RecordEpisodeStatistics(gym.make_vec("CartPole-v1", n_envs, vectorization_mode="sync"))
+
+
+class CountingEnv(gym.Env):
+    """Deterministic: obs = [steps taken], reward 1 per step, the episode ends after `length` steps."""
+
+    def __init__(self, length: int, truncate: bool) -> None:
+        self.observation_space = spaces.Box(0.0, 10.0, (1,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.length, self.truncate = length, truncate
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t >= self.length
+        return np.array([self.t], np.float32), 1.0, end and not self.truncate, end and self.truncate, {}
+
+
+class TargetActionEnv(gym.Env):
+    """Reward -(a - 0.5)^2 for a 1-D action in [-1, 1]; asserts it only ever receives in-bounds actions."""
+
+    target = 0.5
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        self.t += 1
+        return np.zeros(2, np.float32), -float((action[0] - self.target) ** 2), False, self.t >= 4, {}
+
+
+def counting_envs() -> SyncVectorEnv:
+    """env 0 truncates after 3 steps, env 1 terminates after 4."""
+    return SyncVectorEnv([lambda: CountingEnv(3, truncate=True), lambda: CountingEnv(4, truncate=False)])
+
+
+# ------------------------------------------------------------------------------------------------ GAE
+
+
+def test_gae_matches_sb3_rollout_buffer():
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    rng = np.random.default_rng(0)
+    n_steps, n_envs, gamma, gae_lambda = 32, 4, 0.97, 0.9
+    rewards = rng.normal(size=(n_steps, n_envs)).astype(np.float32)
+    values = rng.normal(size=(n_steps, n_envs)).astype(np.float32)
+    dones = rng.random((n_steps, n_envs)) < 0.15  # episode ended at step t
+    dones[-1] = [True, False, True, False]
+    last_values = rng.normal(size=n_envs).astype(np.float32)
+    assert dones[1:-1].sum() >= 5  # terminations in the middle of the rollout
+
+    buffer = RolloutBuffer(n_steps, spaces.Box(-1, 1, (2,)), spaces.Discrete(2), "cpu", gae_lambda, gamma, n_envs)
+    buffer.rewards[:] = rewards
+    buffer.values[:] = values
+    buffer.episode_starts[1:] = dones[:-1]
+    buffer.compute_returns_and_advantage(torch.as_tensor(last_values), dones[-1])
+
+    next_values = np.concatenate([values[1:], last_values[None]])
+    advantages, returns = compute_gae(*map(torch.as_tensor, (rewards, values, next_values, dones)), gamma, gae_lambda)
+    np.testing.assert_allclose(advantages.numpy(), buffer.advantages, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(returns.numpy(), buffer.returns, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ ratio
+
+
+def test_first_minibatch_ratio_is_one_and_later_ones_move():
+    config = PPOConfig(n_steps=64, batch_size=64, n_epochs=3, learning_rate=0.01)
+    agent = ReferencePPO(make_cartpole(4), config, seed=0)
+    stats = agent.update(agent.collect_rollout())
+
+    ratios = agent.last_update_ratios
+    assert len(ratios) == 3 * 4  # epochs * minibatches
+    assert abs(ratios[0] - 1.0) < 1e-6  # params have not moved since collection
+    assert all(abs(r - 1.0) > 1e-4 for r in ratios[1:])
+    assert stats["clip_fraction"] > 0
+    assert stats["approx_kl"] > 0
+
+
+def test_policy_loss_uses_stored_old_logprobs():
+    agent = ReferencePPO(make_cartpole(4), PPOConfig(n_steps=64, batch_size=64), seed=1)
+    rollout = agent.collect_rollout()
+    batch = rollout.flatten()
+    _, stats = agent.compute_loss(batch)
+    shifted = dataclasses.replace(batch, logprobs=batch.logprobs + 0.3)
+    _, shifted_stats = agent.compute_loss(shifted)
+
+    assert abs(stats["ratio_mean"].item() - 1.0) < 1e-6
+    assert shifted_stats["ratio_mean"].item() == pytest.approx(math.exp(-0.3), abs=1e-5)
+    assert abs(shifted_stats["policy_loss"].item() - stats["policy_loss"].item()) > 1e-3
+
+    # And update() itself trains against the stored values, not freshly recomputed ones.
+    agent.update(dataclasses.replace(rollout, logprobs=rollout.logprobs + 0.3))
+    assert agent.last_update_ratios[0] == pytest.approx(math.exp(-0.3), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ autoreset
+
+
+def test_truncation_bootstraps_termination_does_not_and_reset_steps_are_masked():
+    gamma = 0.9
+    agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=10, batch_size=20, gamma=gamma), seed=0)
+    r = agent.collect_rollout()
+
+    # NEXT_STEP autoreset: the step after an episode end is a reset transition (invalid, reward 0).
+    expected_valid = [[1, 1, 1, 0, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 0, 1, 1, 1, 1, 0]]
+    assert r.valid.T.int().tolist() == expected_valid
+    assert r.dones.T.int().tolist() == [[0, 0, 1, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0, 1, 0]]
+    assert r.obs[3, 0].item() == 3.0  # the reset transition starts from the final observation
+
+    with torch.no_grad():
+        v_final = agent.critic(torch.tensor([[3.0]])).item()
+    assert abs(v_final) > 1e-3  # otherwise the bootstrap check below would be vacuous
+    for t in (2, 6):  # truncation: reward + gamma * V(final obs)
+        assert r.rewards[t, 0].item() == pytest.approx(1.0 + gamma * v_final, abs=1e-6)
+    for t in (3, 8):  # termination: no bootstrap
+        assert r.rewards[t, 1].item() == 1.0
+    assert r.rewards[~r.valid].eq(0).all()
+    # GAE stops at an episode end instead of reaching into the reset transition after it.
+    assert r.advantages[2, 0].item() == pytest.approx((r.rewards[2, 0] - r.values[2, 0]).item(), abs=1e-6)
+    assert r.advantages[3, 1].item() == pytest.approx((r.rewards[3, 1] - r.values[3, 1]).item(), abs=1e-6)
+
+    # Reset transitions are not trained on: garbage in those rows changes neither the loss nor any stat.
+    batch = r.flatten()
+    invalid = ~batch.valid
+
+    def garbage(x: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.where(invalid.reshape(-1, *[1] * (x.dim() - 1)), torch.full_like(x, value), x)
+
+    corrupted = dataclasses.replace(
+        batch, obs=garbage(batch.obs, 100.0), logprobs=garbage(batch.logprobs, -50.0),
+        values=garbage(batch.values, 1e6), advantages=garbage(batch.advantages, 1e6),
+        returns=garbage(batch.returns, -1e6),
+    )
+    loss, stats = agent.compute_loss(batch)
+    corrupted_loss, corrupted_stats = agent.compute_loss(corrupted)
+    assert corrupted_loss.item() == pytest.approx(loss.item(), abs=1e-6)
+    for key in stats:
+        assert corrupted_stats[key].item() == pytest.approx(stats[key].item(), abs=1e-6), key
+
+
+def test_logs_episodes_from_record_episode_statistics():
+    logs: list[tuple[dict[str, float], int]] = []
+    envs = RecordEpisodeStatistics(counting_envs())
+    agent = ReferencePPO(envs, PPOConfig(n_steps=10, batch_size=20), seed=0, log_fn=lambda s, n: logs.append((s, n)))
+    agent.learn(20)
+
+    assert [n for _, n in logs] == [20]
+    stats = logs[0][0]
+    required = {"approx_kl", "clip_fraction", "explained_variance", "policy_loss", "value_loss", "entropy",
+                "learning_rate", "episode_return_mean", "episode_length_mean"}
+    assert required <= stats.keys()
+    # Two episodes of 3 steps (env 0) and two of 4 (env 1) end in the 10-step rollout; raw env rewards.
+    assert stats["episode_return_mean"] == 3.5
+    assert stats["episode_length_mean"] == 3.5
+
+
+# ------------------------------------------------------------------------------------------------ continuous
+
+
+def test_gaussian_policy_stores_unclipped_actions_and_learns_the_target(tmp_path):
+    envs = SyncVectorEnv([TargetActionEnv for _ in range(4)])
+    config = PPOConfig(n_steps=32, batch_size=64, n_epochs=10, learning_rate=3e-3)
+    agent = ReferencePPO(envs, config, seed=0)
+    log_std_before = agent.actor.log_std.item()
+
+    rollout = agent.collect_rollout()  # the env asserts it only sees clipped, in-bounds actions
+    assert rollout.actions.abs().max() > 1.0  # storage keeps the unclipped sample ...
+    with torch.no_grad():  # ... and its log-prob
+        logprobs = agent.actor.distribution(rollout.obs).log_prob(rollout.actions)
+    torch.testing.assert_close(logprobs, rollout.logprobs)
+
+    agent.learn(6_000)
+    action, _ = agent.predict(np.zeros(2, np.float32))
+    assert action.shape == (1,)
+    assert action[0] == pytest.approx(TargetActionEnv.target, abs=0.1)
+    assert agent.actor.log_std.item() < log_std_before - 0.2
+
+    path = tmp_path / "box.pt"
+    agent.save(path)
+    loaded = ReferencePPO.load(path)
+    assert loaded.action_space == envs.single_action_space
+    np.testing.assert_array_equal(loaded.predict(np.zeros((3, 2), np.float32))[0], agent.predict(np.zeros((3, 2)))[0])
+
+
+def test_pendulum_runs():
+    logs: list[dict[str, float]] = []
+    envs = RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, vectorization_mode="sync"))
+    agent = ReferencePPO(envs, PPOConfig(n_steps=128, batch_size=64), seed=0, log_fn=lambda s, n: logs.append(s))
+    log_std_before = agent.actor.log_std.detach().clone()
+    agent.learn(512)
+    assert len(logs) == 2 and all(math.isfinite(s["value_loss"]) for s in logs)
+    assert "episode_return_mean" in logs[1]  # the 200-step time limit was reached in the 2nd rollout
+    assert not torch.equal(agent.actor.log_std.detach(), log_std_before)
+    assert agent.predict(envs.observation_space.sample())[0].shape == (2, 1)
+
+
+# ------------------------------------------------------------------------------------------------ CartPole
+
+
+@pytest.mark.slow
+def test_solves_cartpole():
+    """SB3-zoo CartPole settings; seed 0 solves by ~30k steps and keeps 500 (see module report)."""
+    torch.set_num_threads(1)  # tiny networks: threading overhead dominates
+    config = PPOConfig(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
+                       learning_rate=1e-3, anneal_lr=True, ent_coef=0.0)
+    agent = ReferencePPO(make_cartpole(8), config, seed=0)
+    start = time.perf_counter()
+    agent.learn(100_000)
+    train_seconds = time.perf_counter() - start
+
+    env = gym.make("CartPole-v1")
+    returns = []
+    for episode in range(20):
+        obs, _ = env.reset(seed=10_000 + episode)
+        total, done = 0.0, False
+        while not done:
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    print(f"CartPole: mean return {np.mean(returns):.1f} after {agent.num_timesteps} steps, {train_seconds:.1f}s")
+    assert np.mean(returns) >= 475
+
+
+# ------------------------------------------------------------------------------------------------ persistence
+
+
+def test_save_load_roundtrip_and_resume(tmp_path):
+    config = PPOConfig(n_steps=16, batch_size=32, n_epochs=2)
+    agent = ReferencePPO(make_cartpole(4), config, seed=3)
+    agent.learn(64)
+    path = tmp_path / "ckpt" / "agent.pt"
+    agent.save(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["agent.pt"]  # no temp file left behind
+
+    obs = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    loaded = ReferencePPO.load(path)  # predict-only
+    assert loaded.num_timesteps == agent.num_timesteps == 64
+    assert loaded.config == config
+    np.testing.assert_array_equal(loaded.predict(obs)[0], agent.predict(obs)[0])
+    assert loaded.predict(obs[0])[0] == agent.predict(obs[0])[0]
+    # The sampling RNG is restored too.
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=False)[0],
+                                  agent.predict(obs, deterministic=False)[0])
+    with pytest.raises(RuntimeError, match="predict-only"):
+        loaded.learn(128)
+
+    a = ReferencePPO.load(path, envs=make_cartpole(4))
+    b = ReferencePPO.load(path, envs=make_cartpole(4))
+    a.learn(128)
+    b.learn(128)
+    assert a.num_timesteps == 128  # resumed from 64, not restarted from 0
+    for pa, pb, p0 in zip(a.actor.parameters(), b.actor.parameters(), loaded.actor.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)  # resume is deterministic (optimizer, RNGs)
+    assert not all(torch.equal(pa, p0) for pa, p0 in zip(a.actor.parameters(), loaded.actor.parameters()))
+
+
+def test_rejects_batch_size_that_does_not_divide_rollout():
+    with pytest.raises(ValueError, match="batch_size=48 must divide n_steps \\* n_envs"):
+        ReferencePPO(make_cartpole(2), PPOConfig(n_steps=32, batch_size=48))
+
