@@ -85,7 +85,7 @@ def _pack(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int) 
 # fifth reuse a shape but are brighter (see _draw_scene), so every kind stays distinguishable.
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 # How many radii each shape reaches from its centre; it sizes the window the shape is drawn in.
-_REACH = {"ellipse": 1.0, "blob": 1.5, "disk": 1.0, "square": 1.21, "triangle": 1.2, "ring": 1.0, "cross": 1.06}
+_REACH = {"ellipse": 1.0, "blob": 1.5, "disk": 1.0, "square": 1.14, "triangle": 1.2, "ring": 1.0, "cross": 1.06}
 _STRIPE_PERIOD = 6.0  # pixels; multilabel texture, coarse enough to survive a blur of sigma ~1.5
 
 
@@ -107,7 +107,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
     if shape == "disk":
         return r2 <= 1.0
     if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.85
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
     if shape == "triangle":  # equilateral, circumradius 1.2 so its area is close to the other kinds'
         edges = [u * math.cos(a) + v * math.sin(a) <= 0.6 for a in np.deg2rad([90.0, 210.0, 330.0])]
         return edges[0] & edges[1] & edges[2]
@@ -296,7 +296,7 @@ def _square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.resize((size, size), resample, box=(left, top, left + side, top + side))
+    return image.resize((size, size), resample, )
 
 
 def _image_array(image: Image.Image, cfg: DataConfig) -> np.ndarray:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from .config import Config, ConfigError, load_config
-from .env import UNetLREnv, observation_space
-from .harness import PolicyController, Predictor, ScheduleController, run_episode
+from .env import make_instances, observation_space
+from .harness import Job, Predictor, run_jobs
 from .runs import atomic_write_json, atomic_write_text
 from .stats import mean_ci, paired_test
 
@@ -66,23 +65,23 @@ def check_compatible(policy: LoadedPolicy, config: Config) -> None:
                           f"{observation_space(config.env).shape}")
 
 
-def evaluate_heldout(model_path: str | Path, config: Config | None = None) -> str:
+def evaluate_heldout(model_path: str | Path, config: Config | None = None, workers: int = 1) -> str:
     """Learned policy vs constant initial LR on every held-out instance; writes heldout.json/.md beside it."""
     policy = load_policy(model_path)
     config = config or policy.config
     check_compatible(policy, config)
-    env = UNetLREnv(config=config)
-    methods: list[Any] = [PolicyController(policy.predictor), ScheduleController("constant", name="constant")]
-    finals: dict[str, list[float]] = {m.name: [] for m in methods}
-    diverged: dict[str, int] = {m.name: 0 for m in methods}
-    for instance in tqdm(env.instances["heldout"], desc="held-out evaluation", unit="instance"):
-        for method in methods:
-            result = run_episode(env, method, instance)
-            finals[method.name].append(result.final_dice)
-            diverged[method.name] += result.diverged
+    instances = make_instances(config.env, "heldout")
+    jobs = [Job(name, kind, arg, instance) for instance in instances
+            for name, kind, arg in (("learned", "policy", str(model_path)), ("constant", "schedule", "constant"))]
+    finals: dict[str, list[float]] = {"learned": [], "constant": []}
+    diverged = {"learned": 0, "constant": 0}
+    with tqdm(total=len(jobs), desc="held-out evaluation", unit="episode") as bar:
+        for result in run_jobs(config, jobs, workers, on_result=lambda _: bar.update()):
+            finals[result.method].append(result.final_dice)
+            diverged[result.method] += result.diverged
     test = paired_test(finals["learned"], finals["constant"])
     summary = {
-        "instances": len(env.instances["heldout"]), "epochs_per_episode": config.env.epochs,
+        "instances": len(instances), "epochs_per_episode": config.env.epochs,
         **{f"{name}_final_dice": values for name, values in finals.items()},
         **{f"{name}_mean": mean_ci(values).mean for name, values in finals.items()},
         **{f"{name}_ci95": [mean_ci(values).low, mean_ci(values).high] for name, values in finals.items()},

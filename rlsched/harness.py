@@ -7,12 +7,17 @@ the keep-LR action, i.e. through exactly the code path a policy's actions take.
 
 from __future__ import annotations
 
+import functools
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
+import torch
 
+from .config import Config
 from .env import Instance, UNetLREnv
 from .schedules import FixedSchedule
 
@@ -130,3 +135,71 @@ def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, init
         records.append(info)
         total += reward
     return EpisodeResult(controller.name, env.instance, records, total, env.seconds)
+
+
+# --------------------------------------------------------------------------------------------- many episodes
+@dataclass(frozen=True)
+class Job:
+    """One episode to run, described by value so it can travel to a worker process."""
+
+    method: str  # the name results are reported under
+    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random"
+    arg: str
+    instance: Instance
+    base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
+    initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(path: str) -> Predictor:
+    from .evaluate import load_policy
+
+    return load_policy(path).predictor
+
+
+def make_controller(job: Job) -> Controller:
+    if job.kind == "policy":
+        return PolicyController(_policy(job.arg), name=job.method)
+    if job.kind == "schedule":
+        return ScheduleController(job.arg, job.base_lr, name=job.method)
+    if job.kind == "random":
+        return RandomController(seed=int(job.arg or 0), name=job.method)
+    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule' or 'random'")
+
+
+_worker_env: UNetLREnv | None = None
+
+
+def _init_worker(config: Config, threads: int) -> None:
+    global _worker_env
+    torch.set_num_threads(threads)
+    _worker_env = UNetLREnv(config=config)
+
+
+def _run_job(job: Job) -> EpisodeResult:
+    assert _worker_env is not None, "worker not initialised"
+    return run_episode(_worker_env, make_controller(job), job.instance, job.initial_lr)
+
+
+def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
+             on_result: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs);
+    results come back in job order."""
+    results: list[EpisodeResult] = []
+    for result in _iter_jobs(config, jobs, workers):
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _iter_jobs(config: Config, jobs: list[Job], workers: int) -> Iterator[EpisodeResult]:
+    if workers <= 1:
+        _init_worker(config, torch.get_num_threads())
+        yield from map(_run_job, jobs)
+        return
+    from .agents.workers import start_method
+
+    context = multiprocessing.get_context(start_method())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(config, 1)) as pool:
+        yield from pool.map(_run_job, jobs)

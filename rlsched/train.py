@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_eval:
         from .evaluate import evaluate_heldout
 
-        report = evaluate_heldout(model_path, config)
+        report = evaluate_heldout(model_path, config, workers=args.n_envs)
         print(report)
     print(f"results: {run_dir}")
     return 0

@@ -17,6 +17,15 @@ from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from rlsched.agents.ppo import PPOConfig, ReferencePPO, compute_gae
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny networks: torch's intra-op threading only adds overhead (and contention on small CI boxes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_cartpole(n_envs: int) -> gym.vector.VectorEnv:
     return RecordEpisodeStatistics(gym.make_vec("CartPole-v1", n_envs, vectorization_mode="sync"))
 
@@ -191,7 +200,7 @@ def test_logs_episodes_from_record_episode_statistics():
 
 def test_gaussian_policy_stores_unclipped_actions_and_learns_the_target(tmp_path):
     envs = SyncVectorEnv([TargetActionEnv for _ in range(4)])
-    config = PPOConfig(n_steps=32, batch_size=64, n_epochs=10, learning_rate=3e-3)
+    config = PPOConfig(n_steps=32, batch_size=64, n_epochs=10, learning_rate=1e-2)
     agent = ReferencePPO(envs, config, seed=0)
     log_std_before = agent.actor.log_std.item()
 
@@ -201,11 +210,11 @@ def test_gaussian_policy_stores_unclipped_actions_and_learns_the_target(tmp_path
         logprobs = agent.actor.distribution(rollout.obs).log_prob(rollout.actions)
     torch.testing.assert_close(logprobs, rollout.logprobs)
 
-    agent.learn(6_000)
+    agent.learn(2_048)
     action, _ = agent.predict(np.zeros(2, np.float32))
     assert action.shape == (1,)
     assert action[0] == pytest.approx(TargetActionEnv.target, abs=0.1)
-    assert agent.actor.log_std.item() < log_std_before - 0.2
+    assert agent.actor.log_std.item() < log_std_before - 0.5  # exploration noise shrinks once on target
 
     path = tmp_path / "box.pt"
     agent.save(path)
@@ -232,7 +241,6 @@ def test_pendulum_runs():
 @pytest.mark.slow
 def test_solves_cartpole():
     """SB3-zoo CartPole settings; seed 0 solves by ~30k steps and keeps 500 (see module report)."""
-    torch.set_num_threads(1)  # tiny networks: threading overhead dominates
     config = PPOConfig(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
                        learning_rate=1e-3, anneal_lr=True, ent_coef=0.0)
     agent = ReferencePPO(make_cartpole(8), config, seed=0)
@@ -270,6 +278,11 @@ def test_save_load_roundtrip_and_resume(tmp_path):
     loaded = ReferencePPO.load(path)  # predict-only
     assert loaded.num_timesteps == agent.num_timesteps == 64
     assert loaded.config == config
+    saved_adam, loaded_adam = agent.optimizer.state_dict()["state"], loaded.optimizer.state_dict()["state"]
+    assert saved_adam.keys() == loaded_adam.keys() and saved_adam
+    for index, moments in saved_adam.items():
+        for key, value in moments.items():
+            torch.testing.assert_close(loaded_adam[index][key], value, rtol=0, atol=0)
     np.testing.assert_array_equal(loaded.predict(obs)[0], agent.predict(obs)[0])
     assert loaded.predict(obs[0])[0] == agent.predict(obs[0])[0]
     # The sampling RNG is restored too.

@@ -1,0 +1,64 @@
+"""How much does the LR matter on each preset? Final validation Dice across a grid of constant LRs.
+
+    python benchmarks/lr_sensitivity.py [--presets fast demo] [--instances 4] [--workers 2]
+
+Each constant LR runs the full epoch budget on the same held-out instances (same data and initial weights).
+The spread between the best and the worst LR inside the preset's initial-LR range is the room a controller
+has; a preset where every LR ends at the same Dice cannot show that a schedule matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from rlsched.config import available_presets, load_config
+from rlsched.env import make_instances
+from rlsched.harness import Job, run_jobs
+from rlsched.stats import mean_ci
+
+
+def lr_grid(low: float, high: float, per_decade: int = 2) -> list[float]:
+    start, stop = math.floor(math.log10(low) * per_decade), math.ceil(math.log10(high) * per_decade)
+    return [round(10 ** (k / per_decade), 12) for k in range(start, stop + 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="*", default=["fast", "demo"], help=f"from {available_presets()}")
+    parser.add_argument("--instances", type=int, default=4, help="held-out instances per LR")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--per-decade", type=int, default=2)
+    args = parser.parse_args()
+    for preset in args.presets:
+        config = load_config(preset)
+        env = config.env
+        grid = lr_grid(env.initial_lr_min, env.initial_lr_max, args.per_decade)
+        instances = make_instances(env, "heldout")[: args.instances]
+        jobs = [Job(f"{lr:g}", "schedule", "constant", inst, base_lr=lr, initial_lr=lr)
+                for lr in grid for inst in instances]
+        start = time.perf_counter()
+        results = run_jobs(config, jobs, args.workers)
+        seconds = time.perf_counter() - start
+        print(f"\n## {preset}: {config.optim.name} momentum={config.optim.momentum}, norm={config.model.norm}, "
+              f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s")
+        print("| constant LR | final Dice mean ± 95% CI | diverged |\n|---|---|---|")
+        means = {}
+        for lr in grid:
+            finals = [r.final_dice for r in results if r.method == f"{lr:g}"]
+            diverged = sum(r.diverged for r in results if r.method == f"{lr:g}")
+            means[lr] = float(np.mean(finals))
+            print(f"| {lr:g} | {mean_ci(finals)} | {diverged}/{len(finals)} |")
+        sane = {lr: m for lr, m in means.items() if env.initial_lr_min <= lr <= env.initial_lr_max}
+        best = max(sane, key=sane.get)
+        worst = min(sane, key=sane.get)
+        print(f"\nspread inside the initial-LR range [{env.initial_lr_min:g}, {env.initial_lr_max:g}]: "
+              f"{sane[best] - sane[worst]:.3f} Dice (best {best:g}: {sane[best]:.3f}, worst {worst:g}: "
+              f"{sane[worst]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
