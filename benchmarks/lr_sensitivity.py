@@ -10,7 +10,6 @@ has; a preset where every LR ends at the same Dice cannot show that a schedule m
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -18,12 +17,8 @@ import numpy as np
 from rlsched.config import available_presets, load_config
 from rlsched.env import make_instances
 from rlsched.harness import Job, run_jobs
+from rlsched.schedules import lr_grid
 from rlsched.stats import mean_ci
-
-
-def lr_grid(low: float, high: float, per_decade: int = 2) -> list[float]:
-    start, stop = math.floor(math.log10(low) * per_decade), math.ceil(math.log10(high) * per_decade)
-    return [round(10 ** (k / per_decade), 12) for k in range(start, stop + 1)]
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Segmentation datasets as ready-to-train tensors: procedural synthetic tasks and image/mask folders.
 
-Everything is loaded once into memory (the datasets are small) so that one RL episode -- a short UNet
-training run -- never waits on I/O. ``make_dataset`` is a pure function of ``(cfg, seed)``: the same inputs
-give bit-identical tensors, which is what makes an LR-schedule "instance" reproducible.
+Everything is loaded into memory once (the datasets are small), so an RL episode -- a short UNet training
+run -- never waits on I/O. ``make_dataset`` is a pure function of ``(cfg, seed)``: the same inputs give
+bit-identical tensors, which is what makes an LR-schedule "instance" reproducible.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from .config import DataConfig
 
 
 class DatasetError(ValueError):
-    """The data on disk (or the [data] settings) cannot form a dataset; the message says what and how to fix it."""
+    """The files on disk (or a [data] setting) cannot form a dataset; the message says what and how to fix."""
 
 
 @dataclass(frozen=True)
 class SegmentationData:
     """Train and validation splits of one segmentation task.
 
-    Images are float32 ``(N, C, H, W)`` normalised with train-split statistics. Masks are uint8: ``(N, H, W)``
-    class indices (0 = background) for binary/multiclass, ``(N, K, H, W)`` 0/1 labels for multilabel. Pixels
-    equal to ``ignore_index`` (in all K channels for multilabel) carry no label.
+    Images are float32 ``(N, C, H, W)``, normalised with train-split statistics. Masks are uint8:
+    ``(N, H, W)`` class indices (0 = background) for binary/multiclass, ``(N, K, H, W)`` 0/1 labels for
+    multilabel. A pixel equal to ``ignore_index`` (in all K channels for multilabel) carries no label.
     """
 
     train_images: torch.Tensor
@@ -43,10 +43,10 @@ class SegmentationData:
 def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """Build the dataset ``cfg.source`` names; deterministic in ``(cfg, seed)``.
 
-    ``seed`` draws the synthetic images; folder datasets ignore it (their split is fixed by ``cfg.split_seed``
-    so every training instance sees the same files).
+    ``seed`` draws the synthetic images. Folder datasets ignore it: their split is fixed by ``cfg.split_seed``
+    so that every training instance sees the same files.
     """
-    labels = 1 if cfg.task in ("binary", "multilabel") else cfg.classes
+    labels = cfg.classes if cfg.task == "multiclass" else 1
     if cfg.ignore_index <= labels:
         raise DatasetError(f"[data] ignore_index={cfg.ignore_index} collides with the labels 0..{labels} of "
                            f"task={cfg.task!r}: set ignore_index above {labels}, e.g. 255")
@@ -54,38 +54,43 @@ def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
         return make_synthetic_dataset(cfg, seed)
     if cfg.source == "folder":
         return make_folder_dataset(cfg)
-    from .brain import make_brain_dataset  # lazy: needs the optional nilearn/nibabel extra
+    from .brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
 
     return make_brain_dataset(cfg, seed)
 
 
-def _normalise(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel zero mean / unit variance using train statistics only, so validation leaks nothing."""
+def pack_dataset(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int) -> SegmentationData:
+    """Wrap raw images (N, C, H, W) and uint8 masks as tensors; the first ``n_train`` form the train split.
+
+    Every source ends here so all share one rule: per-channel zero mean / unit variance computed on the train
+    split only (validation must not leak into training) and applied to both splits.
+    """
+    train, val = images[:n_train], images[n_train:]
     mean = train.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
     std = np.maximum(train.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64), 1e-6)
-    return ((train - mean) / std).astype(np.float32), ((val - mean) / std).astype(np.float32)
 
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array))
 
-def _pack(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int) -> SegmentationData:
-    train_images, val_images = _normalise(images[:n_train], images[n_train:])
     return SegmentationData(
-        train_images=torch.from_numpy(np.ascontiguousarray(train_images)),
-        train_masks=torch.from_numpy(np.ascontiguousarray(masks[:n_train])),
-        val_images=torch.from_numpy(np.ascontiguousarray(val_images)),
-        val_masks=torch.from_numpy(np.ascontiguousarray(masks[n_train:])),
+        train_images=tensor(((train - mean) / std).astype(np.float32)),
+        train_masks=tensor(masks[:n_train]),
+        val_images=tensor(((val - mean) / std).astype(np.float32)),
+        val_masks=tensor(masks[n_train:]),
         task=cfg.task, classes=cfg.classes, ignore_index=cfg.ignore_index,
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Synthetic tasks
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
-# Multiclass/multilabel object kinds, told apart mainly by shape. Kind k uses SHAPES[k % 5]; kinds past the
-# fifth reuse a shape but are brighter (see _draw_scene), so every kind stays distinguishable.
-SHAPES = ("disk", "square", "triangle", "ring", "cross")
+# Multiclass/multilabel kinds are told apart mainly by shape, most distinct pairs first (K=2: disk vs cross).
+# Kind k uses SHAPES[k % 5]; kinds past the fifth reuse a shape but are brighter (see _paint_scene).
+SHAPES = ("disk", "cross", "triangle", "ring", "square")
 # How many radii each shape reaches from its centre; it sizes the window the shape is drawn in.
-_REACH = {"ellipse": 1.0, "blob": 1.5, "disk": 1.0, "square": 1.14, "triangle": 1.2, "ring": 1.0, "cross": 1.06}
+_REACH = {"ellipse": 1.0, "blob": 1.5, "disk": 1.0, "square": 1.14, "triangle": 1.2, "ring": 1.0,
+          "cross": 1.06}
 _STRIPE_PERIOD = 6.0  # pixels; multilabel texture, coarse enough to survive a blur of sigma ~1.5
 
 
@@ -98,7 +103,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
         amp = rng.uniform(0.1, 0.25, size=(2, len(u), 1, 1))
         phase = rng.uniform(0, 2 * math.pi, size=(2, len(u), 1, 1))
         rho = np.sqrt(r2) + 1e-6
-        cos1, sin1 = u / rho, v / rho  # cos/sin of the polar angle; the multiple-angle formulas avoid arctan2
+        cos1, sin1 = u / rho, v / rho  # of the polar angle; multiple-angle formulas are cheaper than arctan2
         cos2, sin2 = cos1 * cos1 - sin1 * sin1, 2 * cos1 * sin1
         cos3, sin3 = cos1 * cos2 - sin1 * sin2, sin1 * cos2 + cos1 * sin2
         rim = (1.0 + amp[0] * (cos2 * np.cos(phase[0]) - sin2 * np.sin(phase[0]))
@@ -119,8 +124,9 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
     raise ValueError(f"unknown shape {shape!r}")  # pragma: no cover - programming error
 
 
-def _draw_shapes(names: list[str], cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Randomly size, place and rotate the named shapes; return window corners (M, 2) and inside-masks (M, w, w).
+def _draw_shapes(names: list[str], cfg: DataConfig,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly size, place and rotate shapes; return window corners (M, 2) and inside-masks (M, w, w).
 
     All windows share the size of the largest shape that could be drawn, so one image's shapes are evaluated
     in a single vectorised pass whose cost scales with object area, not image area.
@@ -131,9 +137,10 @@ def _draw_shapes(names: list[str], cfg: DataConfig, rng: np.random.Generator) ->
     centre = rng.uniform(0, size, size=(m, 2))
     angle = rng.uniform(0, 2 * math.pi, size=(m, 1, 1))
     pixel = np.floor(centre)
-    offset = np.arange(-half, half + 1, dtype=np.float32) + 0.5  # window pixel centres around the centre pixel
     fraction = (centre - pixel).astype(np.float32)
-    dy, dx = offset[None, :, None] - fraction[:, 0, None, None], offset[None, None, :] - fraction[:, 1, None, None]
+    offset = np.arange(-half, half + 1, dtype=np.float32) + 0.5  # window pixel centres, from the centre pixel
+    dy = offset[None, :, None] - fraction[:, 0, None, None]
+    dx = offset[None, None, :] - fraction[:, 1, None, None]
     cos, sin = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
     u, v = (dx * cos + dy * sin) / radius, (dy * cos - dx * sin) / radius
     inside = np.empty(u.shape, dtype=bool)
@@ -144,10 +151,18 @@ def _draw_shapes(names: list[str], cfg: DataConfig, rng: np.random.Generator) ->
 
 
 def _tint(hues: np.ndarray, channels: int) -> np.ndarray:
-    """Per-channel gains (M, C) with mean 1: a hue for RGB (colour carries signal, brightness not), 1 for gray."""
+    """Per-channel gains (M, C) of mean 1: a hue for RGB (colour carries signal, not brightness), 1 for gray."""
     if channels == 1:
         return np.ones((len(hues), 1))
     return 1.0 + 0.35 * np.cos(hues[:, None] - np.array([0.0, 2.0, 4.0]) * math.pi / 3)
+
+
+def _stripes(size: int, kinds: int) -> np.ndarray:
+    """(K, H, W) multilabel textures: stripes of one period whose direction differs per kind."""
+    grid = np.arange(size)
+    angles = np.arange(kinds)[:, None, None] * math.pi / kinds
+    along = grid[None, None, :] * np.cos(angles) + grid[None, :, None] * np.sin(angles)
+    return (1.0 + 0.5 * np.sin(2 * math.pi / _STRIPE_PERIOD * along)).astype(np.float32)
 
 
 def _field_of_view(size: int) -> np.ndarray:
@@ -164,18 +179,19 @@ def _gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps = (taps / taps.sum()).astype(images.dtype)
     out = images
-    for _ in range(2):  # blur the last axis, then swap so the other axis is last
+    for _ in range(2):  # blur the last axis, then swap so that the other axis is last
         width = out.shape[-1]
         padded = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(radius, radius)], mode="reflect")
         out = taps[radius] * padded[..., radius:radius + width]
         for i in range(radius):  # the kernel is symmetric: one multiply per pair of taps
-            out += taps[i] * (padded[..., i:i + width] + padded[..., 2 * radius - i:2 * radius - i + width])
+            mirror = 2 * radius - i
+            out += taps[i] * (padded[..., i:i + width] + padded[..., mirror:mirror + width])
         out = out.swapaxes(-1, -2)
     return np.ascontiguousarray(out)
 
 
 def _backgrounds(cfg: DataConfig, rng: np.random.Generator, n: int) -> np.ndarray:
-    """(n, C, H, W) smooth backgrounds: a random offset, illumination gradient, faint wave and (RGB) colour cast."""
+    """(n, C, H, W) smooth backgrounds: random offset, illumination gradient, faint wave, RGB colour cast."""
     size, scale = cfg.image_size, abs(cfg.contrast)
     grid = ((np.arange(size) + 0.5) / size - 0.5).astype(np.float32)
     yy, xx = grid[:, None], grid[None, :]
@@ -188,21 +204,22 @@ def _backgrounds(cfg: DataConfig, rng: np.random.Generator, n: int) -> np.ndarra
     offset = rng.uniform(-0.2, 0.2, size=(n, 1, 1))
     background = scale * (offset + slope[:, 0, None, None] * xx + slope[:, 1, None, None] * yy + 0.15 * wave)
     cast = scale * 0.1 * rng.normal(size=(n, cfg.channels, 1, 1)) if cfg.channels == 3 else 0.0
-    return np.ascontiguousarray(np.broadcast_to(background[:, None] + cast, (n, cfg.channels, size, size)),
-                                dtype=np.float32)
+    shape = (n, cfg.channels, size, size)
+    return np.ascontiguousarray(np.broadcast_to(background[:, None] + cast, shape), dtype=np.float32)
 
 
-def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator, stripes: np.ndarray) -> np.ndarray:
-    """Paint distractors and objects onto a (C, H, W) background in place; return the scene's mask.
+def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator,
+                 stripes: np.ndarray) -> np.ndarray:
+    """Paint distractors and objects onto one (C, H, W) background in place; return the scene's mask.
 
-    Distractors are low-contrast ellipses of object size (some brighter, some darker than the background), so
-    together with the background's gradient no global intensity threshold separates the foreground: the net
-    has to use local context and shape -- which is what makes the learning rate matter. The mask is (H, W)
-    class indices, or (K, H, W) labels for multilabel.
+    Distractors are low-contrast ellipses of object size, some brighter and some darker than the background.
+    With the background's gradient they keep any global intensity threshold from separating the foreground:
+    the net has to use local context and shape, which is what makes the learning rate matter. The mask holds
+    (H, W) class indices, or (K, H, W) labels for multilabel.
     """
-    size, channels, kinds = cfg.image_size, cfg.channels, cfg.classes
-    scale = abs(cfg.contrast)
-    n_distractors, n_objects = int(rng.integers(2, 6)), int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    size, channels, kinds, scale = cfg.image_size, cfg.channels, cfg.classes, abs(cfg.contrast)
+    n_distractors = int(rng.integers(2, 6))
+    n_objects = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     if cfg.task == "binary":
         object_kinds = np.zeros(n_objects, dtype=np.int64)
         shapes = ["ellipse" if p < 0.6 else "blob" for p in rng.random(n_objects)]
@@ -215,10 +232,10 @@ def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator, s
             gains = (1.0 + 0.5 * (object_kinds // len(SHAPES))) * rng.uniform(0.85, 1.15, n_objects)
         else:  # multilabel: each kind has its own level, so overlaps read as sums
             gains = (0.7 + 0.6 * object_kinds / max(kinds - 1, 1)) * rng.uniform(0.9, 1.1, n_objects)
-    distractor_levels = rng.uniform(0.25, 0.45, n_distractors) * np.where(rng.random(n_distractors) < 0.5, -scale, scale)
-    levels = np.concatenate([distractor_levels, cfg.contrast * gains])
-    colours = (levels[:, None] * _tint(np.concatenate([math.pi + rng.uniform(-1, 1, n_distractors), hues]),
-                                       channels)).astype(np.float32)
+    signs = np.where(rng.random(n_distractors) < 0.5, -1.0, 1.0)
+    levels = np.concatenate([scale * signs * rng.uniform(0.25, 0.45, n_distractors), cfg.contrast * gains])
+    all_hues = np.concatenate([math.pi + rng.uniform(-1, 1, n_distractors), hues])
+    colours = (levels[:, None] * _tint(all_hues, channels)).astype(np.float32)
     corners, insides = _draw_shapes(["ellipse"] * n_distractors + shapes, cfg, rng)
 
     layer = np.zeros_like(image)  # objects are painted here, then added on top of the background
@@ -244,35 +261,32 @@ def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator, s
 def make_synthetic_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """Procedural task: ``n_train`` then ``n_val`` scenes drawn from one generator seeded by ``seed``.
 
-    Images are blurred (``cfg.blur``), get Gaussian noise (``cfg.noise``) and, with ``cfg.ignore_border``,
-    a dark constant outside a centred circular field of view whose mask pixels become ``ignore_index``.
+    Scenes are blurred (``cfg.blur``) and get Gaussian noise (``cfg.noise``); with ``cfg.ignore_border`` the
+    pixels outside a centred circular field of view become a dark constant and ``ignore_index`` in the mask.
     """
     if cfg.noise < 0 or cfg.blur < 0 or cfg.contrast == 0:
-        raise DatasetError(f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need noise >= 0, "
-                           "blur >= 0 (0 = none) and contrast != 0")
+        raise DatasetError(f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need "
+                           "noise >= 0, blur >= 0 (0 = none) and contrast != 0")
     rng = np.random.default_rng(seed)
-    size = cfg.image_size
-    grid = np.arange(size)
-    angles = np.arange(cfg.classes)[:, None, None] * math.pi / cfg.classes  # one stripe direction per kind
-    phase = 2 * math.pi / _STRIPE_PERIOD * (grid[None, None, :] * np.cos(angles) + grid[None, :, None] * np.sin(angles))
-    stripes = (1.0 + 0.5 * np.sin(phase)).astype(np.float32)  # multilabel texture, (K, H, W)
     images = _backgrounds(cfg, rng, cfg.n_train + cfg.n_val)
+    stripes = _stripes(cfg.image_size, cfg.classes)
     masks = np.stack([_paint_scene(image, cfg, rng, stripes) for image in images])
     images = _gaussian_blur(images, cfg.blur)
     images += cfg.noise * rng.standard_normal(images.shape, dtype=np.float32)
     if cfg.ignore_border:
-        outside = ~_field_of_view(size)
-        images[..., outside] = -2.0 * (abs(cfg.contrast) + cfg.noise)  # darker than anything inside the view
+        outside = ~_field_of_view(cfg.image_size)
+        images[..., outside] = images.min() - abs(cfg.contrast)  # darker than anything inside the view
         masks[..., outside] = cfg.ignore_index
-    return _pack(cfg, images, masks, cfg.n_train)
+    return pack_dataset(cfg, images, masks, cfg.n_train)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Folder datasets
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LAYOUT = "<root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>"
+_MAP_EXAMPLE = 'mask_map = {"255" = 1}'
 
 
 def _index(folder: Path) -> dict[str, Path]:
@@ -283,20 +297,26 @@ def _index(folder: Path) -> dict[str, Path]:
             continue
         if path.stem in files:
             raise DatasetError(f"{folder}: both {files[path.stem].name} and {path.name} have the stem "
-                               f"{path.stem!r}; keep one file per stem so images and masks pair up unambiguously")
+                               f"{path.stem!r}; keep one file per stem so that images and masks pair up")
         files[path.stem] = path
     if not files:
         raise DatasetError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}): add them, or point "
-                           f"[data] root at the folder laid out as {_LAYOUT}")
+                           f"[data] root at a folder laid out as {_LAYOUT}")
     return files
 
 
+def _names(stems: list[str], files: dict[str, Path]) -> str:
+    """Up to five file names, for error messages."""
+    shown = ", ".join(files[stem].name for stem in stems[:5]) or "none"
+    return shown + (f" (+{len(stems) - 5} more)" if len(stems) > 5 else "")
+
+
 def _square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """Centre-crop to a square, then resize, so objects keep their aspect ratio."""
+    """Centre-crop to a square, then resize, so that objects keep their aspect ratio."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.resize((size, size), resample, )
+    return image.resize((size, size), resample, box=(left, top, left + side, top + side))
 
 
 def _image_array(image: Image.Image, cfg: DataConfig) -> np.ndarray:
@@ -310,48 +330,44 @@ def _image_array(image: Image.Image, cfg: DataConfig) -> np.ndarray:
 
 
 def _mask_array(mask: Image.Image, path: Path, cfg: DataConfig) -> np.ndarray:
-    """(S, S) int64 raw label values; NEAREST resampling so no label value is ever invented."""
+    """(S, S) int64 raw label values; NEAREST resampling, so no label value is ever invented."""
     if len(mask.getbands()) != 1:
-        raise DatasetError(f"{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); save masks as "
-                           "single-channel label images (mode L or P, one class value per pixel)")
+        raise DatasetError(f"{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); save masks "
+                           "as single-channel label images (mode L or P, one class value per pixel)")
     return np.asarray(_square(mask, cfg.image_size, Image.Resampling.NEAREST)).astype(np.int64)
 
 
-def _names(stems: list[str], files: dict[str, Path]) -> str:
-    """Up to five file names, for error messages."""
-    shown = ", ".join(files[s].name for s in stems[:5]) or "none"
-    return shown + (f" (+{len(stems) - 5} more)" if len(stems) > 5 else "")
-
-
 def _mask_mapping(cfg: DataConfig, raw_values: set[int]) -> dict[int, int]:
-    """Raw mask value -> class. Unlisted values map to themselves (so ignore_index stays ignore)."""
-    if cfg.mask_map:
-        mapping = {}
-        for key, label in cfg.mask_map.items():
-            try:
-                mapping[int(key)] = label
-            except ValueError:
-                raise DatasetError(f"[data] mask_map key {key!r} is not an integer mask value; write e.g. "
-                                   'mask_map = {"255" = 1}') from None
-        return mapping
-    if cfg.task == "binary" and raw_values <= {0, 255}:
-        return {0: 0, 255: 1}
-    return {}
+    """Raw mask value -> class; values it does not list map to themselves (so ignore_index stays ignored).
+
+    Without ``cfg.mask_map``, binary masks holding only 0 and 255 get {0: 0, 255: 1}; all else is identity.
+    """
+    if not cfg.mask_map:
+        return {0: 0, 255: 1} if cfg.task == "binary" and raw_values <= {0, 255} else {}
+    mapping = {}
+    for key, label in cfg.mask_map.items():
+        try:
+            mapping[int(key)] = label
+        except ValueError:
+            raise DatasetError(f"[data] mask_map key {key!r} is not an integer mask value; write e.g. "
+                               f"{_MAP_EXAMPLE}") from None
+    return mapping
 
 
 def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
-    """Load ``<cfg.root>/images`` and ``<cfg.root>/masks`` (pairs matched by file stem).
+    """Load ``<cfg.root>/images`` and ``<cfg.root>/masks``, pairs matched by file stem.
 
     Each pair is centre-cropped to a square and resized to ``cfg.image_size`` (bilinear for images, nearest
-    for masks). The split is a shuffle of the sorted stems by ``cfg.split_seed``; ``round(val_fraction * n)``
-    pairs (at least 1, at most n - 1) go to validation. ``cfg.n_train`` / ``cfg.n_val`` are not used.
+    for masks). The split shuffles the sorted stems with ``cfg.split_seed`` and sends ``round(val_fraction *
+    n)`` pairs (at least 1, at most n - 1) to validation; ``cfg.n_train`` and ``cfg.n_val`` are not used.
     """
     if cfg.task == "multilabel":
-        raise DatasetError("[data] source='folder' supports only task='binary' or 'multiclass' (one label image per "
-                           "case); use one of those, or source='synthetic' for a multilabel task")
+        raise DatasetError("[data] source='folder' supports only task='binary' or 'multiclass' (one label "
+                           "image per case); use one of those, or source='synthetic' for a multilabel task")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"[data] root={cfg.root!r} is not a folder: set root to a folder laid out as {_LAYOUT}")
+        raise DatasetError(f"[data] root={cfg.root!r} is not a folder: set root to a folder laid out as "
+                           f"{_LAYOUT}")
     for sub in ("images", "masks"):
         if not (root / sub).is_dir():
             raise DatasetError(f"{root} has no {sub}/ folder: create {root / sub} (layout: {_LAYOUT})")
@@ -360,44 +376,47 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
     if no_mask or no_image:
         raise DatasetError(f"{root}: {len(no_mask)} image(s) without a mask: {_names(no_mask, images)}; "
-                           f"{len(no_image)} mask(s) without an image: {_names(no_image, masks)}. Every image needs "
-                           "a mask with the same file stem (images/case01.jpg <-> masks/case01.png): add the "
-                           "missing files or remove the extra ones")
+                           f"{len(no_image)} mask(s) without an image: {_names(no_image, masks)}. Every "
+                           "image needs a mask with the same file stem (images/case01.jpg <-> "
+                           "masks/case01.png): add the missing files or remove the extra ones")
     stems = sorted(images)
     if len(stems) < 2:
-        raise DatasetError(f"{root}: found {len(stems)} image/mask pair; need at least 2 (one to train on, one to "
-                           "validate on): add more pairs")
+        raise DatasetError(f"{root}: found {len(stems)} image/mask pair; need at least 2 (one to train on, "
+                           "one to validate on): add more pairs")
 
     pixels, raw_masks = [], []
     for stem in stems:
         with Image.open(images[stem]) as image, Image.open(masks[stem]) as mask:
             if image.size != mask.size:
                 raise DatasetError(f"{images[stem].name} is {image.size[0]}x{image.size[1]} but its mask "
-                                   f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at the "
-                                   "image's size (width x height)")
+                                   f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at "
+                                   "the image's size (width x height)")
             pixels.append(_image_array(image, cfg))
             raw_masks.append(_mask_array(mask, masks[stem], cfg))
 
-    raw_values = {int(v) for m in raw_masks for v in np.unique(m)}
-    mapping = _mask_mapping(cfg, raw_values)
-    top = 1 if cfg.task == "binary" else cfg.classes
+    # the default mapping depends on the values of all masks: an all-background mask alone says nothing
+    mapping = _mask_mapping(cfg, {int(v) for raw in raw_masks for v in np.unique(raw)})
+    top = cfg.classes if cfg.task == "multiclass" else 1
     labels = []
     for stem, raw in zip(stems, raw_masks):
         values, inverse = np.unique(raw, return_inverse=True)
         mapped = np.array([mapping.get(int(v), int(v)) for v in values], dtype=np.int64)
         bad = [int(v) for v, m in zip(values, mapped) if not (0 <= m <= top or m == cfg.ignore_index)]
         if bad:
-            hint = " (JPEG compression changes label values: save masks as PNG)" \
-                if masks[stem].suffix.lower() in (".jpg", ".jpeg") else ""
-            raise DatasetError(f"{masks[stem]}: raw mask values {bad[:10]} are not classes of task={cfg.task!r} "
-                               f"(allowed after mapping: 0..{top}, and {cfg.ignore_index} = ignore){hint}. Set [data] "
-                               'mask_map to map raw values to classes, e.g. mask_map = {"255" = 1}')
+            jpeg = masks[stem].suffix.lower() in (".jpg", ".jpeg")
+            hint = " (JPEG compression changes label values: save masks as PNG)" if jpeg else ""
+            raise DatasetError(f"{masks[stem]}: raw mask values {bad[:10]} are not classes of "
+                               f"task={cfg.task!r} (allowed after mapping: 0..{top}, and {cfg.ignore_index} = ignore){hint}. "
+                               f"Set [data] mask_map to map raw values to classes, e.g. {_MAP_EXAMPLE}")
         labels.append(mapped[inverse].reshape(raw.shape).astype(np.uint8))
 
     order = np.random.default_rng(cfg.split_seed).permutation(len(stems))
     n_val = min(max(1, round(cfg.val_fraction * len(stems))), len(stems) - 1)
-    picks = np.concatenate([np.sort(order[n_val:]), np.sort(order[:n_val])])  # train first, each in stem order
-    return _pack(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(stems) - n_val)
+    picks = np.concatenate([np.sort(order[n_val:]), np.sort(order[:n_val])])  # train first, each by stem
+    return pack_dataset(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(stems) - n_val)
 
 
-__all__ = ["DatasetError", "SegmentationData", "make_dataset", "make_folder_dataset", "make_synthetic_dataset"]
+__all__ = [
+    "DatasetError", "SegmentationData", "make_dataset", "make_folder_dataset", "make_synthetic_dataset",
+    "pack_dataset",
+]

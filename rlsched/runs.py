@@ -50,6 +50,10 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     _atomic(Path(path), lambda h: h.write(text), "w")
 
 
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    _atomic(Path(path), lambda h: h.write(data), "wb")
+
+
 def atomic_write_json(path: Path | str, data: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")
 

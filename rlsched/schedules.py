@@ -16,6 +16,12 @@ from torch.optim import lr_scheduler
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], object]
 
 
+def lr_grid(low: float, high: float, per_decade: int = 2) -> list[float]:
+    """Log-spaced LRs at round values (``per_decade`` per decade) covering ``[low, high]``."""
+    start, stop = math.floor(math.log10(low) * per_decade), math.ceil(math.log10(high) * per_decade)
+    return [round(10 ** (k / per_decade), 12) for k in range(start, stop + 1)]
+
+
 def _warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> lr_scheduler.LRScheduler:
     warmup = max(1, round(0.1 * steps))
     if steps <= warmup:

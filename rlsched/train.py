@@ -85,7 +85,10 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     settings = settings_from(args)
-    settings.minibatch(config, args.n_envs)  # fail now, not after the workers started
+    try:
+        settings.minibatch(config, args.n_envs)  # fail now, not after the workers started
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     if not args.total_timesteps:
         args.total_timesteps = 24 * settings.n_steps(config) * args.n_envs
     run_dir = new_run_dir(config.name, f"ppo-{args.algo}", f"s{args.seed}", root=args.runs_dir)

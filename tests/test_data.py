@@ -27,7 +27,7 @@ def tensors(data: SegmentationData) -> list[torch.Tensor]:
     return [data.train_images, data.train_masks, data.val_images, data.val_masks]
 
 
-# ---------------------------------------------------------------------------------------------------- synthetic
+# ------------------------------------------------------------------------------------------------ synthetic
 
 
 @pytest.mark.parametrize("task", list(CLASSES))
@@ -44,15 +44,18 @@ def test_shapes_dtypes_and_values(task, channels):
     k = CLASSES[task]
     data = synthetic(task=task, classes=k, channels=channels, n_train=48, max_objects=6)
     assert (data.task, data.classes, data.ignore_index) == (task, k, 255)
-    assert data.train_images.shape == (48, channels, 32, 32) and data.val_images.shape == (8, channels, 32, 32)
+    assert data.train_images.shape == (48, channels, 32, 32)
+    assert data.val_images.shape == (8, channels, 32, 32)
     assert data.train_images.dtype == data.val_images.dtype == torch.float32
     assert data.train_masks.dtype == data.val_masks.dtype == torch.uint8
     mask_shape = (32, 32) if task != "multilabel" else (k, 32, 32)
     assert data.train_masks.shape == (48, *mask_shape) and data.val_masks.shape == (8, *mask_shape)
     values = set(data.train_masks.unique().tolist())
     assert values == (set(range(k + 1)) if task == "multiclass" else {0, 1})
-    if task == "multilabel":
-        assert (data.train_masks.sum(dim=1) >= 2).any(), "kinds never overlap"
+    if task == "multilabel":  # kinds overlap, and an overlap is brighter than either kind alone
+        labels = data.train_masks.sum(dim=1)
+        brightness = data.train_images.mean(dim=1)
+        assert (labels >= 2).any() and brightness[labels >= 2].mean() > brightness[labels == 1].mean() + 0.3
     # normalised with train statistics, per channel
     mean, std = data.train_images.mean(dim=(0, 2, 3)), data.train_images.std(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.zeros(channels), atol=1e-3)
@@ -148,7 +151,7 @@ def test_brain_source_is_dispatched_lazily(monkeypatch):
     assert make_dataset(DataConfig(source="brain"), 7) == ("brain", "brain", 7)
 
 
-# ------------------------------------------------------------------------------------------------------ folders
+# -------------------------------------------------------------------------------------------------- folders
 
 SIZE = 16
 N_REGULAR = 6  # pairs case0..case5; mask of case i has its top i+1 rows set, image brightness grows with i
@@ -160,7 +163,7 @@ def save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
 
 
 def make_folder(root: Path) -> Path:
-    """Gray and RGB PNGs, one JPG, 0/255 masks, and one 40x24 pair ("odd") that must be cropped and resized."""
+    """Gray and RGB PNGs, one JPG, 0/255 masks, and a 40x24 pair ("odd") that must be cropped and resized."""
     for i in range(N_REGULAR):
         gray = np.full((SIZE, SIZE), 20 + 30 * i)
         gray[::2, ::2] += 10  # some texture
@@ -188,7 +191,8 @@ def everything(data: SegmentationData) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_folder_loads_pairs_resized_and_mapped(tmp_path, channels):
     data = make_dataset(folder_cfg(make_folder(tmp_path), channels=channels, n_train=99, n_val=99), seed=0)
-    assert data.train_images.shape == (6, channels, SIZE, SIZE) and data.val_images.shape == (1, channels, SIZE, SIZE)
+    assert data.train_images.shape == (6, channels, SIZE, SIZE)
+    assert data.val_images.shape == (1, channels, SIZE, SIZE)
     assert data.train_masks.shape == (6, SIZE, SIZE) and data.train_masks.dtype == torch.uint8
     images, masks = everything(data)
     assert set(masks.unique().tolist()) == {0, 1}  # 0/255 masks became 0/1

@@ -1,0 +1,94 @@
+"""End-to-end: python -m rlsched.train trains, evaluates, checkpoints, survives kill -9 and SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlsched.runs import read_jsonl
+from rlsched.train import main
+
+TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",
+        "--set", "env.epochs=4", "--set", "env.heldout_instances=2", "--episodes-per-rollout", "1"]
+
+
+def only_run(runs: Path) -> Path:
+    (run_dir,) = list(runs.iterdir())
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["sb3", "reference"])
+def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
+    code = main(TINY + ["--algo", algo, "--n-envs", "2", "--total-timesteps", "32", "--runs-dir", str(tmp_path)])
+    assert code == 0
+    run_dir = only_run(tmp_path)
+    model = run_dir / ("model.zip" if algo == "sb3" else "model.pt")
+    assert model.is_file() and (run_dir / "config.toml").is_file() and (run_dir / "args.json").is_file()
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 32
+    episodes = read_jsonl(run_dir / "episodes.jsonl")
+    assert len(episodes) >= 6 and all(len(e["lrs"]) == 4 for e in episodes)  # NEXT_STEP autoreset: 5 calls/episode
+    assert any((run_dir / "tb").rglob("events.out.tfevents*"))
+    heldout = json.loads((run_dir / "heldout.json").read_text())
+    assert len(heldout["learned_final_dice"]) == len(heldout["constant_final_dice"]) == 2
+    out = capsys.readouterr().out
+    assert "learned policy" in out and str(run_dir) in out
+
+
+def start(tmp_path, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "rlsched.train", *TINY, "--n-envs", "1", "--no-eval",
+                             "--runs-dir", str(tmp_path), *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(tmp_path, proc, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = list(tmp_path.iterdir())
+        if runs and (runs[0] / "checkpoints" / "last.json").exists():
+            return runs[0]
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_finishes_the_run(tmp_path):
+    proc = start(tmp_path, "--total-timesteps", "40")
+    run_dir = wait_for_checkpoint(tmp_path, proc)
+    proc.kill()  # SIGKILL: no clean-up code runs
+    proc.wait()
+    done_before = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
+    assert 0 < done_before < 40 and not (run_dir / "model.zip").exists()
+    assert main(["--resume", str(run_dir), "--no-eval"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 40
+    assert (run_dir / "model.zip").is_file()
+    assert not list(run_dir.rglob("*.tmp"))  # nothing half-written is left behind
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    proc = start(tmp_path, "--total-timesteps", "400")
+    run_dir = wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    assert (run_dir / "checkpoints" / "last.zip").is_file()
+
+
+def test_bad_preset_key_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="unknown key 'epoch'"):
+        main(["--preset", "fast", "--set", "env.epoch=3", "--runs-dir", str(tmp_path)])
+
+
+def test_batch_size_must_divide_the_rollout(tmp_path):
+    with pytest.raises(SystemExit, match="does not divide the rollout"):
+        main(TINY + ["--batch-size", "3", "--runs-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing created for a run that could not start
