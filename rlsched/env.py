@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -14,6 +13,7 @@ import torch
 from gymnasium import spaces
 
 from .config import Config, EnvConfig, load_config
+from .control import ControlState, Dynamics, clip_lr, lr_factor, observation_space
 from .data import SegmentationData, make_dataset
 from .penalties import CombinedPenalty, Penalty, Transition
 from .trainer import Trainer
@@ -41,88 +41,6 @@ def make_instances(env: EnvConfig, split: str) -> list[Instance]:
     seeds = rng.integers(0, 2**31 - 1, size=(count, 2))
     log_lrs = rng.uniform(math.log10(env.initial_lr_min), math.log10(env.initial_lr_max), size=count)
     return [Instance(split, i, int(seeds[i, 0]), int(seeds[i, 1]), float(10 ** log_lrs[i])) for i in range(count)]
-
-
-# --------------------------------------------------------------------------------------------- observation
-# The observation space is declared here, beside the only function that fills it, so the two cannot drift.
-OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
-    # name, low, high, meaning
-    ("log_lr", -1.0, 1.0, "log10 LR scaled so lr_min -> -1 and lr_max -> +1"),
-    ("budget_used", 0.0, 1.0, "fraction of the epoch budget spent"),
-    ("log_train_loss", -10.0, 5.0, "ln(training loss of the last slice); at reset ln(val loss)"),
-    ("log_val_loss", -10.0, 5.0, "ln(validation loss)"),
-    ("d_log_train_loss", -5.0, 5.0, "change of log_train_loss over the last step"),
-    ("d_log_val_loss", -5.0, 5.0, "change of log_val_loss over the last step"),
-    ("dice", 0.0, 1.0, "validation Dice (mean over foreground classes)"),
-    ("d_dice", -1.0, 1.0, "change of Dice over the last step"),
-    ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset)"),
-    ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (-8 at reset)"),
-)
-HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
-
-
-@functools.lru_cache(maxsize=16)
-def _bounds(history: int) -> tuple[np.ndarray, np.ndarray]:
-    lows = [f[1] for f in OBS_FEATURES] + [h[1] for _ in range(history) for h in HISTORY_FEATURES]
-    highs = [f[2] for f in OBS_FEATURES] + [h[2] for _ in range(history) for h in HISTORY_FEATURES]
-    return np.array(lows, np.float32), np.array(highs, np.float32)
-
-
-def observation_space(env: EnvConfig) -> spaces.Box:
-    low, high = _bounds(env.history)
-    return spaces.Box(low.copy(), high.copy(), dtype=np.float32)
-
-
-def observation_names(env: EnvConfig) -> list[str]:
-    names = [f[0] for f in OBS_FEATURES]
-    for lag in range(1, env.history + 1):
-        names += [f"{h[0]}{lag}" for h in HISTORY_FEATURES]
-    return names
-
-
-@dataclass
-class _Dynamics:
-    """The raw numbers an observation is computed from."""
-
-    lr: float
-    train_loss: float
-    val_loss: float
-    dice: float
-    grad_norm: float
-    update_ratio: float
-
-
-def _ln(x: float) -> float:
-    return math.log(x) if (math.isfinite(x) and x > 0) else math.nan
-
-
-def build_observation(env: EnvConfig, step: int, now: _Dynamics, before: _Dynamics,
-                      history: list[tuple[float, float]]) -> np.ndarray:
-    """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
-    low, high = _bounds(env.history)
-
-    def scaled_lr(lr: float) -> float:
-        return 2 * (math.log10(lr) - math.log10(env.lr_min)) / (math.log10(env.lr_max) - math.log10(env.lr_min)) - 1
-
-    values = [
-        scaled_lr(now.lr),
-        step / env.steps,
-        _ln(now.train_loss),
-        _ln(now.val_loss),
-        _ln(now.train_loss) - _ln(before.train_loss),
-        _ln(now.val_loss) - _ln(before.val_loss),
-        now.dice,
-        now.dice - before.dice,
-        _ln(now.grad_norm) / math.log(10) if now.grad_norm > 0 else 0.0,
-        _ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,
-    ]
-    padded = history[-env.history:] if env.history else []
-    padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
-    for dice, lr in reversed(padded):
-        values += [dice, scaled_lr(lr)]
-    obs = np.array(values, dtype=np.float64)
-    obs = np.where(np.isnan(obs), high, obs)  # NaN losses come from blow-ups: report them as maximal
-    return np.clip(obs, low, high).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- the env
@@ -228,10 +146,7 @@ class UNetLREnv(gym.Env):
         """Set the LR the next action multiplies: lets a fixed schedule drive the env via ``keep_action``."""
         if self.trainer is None:
             raise RuntimeError("call reset() before set_lr()")
-        self._lr = self._clip_lr(lr)
-
-    def _clip_lr(self, lr: float) -> float:
-        return float(min(max(lr, self.config.env.lr_min), self.config.env.lr_max))
+        self._lr = clip_lr(self.config.env, lr)
 
     def _data(self, seed: int) -> SegmentationData:
         if seed not in self._data_cache:
@@ -271,16 +186,15 @@ class UNetLREnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.instance = self._pick_instance(options or {})
-        self._lr = self._clip_lr(self.instance.initial_lr)
+        self._lr = clip_lr(self.config.env, self.instance.initial_lr)
         self.trainer = Trainer(self.config, self._data(self.instance.data_seed), self.instance.init_seed, lr=self._lr)
         evaluation = self.trainer.evaluate()
         dice = _finite_or(evaluation.dice_mean, 0.0)
-        self._now = _Dynamics(self._lr, evaluation.loss, evaluation.loss, dice, 0.0, 0.0)
-        self._history: list[tuple[float, float]] = []
+        self._control = ControlState(self.config.env, Dynamics(self._lr, evaluation.loss, evaluation.loss, dice,
+                                                               0.0, 0.0))
         self._initial_dice = dice
-        self._step = 0
         self._done = False
-        obs = build_observation(self.config.env, 0, self._now, self._now, self._history)
+        obs = self._control.observation()
         self.seconds = evaluation.seconds
         info = self._info({"lr": self._lr, "epoch": 0, "val_loss": evaluation.loss, "dice_mean": dice,
                            "dice": evaluation.dice, "diverged": False})
@@ -290,31 +204,24 @@ class UNetLREnv(gym.Env):
         if self._done or self.trainer is None:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         cfg = self.config.env
-        if isinstance(self.action_space, spaces.Discrete):
-            factor = cfg.factors[int(action)]
-        else:
-            a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-            factor = 10 ** (a * cfg.max_log10_change)
-        before = self._now
-        lr = self._clip_lr(self._lr * factor)
+        lr = clip_lr(cfg, self._lr * lr_factor(cfg, action))
         self.trainer.set_lr(lr)
         result = self.trainer.train_slice(cfg.epochs_per_step)
         record = result.record()
         del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
         self.seconds += result.seconds
-        self._step += 1
         dice = 0.0 if result.diverged else _finite_or(record["dice_mean"], 0.0)
-        self._history.append((before.dice, before.lr))
-        self._now = _Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
-                              record["update_ratio"])
+        self._control.advance(Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
+                                       record["update_ratio"]))
+        before = self._control.before
         transition = Transition(before.lr, lr, before.dice, dice, before.val_loss, record["val_loss"],
-                                result.diverged, self._step, cfg.steps, result.seconds)
+                                result.diverged, self._control.step, cfg.steps, result.seconds)
         penalty, parts = self.penalty(transition)
         reward = (dice - before.dice) * cfg.reward_scale - penalty
-        terminated = result.diverged or self._step >= cfg.steps
+        terminated = result.diverged or self._control.step >= cfg.steps
         self._lr = lr
         self._done = terminated
-        obs = build_observation(cfg, self._step, self._now, before, self._history)
+        obs = self._control.observation()
         info = self._info({**record, "penalty": penalty, **{f"penalty/{k}": v for k, v in parts.items()}})
         if terminated:
             info.update(final_dice=dice, initial_dice=self._initial_dice)

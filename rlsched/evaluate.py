@@ -9,7 +9,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .config import Config, ConfigError, load_config
-from .env import make_instances, observation_space
+from .control import observation_space
+from .env import make_instances
 from .harness import Job, Predictor, run_jobs
 from .runs import atomic_write_json, atomic_write_text
 from .stats import mean_ci, paired_test

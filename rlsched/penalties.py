@@ -8,7 +8,7 @@ maps a ``Transition`` to a float; the built-ins below are combined with the weig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 from .config import PenaltyConfig

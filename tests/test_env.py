@@ -7,7 +7,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlsched  # noqa: F401  (registers the env ids)
 from rlsched.config import ConfigError
 from rlsched.data import make_dataset
-from rlsched.env import OBS_FEATURES, UNetLREnv, make_instances, observation_names
+from rlsched.control import OBS_FEATURES, observation_names
+from rlsched.env import UNetLREnv, make_instances
 from rlsched.fixed import run_schedule
 from rlsched.schedules import FixedSchedule
 

@@ -1,0 +1,126 @@
+"""What an LR controller sees and how its action becomes an LR.
+
+Shared by the env and by ``RLScheduler`` (a learned policy inside a plain training loop), so a policy meets
+exactly the observation it was trained on. The observation space is declared here, beside the only function
+that fills it, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium import spaces
+
+from .config import EnvConfig
+
+OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    # name, low, high, meaning
+    ("log_lr", -1.0, 1.0, "log10 LR scaled so lr_min -> -1 and lr_max -> +1"),
+    ("budget_used", 0.0, 1.0, "fraction of the epoch budget spent"),
+    ("log_train_loss", -10.0, 5.0, "ln(training loss of the last slice); at reset ln(val loss)"),
+    ("log_val_loss", -10.0, 5.0, "ln(validation loss)"),
+    ("d_log_train_loss", -5.0, 5.0, "change of log_train_loss over the last step"),
+    ("d_log_val_loss", -5.0, 5.0, "change of log_val_loss over the last step"),
+    ("dice", 0.0, 1.0, "validation Dice (mean over foreground classes)"),
+    ("d_dice", -1.0, 1.0, "change of Dice over the last step"),
+    ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset)"),
+    ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (-8 at reset)"),
+)
+HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
+
+
+@functools.lru_cache(maxsize=16)
+def _bounds(history: int) -> tuple[np.ndarray, np.ndarray]:
+    lows = [f[1] for f in OBS_FEATURES] + [h[1] for _ in range(history) for h in HISTORY_FEATURES]
+    highs = [f[2] for f in OBS_FEATURES] + [h[2] for _ in range(history) for h in HISTORY_FEATURES]
+    return np.array(lows, np.float32), np.array(highs, np.float32)
+
+
+def observation_space(env: EnvConfig) -> spaces.Box:
+    low, high = _bounds(env.history)
+    return spaces.Box(low.copy(), high.copy(), dtype=np.float32)
+
+
+def observation_names(env: EnvConfig) -> list[str]:
+    names = [f[0] for f in OBS_FEATURES]
+    for lag in range(1, env.history + 1):
+        names += [f"{h[0]}{lag}" for h in HISTORY_FEATURES]
+    return names
+
+
+@dataclass
+class Dynamics:
+    """The raw numbers an observation is computed from."""
+
+    lr: float
+    train_loss: float
+    val_loss: float
+    dice: float
+    grad_norm: float
+    update_ratio: float
+
+
+def _ln(x: float) -> float:
+    return math.log(x) if (math.isfinite(x) and x > 0) else math.nan
+
+
+def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics,
+                      history: list[tuple[float, float]]) -> np.ndarray:
+    """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
+    low, high = _bounds(env.history)
+
+    def scaled_lr(lr: float) -> float:
+        return 2 * (math.log10(lr) - math.log10(env.lr_min)) / (math.log10(env.lr_max) - math.log10(env.lr_min)) - 1
+
+    values = [
+        scaled_lr(now.lr),
+        step / env.steps,
+        _ln(now.train_loss),
+        _ln(now.val_loss),
+        _ln(now.train_loss) - _ln(before.train_loss),
+        _ln(now.val_loss) - _ln(before.val_loss),
+        now.dice,
+        now.dice - before.dice,
+        _ln(now.grad_norm) / math.log(10) if now.grad_norm > 0 else 0.0,
+        _ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,
+    ]
+    padded = history[-env.history:] if env.history else []
+    padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
+    for dice, lr in reversed(padded):
+        values += [dice, scaled_lr(lr)]
+    obs = np.array(values, dtype=np.float64)
+    obs = np.where(np.isnan(obs), high, obs)  # NaN losses come from blow-ups: report them as maximal
+    return np.clip(obs, low, high).astype(np.float32)
+
+
+def lr_factor(env: EnvConfig, action: object) -> float:
+    """Discrete: ``factors[action]``; continuous: ``10 ** (a * max_log10_change)`` with ``a`` clipped to [-1, 1]."""
+    if env.action == "discrete":
+        return env.factors[int(np.asarray(action).reshape(-1)[0])]
+    a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+    return 10 ** (a * env.max_log10_change)
+
+
+def clip_lr(env: EnvConfig, lr: float) -> float:
+    return float(min(max(lr, env.lr_min), env.lr_max))
+
+
+class ControlState:
+    """The dynamics of the current and previous step plus the history window of one episode."""
+
+    def __init__(self, env: EnvConfig, start: Dynamics) -> None:
+        self.env = env
+        self.step = 0
+        self.now = self.before = start
+        self.history: list[tuple[float, float]] = []
+
+    def advance(self, now: Dynamics) -> None:
+        self.history.append((self.now.dice, self.now.lr))
+        self.before, self.now = self.now, now
+        self.step += 1
+
+    def observation(self) -> np.ndarray:
+        return build_observation(self.env, self.step, self.now, self.before, self.history)

@@ -1,0 +1,75 @@
+"""RLScheduler: a learned policy steers a plain PyTorch loop exactly as it steers the env."""
+
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from rlsched.config import config_to_toml, load_config
+from rlsched.env import UNetLREnv
+from rlsched.harness import PolicyController, run_episode
+from rlsched.scheduler import RLScheduler
+
+OVERRIDES = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 4}
+
+
+@pytest.fixture(scope="module")
+def policy_run(tmp_path_factory):
+    """An (untrained) SB3 policy saved as python -m rlsched.train saves one: model.zip beside config.toml."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = load_config("fast", OVERRIDES)
+    (run_dir / "config.toml").write_text(config_to_toml(config))
+    model = PPO("MlpPolicy", UNetLREnv(config=config), seed=3, n_steps=8, batch_size=8)
+    # a policy that does not always pick one action, so the test sees the LR move both ways
+    with torch.no_grad():
+        model.policy.action_net.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
+    model.save(run_dir / "model.zip")
+    return run_dir, config
+
+
+def test_scheduler_reproduces_the_env_lr_sequence(policy_run):
+    run_dir, config = policy_run
+    env = UNetLREnv(config=config)
+    episode = run_episode(env, PolicyController(PPO.load(run_dir / "model.zip")), env.instances["heldout"][1])
+    env_lrs = [r["lr"] for r in episode.records]
+    assert len(set(env_lrs)) > 1, "the test policy should change the LR"
+
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([weight], lr=env_lrs[0])
+    scheduler = RLScheduler.load(run_dir / "model.zip", optimizer)
+    reset = episode.records[0]
+    assert scheduler.start(val_loss=reset["val_loss"], dice=reset["dice_mean"]) == pytest.approx(env_lrs[1])
+    for record, next_lr in zip(episode.records[1:], env_lrs[2:]):
+        lr = scheduler.step(train_loss=record["train_loss"], val_loss=record["val_loss"], dice=record["dice_mean"],
+                            grad_norm=record["grad_norm"], update_ratio=record["update_ratio"])
+        assert lr == pytest.approx(next_lr) and scheduler.get_last_lr() == [lr]
+
+
+def test_scheduler_drives_a_plain_training_loop(policy_run):
+    run_dir, _ = policy_run
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(256)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.002}], lr=0.01)
+    scheduler = RLScheduler.load(run_dir / "model.zip", optimizer, total_epochs=8)
+    lrs = []
+    for _ in range(8):
+        for xb, yb in zip(x.split(32), y.split(32)):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(xb).squeeze(-1), yb)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            val = torch.nn.functional.mse_loss(model(x).squeeze(-1), y).item()
+        lrs.append(scheduler.step(train_loss=loss.item(), val_loss=val, dice=0.0))
+        assert scheduler.get_last_lr()[1] == pytest.approx(lrs[-1] * 0.2)  # group ratios kept
+    assert len(set(lrs)) > 1 and all(1e-5 <= lr <= 1.0 for lr in lrs)
+    restored = RLScheduler.load(run_dir / "model.zip", optimizer, total_epochs=8)
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.state_dict() == scheduler.state_dict()
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(FileNotFoundError, match="no policy at .*model.zip"):
+        RLScheduler.load(tmp_path / "model.zip", optimizer)
