@@ -1,0 +1,85 @@
+"""A user's own images/ + masks/ folder, as real PNG files, through a preset into the env."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from PIL import Image
+
+import rlsched  # noqa: F401  (registers the env ids)
+
+
+def write_dataset(root, n=10, classes=1, ignore=None):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        size = (37, 29) if i == 0 else (24, 24)  # one odd-sized pair must be cropped/resized
+        yy, xx = np.mgrid[: size[1], : size[0]]
+        label = np.zeros(size[::-1], np.uint8)
+        for k in range(1, classes + 1):
+            cy, cx, r = rng.integers(4, size[1] - 4), rng.integers(4, size[0] - 4), rng.integers(3, 7)
+            label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = k
+        image = (60 + 60 * label + rng.normal(0, 20, label.shape)).clip(0, 255).astype(np.uint8)
+        if i % 3 == 0:  # some RGB images
+            Image.fromarray(np.stack([image, image // 2, image], -1)).save(root / "images" / f"case{i:02d}.png")
+        else:
+            Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        mask = label * 255 if classes == 1 else label
+        if ignore is not None:
+            mask = mask.copy()
+            mask[:2, :] = ignore  # a "don't care" band
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"case{i:02d}.png")
+
+
+def preset(tmp_path, root, task, extra=""):
+    path = tmp_path / f"{task}.toml"
+    path.write_text(f"""
+[data]
+source = "folder"
+root = "{root}"
+task = "{task}"
+{extra}
+image_size = 24
+val_fraction = 0.3
+
+[model]
+depth = 2
+base_width = 4
+
+[env]
+epochs = 3
+train_instances = 2
+heldout_instances = 1
+""")
+    return path
+
+
+def run_episode(path):
+    env = gym.make("rlsched/UNetLR-v0", preset=str(path))
+    obs, info = env.reset(seed=0)
+    done = False
+    while not done:
+        obs, reward, done, _, info = env.step(2)
+        assert np.isfinite(reward) and env.observation_space.contains(obs)
+    return info
+
+
+def test_binary_folder_dataset_trains_through_the_env(tmp_path):
+    write_dataset(tmp_path / "data")
+    info = run_episode(preset(tmp_path, tmp_path / "data", "binary"))
+    assert info["epoch"] == 3 and 0 <= info["final_dice"] <= 1
+    data = gym.make("rlsched/UNetLR-v0", preset=str(preset(tmp_path, tmp_path / "data", "binary"))).unwrapped
+    data.reset(seed=0)
+    assert len(data.trainer.val_images) == 3 and len(data.trainer.train_images) == 7
+
+
+def test_multiclass_folder_dataset_with_ignore_value(tmp_path):
+    write_dataset(tmp_path / "data", classes=2, ignore=255)
+    info = run_episode(preset(tmp_path, tmp_path / "data", "multiclass", "classes = 2\nignore_index = 255"))
+    assert info["epoch"] == 3 and len(info["dice"]) == 2
+
+
+def test_mask_values_outside_the_classes_name_the_fix(tmp_path):
+    write_dataset(tmp_path / "data", classes=2)
+    with pytest.raises(ValueError, match="mask_map"):
+        run_episode(preset(tmp_path, tmp_path / "data", "binary"))
