@@ -151,7 +151,7 @@ def _draw_shapes(names: list[str], cfg: DataConfig,
 
 
 def _tint(hues: np.ndarray, channels: int) -> np.ndarray:
-    """Per-channel gains (M, C) of mean 1: a hue for RGB (colour carries signal, not brightness), 1 for gray."""
+    """Per-channel gains (M, C) of mean 1: a hue for RGB (colour carries signal, not brightness); gray: 1."""
     if channels == 1:
         return np.ones((len(hues), 1))
     return 1.0 + 0.35 * np.cos(hues[:, None] - np.array([0.0, 2.0, 4.0]) * math.pi / 3)
@@ -406,8 +406,9 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
             jpeg = masks[stem].suffix.lower() in (".jpg", ".jpeg")
             hint = " (JPEG compression changes label values: save masks as PNG)" if jpeg else ""
             raise DatasetError(f"{masks[stem]}: raw mask values {bad[:10]} are not classes of "
-                               f"task={cfg.task!r} (allowed after mapping: 0..{top}, and {cfg.ignore_index} = ignore){hint}. "
-                               f"Set [data] mask_map to map raw values to classes, e.g. {_MAP_EXAMPLE}")
+                               f"task={cfg.task!r} (allowed after mapping: 0..{top}, or {cfg.ignore_index} = "
+                               f"ignore){hint}. Set [data] mask_map to map raw values to classes, e.g. "
+                               f"{_MAP_EXAMPLE}")
         labels.append(mapped[inverse].reshape(raw.shape).astype(np.uint8))
 
     order = np.random.default_rng(cfg.split_seed).permutation(len(stems))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +159,8 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _space_to_dict(space: spaces.Space) -> dict[str, Any]:
     """Plain-data description so checkpoints load with ``weights_only=True`` and across gymnasium versions."""
     if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(), "dtype": str(space.dtype)}
+        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(),
+                "dtype": str(space.dtype)}
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     raise TypeError(f"unsupported space {space!r}")
@@ -184,7 +184,8 @@ class ReferencePPO:
         device: str = "cpu",
         log_fn: Callable[[dict[str, float], int], None] | None = None,
     ) -> None:
-        self._setup(envs, envs.single_observation_space, envs.single_action_space, config, seed, device, log_fn)
+        self._setup(envs, envs.single_observation_space, envs.single_action_space, config, seed, device,
+                    log_fn)
 
     def _setup(
         self,
@@ -229,8 +230,9 @@ class ReferencePPO:
         self.critic = _mlp(self.obs_dim, config.hidden, 1, 1.0, self._generator)
         self.optimizer = torch.optim.Adam(self._parameters(), lr=config.learning_rate, eps=1e-5)
 
-        self._next_obs: torch.Tensor | None = None  # None: envs not reset yet
-        self._next_is_reset = torch.zeros(0, dtype=torch.bool)  # per env: next step() is a reset transition
+        # Both set by _reset_envs on the first rollout (so a loaded agent resets its new envs).
+        self._next_obs: torch.Tensor | None = None
+        self._next_is_reset: torch.Tensor | None = None  # per env: the next step() is a reset transition
         self._episode_returns: list[float] = []
         self._episode_lengths: list[float] = []
 
@@ -258,7 +260,8 @@ class ReferencePPO:
         if isinstance(self.action_space, spaces.Discrete):
             return action_np + self.action_space.start
         action_np = action_np.reshape(-1, *self.action_space.shape)
-        return np.clip(action_np, self.action_space.low, self.action_space.high).astype(self.action_space.dtype)
+        low, high = self.action_space.low, self.action_space.high
+        return np.clip(action_np, low, high).astype(self.action_space.dtype)
 
     @torch.no_grad()
     def predict(self, observation: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
@@ -306,7 +309,8 @@ class ReferencePPO:
             obs = self._next_obs
             dist = self.actor.distribution(obs)
             action = self._sample(dist)
-            obs_buf[t], actions[t], logprobs[t], values[t] = obs, action, dist.log_prob(action), self._value(obs)
+            obs_buf[t], actions[t] = obs, action
+            logprobs[t], values[t] = dist.log_prob(action), self._value(obs)
             valid[t] = ~self._next_is_reset
 
             next_obs, reward, terminated, truncated, infos = self.envs.step(self._env_action(action))
@@ -400,10 +404,12 @@ class ReferencePPO:
         )
         return result
 
-    def learn(self, total_timesteps: int, callback: Callable[[ReferencePPO], bool] | None = None) -> ReferencePPO:
+    def learn(
+        self, total_timesteps: int, callback: Callable[[ReferencePPO], bool] | None = None
+    ) -> ReferencePPO:
         """Train until ``num_timesteps >= total_timesteps`` (so a loaded agent resumes where it stopped).
 
-        ``callback(self)`` runs after each rollout+update; returning False stops training.
+        ``callback(self)`` runs after each rollout+update; returning False (not None) stops training.
         """
         if self.envs is None:
             raise RuntimeError("this agent was loaded without envs (predict-only); pass envs= to load()")
@@ -445,15 +451,15 @@ class ReferencePPO:
             "numpy_rng": self._np_rng.bit_generator.state,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same dir, so os.replace is atomic
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     @classmethod

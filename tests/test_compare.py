@@ -1,0 +1,206 @@
+"""``python -m rlsched.compare``: one tiny end-to-end comparison checked file by file, and its error paths."""
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+
+from rlsched import compare, train
+from rlsched.config import ConfigError, load_config
+from rlsched.env import Instance
+from rlsched.evaluate import load_policy
+from rlsched.harness import EpisodeResult
+from rlsched.runs import read_jsonl
+from rlsched.schedules import SCHEDULES
+
+# 16x16 images and 2-epoch budgets keep every episode well under a second
+TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2"]
+# 2 held-out and 2 train instances; a 2-point LR grid (0.01, 0.1) at 1 per decade
+COMPARE = TINY + ["env.heldout_instances=2", "env.train_instances=2", "env.initial_lr_min=0.01",
+                  "env.initial_lr_max=0.1"]
+EPOCHS, INSTANCES, GRID = 2, 2, (0.01, 0.1)
+FACTOR = 10.0
+AGENTS = ["learned-sb3", "learned-sb3#2"]
+METHODS = AGENTS + list(SCHEDULES) + [compare.CONSTANT_INITIAL, "random"]
+
+
+def sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    """An SB3 PPO after one tiny rollout (2 episodes of 2 epochs): untrained, but a real run directory."""
+    root = tmp_path_factory.mktemp("agents")
+    assert train.main(["--preset", "fast", *sets(TINY), "--n-envs", "1", "--total-timesteps", "4",
+                       "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
+    (model,) = root.glob("*/model.zip")
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(agent, tmp_path_factory):
+    """One comparison through the CLI; the same agent twice stands in for two agents."""
+    root = tmp_path_factory.mktemp("compare")
+    assert compare.main(["--preset", "fast", *sets(COMPARE), "--agent", str(agent), "--agent", str(agent),
+                         "--tune-instances", "1", "--grid-per-decade", "1", "--robustness", str(FACTOR),
+                         "--workers", "1", "--runs-dir", str(root)]) == 0
+    (out,) = root.iterdir()
+    return out
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def main_rows(run_dir):
+    return {r["method"]: r for r in read_csv(run_dir / "summary.csv") if r["factor"] == ""}
+
+
+def test_every_output_is_written_and_readable(run_dir):
+    expected = {"config.toml", "args.json", "episodes.csv", "tuning.csv", "summary.csv", "summary.md",
+                "dice_vs_epoch.png", "lr_vs_epoch.png", "final_dice.png", "robustness.png"}
+    assert {p.name for p in run_dir.iterdir()} == expected  # and no temporary files left behind
+    assert load_config(run_dir / "config.toml").env.epochs == EPOCHS
+    assert json.loads((run_dir / "args.json").read_text())["robustness"] == [FACTOR]
+    for png in run_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = (run_dir / "summary.md").read_text()
+    for section in ("Robustness", "Paired test", "Tuned base LRs", "Compute before evaluation"):
+        assert f"## {section}" in report
+
+
+def test_summary_has_every_method_with_finite_statistics(run_dir):
+    rows = main_rows(run_dir)
+    assert sorted(rows) == sorted(METHODS)
+    for row in rows.values():
+        assert int(row["n"]) == INSTANCES
+        assert float(row["final_dice_low"]) <= float(row["final_dice_mean"]) <= float(row["final_dice_high"])
+        assert 0 <= float(row["auc_dice_mean"]) <= float(row["best_dice_mean"]) <= 1
+    report = (run_dir / "summary.md").read_text()
+    assert all(f"| {name} |" in report or f"| **{name}** |" in report for name in METHODS)
+
+
+def test_robustness_runs_start_every_method_from_the_mis_set_lr(run_dir):
+    rows = [r for r in read_csv(run_dir / "summary.csv") if r["factor"] != ""]
+    constant_lr = float(main_rows(run_dir)["constant"]["base_lr"])
+    assert sorted(r["method"] for r in rows) == sorted(m for m in METHODS if m != compare.CONSTANT_INITIAL)
+    lr = min(FACTOR * constant_lr, 1.0)  # clipped to env.lr_max
+    assert all(float(r["factor"]) == FACTOR and float(r["initial_lr"]) == pytest.approx(lr) for r in rows)
+    episodes = [r for r in read_csv(run_dir / "episodes.csv") if r["factor"] != ""]
+    assert episodes and all(float(r["base_lr"]) == pytest.approx(lr) for r in episodes)
+
+
+def test_one_csv_row_per_method_instance_and_epoch(run_dir):
+    rows = read_csv(run_dir / "episodes.csv")
+    runs = {}
+    for row in rows:
+        runs.setdefault((row["method"], row["factor"], row["instance"]), []).append(row)
+    assert len(runs) == len(METHODS) * INSTANCES + (len(METHODS) - 1) * INSTANCES
+    for records in runs.values():
+        assert [int(r["epoch"]) for r in records] == list(range(len(records)))
+        assert len(records) == EPOCHS + 1 or records[-1]["diverged"] == "True"  # a diverged run stops early
+        assert records[0]["lr"] == "" and all(float(r["lr"]) > 0 for r in records[1:])
+        assert all(0 <= float(r["dice"]) <= 1 for r in records)
+
+
+def test_tuned_base_lrs_come_from_the_grid_and_are_recorded(run_dir):
+    tuning = read_csv(run_dir / "tuning.csv")
+    assert sorted({float(r["lr"]) for r in tuning}) == pytest.approx(GRID)
+    chosen = {r["schedule"]: float(r["lr"]) for r in tuning if r["chosen"] == "True"}
+    assert sorted(chosen) == sorted(SCHEDULES)
+    rows = main_rows(run_dir)
+    for name, lr in chosen.items():
+        assert float(rows[name]["base_lr"]) == lr
+        finals = {float(r["lr"]): float(r["final_dice"]) for r in tuning if r["schedule"] == name}
+        assert finals[lr] == max(finals.values())
+    assert rows["random"]["base_lr"] == rows[compare.CONSTANT_INITIAL]["base_lr"] == ""
+
+
+def test_compute_accounting(run_dir, agent):
+    rows = main_rows(run_dir)
+    ppo_epochs = sum(r["epochs"] for r in read_jsonl(agent.parent / "episodes.jsonl"))
+    assert ppo_epochs == 4  # one rollout: 2 episodes x 2 epochs
+    assert all(float(rows[name]["epochs_before_eval"]) == ppo_epochs for name in AGENTS)
+    assert all(float(rows[name]["epochs_before_eval"]) == len(GRID) * 1 * EPOCHS for name in SCHEDULES)
+    assert float(rows["random"]["epochs_before_eval"]) == 0
+    assert float(rows[compare.CONSTANT_INITIAL]["epochs_before_eval"]) == 0
+
+
+def test_training_epochs_fall_back_to_the_checkpoint_step_count(agent, tmp_path):
+    shutil.copy(agent, tmp_path / "model.zip")
+    shutil.copy(agent.parent / "config.toml", tmp_path / "config.toml")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.json").write_text('{"num_timesteps": 6}')
+    epochs, source = compare.training_epochs(load_policy(tmp_path / "model.zip"))
+    assert epochs == 6 and "last.json" in source  # epochs_per_step = 1
+    (tmp_path / "checkpoints" / "last.json").unlink()
+    assert math.isnan(compare.training_epochs(load_policy(tmp_path / "model.zip"))[0])
+
+
+def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
+    rows = main_rows(run_dir)
+    best = max(SCHEDULES, key=lambda name: float(rows[name]["final_dice_mean"]))
+    report = (run_dir / "summary.md").read_text()
+    assert f"vs the best fixed schedule ({best})" in report
+    for name in AGENTS:
+        difference = float(rows[name]["final_dice_mean"]) - float(rows[best]["final_dice_mean"])
+        assert f"| **{name}** − {best} | {difference:+.3f}" in report
+
+
+# ------------------------------------------------------------------------------------ metrics, no training
+def episode(dices, diverged_at=None):
+    records = [{"epoch": e, "lr": 0.1, "dice_mean": d, "diverged": e == diverged_at}
+               for e, d in enumerate(dices)]
+    return EpisodeResult("m", Instance("heldout", 0, 0, 0, 0.1), records, 0.0, 1.0)
+
+
+def test_metrics_count_a_diverged_run_as_dice_zero_for_the_rest_of_the_budget():
+    steps = 4
+    ok = compare.run_metrics(episode([0.2, 0.5, 0.85, 0.9, 0.8]), steps, target=0.8)
+    assert ok["final_dice"] == 0.8 and ok["best_dice"] == 0.9 and ok["epochs_to_target"] == 2
+    assert ok["auc_dice"] == pytest.approx((0.5 + 0.85 + 0.9 + 0.8) / 4)
+    bad = compare.run_metrics(episode([0.2, 0.6, math.nan], diverged_at=2), steps, target=0.8)
+    assert bad["final_dice"] == 0 and bad["diverged"] == 1 and math.isnan(bad["epochs_to_target"])
+    assert bad["auc_dice"] == pytest.approx(0.6 / 4)
+    curve = compare.dice_curve(episode([0.2, 0.6, math.nan], diverged_at=2), steps)
+    assert list(curve) == [0.2, 0.6, 0, 0, 0]
+
+
+def test_tuning_picks_the_best_final_dice_and_breaks_ties_by_area():
+    tuning = compare.Tuning(GRID, 1, EPOCHS, {"cosine": {0.01: (0.5, 0.3), 0.1: (0.7, 0.2)},
+                                              "step": {0.01: (0.0, 0.1), 0.1: (0.0, 0.2)}})
+    assert tuning.base_lrs == {"cosine": 0.1, "step": 0.1}
+    assert tuning.reference == ("cosine", 0.1)  # no constant tuned: the best schedule's base LR
+    assert tuning.epochs_per_schedule == len(GRID) * 1 * EPOCHS
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_missing_model_file_is_a_clear_cli_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--preset", "fast", "--agent", str(tmp_path / "nope" / "model.zip")])
+    assert exit_info.value.code == 2
+    assert "no policy at" in capsys.readouterr().err
+
+
+def test_agent_trained_on_another_interface_is_refused(agent):
+    config = load_config("fast", {"env.history": 3})
+    with pytest.raises(ConfigError, match=r"env\.history: policy 2 vs env 3"):
+        compare.agent_methods([load_policy(agent)], config)
+
+
+def test_unknown_schedule_lists_the_choices(capsys):
+    with pytest.raises(ValueError, match="unknown schedule.*'bogus'.*warmup_cosine"):
+        compare.Settings(schedules=("cosine", "bogus"))
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "fast", "--schedules", "bogus"])
+    assert "choose from: constant, step" in capsys.readouterr().err
+
+
+def test_more_seeds_than_held_out_instances_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "fast", "--seeds", "99"])
+    assert "env.heldout_instances=99" in capsys.readouterr().err
