@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import torch
 
@@ -32,7 +32,9 @@ def new_run_dir(*parts: str, root: Path | str = RUNS_ROOT) -> Path:
     return path
 
 
-def _atomic(path: Path, write: Any, mode: str) -> None:
+def atomic_write(path: Path | str, write: Callable[[IO], Any], mode: str = "wb") -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then move it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -47,11 +49,11 @@ def _atomic(path: Path, write: Any, mode: str) -> None:
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
-    _atomic(Path(path), lambda h: h.write(text), "w")
+    atomic_write(path, lambda h: h.write(text), "w")
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    _atomic(Path(path), lambda h: h.write(data), "wb")
+    atomic_write(path, lambda h: h.write(data), "wb")
 
 
 def atomic_write_json(path: Path | str, data: Any) -> None:
@@ -59,7 +61,7 @@ def atomic_write_json(path: Path | str, data: Any) -> None:
 
 
 def atomic_torch_save(path: Path | str, obj: Any) -> None:
-    _atomic(Path(path), lambda h: torch.save(obj, h), "wb")
+    atomic_write(path, lambda h: torch.save(obj, h), "wb")
 
 
 def to_jsonable(value: Any) -> Any:

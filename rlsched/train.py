@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO")
     p.add_argument("--n-envs", type=int, default=2, help="parallel env workers (subprocesses when > 1)")
     p.add_argument("--total-timesteps", type=int, default=0,
-                   help="env steps (= training slices) to train for; 0 = 24 rollouts")
+                   help="env steps (= training slices) to train for; 0 = 16 rollouts")
     p.add_argument("--seed", type=int, default=0)
     defaults = PPOSettings()
     p.add_argument("--episodes-per-rollout", type=int, default=defaults.episodes_per_rollout)
@@ -90,7 +90,7 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if not args.total_timesteps:
-        args.total_timesteps = 24 * settings.n_steps(config) * args.n_envs
+        args.total_timesteps = 16 * settings.n_steps(config) * args.n_envs
     run_dir = new_run_dir(config.name, f"ppo-{args.algo}", f"s{args.seed}", root=args.runs_dir)
     atomic_write_text(run_dir / "config.toml", config_to_toml(config))
     atomic_write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})

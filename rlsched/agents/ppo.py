@@ -25,7 +25,6 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -35,6 +34,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from ..runs import atomic_write
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,6 @@ class ReferencePPO:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Atomic checkpoint: a crash mid-save leaves the previous file intact."""
-        path = Path(path)
         state = {
             "config": dataclasses.asdict(self.config),
             "seed": self.seed,
@@ -450,17 +450,7 @@ class ReferencePPO:
             "torch_rng": self._generator.get_state(),
             "numpy_rng": self._np_rng.bit_generator.state,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same dir, so os.replace is atomic
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
     def load(

@@ -6,8 +6,6 @@ One env step is a whole training epoch, so SB3's defaults (``n_steps=2048``) wou
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ..config import Config
-from ..runs import atomic_write_json
+from ..runs import atomic_write, atomic_write_json
 from .episodes import EpisodeLog
 from .workers import env_factory, start_method
 
@@ -87,18 +85,7 @@ class RunCallback(BaseCallback):
 
 
 def save_atomic(model: PPO, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as handle:
-            model.save(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, model.save)
 
 
 def build_ppo(config: Config, settings: PPOSettings, env: VecEnv, seed: int, tensorboard_dir: Path) -> PPO:
