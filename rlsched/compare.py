@@ -199,10 +199,10 @@ def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float],
 
 
 def search_grid(config: Config, per_decade: int) -> list[float]:
-    """The preset's initial-LR range at ``per_decade`` points per decade, inside the env's LR limits."""
+    """The preset's initial-LR range at ``per_decade`` points per decade, clipped to the env's LR limits."""
     env = config.env
     grid = lr_grid(env.initial_lr_min, env.initial_lr_max, per_decade)
-    return [lr for lr in grid if env.lr_min <= lr <= env.lr_max]
+    return sorted({min(max(lr, env.lr_min), env.lr_max) for lr in grid})
 
 
 def check_fits(config: Config, settings: Settings) -> None:
@@ -365,8 +365,9 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
             f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']} | {_ci(r, 'seconds', 2)} |")
     if comparison.robustness:
         factors = list(comparison.robustness)
-        headers = [f"{f:g}x (LR {lr:.3g})" for f, (lr, _) in comparison.robustness.items()]
         source, reference = tuning.reference
+        headers = [f"{f:g}x (LR {lr:.3g}{'' if math.isclose(lr, f * reference) else ', clipped'})"
+                   for f, (lr, _) in comparison.robustness.items()]
         lines += [
             "", "## Robustness: mis-set initial LR",
             "",
@@ -467,12 +468,12 @@ def styles(methods: list[Method]) -> dict[str, dict[str, Any]]:
     out = {}
     for m in methods:
         if m.learned:
-            out[m.name] = {"color": next(learned), "lw": 3.0, "ls": "-", "zorder": 5}
+            out[m.name] = {"color": next(learned), "lw": 3.0, "ls": "-"}
         elif m.tuned:
-            out[m.name] = {"color": next(fixed), "lw": 1.5, "ls": "-", "zorder": 3}
+            out[m.name] = {"color": next(fixed), "lw": 1.8, "ls": "-"}
         else:
-            out[m.name] = {"color": "#7f7f7f" if m.kind == "random" else "#444444", "lw": 1.5,
-                           "ls": "--" if m.kind == "random" else ":", "zorder": 2}
+            out[m.name] = {"color": "#7f7f7f" if m.kind == "random" else "#444444", "lw": 1.8,
+                           "ls": "--" if m.kind == "random" else ":"}
     return out
 
 
@@ -495,6 +496,7 @@ def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: l
     """One panel per method (mean line, 95% CI band), ranked by final Dice, with the ``references`` (the
     learned policies) overlaid in every panel: eleven overlapping bands on one axis would be unreadable."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     cols = min(4, len(order))
@@ -508,7 +510,7 @@ def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: l
             if log:
                 mean, low, high = 10 ** mean, 10 ** low, 10 ** high
             ax.plot(epochs, mean, drawstyle="steps-post" if log else "default", color=s["color"], ls=s["ls"],
-                    lw=s["lw"] if own else 1.6, alpha=1.0 if own else 0.55, zorder=4 if own else 3)
+                    lw=s["lw"] if own else 1.2, alpha=1.0 if own else 0.75, zorder=4 if own else 3)
             if own:
                 ax.fill_between(epochs, np.clip(low, *ylim), np.clip(high, *ylim),
                                 step="post" if log else None, color=s["color"], alpha=0.2, lw=0)
@@ -519,12 +521,17 @@ def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: l
         ax.grid(alpha=0.3, which="both")
     for ax in axes[len(order):]:
         ax.set_visible(False)
+    for ax in axes[max(0, len(order) - cols):len(order)]:  # the lowest panel of each column
+        ax.set_xlabel("epoch")
+        ax.tick_params(labelbottom=True)
     axes[0].set(ylim=ylim, xlim=(epochs[0], epochs[-1]), yscale="log" if log else "linear")
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.supxlabel("epoch")
     fig.supylabel(ylabel)
-    overlay = f"; faint in every panel: {', '.join(references)}" if references else ""
-    fig.suptitle(f"{title}\npanels ranked by final Dice (in brackets); line: mean, band: 95% CI{overlay}")
+    fig.suptitle(f"{title}\npanels ranked by final Dice (in brackets); line: mean, band: 95% CI")
+    if references:
+        handles = [Line2D([], [], color=style[r]["color"], lw=1.2, alpha=0.75) for r in references]
+        fig.legend(handles, [f"{r} (thin, in every panel)" for r in references], loc="outside lower center",
+                   ncols=len(references), frameon=False)
     return fig
 
 
@@ -560,9 +567,10 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     for y, name in enumerate(reversed(order)):  # best on top
         s, values = style[name], np.array([r.final_dice for r in runs[name]])
         ci = mean_ci(values)
-        ax.scatter(values, y + rng.uniform(-0.15, 0.15, values.size), s=18, color=s["color"], alpha=0.6, lw=0)
         ax.errorbar(ci.mean, y, xerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="D", color=s["color"],
-                    ms=7, capsize=4, lw=2)
+                    ms=8, capsize=4, lw=1.5, alpha=0.55, zorder=2)
+        ax.scatter(values, y + rng.uniform(-0.2, 0.2, values.size), s=30, color=s["color"], alpha=0.9, lw=0,
+                   zorder=3)
     ax.set_yticks(range(len(order)), list(reversed(order)))
     for tick, name in zip(ax.get_yticklabels(), reversed(order)):
         tick.set_fontweight("bold" if name in learned else "normal")
@@ -572,29 +580,37 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     _save(fig, out_dir / "final_dice.png")
 
     if comparison.robustness:
-        fig = Figure(figsize=(11, 6), layout="constrained")
-        ax = fig.add_subplot()
-        factors = np.array(list(comparison.robustness))
-        robust = {f: by_method(results) for f, (_, results) in comparison.robustness.items()}
-        names = [n for n in order if n in robust[factors[0]]]
-        for k, name in enumerate(names):
-            s = style[name]
-            cis = [mean_ci([r.final_dice for r in robust[f][name]]) for f in factors]
-            means = np.array([c.mean for c in cis])
-            dodge = 10 ** (0.12 * (k / max(1, len(names) - 1) - 0.5))  # side by side: error bars stay apart
-            errors = [means - [c.low for c in cis], [c.high for c in cis] - means]
-            ax.errorbar(factors * dodge, means, yerr=errors, color=s["color"], lw=s["lw"], ls=s["ls"],
-                        zorder=s["zorder"], marker="o", ms=4, capsize=3, label=name)
-        source, reference = comparison.tuning.reference
-        ax.set_xscale("log")
-        ax.set_xticks(factors, [f"{f:g}x\n(LR {lr:.2g})" for f, (lr, _) in comparison.robustness.items()])
-        ax.minorticks_off()
-        ax.set(xlabel=f"initial LR as a multiple of the tuned {source} base LR {reference:.2g}",
-               ylabel="final validation Dice", ylim=(0, 1),
-               title=f"Robustness to a mis-set initial LR — {where} (mean, 95% CI)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-        _save(fig, out_dir / "robustness.png")
+        _save(_robustness_heatmap(comparison, [n for n in order if n != CONSTANT_INITIAL], learned, where),
+              out_dir / "robustness.png")
+
+
+def _robustness_heatmap(comparison: Comparison, order: list[str], learned: list[str], where: str) -> Any:
+    """Methods x initial-LR factors, coloured by mean final Dice and annotated with its CI and divergences:
+    with a handful of instances the error bars of a line plot would cover everything."""
+    from matplotlib.figure import Figure
+
+    factors = list(comparison.robustness)
+    runs = {f: by_method(results) for f, (_, results) in comparison.robustness.items()}
+    cis = [[mean_ci([r.final_dice for r in runs[f][name]]) for f in factors] for name in order]
+    diverged = [[sum(r.diverged for r in runs[f][name]) for f in factors] for name in order]
+    fig = Figure(figsize=(2.0 * len(factors) + 3.5, 0.5 * len(order) + 2.0), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow([[c.mean for c in row] for row in cis], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for y, (row, counts) in enumerate(zip(cis, diverged)):
+        for x, (ci, count) in enumerate(zip(row, counts)):
+            text = f"{ci.mean:.2f} ± {ci.half_width:.2f}" + (f"\n{count} diverged" if count else "")
+            ax.text(x, y, text, ha="center", va="center", fontsize=8,
+                    color="black" if ci.mean > 0.6 else "white")
+    source, reference = comparison.tuning.reference
+    labels = [f"{f:g}x\n(LR {lr:.2g})" for f, (lr, _) in comparison.robustness.items()]
+    ax.set_xticks(range(len(factors)), labels)
+    ax.set_yticks(range(len(order)), order)
+    for tick, name in zip(ax.get_yticklabels(), order):
+        tick.set_fontweight("bold" if name in learned else "normal")
+    ax.set(xlabel=f"initial LR as a multiple of the tuned {source} base LR {reference:.2g}",
+           title=f"Robustness to a mis-set initial LR — {where}\nfinal Dice, mean ± 95% CI half-width")
+    fig.colorbar(image, ax=ax, label="mean final Dice", shrink=0.8)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------- CLI
