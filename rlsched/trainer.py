@@ -162,6 +162,7 @@ class Trainer:
                 x, y = x.flip(-2), y.flip(-2)
         return x.contiguous(memory_format=self.memory_format), y
 
+    @torch.enable_grad()  # callers may run under no_grad (e.g. an agent collecting a rollout in-process)
     def train_epoch(self) -> EpochStats:
         """One pass over the training set; stops early (``diverged``) at the first non-finite loss or gradient."""
         self._last_good = self.state_dict()

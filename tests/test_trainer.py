@@ -76,3 +76,11 @@ def test_grad_clip_bounds_the_update(data):
 def test_bad_lr_is_rejected(fast_config, data, lr):
     with pytest.raises(ValueError, match="positive finite"):
         Trainer(fast_config, data, seed=0).set_lr(lr)
+
+
+def test_training_works_when_the_caller_disabled_gradients(fast_config, data):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    before = params(trainer).clone()
+    with torch.no_grad():  # as an RL agent's rollout collection does around env.step
+        stats = trainer.train_epoch()
+    assert not stats.diverged and not torch.equal(params(trainer), before)
