@@ -38,7 +38,8 @@ def main() -> None:
         start = time.perf_counter()
         results = run_jobs(config, jobs, args.workers)
         seconds = time.perf_counter() - start
-        print(f"\n## {preset}: {config.optim.name} momentum={config.optim.momentum}, norm={config.model.norm}, "
+        optimizer = config.optim.name + (f" momentum={config.optim.momentum}" if config.optim.name == "sgd" else "")
+        print(f"\n## {preset}: {optimizer}, norm={config.model.norm}, "
               f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s")
         print("| constant LR | final Dice mean ± 95% CI | diverged |\n|---|---|---|")
         means = {}
