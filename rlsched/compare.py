@@ -40,6 +40,7 @@ from .schedules import SCHEDULES, lr_grid
 from .stats import PairedTest, mean_ci, paired_test
 
 CONSTANT_INITIAL = "constant (initial LR)"
+AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
 METRICS = ("final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
 
 
@@ -147,7 +148,7 @@ def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
     methods: list[Method] = []
     for policy in policies:
         check_compatible(policy, config)
-        base = f"learned-{'sb3' if policy.path.suffix == '.zip' else 'reference'}"
+        base = f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
         name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
         epochs, source = training_epochs(policy)
         methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs,
