@@ -270,12 +270,12 @@ def pbt_runs(config: Config, instances: list[Instance], population: int) -> tupl
     """PBT on every held-out instance; its compute is the population's epochs beyond one evaluation run."""
     from .pbt import PBTSettings, run_pbt
 
-    settings = PBTSettings(population=population)
-    total, own = settings.epochs(config, len(instances)), len(instances) * config.env.epochs
+    runs, total = run_pbt(config, instances, PBTSettings(population=population))
+    own = len(instances) * config.env.epochs
     accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} held-out "
-                  f"instance(s) = {total:,} epochs in all, the best member (by validation Dice) reported")
-    method = Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting)
-    return method, run_pbt(config, instances, settings)
+                  f"instance(s): {total:,} epochs trained in all (nominal {population * own:,}), the best member "
+                  "by validation Dice reported")
+    return Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting), runs
 
 
 # --------------------------------------------------------------------------------------------- metrics

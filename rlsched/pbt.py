@@ -4,8 +4,9 @@ PBT adapts the LR *during* one training run by spending a population: K members 
 (the env's data and initial weights, through the same ``Trainer``) for the same epoch budget; every
 ``interval`` steps the worst quantile copies a better member's Trainer checkpoint (exploit) and multiplies its
 LR by one of ``factors`` or redraws it (explore). Its result on an instance is the best member at the end,
-with the LR and Dice history of that member's lineage, so it costs K x budget epochs per instance and picks
-its winner on the validation Dice it is scored on: the report states both.
+with the LR and Dice history of that member's lineage. It costs about K x budget epochs per instance
+(asynchronous PBT: a member that copies a member behind it retrains a few; every trained epoch is counted) and
+picks its winner on the validation Dice it is scored on: the report states both.
 """
 
 from __future__ import annotations
@@ -44,9 +45,6 @@ class PBTSettings:
         if self.interval < 1 or not 0 < self.quantile <= 0.5 or not 0 <= self.resample_probability <= 1:
             raise ValueError("PBT needs interval >= 1, 0 < quantile <= 0.5 and 0 <= resample_probability <= 1")
 
-    def epochs(self, config: Config, instances: int) -> int:
-        """UNet epochs PBT spends on ``instances`` held-out instances: K members x budget each."""
-        return self.population * config.env.epochs * instances
 
 
 def member_lrs(config: Config, population: int) -> list[float]:
@@ -95,8 +93,23 @@ def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> N
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_instance(config: Config, instance: Instance, settings: PBTSettings, storage: Path) -> EpisodeResult:
-    """One PBT run on ``instance``; the result is its best member at the budget's end."""
+def _step_counter() -> Any:
+    """A Tune callback counting reports: each is one trained step, so this counts PBT's epochs exactly."""
+    from ray import tune
+
+    class StepCounter(tune.Callback):
+        steps = 0
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self.steps += 1
+
+    return StepCounter()
+
+
+def run_instance(config: Config, instance: Instance, settings: PBTSettings, storage: Path
+                 ) -> tuple[EpisodeResult, int]:
+    """One PBT run on ``instance``: its best member at the budget's end, and the epochs the population trained.
+    Asynchronous PBT (Tune's default): synchronous rounds pause and restart every member each round."""
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
@@ -105,13 +118,15 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
         time_attr="training_iteration", perturbation_interval=settings.interval,
         hyperparam_mutations={"lr": tune.loguniform(env.initial_lr_min, env.initial_lr_max)},
         quantile_fraction=settings.quantile, resample_probability=settings.resample_probability,
-        perturbation_factors=settings.factors, synch=True)
+        perturbation_factors=settings.factors)
+    counter = _step_counter()
     trainable = tune.with_resources(tune.with_parameters(member, config=config, instance=instance), {"cpu": 1})
     tuner = tune.Tuner(
         trainable, param_space={"lr": tune.grid_search(member_lrs(config, settings.population))},
-        tune_config=tune.TuneConfig(metric="dice", mode="max", scheduler=scheduler),
+        tune_config=tune.TuneConfig(metric="dice", mode="max", scheduler=scheduler, reuse_actors=True),
         run_config=tune.RunConfig(name=f"pbt-{instance.split}-{instance.index}", storage_path=str(storage),
-                                  verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                                  verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                                  callbacks=[counter]))
     results = tuner.fit()
     if results.errors:
         raise RuntimeError(f"PBT on {instance.split} instance {instance.index} failed: {results.errors[0]}")
@@ -122,13 +137,16 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     dices = [0.0 if r["diverged"] or not math.isfinite(r["dice_mean"]) else r["dice_mean"] for r in records]
     # the lineage's starting LR stands in for the instance's initial LR in the reports
     lineage = replace(instance, initial_lr=float(records[0]["lr"]))
-    return EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"])
+    result = EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"])
+    return result, counter.steps * env.epochs_per_step
 
 
-def run_pbt(config: Config, instances: list[Instance], settings: PBTSettings) -> list[EpisodeResult]:
-    """PBT on each instance in turn (exploit only ever copies members of the same instance)."""
+def run_pbt(config: Config, instances: list[Instance], settings: PBTSettings) -> tuple[list[EpisodeResult], int]:
+    """PBT on each instance in turn (exploit only ever copies members of the same instance); also returns the
+    UNet epochs all populations trained."""
     from .ray_backend import connect
 
     connect(feature="PBT")
     with tempfile.TemporaryDirectory(prefix="rlsched-pbt-") as storage:
-        return [run_instance(config, instance, settings, Path(storage)) for instance in instances]
+        runs = [run_instance(config, instance, settings, Path(storage)) for instance in instances]
+    return [result for result, _ in runs], sum(epochs for _, epochs in runs)
