@@ -695,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
             from .ray_backend import connect
 
             connect(args.address, "--backend ray")
+        elif args.address:
+            raise ValueError("--address applies to --backend ray")
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
     run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)

@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             require_ray("--backend rllib")
         except ImportError as err:
             p.error(str(err))
+    elif args.address or args.num_gpus_per_env_runner:
+        p.error("--address and --num-gpus-per-env-runner apply to --backend rllib")
     return args
 
 
