@@ -6,6 +6,8 @@ Ray is imported only inside these functions, so the project runs without it.
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any, Iterator
 
 from .config import Config
@@ -24,13 +26,17 @@ def require_ray(feature: str) -> Any:
 
 
 def connect(address: str | None = None, feature: str = "the Ray backend") -> Any:
-    """A local Ray instance by default, or the cluster at ``address``; reuses one the caller already started."""
+    """A local Ray instance by default, or the cluster at ``address``; reuses one the caller already started.
+    Keeps the caller's SIGTERM handler (``rlsched.train`` checkpoints on SIGTERM; Ray's would just exit)."""
     ray = require_ray(feature)
     if not ray.is_initialized():
+        on_term = signal.getsignal(signal.SIGTERM)
         if address:
             ray.init(address=address)
         else:
             ray.init(include_dashboard=False)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
     return ray
 
 

@@ -223,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         if getattr(args, "backend", "sb3") == "rllib":
-            if args.resume:
-                raise SystemExit("--resume is not supported with --backend rllib yet: start a new run")
             from .agents.rllib import train_rllib
 
             model_path = train_rllib(run_dir, args, config, settings_from(args))

@@ -2,6 +2,11 @@
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +26,7 @@ pytestmark = pytest.mark.slow
 TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 2,
         "env.heldout_instances": 2, "env.train_instances": 2, "env.initial_lr_min": 0.01,
         "env.initial_lr_max": 0.1}
+SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
 SETTINGS = {"schedules": ("constant", "cosine"), "tune_instances": 1, "grid_per_decade": 1, "robustness": (10.0,),
             "workers": 2}
 
@@ -43,8 +49,7 @@ def config():
 
 
 def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
-    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
-    assert train.main(["--preset", "fast", *sets, "--backend", "rllib", "--num-env-runners", "2",
+    assert train.main(["--preset", "fast", *SETS, "--backend", "rllib", "--num-env-runners", "2",
                        "--episodes-per-rollout", "1", "--total-timesteps", "8", "--no-eval",
                        "--runs-dir", str(tmp_path)]) == 0
     (run_dir,) = tmp_path.iterdir()
@@ -70,6 +75,29 @@ def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
     assert result.epochs == 2 and 0 <= result.final_dice <= 1
     (method,) = compare.agent_methods([policy], config)
     assert method.name == "learned-rllib" and method.epochs_before == sum(e["epochs"] for e in episodes)
+
+
+def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
+    """In a subprocess on this test's Ray: SIGTERM after the first iteration, then --resume to the end."""
+    address = ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "rlsched.train", "--preset", "fast", *SETS, "--backend", "rllib",
+               "--num-env-runners", "1", "--episodes-per-rollout", "1", "--total-timesteps", "40", "--no-eval",
+               "--address", address, "--runs-dir", str(tmp_path)]
+    proc = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/checkpoints/last.json")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    (run_dir,) = tmp_path.iterdir()
+    assert proc.returncode == 130 and f"--resume {run_dir}" in out
+    done = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
+    assert 0 < done < 40
+    assert train.main(["--resume", str(run_dir), "--no-eval"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 40
+    assert read_jsonl(run_dir / "progress.jsonl")[-1]["num_timesteps"] == 40 and (run_dir / "model.rllib").is_dir()
 
 
 def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config):

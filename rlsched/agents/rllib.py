@@ -3,7 +3,7 @@ turns its saved RLModule into an SB3-style ``predict`` for the harness.
 
 The run directory matches the SB3 path: ``config.toml``/``args.json``, ``episodes.jsonl`` (written by the env
 runners), ``progress.jsonl`` (one line of RLlib metrics per PPO iteration), ``tb/``, ``checkpoints/last/`` (the
-whole Algorithm, replaced after every iteration) with ``checkpoints/last.json``, and ``model.rllib/`` (the
+whole Algorithm, replaced after every iteration; ``--resume`` continues from it) with ``checkpoints/last.json``, and ``model.rllib/`` (the
 trained RLModule), which ``rlsched.evaluate``, ``rlsched.compare --agent`` and ``RLScheduler`` load.
 Ray is imported lazily: this module imports without it.
 """
@@ -11,6 +11,7 @@ Ray is imported lazily: this module imports without it.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 from dataclasses import replace
@@ -127,7 +128,8 @@ def _save(algo: Any, run_dir: Path, timesteps: int) -> Path:
 
 
 def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, settings: PPOSettings) -> Path:
-    """Train until ``args.total_timesteps`` env steps; returns ``model.rllib``."""
+    """Train until ``args.total_timesteps`` env steps (continuing from ``checkpoints/last`` with ``--resume``);
+    returns ``model.rllib``."""
     from torch.utils.tensorboard import SummaryWriter
 
     from ..ray_backend import connect
@@ -140,10 +142,14 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
     algo = build_algo(config, settings, args)
     episodes = EpisodeLog(run_dir / "episodes.jsonl")
     writer = SummaryWriter(str(run_dir / "tb" / "rllib"))
-    steps = 0
-    print(f"training RLlib PPO for {args.total_timesteps} env steps with {args.num_env_runners} env runner(s)")
+    last, steps = run_dir / "checkpoints" / "last", 0
+    if args.resume and last.is_dir():
+        algo.restore_from_path(str(last.resolve()))
+        steps = int(json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"])
+    print(f"training RLlib PPO for {args.total_timesteps - steps} env steps ({steps} done) with "
+          f"{args.num_env_runners} env runner(s)")
     try:
-        with tqdm(total=args.total_timesteps, desc="RLlib PPO", unit="step") as bar:
+        with tqdm(total=args.total_timesteps, initial=steps, desc="RLlib PPO", unit="step") as bar:
             while steps < args.total_timesteps:
                 metrics = _scalars(algo.train())
                 steps = int(metrics["env_runners/num_env_steps_sampled_lifetime"])
