@@ -245,7 +245,8 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
             bar.update()
 
         train = make_instances(env, "train")[: settings.tune_instances]
-        tuning = tune_base_lrs(config, settings.schedules, grid, train, settings.workers, advance, settings.backend)
+        tuning = tune_base_lrs(config, settings.schedules, grid, train, settings.workers, advance,
+                               settings.backend)
         methods = agents + baseline_methods(tuning)
         _, reference = tuning.reference
         robust_lrs = {f: min(max(f * reference, env.lr_min), env.lr_max) for f in settings.robustness}
@@ -272,9 +273,9 @@ def pbt_runs(config: Config, instances: list[Instance], population: int) -> tupl
 
     runs, total = run_pbt(config, instances, PBTSettings(population=population))
     own = len(instances) * config.env.epochs
-    accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} held-out "
-                  f"instance(s): {total:,} epochs trained in all (nominal {population * own:,}), the best member "
-                  "by validation Dice reported")
+    accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
+                  f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
+                  "the best member by validation Dice reported")
     return Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting), runs
 
 
@@ -667,7 +668,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--workers", type=int, default=defaults.workers,
                    help="episode worker processes, or Ray actors with --backend ray (default: %(default)s)")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                   help="local: a process pool; ray: Ray actors, on a cluster with --address (needs the ray extra)")
+                   help="local: a process pool; ray: Ray actors, a cluster with --address (needs the ray extra)")
     p.add_argument("--address", default=None, help="ray: Ray cluster address (default: start a local Ray)")
     p.add_argument("--pbt-population", type=int, default=0, metavar="K",
                    help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)")

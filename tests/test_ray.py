@@ -1,4 +1,4 @@
-"""The Ray extra on a local 2-CPU Ray: RLlib training end to end, compare on Ray equals the local pool, and PBT."""
+"""The Ray extra on a local 2-CPU Ray: RLlib training end to end, compare on Ray equals the local pool, PBT."""
 
 import json
 import math
@@ -97,7 +97,8 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
     assert 0 < done < 40
     assert train.main(["--resume", str(run_dir), "--no-eval"]) == 0
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 40
-    assert read_jsonl(run_dir / "progress.jsonl")[-1]["num_timesteps"] == 40 and (run_dir / "model.rllib").is_dir()
+    assert read_jsonl(run_dir / "progress.jsonl")[-1]["num_timesteps"] == 40
+    assert (run_dir / "model.rllib").is_dir()
 
 
 def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config):

@@ -3,8 +3,9 @@ turns its saved RLModule into an SB3-style ``predict`` for the harness.
 
 The run directory matches the SB3 path: ``config.toml``/``args.json``, ``episodes.jsonl`` (written by the env
 runners), ``progress.jsonl`` (one line of RLlib metrics per PPO iteration), ``tb/``, ``checkpoints/last/`` (the
-whole Algorithm, replaced after every iteration; ``--resume`` continues from it) with ``checkpoints/last.json``, and ``model.rllib/`` (the
-trained RLModule), which ``rlsched.evaluate``, ``rlsched.compare --agent`` and ``RLScheduler`` load.
+whole Algorithm, replaced after every iteration; ``--resume`` continues from it) with
+``checkpoints/last.json``, and ``model.rllib/`` (the trained RLModule), which ``rlsched.evaluate``,
+``rlsched.compare --agent`` and ``RLScheduler`` load.
 Ray is imported lazily: this module imports without it.
 """
 
@@ -78,7 +79,8 @@ def register(config: Config, episodes_path: Path) -> None:
 
 
 def build_algo(config: Config, settings: PPOSettings, args: argparse.Namespace) -> Any:
-    """PPO sized like the SB3 path: each env runner collects ``episodes_per_rollout`` whole episodes per update."""
+    """PPO sized like the SB3 path: each env runner collects ``episodes_per_rollout`` whole episodes per
+    update."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
