@@ -95,7 +95,8 @@ def build_algo(config: Config, settings: PPOSettings, args: argparse.Namespace) 
                   minibatch_size=settings.minibatch(config, runners), num_epochs=settings.n_epochs,
                   lr=settings.learning_rate, gamma=settings.gamma, lambda_=settings.gae_lambda,
                   clip_param=settings.clip_range, entropy_coeff=settings.ent_coef,
-                  vf_loss_coeff=settings.vf_coef, grad_clip=settings.max_grad_norm, use_kl_loss=False)
+                  vf_loss_coeff=settings.vf_coef, grad_clip=settings.max_grad_norm, use_kl_loss=False,
+                  vf_clip_param=math.inf)  # as SB3 (clip_range_vf=None): returns reach reward_scale
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden)))
         .learners(num_learners=0)  # a small MLP: it learns in the driver; the runners own the UNets
         .debugging(seed=args.seed)
