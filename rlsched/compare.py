@@ -1,6 +1,7 @@
 """Learned LR controllers vs every fixed schedule and a random policy on the same held-out instances.
 
     python -m rlsched.compare --agent runs/<id>/model.zip [--agent runs/<id2>/model.pt] [--seeds N]
+    python -m rlsched.compare --backend ray [--address ADDR] [--pbt-population K] ...   # episodes on Ray
 
 Every method trains the same UNets (same data, initial weights and epoch budget) through the same harness, so
 results differ only by the LRs chosen. Fairness: each fixed schedule gets its base LR from a grid search on
@@ -34,12 +35,13 @@ from .config import (Config, ConfigError, config_from_dict, config_to_toml, load
                      parse_override)
 from .env import Instance, make_instances
 from .evaluate import LoadedPolicy, check_compatible, load_policy
-from .harness import EpisodeResult, Job, run_jobs
+from .harness import BACKENDS, EpisodeResult, Job, run_jobs
 from .runs import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_dir, read_jsonl
 from .schedules import SCHEDULES, lr_grid
 from .stats import PairedTest, mean_ci, paired_test
 
 CONSTANT_INITIAL = "constant (initial LR)"
+AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
 METRICS = ("final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
 
 
@@ -54,6 +56,8 @@ class Settings:
     robustness: tuple[float, ...] = (0.01, 0.1, 10.0, 100.0)  # initial LR = factor x best tuned constant LR
     dice_target: float = 0.8
     workers: int = 2
+    backend: str = "local"  # where episodes run: local processes or Ray actors
+    pbt_population: int = 0  # > 0: add PBT (Ray Tune) with this population per held-out instance
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.schedules if s not in SCHEDULES]
@@ -68,6 +72,12 @@ class Settings:
             raise ValueError(f"--robustness factors must be positive numbers, got {list(self.robustness)}")
         if not 0 < self.dice_target <= 1:
             raise ValueError(f"--dice-target {self.dice_target}: a Dice target lies in (0, 1]")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.pbt_population and self.backend != "ray":
+            raise ValueError("--pbt-population runs PBT on Ray Tune: add --backend ray")
+        if self.pbt_population < 0 or self.pbt_population == 1:
+            raise ValueError(f"--pbt-population {self.pbt_population}: a population needs at least 2 members")
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ class Method:
     """One controller under comparison, with the training epochs it consumed before evaluation."""
 
     name: str
-    kind: str  # harness Job kind: "policy" | "schedule" | "random"
+    kind: str  # harness Job kind: "policy" | "schedule" | "random"; or "pbt" (run by rlsched.pbt, not a Job)
     arg: str  # model path | schedule name | random seed
     base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR)
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
@@ -147,7 +157,7 @@ def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
     methods: list[Method] = []
     for policy in policies:
         check_compatible(policy, config)
-        base = f"learned-{'sb3' if policy.path.suffix == '.zip' else 'reference'}"
+        base = f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
         name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
         epochs, source = training_epochs(policy)
         methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs,
@@ -181,11 +191,12 @@ def baseline_methods(tuning: Tuning) -> list[Method]:
 
 # --------------------------------------------------------------------------------------------- running
 def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance],
-                  workers: int = 1, on_result: Callable[[EpisodeResult], None] | None = None) -> Tuning:
+                  workers: int = 1, on_result: Callable[[EpisodeResult], None] | None = None,
+                  backend: str = "local") -> Tuning:
     """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on)."""
     jobs = [Job(f"{name}@{lr:g}", "schedule", name, instance, base_lr=lr)
             for name in schedules for lr in grid for instance in instances]
-    results = run_jobs(config, jobs, workers, on_result=on_result)
+    results = run_jobs(config, jobs, workers, on_result=on_result, backend=backend)
     runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
     for job, result in zip(jobs, results):
         runs[job.arg][job.base_lr].append(run_metrics(result, config.env.steps, target=1.0))
@@ -234,7 +245,8 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
             bar.update()
 
         train = make_instances(env, "train")[: settings.tune_instances]
-        tuning = tune_base_lrs(config, settings.schedules, grid, train, settings.workers, advance)
+        tuning = tune_base_lrs(config, settings.schedules, grid, train, settings.workers, advance,
+                               settings.backend)
         methods = agents + baseline_methods(tuning)
         _, reference = tuning.reference
         robust_lrs = {f: min(max(f * reference, env.lr_min), env.lr_max) for f in settings.robustness}
@@ -243,12 +255,28 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
         jobs = [m.job(i) for m in methods for i in instances]
         jobs += [m.job(i, lr) for lr in robust_lrs.values() for m in robust_methods for i in instances]
         bar.set_description("evaluating on held-out instances")
-        results = run_jobs(config, jobs, settings.workers, on_result=advance)
+        results = run_jobs(config, jobs, settings.workers, on_result=advance, backend=settings.backend)
     main, rest = results[: len(methods) * len(instances)], results[len(methods) * len(instances):]
     chunk = len(robust_methods) * len(instances)
     robustness = {f: (lr, rest[k * chunk:(k + 1) * chunk]) for k, (f, lr) in enumerate(robust_lrs.items())}
+    if settings.pbt_population:
+        method, runs = pbt_runs(config, instances, settings.pbt_population)
+        methods.append(method)
+        main += runs
     seconds = time.perf_counter() - start
     return Comparison(config, settings, methods, tuning, instances, main, robustness, seconds)
+
+
+def pbt_runs(config: Config, instances: list[Instance], population: int) -> tuple[Method, list[EpisodeResult]]:
+    """PBT on every held-out instance; its compute is the population's epochs beyond one evaluation run."""
+    from .pbt import PBTSettings, run_pbt
+
+    runs, total = run_pbt(config, instances, PBTSettings(population=population))
+    own = len(instances) * config.env.epochs
+    accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
+                  f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
+                  "the best member by validation Dice reported")
+    return Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting), runs
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -358,7 +386,8 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main:
-        base = f"{r['base_lr']:.3g}" if r["base_lr"] is not None else "instance's initial"
+        base = (f"{r['base_lr']:.3g}" if r["base_lr"] is not None
+                else "PBT" if methods[r["method"]].kind == "pbt" else "instance's initial")
         lines.append(
             f"| {label(r['method'])} | {base} | {_count(r['epochs_before_eval'])} | {_ci(r, 'final_dice')} "
             f"| {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} | {_ci(r, 'epochs_to_target', 1)} "
@@ -469,7 +498,7 @@ def styles(methods: list[Method]) -> dict[str, dict[str, Any]]:
     for m in methods:
         if m.learned:
             out[m.name] = {"color": next(learned), "lw": 3.0, "ls": "-"}
-        elif m.tuned:
+        elif m.tuned or m.kind == "pbt":
             out[m.name] = {"color": next(fixed), "lw": 1.8, "ls": "-"}
         else:
             out[m.name] = {"color": "#7f7f7f" if m.kind == "random" else "#444444", "lw": 1.8,
@@ -580,7 +609,8 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     _save(fig, out_dir / "final_dice.png")
 
     if comparison.robustness:
-        _save(_robustness_heatmap(comparison, [n for n in order if n != CONSTANT_INITIAL], learned, where),
+        robust = {r.method for _, results in comparison.robustness.values() for r in results}
+        _save(_robustness_heatmap(comparison, [n for n in order if n in robust], learned, where),
               out_dir / "robustness.png")
 
 
@@ -636,7 +666,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--dice-target", type=float, default=defaults.dice_target,
                    help="Dice for the epochs-to-target column (default: %(default)s)")
     p.add_argument("--workers", type=int, default=defaults.workers,
-                   help="episode worker processes (default: %(default)s)")
+                   help="episode worker processes, or Ray actors with --backend ray (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                   help="local: a process pool; ray: Ray actors, a cluster with --address (needs the ray extra)")
+    p.add_argument("--address", default=None, help="ray: Ray cluster address (default: start a local Ray)")
+    p.add_argument("--pbt-population", type=int, default=0, metavar="K",
+                   help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)")
     p.add_argument("--runs-dir", default="runs")
     return p, p.parse_args(argv)
 
@@ -647,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(seeds=args.seeds, schedules=tuple(args.schedules),
                             tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
                             robustness=() if args.no_robustness else tuple(args.robustness),
-                            dice_target=args.dice_target, workers=args.workers)
+                            dice_target=args.dice_target, workers=args.workers, backend=args.backend,
+                            pbt_population=args.pbt_population)
         overrides = dict(parse_override(o) for o in args.set)
         policies = [load_policy(path) for path in args.agent]
         if args.preset is None and policies:
@@ -656,7 +692,13 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.preset or "demo", overrides)
         agents = agent_methods(policies, config)
         check_fits(config, settings)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        if settings.backend == "ray":
+            from .ray_backend import connect
+
+            connect(args.address, "--backend ray")
+        elif args.address:
+            raise ValueError("--address applies to --backend ray")
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
     run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)
     atomic_write_text(run_dir / "config.toml", config_to_toml(config))

@@ -1,5 +1,5 @@
-"""Load a trained policy (SB3 ``.zip`` or reference ``.pt``) with the config it was trained on, and score it
-on the held-out instances against the constant initial-LR baseline."""
+"""Load a trained policy (SB3 ``.zip``, reference ``.pt`` or RLlib ``.rllib/``) with the config it was trained
+on, and score it on the held-out instances against the constant initial-LR baseline."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ class LoadedPolicy:
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
-    """``runs/<id>/model.zip`` (SB3 PPO) or ``runs/<id>/model.pt`` (reference PPO) plus its ``config.toml``."""
+    """``runs/<id>/model.zip`` (SB3 PPO), ``runs/<id>/model.pt`` (reference PPO) or ``runs/<id>/model.rllib``
+    (RLlib PPO, a directory) plus its ``config.toml``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no policy at {path}: pass runs/<run-id>/model.zip (or model.pt) "
+    if not (path.is_file() or (path.is_dir() and path.suffix == ".rllib")):
+        raise FileNotFoundError(f"no policy at {path}: pass runs/<run-id>/model.zip (or model.pt, model.rllib) "
                                 "written by python -m rlsched.train")
     config_path = path.parent / "config.toml"
     if not config_path.is_file():
@@ -47,8 +48,13 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         from .agents.ppo import ReferencePPO
 
         predictor = ReferencePPO.load(path)
+    elif path.suffix == ".rllib":
+        from .agents.rllib import RLlibPolicy
+
+        predictor = RLlibPolicy.load(path)
     else:
-        raise ValueError(f"{path}: unknown policy format; expected .zip (SB3) or .pt (reference PPO)")
+        raise ValueError(f"{path}: unknown policy format; expected .zip (SB3), .pt (reference PPO) or .rllib "
+                         "(RLlib PPO)")
     return LoadedPolicy(predictor, config, path)
 
 

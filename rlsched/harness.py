@@ -181,12 +181,24 @@ def _run_job(job: Job) -> EpisodeResult:
     return run_episode(_worker_env, make_controller(job), job.instance, job.initial_lr)
 
 
+BACKENDS = ("local", "ray")
+
+
 def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
-             on_result: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
-    """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs);
-    results come back in job order."""
+             on_result: Callable[[EpisodeResult], None] | None = None, backend: str = "local"
+             ) -> list[EpisodeResult]:
+    """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs) or,
+    with ``backend="ray"``, one-CPU Ray actors (a cluster); results come back in job order."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        from .ray_backend import iter_jobs
+
+        stream = iter_jobs(config, jobs, workers)
+    else:
+        stream = _iter_jobs(config, jobs, workers)
     results: list[EpisodeResult] = []
-    for result in _iter_jobs(config, jobs, workers):
+    for result in stream:
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -1,5 +1,8 @@
 """Learn an LR schedule: ``python -m rlsched.train [--preset demo] [--algo sb3|reference] [--resume RUN]``.
 
+``--backend rllib --num-env-runners N [--address ADDR]`` trains RLlib PPO with N Ray env runners instead
+(``pip install -e ".[ray]"``); see ``rlsched/agents/rllib.py`` for its run directory.
+
 Writes ``runs/<preset>__ppo-<algo>__s<seed>__<time>/``: ``config.toml`` and ``args.json`` (what ran),
 ``tb/`` (TensorBoard: PPO diagnostics and per-episode final Dice, LR trajectory, penalties),
 ``episodes.jsonl`` (every training episode), ``checkpoints/last.*`` (after every update, atomic),
@@ -25,6 +28,7 @@ from .config import Config, ConfigError, config_to_toml, load_config, parse_over
 from .runs import atomic_write_json, atomic_write_text, new_run_dir
 
 ALGOS = ("sb3", "reference")
+BACKENDS = ("sb3", "rllib")  # sb3: local processes (--algo picks the agent); rllib: RLlib PPO on Ray
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
     p.add_argument("--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO")
     p.add_argument("--n-envs", type=int, default=2, help="parallel env workers (subprocesses when > 1)")
+    p.add_argument("--backend", choices=BACKENDS, default="sb3",
+                   help="sb3: local env processes; rllib: RLlib PPO with Ray env runners (needs the ray extra)")
+    p.add_argument("--num-env-runners", type=int, default=2, help="rllib: Ray env runners (0 = in the driver)")
+    p.add_argument("--num-gpus-per-env-runner", type=float, default=0.0, help="rllib: GPU share per env runner")
+    p.add_argument("--address", default=None, help="rllib: Ray cluster address (default: start a local Ray)")
     p.add_argument("--total-timesteps", type=int, default=0,
                    help="env steps (= training slices) to train for; 0 = 16 rollouts")
     p.add_argument("--seed", type=int, default=0)
@@ -52,7 +61,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n_envs < 1:
         p.error("--n-envs must be >= 1")
+    if args.backend == "rllib":
+        if args.algo != "sb3":
+            p.error(f"--algo {args.algo} runs locally; drop --backend rllib")
+        if args.num_env_runners < 0 or args.num_gpus_per_env_runner < 0:
+            p.error("--num-env-runners and --num-gpus-per-env-runner must be >= 0")
+        from .ray_backend import require_ray
+
+        try:
+            require_ray("--backend rllib")
+        except ImportError as err:
+            p.error(str(err))
+    elif args.address or args.num_gpus_per_env_runner:
+        p.error("--address and --num-gpus-per-env-runner apply to --backend rllib")
     return args
+
+
+def n_workers(args: argparse.Namespace) -> int:
+    """Parallel envs of the run: env processes, or Ray env runners (0 runners: one env in the driver)."""
+    return max(1, args.num_env_runners) if getattr(args, "backend", "sb3") == "rllib" else args.n_envs
 
 
 def settings_from(args: argparse.Namespace) -> PPOSettings:
@@ -86,12 +113,13 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
         raise SystemExit(f"error: {err}") from None
     settings = settings_from(args)
     try:
-        settings.minibatch(config, args.n_envs)  # fail now, not after the workers started
+        settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if not args.total_timesteps:
-        args.total_timesteps = 16 * settings.n_steps(config) * args.n_envs
-    run_dir = new_run_dir(config.name, f"ppo-{args.algo}", f"s{args.seed}", root=args.runs_dir)
+        args.total_timesteps = 16 * settings.n_steps(config) * n_workers(args)
+    agent = "rllib" if args.backend == "rllib" else args.algo
+    run_dir = new_run_dir(config.name, f"ppo-{agent}", f"s{args.seed}", root=args.runs_dir)
     atomic_write_text(run_dir / "config.toml", config_to_toml(config))
     atomic_write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})
     return run_dir, args, config
@@ -194,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     start = time.perf_counter()
     try:
-        model_path = (train_sb3 if args.algo == "sb3" else train_reference)(run_dir, args, config)
+        if getattr(args, "backend", "sb3") == "rllib":
+            from .agents.rllib import train_rllib
+
+            model_path = train_rllib(run_dir, args, config, settings_from(args))
+        else:
+            model_path = (train_sb3 if args.algo == "sb3" else train_reference)(run_dir, args, config)
     except (KeyboardInterrupt, Interrupted):
         print(f"\ninterrupted: checkpoint saved. Continue with:\n  python -m rlsched.train --resume {run_dir}")
         return 130
@@ -202,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_eval:
         from .evaluate import evaluate_heldout
 
-        report = evaluate_heldout(model_path, config, workers=args.n_envs)
+        report = evaluate_heldout(model_path, config, workers=n_workers(args))
         print(report)
     print(f"results: {run_dir}")
     return 0

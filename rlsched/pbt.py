@@ -1,0 +1,152 @@
+"""Population-based training (Ray Tune) as a peer of the learned controllers in ``rlsched.compare``.
+
+PBT adapts the LR *during* one training run by spending a population: K members train the same instance
+(the env's data and initial weights, through the same ``Trainer``) for the same epoch budget; every
+``interval`` steps the worst quantile copies a better member's Trainer checkpoint (exploit) and multiplies its
+LR by one of ``factors`` or redraws it (explore). Its result on an instance is the best member at the end,
+with the LR and Dice history of that member's lineage. It costs about K x budget epochs per instance
+(asynchronous PBT: a member that copies a member behind it retrains a few; every trained epoch is counted) and
+picks its winner on the validation Dice it is scored on: the report states both.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+from .control import clip_lr
+from .data import make_dataset
+from .env import Instance
+from .harness import EpisodeResult
+
+CHECKPOINT = "member.pt"
+
+
+@dataclass(frozen=True)
+class PBTSettings:
+    """The population and its exploit/explore rule."""
+
+    population: int = 4
+    interval: int = 1  # env steps between exploit/explore rounds
+    quantile: float = 0.25  # bottom (top) fraction that copies (is copied)
+    factors: tuple[float, ...] = (2.0, 0.5)  # explore: LR x one of these
+    resample_probability: float = 0.25  # explore: or redraw the LR from the initial-LR range
+
+    def __post_init__(self) -> None:
+        if self.population < 2:
+            raise ValueError(f"--pbt-population {self.population}: a population needs at least 2 members")
+        if self.interval < 1 or not 0 < self.quantile <= 0.5 or not 0 <= self.resample_probability <= 1:
+            raise ValueError("PBT needs interval >= 1, 0 < quantile <= 0.5 and 0 <= resample_probability <= 1")
+
+
+
+def member_lrs(config: Config, population: int) -> list[float]:
+    """Starting LRs: spread log-evenly over the preset's initial-LR range (the range the grid search covers)."""
+    env = config.env
+    return [float(lr) for lr in np.geomspace(env.initial_lr_min, env.initial_lr_max, population)]
+
+
+def _record(lr: float, epoch: int, evaluation: Any) -> dict[str, Any]:
+    return {"lr": lr, "epoch": epoch, "val_loss": evaluation.loss, "dice_mean": evaluation.dice_mean,
+            "dice": evaluation.dice, "diverged": False}
+
+
+def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> None:
+    """One population member (a Tune function trainable): trains ``instance`` step by step at its LR, reporting
+    Dice with a Trainer checkpoint after every step; starts from a better member's checkpoint after an exploit.
+    A diverged member keeps reporting Dice 0 (each later step stops at its first batch) until it is replaced."""
+    from ray import tune
+
+    from .trainer import Trainer
+
+    torch.set_num_threads(1)
+    env = config.env
+    lr = clip_lr(env, tune_config["lr"])
+    trainer = Trainer(config, make_dataset(config.data, instance.data_seed), instance.init_seed, lr=lr)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        evaluation = trainer.evaluate()
+        records, seconds = [_record(lr, 0, evaluation)], evaluation.seconds
+    else:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
+        trainer.load_state_dict(saved["trainer"])
+        trainer.set_lr(lr)
+        records, seconds = saved["records"], saved["seconds"]
+    while trainer.epoch < env.epochs:
+        result = trainer.train_slice(env.epochs_per_step)
+        record = result.record()
+        seconds += record.pop("seconds")
+        records.append(record)
+        dice = 0.0 if result.diverged or not math.isfinite(record["dice_mean"]) else record["dice_mean"]
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"trainer": trainer.state_dict(), "records": records, "seconds": seconds},
+                       Path(folder) / CHECKPOINT)
+            tune.report({"dice": dice, "epoch": trainer.epoch},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _step_counter() -> Any:
+    """A Tune callback counting reports: each is one trained step, so this counts PBT's epochs exactly."""
+    from ray import tune
+
+    class StepCounter(tune.Callback):
+        steps = 0
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self.steps += 1
+
+    return StepCounter()
+
+
+def run_instance(config: Config, instance: Instance, settings: PBTSettings, storage: Path
+                 ) -> tuple[EpisodeResult, int]:
+    """One PBT run on ``instance``: its best member at the budget's end, and the epochs the population trained.
+    Asynchronous PBT (Tune's default): synchronous rounds pause and restart every member each round."""
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    env = config.env
+    scheduler = PopulationBasedTraining(
+        time_attr="training_iteration", perturbation_interval=settings.interval,
+        hyperparam_mutations={"lr": tune.loguniform(env.initial_lr_min, env.initial_lr_max)},
+        quantile_fraction=settings.quantile, resample_probability=settings.resample_probability,
+        perturbation_factors=settings.factors)
+    counter = _step_counter()
+    trainable = tune.with_resources(tune.with_parameters(member, config=config, instance=instance), {"cpu": 1})
+    tuner = tune.Tuner(
+        trainable, param_space={"lr": tune.grid_search(member_lrs(config, settings.population))},
+        tune_config=tune.TuneConfig(metric="dice", mode="max", scheduler=scheduler, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"pbt-{instance.split}-{instance.index}", storage_path=str(storage),
+                                  verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                                  callbacks=[counter]))
+    results = tuner.fit()
+    if results.errors:
+        raise RuntimeError(f"PBT on {instance.split} instance {instance.index} failed: {results.errors[0]}")
+    best = results.get_best_result(metric="dice", mode="max", scope="last")
+    with best.checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
+    records = saved["records"]
+    dices = [0.0 if r["diverged"] or not math.isfinite(r["dice_mean"]) else r["dice_mean"] for r in records]
+    # the lineage's starting LR stands in for the instance's initial LR in the reports
+    lineage = replace(instance, initial_lr=float(records[0]["lr"]))
+    result = EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"])
+    return result, counter.steps * env.epochs_per_step
+
+
+def run_pbt(config: Config, instances: list[Instance], settings: PBTSettings) -> tuple[list[EpisodeResult], int]:
+    """PBT on each instance in turn (exploit only ever copies members of the same instance); also returns the
+    UNet epochs all populations trained."""
+    from .ray_backend import connect
+
+    connect(feature="PBT")
+    with tempfile.TemporaryDirectory(prefix="rlsched-pbt-") as storage:
+        runs = [run_instance(config, instance, settings, Path(storage)) for instance in instances]
+    return [result for result, _ in runs], sum(epochs for _, epochs in runs)

@@ -1,0 +1,133 @@
+"""The Ray extra on a local 2-CPU Ray: RLlib training end to end, compare on Ray equals the local pool, PBT."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from rlsched import compare, train  # noqa: E402
+from rlsched.config import load_config  # noqa: E402
+from rlsched.evaluate import load_policy  # noqa: E402
+from rlsched.harness import PolicyController, run_episode  # noqa: E402
+from rlsched.env import UNetLREnv, make_instances  # noqa: E402
+from rlsched.runs import read_jsonl  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# as in test_compare.py: 16x16 images, 2-epoch budgets, 2 held-out and 2 train instances, LRs in [0.01, 0.1]
+TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 2,
+        "env.heldout_instances": 2, "env.train_instances": 2, "env.initial_lr_min": 0.01,
+        "env.initial_lr_max": 0.1}
+SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+SETTINGS = {"schedules": ("constant", "cosine"), "tune_instances": 1, "grid_per_decade": 1, "robustness": (10.0,),
+            "workers": 2}
+
+
+def trajectories(results):
+    """What must match across backends (wall time may not); JSON so NaNs compare equal."""
+    return json.dumps([(r.method, r.instance.index, r.total_reward, r.records) for r in results])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("fast", TINY)
+
+
+def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
+    assert train.main(["--preset", "fast", *SETS, "--backend", "rllib", "--num-env-runners", "2",
+                       "--episodes-per-rollout", "1", "--total-timesteps", "8", "--no-eval",
+                       "--runs-dir", str(tmp_path)]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("fast__ppo-rllib__s0__")
+    assert {"config.toml", "args.json", "episodes.jsonl", "progress.jsonl", "checkpoints", "tb",
+            "model.rllib"} <= {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 8
+    assert (run_dir / "checkpoints" / "last" / "rllib_checkpoint.json").is_file()
+    progress = read_jsonl(run_dir / "progress.jsonl")
+    assert progress and progress[-1]["num_timesteps"] >= 8
+    episodes = read_jsonl(run_dir / "episodes.jsonl")
+    assert len(episodes) >= 4 and all(len(e["lrs"]) == 2 for e in episodes)
+    assert {e["worker"] for e in episodes} == {1, 2}  # both env runners trained UNets
+
+    policy = load_policy(run_dir / "model.rllib")
+    obs = UNetLREnv(config=config).observation_space.sample()
+    action, state = policy.predictor.predict(obs, deterministic=True)
+    assert state is None and action.shape == () and 0 <= int(action) < len(config.env.factors)
+    batch, _ = policy.predictor.predict(np.stack([obs, obs]))
+    assert batch.shape == (2,) and batch[0] == action
+    env = UNetLREnv(config=policy.config)
+    result = run_episode(env, PolicyController(policy.predictor), make_instances(config.env, "heldout")[0])
+    assert result.epochs == 2 and 0 <= result.final_dice <= 1
+    (method,) = compare.agent_methods([policy], config)
+    assert method.name == "learned-rllib" and method.epochs_before == sum(e["epochs"] for e in episodes)
+
+
+def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
+    """In a subprocess on this test's Ray: SIGTERM after the first iteration, then --resume to the end."""
+    address = ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "rlsched.train", "--preset", "fast", *SETS, "--backend", "rllib",
+               "--num-env-runners", "1", "--episodes-per-rollout", "1", "--total-timesteps", "40", "--no-eval",
+               "--address", address, "--runs-dir", str(tmp_path)]
+    proc = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/checkpoints/last.json")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    (run_dir,) = tmp_path.iterdir()
+    assert proc.returncode == 130 and f"--resume {run_dir}" in out
+    done = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
+    assert 0 < done < 40
+    assert train.main(["--resume", str(run_dir), "--no-eval"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 40
+    assert read_jsonl(run_dir / "progress.jsonl")[-1]["num_timesteps"] == 40
+    assert (run_dir / "model.rllib").is_dir()
+
+
+def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config):
+    local = compare.run_comparison(config, [], compare.Settings(**SETTINGS), progress=False)
+    on_ray = compare.run_comparison(config, [], compare.Settings(**SETTINGS, backend="ray", pbt_population=2),
+                                    progress=False)
+    assert on_ray.tuning.scores == local.tuning.scores
+    pbt = [r for r in on_ray.results if r.method == "pbt"]
+    assert trajectories(r for r in on_ray.results if r.method != "pbt") == trajectories(local.results)
+    for factor, (lr, runs) in local.robustness.items():
+        assert on_ray.robustness[factor][0] == lr
+        assert trajectories(on_ray.robustness[factor][1]) == trajectories(runs)
+
+    # PBT: one run per held-out instance, a full budget, the population's epochs in the accounting
+    assert sorted(r.instance.index for r in pbt) == [0, 1]
+    assert all(r.epochs == 2 and len(r.records) == 3 and 0 <= r.final_dice <= 1 for r in pbt)
+    method = next(m for m in on_ray.methods if m.name == "pbt")
+    # about K x budget x instances (a member copying one behind it retrains a step), beyond one evaluation run
+    trained = int(method.epochs_before) + 2 * 2
+    assert 2 * 2 * 2 <= trained <= 2 * 2 * 2 + 2
+    assert (f"population 2 x 2 epochs on each of 2 held-out instance(s): {trained} epochs trained in all "
+            "(nominal 8)") in method.accounting
+    rows = {r["method"]: r for r in compare.summarize(on_ray) if r["factor"] is None}
+    assert rows["pbt"]["n"] == 2 and math.isfinite(rows["pbt"]["final_dice_mean"])
+    assert f"| pbt | PBT | {trained - 4} |" in compare.report(on_ray, compare.summarize(on_ray))
+
+
+def test_pbt_needs_the_ray_backend_and_two_members():
+    with pytest.raises(ValueError, match="--backend ray"):
+        compare.Settings(pbt_population=2)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        compare.Settings(backend="ray", pbt_population=1)
