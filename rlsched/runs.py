@@ -32,6 +32,15 @@ def new_run_dir(*parts: str, root: Path | str = RUNS_ROOT) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path | str, write: Callable[[IO], Any], mode: str = "wb") -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then move it into place."""
     path = Path(path)
@@ -42,6 +51,7 @@ def atomic_write(path: Path | str, write: Callable[[IO], Any], mode: str = "wb")
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a run's files should read like any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 import json
 import math
+import os
+import stat
 
-from rlsched.runs import append_jsonl, atomic_write_json, new_run_dir, read_jsonl
+from rlsched.runs import append_jsonl, atomic_write_json, atomic_write_text, new_run_dir, read_jsonl
 
 
 def test_run_dirs_are_unique_and_named(tmp_path):
@@ -23,3 +25,10 @@ def test_jsonl_reader_skips_a_torn_last_line(tmp_path):
     with open(path, "a") as handle:
         handle.write('{"epoch": 3, "di')
     assert read_jsonl(path) == [{"epoch": 1}, {"epoch": 2}]
+
+
+def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
