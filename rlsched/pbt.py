@@ -11,6 +11,7 @@ picks its winner on the validation Dice it is scored on: the report states both.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, replace
@@ -113,6 +114,8 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
+    # Tune logs every exploit/explore at INFO, drowning the comparison's progress bar; the outcome is in the table.
+    logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
     env = config.env
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=settings.interval,
