@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def n_workers(args: argparse.Namespace) -> int:
     """Parallel envs of the run: env processes, or Ray env runners (0 runners: one env in the driver)."""
-    return max(1, args.num_env_runners) if getattr(args, "backend", "sb3") == "rllib" else args.n_envs
+    return max(1, args.num_env_runners) if args.backend == "rllib" else args.n_envs
 
 
 def settings_from(args: argparse.Namespace) -> PPOSettings:
@@ -103,7 +103,8 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
         if not (run_dir / "args.json").is_file() or not (run_dir / "config.toml").is_file():
             raise SystemExit(f"--resume {run_dir}: not a training run (no args.json/config.toml there); "
                              "pass a folder made by python -m rlsched.train")
-        saved = argparse.Namespace(**json.loads((run_dir / "args.json").read_text()))
+        # Options added since the run started (absent from its args.json) take their defaults.
+        saved = argparse.Namespace(**{**vars(args), **json.loads((run_dir / "args.json").read_text())})
         saved.resume, saved.no_eval = str(run_dir), args.no_eval
         config = load_config(run_dir / "config.toml")
         return run_dir, saved, config
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     start = time.perf_counter()
     try:
-        if getattr(args, "backend", "sb3") == "rllib":
+        if args.backend == "rllib":
             from .agents.rllib import train_rllib
 
             model_path = train_rllib(run_dir, args, config, settings_from(args))
