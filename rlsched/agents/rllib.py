@@ -130,6 +130,13 @@ def _save(algo: Any, run_dir: Path, timesteps: int) -> Path:
     return last
 
 
+def _saved(run_dir: Path) -> Path:
+    """The checkpoint to resume from: ``last``, or ``last.old`` when a kill fell between ``_save``'s two renames
+    (``last.json`` is only rewritten after them, so it still counts ``last.old``'s steps)."""
+    last, old = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "last.old"
+    return old if not last.is_dir() and old.is_dir() else last
+
+
 def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, settings: PPOSettings) -> Path:
     """Train until ``args.total_timesteps`` env steps (continuing from ``checkpoints/last`` with ``--resume``);
     returns ``model.rllib``."""
@@ -145,7 +152,7 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
     algo = build_algo(config, settings, args)
     episodes = EpisodeLog(run_dir / "episodes.jsonl")
     writer = SummaryWriter(str(run_dir / "tb" / "rllib"))
-    last, steps = run_dir / "checkpoints" / "last", 0
+    last, steps = _saved(run_dir), 0
     if args.resume and last.is_dir():
         algo.restore_from_path(str(last.resolve()))
         steps = int(json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"])
