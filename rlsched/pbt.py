@@ -47,7 +47,6 @@ class PBTSettings:
             raise ValueError("PBT needs interval >= 1, 0 < quantile <= 0.5 and 0 <= resample_probability <= 1")
 
 
-
 def member_lrs(config: Config, population: int) -> list[float]:
     """Starting LRs: spread log-evenly over the preset's initial-LR range (the range the grid search covers)."""
     env = config.env
