@@ -25,7 +25,7 @@ else:  # pragma: no cover
 TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-ACTIONS = ("discrete", "continuous")
+ACTIONS = ("discrete", "continuous", "absolute")
 
 
 class ConfigError(ValueError):
@@ -160,9 +160,10 @@ class EnvConfig:
     lr_max: float = 1.0
     initial_lr_min: float = 1e-4  # initial LR drawn log-uniformly from [initial_lr_min, initial_lr_max]
     initial_lr_max: float = 0.5
-    action: str = "discrete"  # discrete | continuous
+    action: str = "discrete"  # discrete (x a factor) | continuous (x 10**(a*max_log10_change)) | absolute (a grid LR)
     factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)  # discrete: LR multipliers
     max_log10_change: float = 0.301  # continuous: action 1 multiplies the LR by 10**this (2x)
+    grid_points: int = 11  # absolute: action i sets the i-th of this many log-spaced LRs in [lr_min, lr_max]
     history: int = 2  # past (dice, log LR) pairs in the observation
     reward_scale: float = 10.0
     train_instances: int = 64
@@ -182,6 +183,7 @@ class EnvConfig:
         _require(len(self.factors) >= 2 and all(f > 0 for f in self.factors),
                  "[env] factors needs at least two positive LR multipliers")
         _require(self.max_log10_change > 0, "[env] max_log10_change must be > 0")
+        _require(self.grid_points >= 2, "[env] grid_points must be >= 2 (absolute actions need a choice)")
         _require(self.history >= 0, "[env] history must be >= 0")
         _require(self.train_instances >= 1 and self.heldout_instances >= 1,
                  "[env] train_instances and heldout_instances must be >= 1")

@@ -26,8 +26,9 @@ OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("d_log_val_loss", -5.0, 5.0, "change of log_val_loss over the last step"),
     ("dice", 0.0, 1.0, "validation Dice (mean over foreground classes)"),
     ("d_dice", -1.0, 1.0, "change of Dice over the last step"),
-    ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset)"),
-    ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (-8 at reset)"),
+    ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset: see first_step)"),
+    ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (0 at reset: see first_step)"),
+    ("first_step", 0.0, 1.0, "1 before the first slice (no gradient or update measured yet), else 0"),
 )
 HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
 
@@ -67,6 +68,11 @@ def _ln(x: float) -> float:
     return math.log(x) if (math.isfinite(x) and x > 0) else math.nan
 
 
+def _log10_or_zero(x: float) -> float:
+    """A zero gradient or update (nothing moved) has no log: report it as the feature's neutral 0."""
+    return _ln(x) / math.log(10) if x != 0 else 0.0
+
+
 def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics,
                       history: list[tuple[float, float]]) -> np.ndarray:
     """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
@@ -84,8 +90,9 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
         _ln(now.val_loss) - _ln(before.val_loss),
         now.dice,
         now.dice - before.dice,
-        _ln(now.grad_norm) / math.log(10) if now.grad_norm > 0 else 0.0,
-        _ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,
+        _log10_or_zero(now.grad_norm) if step else 0.0,
+        _log10_or_zero(now.update_ratio) if step else 0.0,
+        0.0 if step else 1.0,
     ]
     padded = history[-env.history:] if env.history else []
     padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
@@ -96,12 +103,30 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
     return np.clip(obs, low, high).astype(np.float32)
 
 
-def lr_factor(env: EnvConfig, action: object) -> float:
-    """Discrete: ``factors[action]``; continuous: ``10 ** (a * max_log10_change)`` with ``a`` clipped to [-1, 1]."""
-    if env.action == "discrete":
-        return env.factors[int(np.asarray(action).reshape(-1)[0])]
-    a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-    return 10 ** (a * env.max_log10_change)
+def action_space(env: EnvConfig) -> spaces.Space:
+    if env.action == "continuous":
+        return spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    return spaces.Discrete(env.grid_points if env.action == "absolute" else len(env.factors))
+
+
+def lr_grid(env: EnvConfig) -> np.ndarray:
+    """Absolute actions: ``grid_points`` LRs log-spaced over ``[lr_min, lr_max]``."""
+    return np.logspace(math.log10(env.lr_min), math.log10(env.lr_max), env.grid_points)
+
+
+def next_lr(env: EnvConfig, lr: float, action: object) -> float:
+    """The LR an action picks from the current one, clipped to ``[lr_min, lr_max]``.
+
+    discrete: ``lr * factors[action]``; continuous: ``lr * 10 ** (a * max_log10_change)`` with ``a`` clipped
+    to [-1, 1]; absolute: the ``action``-th LR of ``lr_grid``, whatever the current one.
+    """
+    if env.action == "continuous":
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        return clip_lr(env, lr * 10 ** (a * env.max_log10_change))
+    index = int(np.asarray(action).reshape(-1)[0])
+    if env.action == "absolute":
+        return clip_lr(env, float(lr_grid(env)[index]))
+    return clip_lr(env, lr * env.factors[index])
 
 
 def clip_lr(env: EnvConfig, lr: float) -> float:

@@ -13,7 +13,7 @@ import torch
 from gymnasium import spaces
 
 from .config import Config, EnvConfig, load_config
-from .control import ControlState, Dynamics, clip_lr, lr_factor, observation_space
+from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space
 from .data import SegmentationData, make_dataset
 from .penalties import CombinedPenalty, Penalty, Transition
 from .trainer import Trainer
@@ -56,7 +56,9 @@ class UNetLREnv(gym.Env):
     ## Action Space
     ``env.action = "discrete"`` (default): ``Discrete(len(factors))``; action ``i`` multiplies the LR by
     ``factors[i]`` (default ``(0.5, 0.8, 1.0, 1.25, 2.0)``). ``"continuous"``: ``Box(-1, 1, (1,))``; action ``a``
-    multiplies the LR by ``10 ** (a * max_log10_change)``. The LR is always clipped to ``[lr_min, lr_max]``.
+    multiplies the LR by ``10 ** (a * max_log10_change)``. ``"absolute"``: ``Discrete(grid_points)``; action
+    ``i`` sets the LR to the ``i``-th of ``grid_points`` log-spaced values in ``[lr_min, lr_max]`` (any LR is one
+    step away). The LR is always clipped to ``[lr_min, lr_max]``.
 
     ## Observation Space
     ``Box(float32)`` of normalised training-dynamics features a real controller can compute:
@@ -71,9 +73,10 @@ class UNetLREnv(gym.Env):
     | 5 | d_log_val_loss | [-5, 5] | change of log_val_loss over the last step |
     | 6 | dice | [0, 1] | validation Dice (mean over foreground classes) |
     | 7 | d_dice | [-1, 1] | change of Dice over the last step |
-    | 8 | log_grad_norm | [-8, 8] | log10 mean gradient norm of the last slice (0 at reset) |
-    | 9 | log_update_ratio | [-8, 2] | log10 of ||w_end - w_start|| / ||w_start|| over the last slice |
-    | 10+2k, 11+2k | dice_lag{k+1}, log_lr_lag{k+1} | as above | the previous ``env.history`` steps |
+    | 8 | log_grad_norm | [-8, 8] | log10 mean gradient norm (before clipping) of the last slice; 0 at reset |
+    | 9 | log_update_ratio | [-8, 2] | log10 of ||w_end - w_start|| / ||w_start|| over the last slice; 0 at reset |
+    | 10 | first_step | {0, 1} | 1 at reset, where features 8 and 9 have not been measured yet |
+    | 11+2k, 12+2k | dice_lag{k+1}, log_lr_lag{k+1} | as above | the previous ``env.history`` steps |
 
     Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
     ``info``: ``lr``, ``epoch``, ``train_loss``, ``val_loss``, ``dice`` (per class), ``dice_mean``, ``iou``,
@@ -118,10 +121,7 @@ class UNetLREnv(gym.Env):
         cfg = self.config.env
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        if cfg.action == "discrete":
-            self.action_space: spaces.Space = spaces.Discrete(len(cfg.factors))
-        else:
-            self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.action_space: spaces.Space = action_space(cfg)
         self.observation_space = observation_space(cfg)
         self.instances = {split: make_instances(cfg, split) for split in SPLITS}
         self.penalty = CombinedPenalty(self.config.penalty, penalty)
@@ -130,23 +130,26 @@ class UNetLREnv(gym.Env):
         self.instance: Instance | None = None
         self._data_cache: OrderedDict[int, SegmentationData] = OrderedDict()
         self._done = True
+        self._forced_lr: float | None = None  # set_lr's override of the next step's LR
 
     # ------------------------------------------------------------------------------------------- helpers
     @property
     def keep_action(self) -> int | np.ndarray:
-        """The action that leaves the LR unchanged (used to run external schedules through ``step``)."""
-        if isinstance(self.action_space, spaces.Discrete):
-            factors = list(self.config.env.factors)
-            if 1.0 not in factors:
-                raise ValueError("env.factors has no 1.0, so no action keeps the LR; add 1.0 to the factors")
-            return factors.index(1.0)
-        return np.zeros(1, dtype=np.float32)
+        """An action to pass with ``set_lr`` (ignored then); in relative modes it leaves the LR unchanged."""
+        cfg = self.config.env
+        if cfg.action == "continuous":
+            return np.zeros(1, dtype=np.float32)
+        if cfg.action == "absolute":
+            return 0
+        if 1.0 not in cfg.factors:
+            raise ValueError("env.factors has no 1.0, so no action keeps the LR; add 1.0 to the factors")
+        return list(cfg.factors).index(1.0)
 
     def set_lr(self, lr: float) -> None:
-        """Set the LR the next action multiplies: lets a fixed schedule drive the env via ``keep_action``."""
+        """The next step trains at ``lr`` whatever its action: how fixed schedules drive the env."""
         if self.trainer is None:
             raise RuntimeError("call reset() before set_lr()")
-        self._lr = clip_lr(self.config.env, lr)
+        self._forced_lr = clip_lr(self.config.env, lr)
 
     def _data(self, seed: int) -> SegmentationData:
         if seed not in self._data_cache:
@@ -187,6 +190,7 @@ class UNetLREnv(gym.Env):
         super().reset(seed=seed)
         self.instance = self._pick_instance(options or {})
         self._lr = clip_lr(self.config.env, self.instance.initial_lr)
+        self._forced_lr = None
         self.trainer = Trainer(self.config, self._data(self.instance.data_seed), self.instance.init_seed, lr=self._lr)
         evaluation = self.trainer.evaluate()
         dice = _finite_or(evaluation.dice_mean, 0.0)
@@ -204,7 +208,8 @@ class UNetLREnv(gym.Env):
         if self._done or self.trainer is None:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         cfg = self.config.env
-        lr = clip_lr(cfg, self._lr * lr_factor(cfg, action))
+        lr = self._forced_lr if self._forced_lr is not None else next_lr(cfg, self._lr, action)
+        self._forced_lr = None
         self.trainer.set_lr(lr)
         result = self.trainer.train_slice(cfg.epochs_per_step)
         record = result.record()

@@ -3,6 +3,7 @@ on, and score it on the held-out instances against the constant initial-LR basel
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from .runs import atomic_write_json, atomic_write_text
 from .stats import mean_ci, paired_test
 
 # env settings that define what a policy sees and does: they must match between training and use
-INTERFACE_KEYS = ("action", "factors", "max_log10_change", "history", "lr_min", "lr_max")
+# (epochs_per_step: what one action spans; the epoch budget only rescales budget_used, so it is a warning)
+INTERFACE_KEYS = ("action", "factors", "max_log10_change", "grid_points", "history", "lr_min", "lr_max",
+                  "epochs_per_step")
 
 
 @dataclass
@@ -43,7 +46,11 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     if path.suffix == ".zip":
         from stable_baselines3 import PPO
 
+        from .agents.normalize import NormalizedPredictor, ObsNorm, norm_path
+
         predictor: Predictor = PPO.load(path, device="cpu")
+        if norm_path(path).is_file():  # trained on normalised observations: apply its statistics
+            predictor = NormalizedPredictor(predictor, ObsNorm.load(norm_path(path)))
     elif path.suffix == ".pt":
         from .agents.ppo import ReferencePPO
 
@@ -66,6 +73,10 @@ def check_compatible(policy: LoadedPolicy, config: Config) -> None:
                             for k in mismatched)
         raise ConfigError(f"{policy.path} was trained with a different observation/action interface ({details}); "
                           "use the preset it was trained on or override these keys to match")
+    if policy.config.env.epochs != config.env.epochs:
+        warnings.warn(f"{policy.path} was trained on {policy.config.env.epochs}-epoch budgets and now runs "
+                      f"{config.env.epochs}-epoch ones: it sees the same budget fractions, but over epochs it "
+                      "never trained on", stacklevel=2)
     space = getattr(policy.predictor, "observation_space", None)
     if space is not None and space.shape != observation_space(config.env).shape:
         raise ConfigError(f"{policy.path}: observation shape {space.shape} does not match the env's "

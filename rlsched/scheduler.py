@@ -9,12 +9,15 @@
 Like ``torch.optim.lr_scheduler``, ``step`` is called once per epoch (per *slice*, if the policy was trained
 with ``env.epochs_per_step > 1``) after validation, and sets the LR for the next one. The observation is built
 by the same code as the env's (``rlsched.control``), from the numbers you pass in; the gradient norm and the
-update-to-weight ratio are measured from the optimizer's parameters when you don't pass them.
+update-to-weight ratio are measured as the env measures them when you don't pass them: the mean global gradient
+norm over the epoch's optimizer steps (a hook on ``optimizer.step``; pass ``grad_norm`` yourself if you clip
+gradients, since the env reports the norm before clipping) and ``||w_end - w_start|| / ||w_start||``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 
 from .config import EnvConfig
-from .control import ControlState, Dynamics, clip_lr, lr_factor
+from .control import ControlState, Dynamics, clip_lr, next_lr
 from .harness import Predictor
 
 
@@ -41,6 +44,24 @@ class RLScheduler:
         self._state: ControlState | None = None
         self._previous_weights = self._weights()
         self.last_action: Any = None
+        self._grad_norm_sum: torch.Tensor | None = None  # on the parameters' device: no host sync per batch
+        self._grad_steps = 0
+        self._hook = optimizer.register_step_pre_hook(self._measure_grad_norm)
+        self._warned_budget = False
+
+    def _measure_grad_norm(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        grads = [p.grad.detach() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self._grad_norm_sum = norm if self._grad_norm_sum is None else self._grad_norm_sum + norm
+        self._grad_steps += 1
+
+    def _epoch_grad_norm(self) -> float:
+        """Mean global gradient norm over the optimizer steps since the last ``step`` (0 if none ran)."""
+        mean = float(self._grad_norm_sum) / self._grad_steps if self._grad_steps else 0.0
+        self._grad_norm_sum, self._grad_steps = None, 0
+        return mean
 
     @classmethod
     def load(cls, path: str | Path, optimizer: torch.optim.Optimizer, total_epochs: int | None = None
@@ -67,23 +88,27 @@ class RLScheduler:
         weights = self._weights()
         if update_ratio is None:
             update_ratio = float((weights - self._previous_weights).norm() / self._previous_weights.norm().clamp_min(1e-12))
+        measured = self._epoch_grad_norm()
         if grad_norm is None:
-            grads = [p.grad.detach().flatten() for g in self.optimizer.param_groups for p in g["params"]
-                     if p.grad is not None]
-            grad_norm = float(torch.cat(grads).norm()) if grads else 0.0
+            grad_norm = measured
         self._previous_weights = weights
         lr = clip_lr(self.env, self.get_last_lr()[0])
         now = Dynamics(lr, train_loss, val_loss, dice if math.isfinite(dice) else 0.0, grad_norm, update_ratio)
         if self._state is None:
             self._state = ControlState(self.env, now)
         self._state.advance(now)
+        if self._state.step > self.env.steps and not self._warned_budget:
+            self._warned_budget = True
+            warnings.warn(f"RLScheduler stepped past its budget of {self.env.epochs} epochs: the policy only saw "
+                          "budget fractions up to 1 in training, and from here on sees 1 every step. Pass "
+                          "total_epochs=<your epoch count> so the budget matches your loop.", stacklevel=2)
         return self._act(lr)
 
     def _act(self, lr: float) -> float:
         assert self._state is not None
         action, _ = self.policy.predict(self._state.observation(), deterministic=True)
         self.last_action = action
-        new_lr = clip_lr(self.env, lr * lr_factor(self.env, action))
+        new_lr = next_lr(self.env, lr, action)
         for group, ratio in zip(self.optimizer.param_groups, self._ratios):
             group["lr"] = new_lr * ratio
         return new_lr

@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gae-lambda", type=float, default=defaults.gae_lambda)
     p.add_argument("--clip-range", type=float, default=defaults.clip_range)
     p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
+    p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
+                   help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -85,7 +87,8 @@ def n_workers(args: argparse.Namespace) -> int:
 def settings_from(args: argparse.Namespace) -> PPOSettings:
     return PPOSettings(episodes_per_rollout=args.episodes_per_rollout, batch_size=args.batch_size,
                        n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma,
-                       gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef)
+                       gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
+                       normalize_obs=args.normalize_obs)
 
 
 class Interrupted(Exception):
@@ -103,9 +106,13 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
         if not (run_dir / "args.json").is_file() or not (run_dir / "config.toml").is_file():
             raise SystemExit(f"--resume {run_dir}: not a training run (no args.json/config.toml there); "
                              "pass a folder made by python -m rlsched.train")
-        # Options added since the run started (absent from its args.json) take their defaults.
+        # Options added since the run started (absent from its args.json) take their defaults; an explicit
+        # --total-timesteps extends (or shortens) the run, also one that already finished.
         saved = argparse.Namespace(**{**vars(args), **json.loads((run_dir / "args.json").read_text())})
         saved.resume, saved.no_eval = str(run_dir), args.no_eval
+        if args.total_timesteps:
+            saved.total_timesteps = args.total_timesteps
+            atomic_write_json(run_dir / "args.json", {k: v for k, v in vars(saved).items() if k != "resume"})
         config = load_config(run_dir / "config.toml")
         return run_dir, saved, config
     try:
@@ -130,15 +137,25 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
     from stable_baselines3 import PPO
 
     from .agents.episodes import EpisodeLog
+    from .agents.normalize import ObsNorm, norm_path
     from .agents.sb3 import RunCallback, build_ppo, make_vec, save_atomic
 
-    env = make_vec(config, args.n_envs, run_dir / "episodes.jsonl")
+    settings = settings_from(args)
     checkpoint = run_dir / "checkpoints" / "last.zip"
-    if args.resume and checkpoint.is_file():
+    resuming = bool(args.resume) and checkpoint.is_file()
+    episodes = EpisodeLog(run_dir / "episodes.jsonl")
+    norm = None
+    if resuming:
+        _drop_discarded_episodes(run_dir, episodes)
+        if norm_path(checkpoint).is_file():
+            norm = ObsNorm.load(norm_path(checkpoint))
+    env = make_vec(config, args.n_envs, run_dir / "episodes.jsonl", settings.normalize_obs, norm)
+    if resuming:
         model = PPO.load(checkpoint, env=env, device="cpu", tensorboard_log=str(run_dir / "tb"))
+        model.set_random_seed(args.seed + model.num_timesteps)  # seeds the vector env too, not only torch
     else:
-        model = build_ppo(config, settings_from(args), env, args.seed, run_dir / "tb")
-    callback = RunCallback(run_dir, EpisodeLog(run_dir / "episodes.jsonl"))
+        model = build_ppo(config, settings, env, args.seed, run_dir / "tb")
+    callback = RunCallback(run_dir, episodes)
     remaining = max(0, args.total_timesteps - model.num_timesteps)
     print(f"training SB3 PPO for {remaining} env steps ({model.num_timesteps} done) with {args.n_envs} env(s)")
     try:
@@ -178,6 +195,7 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
 
     checkpoint = run_dir / "checkpoints" / "last.pt"
     if args.resume and checkpoint.is_file():
+        _drop_discarded_episodes(run_dir, episodes)
         agent = ReferencePPO.load(checkpoint, envs=envs, log_fn=log)
     else:
         ppo_config = PPOConfig(
@@ -190,7 +208,8 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
 
     def after_update(agent: ReferencePPO) -> bool:
         agent.save(checkpoint)
-        atomic_write_json(run_dir / "checkpoints" / "last.json", {"num_timesteps": agent.num_timesteps})
+        atomic_write_json(run_dir / "checkpoints" / "last.json",
+                          {"num_timesteps": agent.num_timesteps, "episodes": episodes.count()})
         bar.update(agent.num_timesteps - bar.n)
         return True
 
@@ -208,6 +227,17 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     agent.save(run_dir / "model.pt")
     envs.close()
     return run_dir / "model.pt"
+
+
+def _drop_discarded_episodes(run_dir: Path, episodes: Any) -> None:
+    """Episodes recorded after the last checkpoint belong to a rollout the kill threw away: the resumed run
+    collects them again, so keeping them would count their epochs twice."""
+    saved = json.loads((run_dir / "checkpoints" / "last.json").read_text()) \
+        if (run_dir / "checkpoints" / "last.json").is_file() else {}
+    if "episodes" in saved:
+        dropped = episodes.keep_first(int(saved["episodes"]))
+        if dropped:
+            print(f"dropped {dropped} episode record(s) of the rollout the interruption discarded")
 
 
 def _close_quietly(env: Any) -> None:

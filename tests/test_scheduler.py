@@ -73,3 +73,55 @@ def test_missing_model_is_a_clear_error(tmp_path):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(FileNotFoundError, match="no policy at .*model.zip"):
         RLScheduler.load(tmp_path / "model.zip", optimizer)
+
+
+class _Scripted:
+    """A stand-in policy: records what it sees and plays a fixed action sequence."""
+
+    def __init__(self, actions):
+        self.actions, self.seen = list(actions), []
+
+    def predict(self, observation, deterministic=True):
+        self.seen.append(observation.copy())
+        return self.actions[len(self.seen) - 1], None
+
+
+def test_plain_loop_with_scheduler_sees_exactly_the_env_observations():
+    """The same instance trained by the env and by a plain Trainer loop steered by RLScheduler (which measures
+    gradient norm and update ratio itself): identical observations at every epoch, hence identical LRs."""
+    from rlsched.trainer import Trainer
+
+    # 4 batches per epoch: the mean gradient norm of an epoch differs from its last batch's
+    config = load_config("fast", {**OVERRIDES, "env.epochs": 5, "env.factors": [0.5, 1.0, 2.0],
+                                  "optim.batch_size": 4})
+    actions = [2, 2, 0, 1, 2, 1]  # the loop's last step also picks the LR of an epoch beyond the budget
+    env_policy, loop_policy = _Scripted(actions), _Scripted(actions)
+    env = UNetLREnv(config=config)
+    instance = env.instances["heldout"][0]
+    episode = run_episode(env, PolicyController(env_policy), instance)
+
+    trainer = Trainer(config, env._data(instance.data_seed), instance.init_seed, lr=instance.initial_lr)
+    scheduler = RLScheduler(loop_policy, trainer.optimizer, config.env)
+    start = trainer.evaluate()
+    scheduler.start(val_loss=start.loss, dice=start.dice_mean)
+    loop_lrs = []
+    for _ in range(config.env.epochs):
+        epoch = trainer.train_epoch()
+        loop_lrs.append(epoch.lr)
+        evaluation = trainer.evaluate()
+        scheduler.step(train_loss=epoch.loss, val_loss=evaluation.loss, dice=evaluation.dice_mean)
+    assert len(env_policy.seen) == config.env.epochs and len(loop_policy.seen) == config.env.epochs + 1
+    for step, (from_env, from_loop) in enumerate(zip(env_policy.seen, loop_policy.seen)):
+        assert from_loop == pytest.approx(from_env, abs=1e-5), f"observation {step} differs"
+    assert loop_lrs == pytest.approx([r["lr"] for r in episode.records[1:]])
+
+
+def test_stepping_past_the_budget_warns_once():
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([weight], lr=0.01)
+    config = load_config("fast", {"env.epochs": 2, "env.factors": [0.5, 1.0, 2.0]})
+    scheduler = RLScheduler(_Scripted([1] * 5), optimizer, config.env)
+    scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.1)
+    scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.1)
+    with pytest.warns(UserWarning, match="past its budget of 2 epochs"):
+        scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.1)

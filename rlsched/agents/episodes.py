@@ -6,6 +6,7 @@ so SB3, the reference PPO and any other agent get the same record without touchi
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ..runs import append_jsonl, read_jsonl
+from ..runs import append_jsonl, atomic_write_text, read_jsonl
 
 
 class EpisodeRecorder(gym.Wrapper):
@@ -50,6 +51,20 @@ class EpisodeLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._seen = len(read_jsonl(self.path)) if self.path.exists() else 0
+
+    def count(self) -> int:
+        """Episodes recorded so far (a checkpoint stores it, so a resume can drop later, discarded ones)."""
+        return len(read_jsonl(self.path)) if self.path.exists() else 0
+
+    def keep_first(self, count: int) -> int:
+        """Drop the records after the first ``count`` (episodes of a rollout that a kill discarded); returns
+        how many were dropped. The file is rewritten atomically."""
+        records = read_jsonl(self.path) if self.path.exists() else []
+        if len(records) <= count:
+            return 0
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records[:count]))
+        self._seen = min(self._seen, count)
+        return len(records) - count
 
     def new_means(self) -> dict[str, float]:
         if not self.path.exists():
