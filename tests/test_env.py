@@ -137,3 +137,27 @@ def test_schedule_through_env_equals_schedule_on_trainer(schedule):
     for d, e in zip(direct, through_env):
         for key in ("lr", "train_loss", "val_loss", "dice_mean", "grad_norm", "update_ratio"):
             assert d[key] == e[key], key
+
+
+def test_first_step_flag_marks_the_unmeasured_features_at_reset():
+    env = UNetLREnv("fast", **SHORT)
+    names = observation_names(env.config.env)
+    flag, grad, update = names.index("first_step"), names.index("log_grad_norm"), names.index("log_update_ratio")
+    obs, _ = env.reset(seed=0)
+    assert obs[flag] == 1.0 and obs[grad] == 0.0 and obs[update] == 0.0
+    obs, _, _, _, info = env.step(env.keep_action)
+    assert obs[flag] == 0.0
+    assert obs[grad] == pytest.approx(np.log10(info["grad_norm"]), abs=1e-5)
+    assert obs[update] == pytest.approx(np.log10(info["update_ratio"]), abs=1e-5)
+
+
+def test_absolute_actions_set_a_grid_lr_and_fixed_schedules_still_drive_the_env():
+    env = UNetLREnv("fast", **SHORT, **{"env.action": "absolute", "env.grid_points": 5, "env.lr_min": 1e-4,
+                                        "env.lr_max": 1.0})
+    assert env.action_space == gym.spaces.Discrete(5)
+    gym_check_env(env, skip_render_check=True)
+    env.reset(seed=0)
+    assert env.step(3)[4]["lr"] == pytest.approx(0.1)
+    assert env.step(0)[4]["lr"] == pytest.approx(1e-4)
+    env.set_lr(0.0123)  # how the harness runs a fixed schedule: the action is then ignored
+    assert env.step(env.keep_action)[4]["lr"] == pytest.approx(0.0123)

@@ -70,6 +70,44 @@ def test_resume_after_kill_9_finishes_the_run(tmp_path):
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 40
     assert (run_dir / "model.zip").is_file()
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written is left behind
+    assert len(read_jsonl(run_dir / "episodes.jsonl")) == 40 // 4  # no episode of the discarded rollout kept
+
+
+def test_resume_drops_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
+    from rlsched.agents.episodes import EpisodeLog
+    from rlsched.train import _drop_discarded_episodes
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.json").write_text(json.dumps({"num_timesteps": 8, "episodes": 2}))
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps({"final_dice": i}) + "\n" for i in range(5)))
+    _drop_discarded_episodes(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl"))
+    assert [r["final_dice"] for r in read_jsonl(tmp_path / "episodes.jsonl")] == [0, 1]
+    assert "dropped 3 episode record(s)" in capsys.readouterr().out
+
+
+def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normalisation(tmp_path):
+    import numpy as np
+    from stable_baselines3 import PPO
+
+    from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
+    from rlsched.evaluate import load_policy
+
+    assert main(TINY + ["--n-envs", "1", "--total-timesteps", "8", "--no-eval", "--runs-dir", str(tmp_path)]) == 0
+    run_dir = only_run(tmp_path)
+    assert main(["--resume", str(run_dir), "--total-timesteps", "16", "--no-eval"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 16
+    assert json.loads((run_dir / "args.json").read_text())["total_timesteps"] == 16
+    assert len(read_jsonl(run_dir / "episodes.jsonl")) == 16 // 4
+
+    policy = load_policy(run_dir / "model.zip").predictor
+    assert isinstance(policy, NormalizedPredictor)
+    norm = ObsNorm.load(run_dir / "model.obs_norm.json")
+    assert norm.count > 16 and not np.allclose(norm.mean, 0)  # statistics of the observations it trained on
+    raw = PPO.load(run_dir / "model.zip", device="cpu")
+    obs = np.random.default_rng(0).uniform(-1, 1, raw.observation_space.shape).astype(np.float32)
+    logits = lambda o: raw.policy.get_distribution(raw.policy.obs_to_tensor(o)[0]).distribution.logits
+    assert np.allclose(logits(norm(obs)).detach().numpy(), logits(policy.norm(obs)).detach().numpy())
+    assert policy.predict(obs)[0] == raw.predict(norm(obs), deterministic=True)[0]
 
 
 @pytest.mark.slow
