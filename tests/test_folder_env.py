@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import rlsched  # noqa: F401  (registers the env ids)
@@ -83,3 +84,18 @@ def test_mask_values_outside_the_classes_name_the_fix(tmp_path):
     write_dataset(tmp_path / "data", classes=2)
     with pytest.raises(ValueError, match="mask_map"):
         run_episode(preset(tmp_path, tmp_path / "data", "binary"))
+
+
+def test_partial_mask_map_is_an_error_not_a_run_at_dice_zero(tmp_path):
+    write_dataset(tmp_path / "data")  # 0/255 masks
+    mask = np.asarray(Image.open(tmp_path / "data" / "masks" / "case01.png")).copy()
+    mask[0, 0] = 128  # one stray value
+    Image.fromarray(mask).save(tmp_path / "data" / "masks" / "case01.png")
+    path = preset(tmp_path, tmp_path / "data", "binary", 'mask_map = {"128" = 0}')
+    with pytest.raises(ValueError, match=r"mask_map does not list the raw mask values \[0, 255\]"):
+        run_episode(path)
+    path = preset(tmp_path, tmp_path / "data", "binary", 'mask_map = {"0" = 0, "128" = 0, "255" = 1}')
+    env = gym.make("rlsched/UNetLR-v0", preset=str(path)).unwrapped
+    env.reset(seed=0)
+    masks = torch.cat([env.trainer.train_masks, env.trainer.val_masks])
+    assert set(masks.unique().tolist()) == {0, 1}  # foreground kept, nothing turned into "ignore"
