@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .config import DataConfig
 
@@ -57,6 +57,12 @@ def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     from .brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
 
     return make_brain_dataset(cfg, seed)
+
+
+def check_dataset(cfg: DataConfig) -> None:
+    """Build the dataset once and drop it, so that a command stops on bad files or settings with a one-line
+    error before it creates a run directory (its env workers build their own copies later)."""
+    make_dataset(cfg, seed=0)
 
 
 def pack_dataset(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int) -> SegmentationData:
@@ -311,6 +317,20 @@ def _names(stems: list[str], files: dict[str, Path]) -> str:
     return shown + (f" (+{len(stems) - 5} more)" if len(stems) > 5 else "")
 
 
+def _read(path: Path) -> Image.Image:
+    """The decoded image at ``path``: a broken or mislabelled file fails here, with its name, not deep in PIL."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except UnidentifiedImageError:
+        raise DatasetError(f"{path}: not an image PIL can read, whatever its {path.suffix} name says: replace it "
+                           f"with a real image or move it out of {path.parent}") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise DatasetError(f"{path}: cannot decode the image ({err}): replace it or move it out of "
+                           f"{path.parent}") from None
+
+
 def _square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
     """Centre-crop to a square, then resize, so that objects keep their aspect ratio."""
     width, height = image.size
@@ -413,13 +433,13 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
 
     pixels, raw_masks = [], []
     for stem in stems:
-        with Image.open(images[stem]) as image, Image.open(masks[stem]) as mask:
-            if image.size != mask.size:
-                raise DatasetError(f"{images[stem].name} is {image.size[0]}x{image.size[1]} but its mask "
-                                   f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at "
-                                   "the image's size (width x height)")
-            pixels.append(_image_array(image, cfg))
-            raw_masks.append(_mask_array(mask, masks[stem], cfg))
+        image, mask = _read(images[stem]), _read(masks[stem])
+        if image.size != mask.size:
+            raise DatasetError(f"{images[stem].name} is {image.size[0]}x{image.size[1]} but its mask "
+                               f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at "
+                               "the image's size (width x height)")
+        pixels.append(_image_array(image, cfg))
+        raw_masks.append(_mask_array(mask, masks[stem], cfg))
 
     # the default mapping depends on the values of all masks: an all-background mask alone says nothing
     raw_values = {int(v) for raw in raw_masks for v in np.unique(raw)}
@@ -461,6 +481,6 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
 
 
 __all__ = [
-    "DatasetError", "SegmentationData", "make_dataset", "make_folder_dataset", "make_synthetic_dataset",
-    "pack_dataset",
+    "DatasetError", "SegmentationData", "check_dataset", "make_dataset", "make_folder_dataset",
+    "make_synthetic_dataset", "pack_dataset",
 ]

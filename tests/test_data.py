@@ -309,6 +309,20 @@ def test_folder_errors_for_missing_folders(tmp_path):
         make_dataset(folder_cfg(tmp_path), seed=0)
 
 
+def test_folder_error_names_a_file_that_is_no_readable_image(tmp_path):
+    root = make_folder(tmp_path)
+    (root / "images" / "case1.png").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"images/case1.png: not an image PIL can read, whatever its \.png name "
+                                           r"says: replace it"):
+        make_dataset(folder_cfg(root), seed=0)
+    save(root / "images" / "case1.png", np.random.default_rng(0).integers(0, 256, (64, 64)))
+    data = (root / "images" / "case1.png").read_bytes()
+    (root / "images" / "case1.png").write_bytes(data[: len(data) // 2])  # cut off: the header still parses
+    with pytest.raises(DatasetError, match=r"images/case1.png: cannot decode the image \(image file is "
+                                           r"truncated\): replace it"):
+        make_dataset(folder_cfg(root), seed=0)
+
+
 def test_folder_error_lists_unmatched_files(tmp_path):
     root = make_folder(tmp_path)
     (root / "masks" / "case0.png").rename(root / "masks" / "other.png")
