@@ -259,8 +259,8 @@ def _render(volumes: np.ndarray, slices: tuple[Slice, ...], image_size: int, ign
 def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """Brain-tissue slices (0 background, 1 grey matter, 2 white matter) for one environment instance.
 
-    The slices come from ``select_slices``, so the train/validation split does not depend on ``seed``; training
-    slices are cut from ``blocked_template`` so they hold no validation voxel. What
+    The slices come from ``select_slices``, so the train/validation split does not depend on ``seed``;
+    training slices are cut from ``blocked_template`` so they hold no validation voxel. What
     ``seed`` (>= 0) changes is a mild augmentation, the same kind for train and validation so they stay one
     distribution: per instance a noise level and bias-field strength (a "scanner"), per slice a crop shift of
     up to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field and Gaussian noise.

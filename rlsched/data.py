@@ -318,14 +318,14 @@ def _names(stems: list[str], files: dict[str, Path]) -> str:
 
 
 def _read(path: Path) -> Image.Image:
-    """The decoded image at ``path``: a broken or mislabelled file fails here, with its name, not deep in PIL."""
+    """The decoded image at ``path``: a broken or mislabelled file fails here, named, not deep inside PIL."""
     try:
         with Image.open(path) as image:
             image.load()
             return image
     except UnidentifiedImageError:
-        raise DatasetError(f"{path}: not an image PIL can read, whatever its {path.suffix} name says: replace it "
-                           f"with a real image or move it out of {path.parent}") from None
+        raise DatasetError(f"{path}: not an image PIL can read, whatever its {path.suffix} name says: "
+                           f"replace it with a real image or move it out of {path.parent}") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise DatasetError(f"{path}: cannot decode the image ({err}): replace it or move it out of "
                            f"{path.parent}") from None
@@ -358,29 +358,35 @@ def _mask_array(mask: Image.Image, path: Path, cfg: DataConfig) -> np.ndarray:
 
 
 def _map_text(mapping: dict[int, int]) -> str:
-    """A mapping as the TOML line that sets it, for error messages; cut after 8 entries (JPEG masks hold many)."""
+    """A mapping as the TOML line that sets it, for error messages; cut after 8 entries (JPEG masks hold
+    many values)."""
     items = [f'"{raw}" = {label}' for raw, label in sorted(mapping.items())]
     return "mask_map = {" + ", ".join(items[:8]) + (", ..." if len(items) > 8 else "") + "}"
 
 
-def _suggested_map(cfg: DataConfig, raw_values: set[int], given: dict[int, int] | None = None) -> dict[int, int]:
-    """A complete mask_map to propose, keeping the ``given`` entries: classes stay, 255 is foreground in binary
-    masks where nothing else is, and any other value becomes ignore_index (a guess the user confirms)."""
+def _suggested_map(cfg: DataConfig, raw_values: set[int],
+                   given: dict[int, int] | None = None) -> dict[int, int]:
+    """A complete mask_map to propose, keeping the ``given`` entries: classes stay, 255 is foreground in
+    binary masks where nothing else is, any other value becomes ignore_index: a guess the user confirms."""
     given = given or {}
     top = cfg.classes if cfg.task == "multiclass" else 1
     foreground_255 = cfg.task == "binary" and 1 not in raw_values and 1 not in given.values()
-    guess = {v: 1 if foreground_255 and v == 255 else v if v <= top or v == cfg.ignore_index else cfg.ignore_index
-             for v in raw_values}
-    return {**guess, **given}
+
+    def guess(value: int) -> int:
+        if foreground_255 and value == 255:
+            return 1
+        return value if value <= top or value == cfg.ignore_index else cfg.ignore_index
+
+    return {**{v: guess(v) for v in raw_values}, **given}
 
 
 def _mask_mapping(cfg: DataConfig, raw_values: set[int]) -> dict[int, int]:
     """Raw mask value -> class, for every raw value in ``raw_values``.
 
     Without ``cfg.mask_map``: binary masks holding only 0 and 255 get {0: 0, 255: 1}; otherwise each value
-    stands for itself (0..K are classes, ignore_index is ignored). An explicit ``cfg.mask_map`` must list every
-    raw value the masks hold: leaving some to stand for themselves would silently turn the 255 of 0/255 masks
-    from foreground into "ignore".
+    stands for itself (0..K are classes, ignore_index is ignored). An explicit ``cfg.mask_map`` must list
+    every raw value the masks hold: leaving some to stand for themselves would silently turn the 255 of 0/255
+    masks from foreground into "ignore".
     """
     if not cfg.mask_map:
         if cfg.task == "binary" and raw_values <= {0, 255}:
@@ -395,8 +401,8 @@ def _mask_mapping(cfg: DataConfig, raw_values: set[int]) -> dict[int, int]:
                                f"{_MAP_EXAMPLE}") from None
     missing = sorted(raw_values - mapping.keys())
     if missing:
-        raise DatasetError(f"[data] mask_map does not list the raw mask values {missing[:10]}, which the masks "
-                           "hold; an explicit mask_map must map every raw value, e.g. "
+        raise DatasetError(f"[data] mask_map does not list the raw mask values {missing[:10]}, which the "
+                           "masks hold; an explicit mask_map must map every raw value, e.g. "
                            f"{_map_text(_suggested_map(cfg, raw_values, mapping))}")
     return mapping
 
@@ -464,18 +470,19 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     if not foreground.any():
         ignored = np.mean([(label == cfg.ignore_index).mean() for label in labels])
         mapped = ", ".join(f"{raw} -> {mapping[raw]}" for raw in sorted(raw_values)[:10])
-        raise DatasetError(f"{root / 'masks'}: no mask has a foreground pixel (class 1..{top}); raw values map "
-                           f"{mapped} and {ignored:.0%} of pixels are ignore_index={cfg.ignore_index}. Map the "
-                           "raw value that marks foreground to a class in [data] mask_map, or replace the masks "
-                           "if they are empty")
+        raise DatasetError(f"{root / 'masks'}: no mask has a foreground pixel (class 1..{top}); raw values "
+                           f"map {mapped} and {ignored:.0%} of pixels are ignore_index={cfg.ignore_index}. "
+                           "Map the raw value that marks foreground to a class in [data] mask_map, or "
+                           "replace the masks if they are empty")
     order = np.random.default_rng(cfg.split_seed).permutation(len(stems))
     n_val = min(max(1, round(cfg.val_fraction * len(stems))), len(stems) - 1)
     splits = {"training": np.sort(order[n_val:]), "validation": np.sort(order[:n_val])}
     for name, part in splits.items():
         if not foreground[part].any():
-            raise DatasetError(f"{root}: no mask of the {name} split ({_names([stems[i] for i in part], masks)}) "
-                               "has a foreground pixel: change [data] split_seed or val_fraction, or add "
-                               "images whose masks show foreground")
+            files = _names([stems[i] for i in part], masks)
+            raise DatasetError(f"{root}: no mask of the {name} split ({files}) has a foreground pixel: "
+                               "change [data] split_seed or val_fraction, or add images whose masks show "
+                               "foreground")
     picks = np.concatenate(list(splits.values()))  # train first, each by stem
     return pack_dataset(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(stems) - n_val)
 

@@ -34,8 +34,8 @@ def test_shapes_dtypes_and_labels():
 
 def test_both_tissues_present_in_reasonable_amounts():
     split = brain.brain_split(CFG)
-    data = brain.make_brain_dataset(replace(CFG, image_size=64, n_train=len(split.train), n_val=len(split.val)),
-                                    seed=0)
+    cfg = replace(CFG, image_size=64, n_train=len(split.train), n_val=len(split.val))
+    data = brain.make_brain_dataset(cfg, seed=0)
     assert len(data.train_images) == len(split.train) and len(data.val_images) == len(split.val)
     for masks in (data.train_masks, data.val_masks):
         background, grey, white = fractions(masks)
@@ -47,9 +47,9 @@ def test_asking_for_more_slices_than_the_split_holds_is_an_error(extra):
     split = brain.brain_split(CFG)
     cfg = replace(CFG, **{key: len(split.train if key == "n_train" else split.val) + more
                           for key, more in extra.items()})
-    with pytest.raises(ConfigError, match=f"holds {len(split.train)} training and {len(split.val)} validation "
-                                          f"slices; set n_train <= {len(split.train)} and n_val <= "
-                                          f"{len(split.val)}"):
+    n_train, n_val = len(split.train), len(split.val)
+    with pytest.raises(ConfigError, match=f"holds {n_train} training and {n_val} validation slices; set "
+                                          f"n_train <= {n_train} and n_val <= {n_val}"):
         brain.make_brain_dataset(cfg, seed=0)
 
 

@@ -111,8 +111,9 @@ def test_a_broken_file_is_a_one_line_error_and_leaves_no_run(tmp_path, capsys, c
     write_dataset(tmp_path / "data")
     (tmp_path / "data" / "images" / "case04.png").write_text("not an image")
     runs = tmp_path / "runs"
+    path = preset(tmp_path, tmp_path / "data", "binary")
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--preset", str(preset(tmp_path, tmp_path / "data", "binary")), "--runs-dir", str(runs), *argv])
+        cli.main(["--preset", str(path), "--runs-dir", str(runs), *argv])
     code = exit_info.value.code  # train exits with the message; fixed and compare print it via argparse
     message = code if isinstance(code, str) else capsys.readouterr().err.splitlines()[-1]
     assert code and "error: " in message and "images/case04.png: not an image PIL can read" in message
@@ -124,7 +125,7 @@ def test_dataset_error_from_the_command_line_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rlsched.fixed", "--preset", str(path), "--runs-dir",
                              str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].endswith(f"error: [data] root='{tmp_path / 'nowhere'}' is not a folder: "
-                                                   "set root to a folder laid out as <root>/images/<stem>.<ext> "
-                                                   "with a label mask <root>/masks/<stem>.<ext>")
+    last = result.stderr.splitlines()[-1]
+    assert last.endswith(f"error: [data] root='{tmp_path / 'nowhere'}' is not a folder: set root to a folder "
+                         "laid out as <root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>")
     assert not (tmp_path / "runs").exists()
