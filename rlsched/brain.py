@@ -13,7 +13,10 @@ grey/white-matter probability maps. Slices of it become a multiclass task with t
   that a split would put on the other side.
 * crop: one square window per plane around the bounding box of the brain over all kept slices, plus a margin,
   so all slices of a plane share one pixel size and keep their real proportions.
-* split: contiguous slabs, fixed by ``cfg.split_seed`` (see ``brain_split``).
+* split: contiguous slabs, fixed by ``cfg.split_seed`` (see ``brain_split``). Validation is within-subject:
+  one template, so validation anatomy is held out, not a new brain. Axial and coronal slices cross, so with
+  both planes every training slice is rendered from a template whose validation block is zeroed (see
+  ``blocked_template``): no validation voxel ever reaches training.
 * variety: the template gives the same slices every time, so ``seed`` draws a mild augmentation (see
   ``make_brain_dataset``) that makes every environment instance a slightly different problem.
 """
@@ -43,7 +46,7 @@ Slice = tuple[str, int]  # (plane, slice index along that plane's axis)
 MIN_BRAIN_AREA = 0.2  # keep slices whose brain area is at least this fraction of the plane's largest slice
 MARGIN = 0.05  # crop margin on each side, as a fraction of the brain's larger extent
 SLAB = 8  # slices per split slab: ~8 mm, well beyond the smoothness of neighbouring 1 mm slices
-GAP = 2  # train slices within this many slices of a validation slice are dropped
+GAP = 2  # voxels within this many slices of a validation slice are kept out of training, in every plane
 MAX_SHIFT = 0.04  # largest random shift of the crop window, as a fraction of its side
 NOISE = (0.01, 0.04)  # per-instance Gaussian noise std, on T1 intensities in [0, 1] (GM ~0.65, WM ~0.84)
 BIAS = (0.0, 0.15)  # per-instance bias-field strength: the field lies in exp([-s, s])
@@ -140,8 +143,8 @@ def brain_split(cfg: DataConfig) -> BrainSlices:
     slices. Each plane's slices are cut into slabs of ``SLAB`` consecutive slices; ``round(val_fraction *
     slabs)`` of them (at least one, never all) go to validation, drawn from ``cfg.split_seed`` alone. Train
     slices within ``GAP`` slices of a validation slice are dropped so no pair straddles the cut. The split
-    does not depend on the instance seed. Axial and coronal slices do cross along a line of voxels; that leak
-    is unavoidable with a single template.
+    does not depend on the instance seed. A training slice of one plane still crosses the validation slices
+    of the other; ``blocked_template`` removes those voxels before training slices are rendered.
     """
     _check(cfg)
     train: list[Slice] = []
@@ -162,20 +165,25 @@ def brain_split(cfg: DataConfig) -> BrainSlices:
 
 
 def _subset(pool: tuple[Slice, ...], n: int, rng: np.random.Generator) -> tuple[Slice, ...]:
-    """At most ``n`` slices of a pool, sampled without replacement and kept in pool order."""
-    if len(pool) <= n:
+    """``n`` slices of a pool, sampled without replacement and kept in pool order."""
+    if len(pool) == n:
         return pool
     return tuple(pool[i] for i in np.sort(rng.choice(len(pool), n, replace=False)))
 
 
 def select_slices(cfg: DataConfig, seed: int) -> BrainSlices:
-    """The slices one instance uses: the pools of ``brain_split`` capped at ``cfg.n_train`` / ``cfg.n_val``.
+    """The slices one instance uses: ``cfg.n_train`` / ``cfg.n_val`` slices of the pools of ``brain_split``.
 
     The validation sample depends on ``cfg.split_seed`` only, so every instance validates on the same anatomy;
-    the training sample is drawn from ``seed``. A pool smaller than its cap is used whole, so the counts may
-    be below ``n_train`` / ``n_val``.
+    the training sample is drawn from ``seed``. Asking for more slices than a pool holds is an error, so a
+    preset's counts are the counts that train.
     """
     split = brain_split(cfg)
+    if cfg.n_train > len(split.train) or cfg.n_val > len(split.val):
+        raise ConfigError(f"[data] n_train={cfg.n_train}, n_val={cfg.n_val}: the brain split of planes "
+                          f"{list(cfg.planes)} (val_fraction={cfg.val_fraction}) holds {len(split.train)} "
+                          f"training and {len(split.val)} validation slices; set n_train <= "
+                          f"{len(split.train)} and n_val <= {len(split.val)}")
     val_rng = np.random.default_rng([cfg.split_seed, len(PLANES)])  # a stream brain_split does not use
     return BrainSlices(train=_subset(split.train, cfg.n_train, np.random.default_rng([seed, 0])),
                        val=_subset(split.val, cfg.n_val, val_rng))
@@ -191,10 +199,35 @@ def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     return out
 
 
-def _render(slices: tuple[Slice, ...], image_size: int, noise: float, bias: float,
-            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 1, S, S) on the raw T1 scale and masks (N, S, S) uint8 for the given slices, augmented."""
-    volumes = load_template()
+@lru_cache(maxsize=2)
+def blocked_template(val: tuple[Slice, ...]) -> np.ndarray:
+    """T1, GM, WM and a block map as read-only uint8 (4, X, Y, Z), with the validation block zeroed.
+
+    The block is every voxel within ``GAP`` slices of a slice in ``val``. An axial training slice runs through
+    every coronal validation slice (and vice versa), so training slices are cut from this volume: the block
+    reads as background and the block map (255 inside it) marks the pixels it touched, which carry no label.
+    ``val=()`` gives the whole template, for the validation slices themselves. Cached: envs rebuild data every
+    reset, and the validation sample is the same for every instance.
+    """
+    template = load_template()
+    block = np.zeros(template.shape[1:], dtype=bool)
+    for plane, i in val:
+        index: list[slice] = [slice(None)] * 3
+        index[_AXES[plane][0] - 1] = slice(max(i - GAP, 0), i + GAP + 1)
+        block[tuple(index)] = True
+    volumes = np.concatenate([template, np.zeros((1, *block.shape), np.uint8)])
+    volumes[:3, block] = 0
+    volumes[3, block] = 255
+    volumes.flags.writeable = False
+    return volumes
+
+
+def _render(volumes: np.ndarray, slices: tuple[Slice, ...], image_size: int, ignore_index: int, noise: float,
+            bias: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, S, S) on the raw T1 scale and masks (N, S, S) uint8 for slices of ``blocked_template``.
+
+    A pixel that any blocked voxel contributed to is ``ignore_index`` in the mask.
+    """
     maps = []
     for plane in PLANES:
         indices = [i for p, i in slices if p == plane]
@@ -208,8 +241,9 @@ def _render(slices: tuple[Slice, ...], image_size: int, noise: float, bias: floa
         # resample all maps alike (antialiased: this mostly shrinks), then label as the module docstring says
         maps.append(F.interpolate(torch.from_numpy(windows).float().div_(255), size=(image_size, image_size),
                                   mode="bilinear", antialias=True, align_corners=False))
-    t1, gm, wm = torch.cat(maps).unbind(1)
+    t1, gm, wm, blocked = torch.cat(maps).unbind(1)
     masks = torch.stack([1 - gm - wm, gm, wm], dim=1).argmax(dim=1).to(torch.uint8)
+    masks[blocked > 0] = ignore_index
 
     n = len(t1)
     gain = torch.from_numpy(rng.uniform(*GAIN, size=(n, 1, 1))).float()
@@ -225,7 +259,8 @@ def _render(slices: tuple[Slice, ...], image_size: int, noise: float, bias: floa
 def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """Brain-tissue slices (0 background, 1 grey matter, 2 white matter) for one environment instance.
 
-    The slices come from ``select_slices``, so the train/validation split does not depend on ``seed``. What
+    The slices come from ``select_slices``, so the train/validation split does not depend on ``seed``;
+    training slices are cut from ``blocked_template`` so they hold no validation voxel. What
     ``seed`` (>= 0) changes is a mild augmentation, the same kind for train and validation so they stay one
     distribution: per instance a noise level and bias-field strength (a "scanner"), per slice a crop shift of
     up to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field and Gaussian noise.
@@ -234,8 +269,10 @@ def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     slices = select_slices(cfg, seed)
     rng = np.random.default_rng([seed, 1])
     noise, bias = rng.uniform(*NOISE), rng.uniform(*BIAS)
-    train_images, train_masks = _render(slices.train, cfg.image_size, noise, bias, rng)
-    val_images, val_masks = _render(slices.val, cfg.image_size, noise, bias, rng)
+    train_images, train_masks = _render(blocked_template(slices.val), slices.train, cfg.image_size,
+                                        cfg.ignore_index, noise, bias, rng)
+    val_images, val_masks = _render(blocked_template(()), slices.val, cfg.image_size, cfg.ignore_index,
+                                    noise, bias, rng)
     mean, std = train_images.mean(), train_images.std()
     return SegmentationData(
         train_images=((train_images - mean) / std).repeat(1, cfg.channels, 1, 1),
@@ -248,5 +285,5 @@ def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     )
 
 
-__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "brain_split", "load_template", "make_brain_dataset",
-           "select_slices"]
+__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "blocked_template", "brain_split", "load_template",
+           "make_brain_dataset", "select_slices"]

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .config import (Config, ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides,
                      parse_override)
+from .data import check_dataset
 from .env import Instance, make_instances
 from .evaluate import LoadedPolicy, check_compatible, load_policy
 from .harness import BACKENDS, EpisodeResult, Job, run_jobs
@@ -692,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.preset or "demo", overrides)
         agents = agent_methods(policies, config)
         check_fits(config, settings)
+        check_dataset(config.data)  # a bad dataset stops here, before the run directory exists
         if settings.backend == "ray":
             from .ray_backend import connect
 

@@ -60,10 +60,10 @@ class DataConfig:
     ignore_index: int = 255
     # folder datasets: <root>/images and <root>/masks, matched by file stem
     root: str = ""
-    mask_map: dict[str, int] = field(default_factory=dict)  # raw mask value -> class, e.g. {"255" = 1}
+    mask_map: dict[str, int] = field(default_factory=dict)  # every raw mask value -> class: {"0"=0, "255"=1}
     val_fraction: float = 0.2
     split_seed: int = 0
-    # brain slices (optional extra): which anatomical planes to slice
+    # brain slices (optional extra): which anatomical planes to slice; n_train/n_val must fit the split
     planes: tuple[str, ...] = ("axial",)
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from .config import Config, ConfigError, load_config, config_to_toml, parse_override
-from .data import SegmentationData, make_dataset
+from .data import DatasetError, SegmentationData, make_dataset
 from .runs import append_jsonl, atomic_write_json, atomic_write_text, new_run_dir
 from .schedules import SCHEDULES, FixedSchedule
 from .trainer import Trainer
@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.preset, dict(parse_override(o) for o in args.set))
-    except ConfigError as err:
+        data = make_dataset(config.data, args.seed)  # before the run directory: a bad dataset leaves none
+    except (ConfigError, DatasetError, ImportError) as err:  # ImportError: the brain extra is missing
         parser.error(str(err))
     base_lr = args.lr if args.lr is not None else config.optim.lr
     schedule = FixedSchedule(args.schedule, base_lr, config.env.steps)
 
     run_dir = new_run_dir(config.name, f"fixed-{args.schedule}", f"s{args.seed}", root=args.runs_dir)
     atomic_write_text(run_dir / "config.toml", config_to_toml(config))
-    data = make_dataset(config.data, args.seed)
     records = []
     with tqdm(total=config.env.epochs, desc=f"{args.schedule} lr={base_lr:g}", unit="epoch") as bar:
         for record in run_schedule(config, schedule, data, args.seed):

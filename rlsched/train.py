@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .agents.sb3 import PPOSettings
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
+from .data import DatasetError, check_dataset
 from .runs import atomic_write_json, atomic_write_text, new_run_dir
 
 ALGOS = ("sb3", "reference")
@@ -123,6 +124,10 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     try:
         settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
     except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        check_dataset(config.data)  # here, in one line, rather than as a traceback from every env worker
+    except (ConfigError, DatasetError, ImportError) as err:  # ImportError: the brain extra is missing
         raise SystemExit(f"error: {err}") from None
     if not args.total_timesteps:
         args.total_timesteps = 16 * settings.n_steps(config) * n_workers(args)

@@ -3,6 +3,7 @@
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ def fractions(masks: torch.Tensor) -> list[float]:
 
 
 def test_shapes_dtypes_and_labels():
-    data = brain.make_brain_dataset(replace(CFG, channels=3, planes=("axial", "coronal")), seed=0)
+    data = brain.make_brain_dataset(replace(CFG, channels=3), seed=0)
     assert data.train_images.shape == (48, 3, 32, 32) and data.val_images.shape == (16, 3, 32, 32)
     assert data.train_masks.shape == (48, 32, 32) and data.val_masks.shape == (16, 32, 32)
     assert data.train_images.dtype == data.val_images.dtype == torch.float32
@@ -32,16 +33,64 @@ def test_shapes_dtypes_and_labels():
 
 
 def test_both_tissues_present_in_reasonable_amounts():
-    data = brain.make_brain_dataset(replace(CFG, image_size=64, n_train=1000, n_val=1000), seed=0)
+    split = brain.brain_split(CFG)
+    cfg = replace(CFG, image_size=64, n_train=len(split.train), n_val=len(split.val))
+    data = brain.make_brain_dataset(cfg, seed=0)
+    assert len(data.train_images) == len(split.train) and len(data.val_images) == len(split.val)
     for masks in (data.train_masks, data.val_masks):
         background, grey, white = fractions(masks)
         assert 0.4 < background < 0.8 and grey > 0.1 and white > 0.05
 
 
-def test_caps_use_whole_pool_when_it_is_smaller():
-    cfg = replace(CFG, n_train=10_000, n_val=10_000)
-    split, data = brain.brain_split(cfg), brain.make_brain_dataset(cfg, seed=0)
-    assert len(data.train_images) == len(split.train) and len(data.val_images) == len(split.val)
+@pytest.mark.parametrize("extra", [{"n_train": 1}, {"n_val": 1}])
+def test_asking_for_more_slices_than_the_split_holds_is_an_error(extra):
+    split = brain.brain_split(CFG)
+    cfg = replace(CFG, **{key: len(split.train if key == "n_train" else split.val) + more
+                          for key, more in extra.items()})
+    n_train, n_val = len(split.train), len(split.val)
+    with pytest.raises(ConfigError, match=f"holds {n_train} training and {n_val} validation slices; set "
+                                          f"n_train <= {n_train} and n_val <= {n_val}"):
+        brain.make_brain_dataset(cfg, seed=0)
+
+
+AXIS = {"axial": 2, "coronal": 1}  # the (X, Y, Z) axis each plane's slice index runs along, in RAS
+
+
+def voxels(slices: tuple, shape: tuple[int, ...]) -> np.ndarray:
+    """Bool (X, Y, Z) volume of the voxels the given whole slices hold."""
+    out = np.zeros(shape, dtype=bool)
+    for plane, axis in AXIS.items():
+        index = [slice(None)] * 3
+        index[axis] = [i for p, i in slices if p == plane]
+        out[tuple(index)] = True
+    return out
+
+
+def leaked(slices: brain.BrainSlices, train_volume: np.ndarray) -> float:
+    """Share of the validation brain voxels (and those within ``GAP`` slices of them, near-copies at 1 mm)
+    that a training slice cut from ``train_volume`` still holds."""
+    template = brain.load_template()
+    tissue = template[1].astype(np.uint16) + template[2] >= 128
+    near = {(p, j) for p, i in slices.val for j in range(max(i - brain.GAP, 0), i + brain.GAP + 1)}
+    val = voxels(tuple(near), tissue.shape) & tissue
+    shown = voxels(slices.train, tissue.shape) & (train_volume[:3] != 0).any(axis=0)
+    return float((val & shown).sum() / val.sum())
+
+
+@pytest.mark.parametrize("planes", [("axial",), ("coronal",), ("axial", "coronal")])
+def test_no_validation_voxel_reaches_a_training_slice(planes):
+    split = brain.brain_split(replace(CFG, planes=planes))
+    assert leaked(split, brain.blocked_template(split.val)) == 0
+    if len(planes) == 2:  # whole crossing slices would share ~3/4 of the validation tissue with training
+        assert leaked(split, brain.load_template()) > 0.5
+
+
+def test_training_pixels_touched_by_the_validation_block_carry_no_label():
+    one = brain.make_brain_dataset(CFG, seed=0)
+    both = brain.make_brain_dataset(replace(CFG, planes=("axial", "coronal")), seed=0)
+    assert not (one.train_masks == CFG.ignore_index).any()  # one plane: no training slice crosses the block
+    ignored = (both.train_masks == CFG.ignore_index).float().mean()
+    assert 0.05 < ignored < 0.5 and not (both.val_masks == CFG.ignore_index).any()
 
 
 def test_same_seed_same_data_other_seed_other_images_same_split():

@@ -237,9 +237,9 @@ def test_folder_mask_map_and_default_mappings(tmp_path):
         save(path, raw)
     with pytest.raises(DatasetError, match=r"raw mask values \[128\].*mask_map"):
         make_dataset(folder_cfg(root), seed=0)
-    _, masks = everything(make_dataset(folder_cfg(root, mask_map={"128": 1}), seed=0))
+    _, masks = everything(make_dataset(folder_cfg(root, mask_map={"0": 0, "128": 1, "255": 255}), seed=0))
     assert set(masks.unique().tolist()) == {0, 1, 255}
-    assert (masks[:, -1] == 255).all()  # an unmapped raw value equal to ignore_index stays ignored
+    assert (masks[:, -1] == 255).all()
 
     for path in (root / "masks").iterdir():  # 0/1/2 labels: identity for multiclass
         raw = np.asarray(Image.open(path)).copy()
@@ -247,6 +247,51 @@ def test_folder_mask_map_and_default_mappings(tmp_path):
     _, masks = everything(make_dataset(folder_cfg(root, task="multiclass", classes=2), seed=0))
     assert set(masks.unique().tolist()) == {0, 1, 2}
     with pytest.raises(DatasetError, match=r"values \[2\] are not classes of task='binary'"):
+        make_dataset(folder_cfg(root), seed=0)
+
+
+def stray_value(root: Path) -> Path:
+    """0/255 masks of make_folder with one pixel of 128 in one mask: the case that calls for a mask_map."""
+    raw = np.asarray(Image.open(root / "masks" / "case2.png")).copy()
+    raw[-1, -1] = 128
+    save(root / "masks" / "case2.png", raw)
+    return root
+
+
+def test_folder_mask_map_must_list_every_raw_value(tmp_path):
+    root = stray_value(make_folder(tmp_path))
+    with pytest.raises(DatasetError, match=r'raw mask values \[128\].*mask_map = \{"0" = 0, "128" = 255, '
+                                           r'"255" = 1\}'):
+        make_dataset(folder_cfg(root), seed=0)
+    # a partial map used to leave 255 standing for itself, i.e. "ignore": every foreground pixel was lost
+    with pytest.raises(DatasetError, match=r'does not list the raw mask values \[0, 255\].*'
+                                           r'mask_map = \{"0" = 0, "128" = 0, "255" = 1\}'):
+        make_dataset(folder_cfg(root, mask_map={"128": 0}), seed=0)
+    _, masks = everything(make_dataset(folder_cfg(root, mask_map={"0": 0, "128": 0, "255": 1}), seed=0))
+    assert set(masks.unique().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("mask_map, cause", [
+    ({}, r"0 -> 0 and 0% of pixels are ignore_index=255"),  # every mask is empty
+    ({"0": 255, "255": 255}, r"0 -> 255, 255 -> 255 and 100% of pixels are ignore_index=255"),
+])
+def test_folder_without_foreground_is_an_error_naming_the_cause(tmp_path, mask_map, cause):
+    root = make_folder(tmp_path)
+    if not mask_map:
+        for path in (root / "masks").iterdir():
+            save(path, np.zeros_like(np.asarray(Image.open(path))))
+    with pytest.raises(DatasetError, match=f"no mask has a foreground pixel \\(class 1..1\\); raw values "
+                                           f"map {cause}. Map the raw value that marks foreground"):
+        make_dataset(folder_cfg(root, mask_map=mask_map), seed=0)
+
+
+def test_folder_split_without_foreground_is_an_error(tmp_path):
+    root = make_folder(tmp_path)
+    for path in (root / "masks").iterdir():  # foreground in one mask only: one split has none
+        if path.stem != "case5":
+            save(path, np.zeros_like(np.asarray(Image.open(path))))
+    with pytest.raises(DatasetError, match=r"no mask of the (training|validation) split \(case\d.png.*\) "
+                                           r"has a foreground pixel: change \[data\] split_seed"):
         make_dataset(folder_cfg(root), seed=0)
 
 
@@ -262,6 +307,20 @@ def test_folder_errors_for_missing_folders(tmp_path):
     (tmp_path / "images" / "notes.txt").write_text("not an image")
     with pytest.raises(DatasetError, match=r"images holds no image files \(\.png"):
         make_dataset(folder_cfg(tmp_path), seed=0)
+
+
+def test_folder_error_names_a_file_that_is_no_readable_image(tmp_path):
+    root = make_folder(tmp_path)
+    (root / "images" / "case1.png").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"images/case1.png: not an image PIL can read, whatever its "
+                                           r"\.png name says: replace it"):
+        make_dataset(folder_cfg(root), seed=0)
+    save(root / "images" / "case1.png", np.random.default_rng(0).integers(0, 256, (64, 64)))
+    data = (root / "images" / "case1.png").read_bytes()
+    (root / "images" / "case1.png").write_bytes(data[: len(data) // 2])  # cut off: the header still parses
+    with pytest.raises(DatasetError, match=r"images/case1.png: cannot decode the image \(image file is "
+                                           r"truncated\): replace it"):
+        make_dataset(folder_cfg(root), seed=0)
 
 
 def test_folder_error_lists_unmatched_files(tmp_path):

@@ -1,11 +1,16 @@
 """A user's own images/ + masks/ folder, as real PNG files, through a preset into the env."""
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import rlsched  # noqa: F401  (registers the env ids)
+from rlsched import compare, fixed, train
 
 
 def write_dataset(root, n=10, classes=1, ignore=None):
@@ -83,3 +88,44 @@ def test_mask_values_outside_the_classes_name_the_fix(tmp_path):
     write_dataset(tmp_path / "data", classes=2)
     with pytest.raises(ValueError, match="mask_map"):
         run_episode(preset(tmp_path, tmp_path / "data", "binary"))
+
+
+def test_partial_mask_map_is_an_error_not_a_run_at_dice_zero(tmp_path):
+    write_dataset(tmp_path / "data")  # 0/255 masks
+    mask = np.asarray(Image.open(tmp_path / "data" / "masks" / "case01.png")).copy()
+    mask[0, 0] = 128  # one stray value
+    Image.fromarray(mask).save(tmp_path / "data" / "masks" / "case01.png")
+    path = preset(tmp_path, tmp_path / "data", "binary", 'mask_map = {"128" = 0}')
+    with pytest.raises(ValueError, match=r"mask_map does not list the raw mask values \[0, 255\]"):
+        run_episode(path)
+    path = preset(tmp_path, tmp_path / "data", "binary", 'mask_map = {"0" = 0, "128" = 0, "255" = 1}')
+    env = gym.make("rlsched/UNetLR-v0", preset=str(path)).unwrapped
+    env.reset(seed=0)
+    masks = torch.cat([env.trainer.train_masks, env.trainer.val_masks])
+    assert set(masks.unique().tolist()) == {0, 1}  # foreground kept, nothing turned into "ignore"
+
+
+@pytest.mark.parametrize("cli, argv", [(fixed, []), (train, ["--n-envs", "1"]),
+                                       (compare, ["--tune-instances", "1", "--seeds", "1"])])
+def test_a_broken_file_is_a_one_line_error_and_leaves_no_run(tmp_path, capsys, cli, argv):
+    write_dataset(tmp_path / "data")
+    (tmp_path / "data" / "images" / "case04.png").write_text("not an image")
+    runs = tmp_path / "runs"
+    path = preset(tmp_path, tmp_path / "data", "binary")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--preset", str(path), "--runs-dir", str(runs), *argv])
+    code = exit_info.value.code  # train exits with the message; fixed and compare print it via argparse
+    message = code if isinstance(code, str) else capsys.readouterr().err.splitlines()[-1]
+    assert code and "error: " in message and "images/case04.png: not an image PIL can read" in message
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_dataset_error_from_the_command_line_has_no_traceback(tmp_path):
+    path = preset(tmp_path, tmp_path / "nowhere", "binary")
+    result = subprocess.run([sys.executable, "-m", "rlsched.fixed", "--preset", str(path), "--runs-dir",
+                             str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.endswith(f"error: [data] root='{tmp_path / 'nowhere'}' is not a folder: set root to a folder "
+                         "laid out as <root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>")
+    assert not (tmp_path / "runs").exists()
