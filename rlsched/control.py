@@ -64,6 +64,17 @@ class Dynamics:
     update_ratio: float
 
 
+def encode_lr(env: EnvConfig, lr: float) -> float:
+    """The ``log_lr`` feature: log10 LR scaled so ``lr_min`` -> -1 and ``lr_max`` -> +1."""
+    return 2 * (math.log10(lr) - math.log10(env.lr_min)) / (math.log10(env.lr_max) - math.log10(env.lr_min)) - 1
+
+
+def decode_lr(env: EnvConfig, feature: float) -> float:
+    """The LR a ``log_lr`` feature stands for (inverse of ``encode_lr``)."""
+    log_range = math.log10(env.lr_max) - math.log10(env.lr_min)
+    return 10 ** (math.log10(env.lr_min) + (feature + 1) / 2 * log_range)
+
+
 def _ln(x: float) -> float:
     return math.log(x) if (math.isfinite(x) and x > 0) else math.nan
 
@@ -78,11 +89,8 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
     """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
     low, high = _bounds(env.history)
 
-    def scaled_lr(lr: float) -> float:
-        return 2 * (math.log10(lr) - math.log10(env.lr_min)) / (math.log10(env.lr_max) - math.log10(env.lr_min)) - 1
-
     values = [
-        scaled_lr(now.lr),
+        encode_lr(env, now.lr),
         step / env.steps,
         _ln(now.train_loss),
         _ln(now.val_loss),
@@ -97,7 +105,7 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
     padded = history[-env.history:] if env.history else []
     padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
     for dice, lr in reversed(padded):
-        values += [dice, scaled_lr(lr)]
+        values += [dice, encode_lr(env, lr)]
     obs = np.array(values, dtype=np.float64)
     obs = np.where(np.isnan(obs), high, obs)  # NaN losses come from blow-ups: report them as maximal
     return np.clip(obs, low, high).astype(np.float32)

@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gae-lambda", type=float, default=defaults.gae_lambda)
     p.add_argument("--clip-range", type=float, default=defaults.clip_range)
     p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
+    p.add_argument("--bc-episodes", type=int, default=0,
+                   help="sb3: first clone the scripted rule (--teacher-threshold) from this many episodes per env")
+    p.add_argument("--teacher-threshold", type=float, default=0.075,
+                   help="scripted rule: x the largest factor while the LR is below this, then keep it")
     p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
                    help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -160,11 +164,17 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
         model.set_random_seed(args.seed + model.num_timesteps)  # seeds the vector env too, not only torch
     else:
         model = build_ppo(config, settings, env, args.seed, run_dir / "tb")
+        if args.bc_episodes:
+            from .agents.teacher import ScriptedRule, behaviour_clone
+
+            stats = behaviour_clone(model, ScriptedRule(config.env, args.teacher_threshold), args.bc_episodes)
+            print(f"behaviour cloning of the scripted rule (LR < {args.teacher_threshold:g}: x max factor): "
+                  f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
     callback = RunCallback(run_dir, episodes)
     remaining = max(0, args.total_timesteps - model.num_timesteps)
     print(f"training SB3 PPO for {remaining} env steps ({model.num_timesteps} done) with {args.n_envs} env(s)")
     try:
-        model.learn(remaining, callback=callback, reset_num_timesteps=not args.resume, tb_log_name="ppo",
+        model.learn(remaining, callback=callback, reset_num_timesteps=model.num_timesteps == 0, tb_log_name="ppo",
                     progress_bar=True)
     except (KeyboardInterrupt, Interrupted):
         callback.checkpoint()

@@ -1,0 +1,87 @@
+"""A scripted LR rule and a behaviour-cloning warm start of the SB3 policy from it.
+
+The rule is the simplest controller that works on SGD presets: multiply the LR by the largest factor while it
+is below a threshold, then keep it. PPO from a uniform policy needs many episodes to find it (reaching the good
+LR region from the bottom of the range takes several large steps in a row, each first rewarded negatively by the
+Dice dip); cloning it first costs a few episodes and leaves PPO to refine it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from ..config import EnvConfig
+from ..control import decode_lr
+
+
+@dataclass(frozen=True)
+class ScriptedRule:
+    """x the largest factor while the LR is below ``threshold``, then keep it (relative discrete actions)."""
+
+    env: EnvConfig
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.env.action != "discrete" or 1.0 not in self.env.factors:
+            raise ValueError("the scripted rule needs env.action = 'discrete' with a factor of 1.0 among "
+                             f"env.factors (got action={self.env.action!r}, factors={self.env.factors})")
+
+    def action(self, lr: float) -> int:
+        factors = list(self.env.factors)
+        return factors.index(max(factors)) if lr < self.threshold else factors.index(1.0)
+
+    def actions(self, raw_obs: np.ndarray) -> np.ndarray:
+        """One action per row of raw (unnormalised) observations, from their log-LR feature."""
+        return np.array([self.action(decode_lr(self.env, float(row[0]))) for row in np.atleast_2d(raw_obs)])
+
+
+def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200) -> dict[str, float]:
+    """Run the rule for whole episodes on ``model``'s vector env, then fit the policy to its actions
+    (cross-entropy) and the value head to the returns that followed (so PPO's first advantages are sane).
+
+    Observations go through the env's ``VecNormalize`` as in PPO, which also warms up its statistics.
+    Returns the final imitation accuracy and value loss.
+    """
+    venv: VecEnv = model.get_env()
+    obs = venv.reset()
+    steps = episodes_per_env * rule.env.steps
+    observations, actions, rewards, dones = [], [], [], []
+    for _ in range(steps):
+        raw = venv.get_original_obs() if isinstance(venv, VecNormalize) else obs
+        action = rule.actions(raw)
+        observations.append(obs.copy())
+        actions.append(action)
+        obs, reward, done, _ = venv.step(action)
+        rewards.append(reward)
+        dones.append(done)
+    # every env has just finished an episode and auto-reset: PPO's first rollout starts from these observations
+    model._last_obs, model._last_episode_starts = obs, np.ones(venv.num_envs, dtype=bool)
+    returns = np.zeros_like(np.asarray(rewards, dtype=np.float64))
+    running = np.zeros(venv.num_envs)
+    for t in reversed(range(steps)):  # undiscounted return-to-go, cut at episode ends
+        running = rewards[t] + running * (1.0 - dones[t])
+        returns[t] = running
+
+    policy = model.policy
+    x = torch.as_tensor(np.concatenate(observations), dtype=torch.float32)
+    a = torch.as_tensor(np.concatenate(actions))
+    g = torch.as_tensor(returns.reshape(-1), dtype=torch.float32)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    policy.set_training_mode(True)
+    for _ in range(epochs):
+        values, log_prob, _ = policy.evaluate_actions(x, a)
+        value_loss = torch.nn.functional.mse_loss(values.flatten(), g)
+        loss = -log_prob.mean() + 0.5 * value_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        predicted = policy.get_distribution(x).distribution.probs.argmax(-1)
+    model.num_timesteps += steps * venv.num_envs
+    return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss)}
