@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 import torch
 
-from .config import Config
+from .config import Config, EnvConfig
+from .control import decode_lr
 from .env import Instance, UNetLREnv
 from .schedules import FixedSchedule
 
@@ -74,6 +75,41 @@ class ScheduleController:
             self._plan.step(info["dice_mean"])
         env.set_lr(self._plan.lr)
         return env.keep_action
+
+
+@dataclass(frozen=True)
+class ScriptedRule:
+    """x the largest factor while the LR is below ``threshold``, then keep it (relative discrete actions)."""
+
+    env: EnvConfig
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.env.action != "discrete" or 1.0 not in self.env.factors:
+            raise ValueError("the scripted rule needs env.action = 'discrete' with a factor of 1.0 among "
+                             f"env.factors (got action={self.env.action!r}, factors={self.env.factors})")
+
+    def action(self, lr: float) -> int:
+        factors = list(self.env.factors)
+        return factors.index(max(factors)) if lr < self.threshold else factors.index(1.0)
+
+    def actions(self, raw_obs: np.ndarray) -> np.ndarray:
+        """One action per row of raw (unnormalised) observations, from their log-LR feature."""
+        return np.array([self.action(decode_lr(self.env, float(row[0]))) for row in np.atleast_2d(raw_obs)])
+
+
+@dataclass
+class ScriptedController:
+    """The scripted rule as a controller: the floor a learned controller must clear with the same actions."""
+
+    threshold: float
+    name: str = "scripted"
+
+    def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
+        self._rule = ScriptedRule(env.config.env, self.threshold)
+
+    def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
+        return self._rule.action(info["lr"])
 
 
 @dataclass
@@ -143,7 +179,8 @@ class Job:
     """One episode to run, described by value so it can travel to a worker process."""
 
     method: str  # the name results are reported under
-    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random"
+    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (arg =
+    # its LR threshold)
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
@@ -164,7 +201,9 @@ def make_controller(job: Job) -> Controller:
         return ScheduleController(job.arg, job.base_lr, name=job.method)
     if job.kind == "random":
         return RandomController(seed=int(job.arg or 0), name=job.method)
-    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule' or 'random'")
+    if job.kind == "scripted":
+        return ScriptedController(float(job.arg), name=job.method)
+    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random' or 'scripted'")
 
 
 _worker_env: UNetLREnv | None = None

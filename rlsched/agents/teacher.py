@@ -1,4 +1,4 @@
-"""A scripted LR rule and a behaviour-cloning warm start of the SB3 policy from it.
+"""A behaviour-cloning warm start of the SB3 policy from the scripted LR rule (``harness.ScriptedRule``).
 
 The rule is the simplest controller that works on SGD presets: multiply the LR by the largest factor while it
 is below a threshold, then keep it. PPO from a uniform policy needs many episodes to find it (reaching the good
@@ -8,36 +8,12 @@ Dice dip); cloning it first costs a few episodes and leaves PPO to refine it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from ..config import EnvConfig
-from ..control import decode_lr
-
-
-@dataclass(frozen=True)
-class ScriptedRule:
-    """x the largest factor while the LR is below ``threshold``, then keep it (relative discrete actions)."""
-
-    env: EnvConfig
-    threshold: float
-
-    def __post_init__(self) -> None:
-        if self.env.action != "discrete" or 1.0 not in self.env.factors:
-            raise ValueError("the scripted rule needs env.action = 'discrete' with a factor of 1.0 among "
-                             f"env.factors (got action={self.env.action!r}, factors={self.env.factors})")
-
-    def action(self, lr: float) -> int:
-        factors = list(self.env.factors)
-        return factors.index(max(factors)) if lr < self.threshold else factors.index(1.0)
-
-    def actions(self, raw_obs: np.ndarray) -> np.ndarray:
-        """One action per row of raw (unnormalised) observations, from their log-LR feature."""
-        return np.array([self.action(decode_lr(self.env, float(row[0]))) for row in np.atleast_2d(raw_obs)])
+from ..harness import ScriptedRule
 
 
 def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200) -> dict[str, float]:
@@ -84,4 +60,4 @@ def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epoch
     with torch.no_grad():
         predicted = policy.get_distribution(x).distribution.probs.argmax(-1)
     model.num_timesteps += steps * venv.num_envs
-    return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss)}
+    return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss.detach())}
