@@ -79,10 +79,13 @@ class ScheduleController:
 
 @dataclass(frozen=True)
 class ScriptedRule:
-    """x the largest factor while the LR is below ``threshold``, then keep it (relative discrete actions)."""
+    """Steer the LR towards ``target``: the factor that brings log LR closest to log target, ties to the smaller
+    change. From below it climbs by the largest factor until the next step would overshoot, then holds; from
+    above it descends the same way. With relative actions, it is a constant LR at ``target`` reached as fast
+    as the factors allow: the floor a learned controller must clear (and a teacher to clone)."""
 
     env: EnvConfig
-    threshold: float
+    target: float
 
     def __post_init__(self) -> None:
         if self.env.action != "discrete" or 1.0 not in self.env.factors:
@@ -90,8 +93,8 @@ class ScriptedRule:
                              f"env.factors (got action={self.env.action!r}, factors={self.env.factors})")
 
     def action(self, lr: float) -> int:
-        factors = list(self.env.factors)
-        return factors.index(max(factors)) if lr < self.threshold else factors.index(1.0)
+        gaps = [(abs(math.log(lr * f / self.target)), abs(math.log(f))) for f in self.env.factors]
+        return min(range(len(gaps)), key=gaps.__getitem__)
 
     def actions(self, raw_obs: np.ndarray) -> np.ndarray:
         """One action per row of raw (unnormalised) observations, from their log-LR feature."""
@@ -102,11 +105,11 @@ class ScriptedRule:
 class ScriptedController:
     """The scripted rule as a controller: the floor a learned controller must clear with the same actions."""
 
-    threshold: float
+    target: float
     name: str = "scripted"
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
-        self._rule = ScriptedRule(env.config.env, self.threshold)
+        self._rule = ScriptedRule(env.config.env, self.target)
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
         return self._rule.action(info["lr"])
@@ -180,7 +183,7 @@ class Job:
 
     method: str  # the name results are reported under
     kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (arg =
-    # its LR threshold)
+    # its target LR)
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)

@@ -57,9 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-range", type=float, default=defaults.clip_range)
     p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
     p.add_argument("--bc-episodes", type=int, default=0,
-                   help="sb3: first clone the scripted rule (--teacher-threshold) from this many episodes per env")
-    p.add_argument("--teacher-threshold", type=float, default=0.075,
-                   help="scripted rule: x the largest factor while the LR is below this, then keep it")
+                   help="sb3: first clone the scripted rule (--teacher-lr) from this many episodes per env")
+    p.add_argument("--teacher-lr", type=float, default=0.05,
+                   help="scripted rule: steer the LR towards this value as fast as the factors allow")
     p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
                    help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -167,8 +167,8 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
         if args.bc_episodes:
             from .agents.teacher import ScriptedRule, behaviour_clone
 
-            stats = behaviour_clone(model, ScriptedRule(config.env, args.teacher_threshold), args.bc_episodes)
-            print(f"behaviour cloning of the scripted rule (LR < {args.teacher_threshold:g}: x max factor): "
+            stats = behaviour_clone(model, ScriptedRule(config.env, args.teacher_lr), args.bc_episodes)
+            print(f"behaviour cloning of the scripted rule (towards LR {args.teacher_lr:g}): "
                   f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
     callback = RunCallback(run_dir, episodes)
     remaining = max(0, args.total_timesteps - model.num_timesteps)

@@ -16,30 +16,33 @@ TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs"
         "env.factors": [0.25, 0.5, 1.0, 2.0, 4.0]}
 
 
-def test_rule_multiplies_by_the_largest_factor_below_the_threshold_then_keeps():
-    env = load_config("fast", TINY).env
-    rule = ScriptedRule(env, threshold=0.05)
-    assert rule.action(0.01) == 4 and rule.action(0.049) == 4 and rule.action(0.05) == 2 and rule.action(0.3) == 2
+def test_rule_steers_towards_its_target_without_overshooting():
+    env = load_config("fast", TINY).env  # factors 0.25, 0.5, 1, 2, 4
+    rule = ScriptedRule(env, target=0.05)
+    assert rule.action(0.001) == 4  # x4 -> 0.004: still far below
+    assert rule.action(0.02) == 3  # x2 -> 0.04 is closer to 0.05 than x4 -> 0.08
+    assert rule.action(0.05) == 2 and rule.action(0.06) == 2  # at (or near) the target: hold
+    assert rule.action(0.3) == 0 and rule.action(0.12) == 1  # from above: x0.25 -> 0.075, x0.5 -> 0.06
     raw = np.zeros((2, 5), np.float32)
-    raw[:, 0] = [encode_lr(env, 0.01), encode_lr(env, 0.2)]  # the rule reads the LR back from the log_lr feature
-    assert rule.actions(raw).tolist() == [4, 2]
+    raw[:, 0] = [encode_lr(env, 0.001), encode_lr(env, 0.3)]  # the rule reads the LR back from the log_lr feature
+    assert rule.actions(raw).tolist() == [4, 0]
     with pytest.raises(ValueError, match="factor of 1.0"):
         ScriptedRule(load_config("fast", {"env.action": "absolute"}).env, 0.05)
 
 
-def test_scripted_controller_climbs_to_the_threshold_then_holds():
+def test_scripted_controller_climbs_to_the_target_then_holds():
     env = UNetLREnv(config=load_config("fast", TINY))
     instance = env.instances["heldout"][0]
     episode = run_episode(env, ScriptedController(0.05), instance, initial_lr=0.002)
     lrs = [r["lr"] for r in episode.records]
-    assert lrs == pytest.approx([0.002, 0.008, 0.032, 0.128, 0.128])
+    assert lrs == pytest.approx([0.002, 0.008, 0.032, 0.064, 0.064])
 
 
 def test_behaviour_cloning_makes_the_policy_follow_the_rule(tmp_path):
     config = load_config("fast", TINY)
     vec = make_vec(config, 1, None, normalize_obs=True)
     model = build_ppo(config, PPOSettings(episodes_per_rollout=1), vec, seed=0, tensorboard_dir=tmp_path)
-    rule = ScriptedRule(config.env, threshold=0.02)
+    rule = ScriptedRule(config.env, target=0.02)
     stats = behaviour_clone(model, rule, episodes_per_env=3)
     assert stats["bc/accuracy"] >= 0.9 and model.num_timesteps == 3 * config.env.steps
     assert vec.obs_rms.count > 1  # VecNormalize saw the teacher's observations

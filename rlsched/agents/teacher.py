@@ -1,7 +1,7 @@
 """A behaviour-cloning warm start of the SB3 policy from the scripted LR rule (``harness.ScriptedRule``).
 
-The rule is the simplest controller that works on SGD presets: multiply the LR by the largest factor while it
-is below a threshold, then keep it. PPO from a uniform policy needs many episodes to find it (reaching the good
+The rule is the simplest controller that works on SGD presets: steer the LR towards a target as fast as the
+factors allow, then hold it. PPO from a uniform policy needs many episodes to find it (reaching the good
 LR region from the bottom of the range takes several large steps in a row, each first rewarded negatively by the
 Dice dip); cloning it first costs a few episodes and leaves PPO to refine it.
 """
