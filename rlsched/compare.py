@@ -42,6 +42,8 @@ from .schedules import SCHEDULES, lr_grid
 from .stats import PairedTest, mean_ci, paired_test
 
 CONSTANT_INITIAL = "constant (initial LR)"
+SCRIPTED = "scripted"  # the scripted rule (harness.ScriptedRule), its target LR tuned like a base LR
+TUNABLE = (*SCHEDULES, SCRIPTED)
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
 METRICS = ("final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
 
@@ -61,10 +63,10 @@ class Settings:
     pbt_population: int = 0  # > 0: add PBT (Ray Tune) with this population per held-out instance
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.schedules if s not in SCHEDULES]
+        unknown = [s for s in self.schedules if s not in TUNABLE]
         if unknown or not self.schedules:
             raise ValueError(f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "
-                             f"{', '.join(SCHEDULES)}" if unknown else "no schedules: pass at least one")
+                             f"{', '.join(TUNABLE)}" if unknown else "no schedules: pass at least one")
         if self.seeds is not None and self.seeds < 1:
             raise ValueError(f"--seeds {self.seeds}: evaluate on at least 1 held-out instance")
         if self.tune_instances < 1 or self.grid_per_decade < 1 or self.workers < 1:
@@ -86,9 +88,9 @@ class Method:
     """One controller under comparison, with the training epochs it consumed before evaluation."""
 
     name: str
-    kind: str  # harness Job kind: "policy" | "schedule" | "random"; or "pbt" (run by rlsched.pbt, not a Job)
+    kind: str  # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by rlsched.pbt)
     arg: str  # model path | schedule name | random seed
-    base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR)
+    base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR); scripted: target
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
     accounting: str = "nothing"  # how epochs_before was counted, for the report
 
@@ -98,11 +100,12 @@ class Method:
 
     @property
     def tuned(self) -> bool:
-        return self.kind == "schedule" and self.base_lr is not None
+        return self.kind in ("schedule", SCRIPTED) and self.base_lr is not None
 
     def job(self, instance: Instance, initial_lr: float | None = None) -> Job:
-        """Robustness runs (``initial_lr`` set) start every method, base LRs included, from that LR."""
-        base_lr = self.base_lr if initial_lr is None else initial_lr
+        """Robustness runs (``initial_lr`` set) start every method, base LRs included, from that LR; the
+        scripted rule keeps steering towards its tuned target from there."""
+        base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
         return Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr)
 
 
@@ -185,8 +188,8 @@ def baseline_methods(tuning: Tuning) -> list[Method]:
     """Tuned fixed schedules, the constant initial-LR baseline and the random policy."""
     search = (f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
               f"{tuning.epochs} epochs")
-    tuned = [Method(name, "schedule", name, lr, tuning.epochs_per_schedule, search)
-             for name, lr in tuning.base_lrs.items()]
+    tuned = [Method(name, SCRIPTED if name == SCRIPTED else "schedule", name, lr, tuning.epochs_per_schedule,
+                    search) for name, lr in tuning.base_lrs.items()]
     return tuned + [Method(CONSTANT_INITIAL, "schedule", "constant"), Method("random", "random", "0")]
 
 
@@ -195,7 +198,7 @@ def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float],
                   workers: int = 1, on_result: Callable[[EpisodeResult], None] | None = None,
                   backend: str = "local") -> Tuning:
     """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on)."""
-    jobs = [Job(f"{name}@{lr:g}", "schedule", name, instance, base_lr=lr)
+    jobs = [Job(f"{name}@{lr:g}", SCRIPTED if name == SCRIPTED else "schedule", name, instance, base_lr=lr)
             for name in schedules for lr in grid for instance in instances]
     results = run_jobs(config, jobs, workers, on_result=on_result, backend=backend)
     runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
@@ -656,7 +659,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     defaults = Settings()
     p.add_argument("--seeds", type=int, default=None, help="held-out instances to evaluate on (default: all)")
     p.add_argument("--schedules", nargs="+", default=list(defaults.schedules), metavar="NAME",
-                   help=f"fixed schedules to compare (default: all of {', '.join(SCHEDULES)})")
+                   help=f"fixed schedules to compare (default: all of {', '.join(SCHEDULES)}); add "
+                        f"'{SCRIPTED}' for the scripted rule (steer towards a target LR tuned on the same grid)")
     p.add_argument("--tune-instances", type=int, default=defaults.tune_instances,
                    help="train instances of the base-LR grid search (default: %(default)s)")
     p.add_argument("--grid-per-decade", type=int, default=defaults.grid_per_decade,

@@ -182,8 +182,8 @@ class Job:
     """One episode to run, described by value so it can travel to a worker process."""
 
     method: str  # the name results are reported under
-    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (arg =
-    # its target LR)
+    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (base_lr
+    # = its target LR)
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
@@ -205,7 +205,9 @@ def make_controller(job: Job) -> Controller:
     if job.kind == "random":
         return RandomController(seed=int(job.arg or 0), name=job.method)
     if job.kind == "scripted":
-        return ScriptedController(float(job.arg), name=job.method)
+        if job.base_lr is None:
+            raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
+        return ScriptedController(job.base_lr, name=job.method)
     raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random' or 'scripted'")
 
 

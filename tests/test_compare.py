@@ -204,3 +204,23 @@ def test_more_seeds_than_held_out_instances_is_refused(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--preset", "fast", "--seeds", "99"])
     assert "env.heldout_instances=99" in capsys.readouterr().err
+
+
+def test_scripted_rule_is_tuned_on_train_instances_and_compared(tmp_path):
+    """The scripted rule (steer towards a target LR) gets its target from the same grid search as a base LR
+    and runs on the held-out instances from each instance's own initial LR."""
+    assert compare.main(["--preset", "fast", *sets(COMPARE + ["env.factors=[0.25,0.5,1.0,2.0,4.0]"]),
+                         "--schedules", "constant", "scripted", "--tune-instances", "1", "--grid-per-decade", "1",
+                         "--no-robustness", "--workers", "1", "--runs-dir", str(tmp_path)]) == 0
+    (out,) = tmp_path.iterdir()
+    tuning = read_csv(out / "tuning.csv")
+    chosen = {r["schedule"]: float(r["lr"]) for r in tuning if r["chosen"] == "True"}
+    assert sorted(chosen) == ["constant", "scripted"] and any(chosen["scripted"] == pytest.approx(g) for g in GRID)
+    rows = main_rows(out)
+    assert float(rows["scripted"]["base_lr"]) == chosen["scripted"]
+    episodes = [r for r in read_csv(out / "episodes.csv") if r["method"] == "scripted"]
+    first_lrs = {r["instance"]: float(r["lr"]) for r in episodes if r["epoch"] == "1"}
+    heldout = {str(i.index): i.initial_lr for i in compare.make_instances(load_config(out / "config.toml").env,
+                                                                          "heldout")}
+    for instance, lr in first_lrs.items():  # one rule step from the instance's initial LR towards the target
+        assert any(lr / heldout[instance] == pytest.approx(f) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
