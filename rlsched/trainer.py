@@ -3,6 +3,9 @@
 It knows nothing of RL or schedules: callers set the LR with ``set_lr`` between epochs and read back
 ``EpochStats`` / ``EvalStats``. A non-finite loss or gradient is an *outcome* (``diverged=True``), never an
 exception, and the last good state is kept so a caller can roll back.
+
+It leaves the process's global torch RNG alone (its init is seeded locally), so an agent sampling actions in the
+same process does not see its stream depend on the instance being trained.
 """
 
 from __future__ import annotations
@@ -121,10 +124,11 @@ class Trainer:
         self.amp = config.optim.amp and on_cuda
         self.memory_format = torch.channels_last if (config.optim.channels_last and on_cuda) else torch.contiguous_format
 
-        torch.manual_seed(seed)
         in_channels = data.train_images.shape[1]
-        self.model = build_unet(config.model, in_channels, config.data.out_channels).to(
-            self.device, memory_format=self.memory_format)
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: seed only the CPU generator, then restore it
+            torch.default_generator.manual_seed(seed)
+            model = build_unet(config.model, in_channels, config.data.out_channels)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.head = make_head(config.data, config.loss)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(config, self.params, lr if lr is not None else config.optim.lr)
@@ -243,26 +247,20 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-for-bit: weights, optimizer, epoch and every RNG involved."""
-        state = {
+        """Everything needed to continue bit-for-bit: weights, optimizer, epoch and the trainer's own generator
+        (training draws from nothing else)."""
+        return {
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "epoch": self.epoch,
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def restore_last_good(self) -> None:
         """Roll back to the state before the last ``train_epoch`` (use after ``diverged``)."""

@@ -45,7 +45,7 @@ def test_resume_from_state_dict_is_bit_for_bit(fast_config, data):
     for _ in range(2):
         first.train_epoch()
     state = first.state_dict()
-    torch.manual_seed(1234)  # disturb the global RNG: the checkpoint must carry it
+    torch.manual_seed(1234)  # disturb the global RNG: training must not depend on it
     resumed = Trainer(fast_config, data, seed=99, lr=1.0)
     resumed.load_state_dict(state)
     assert resumed.epoch == 2 and resumed.lr == 0.05
@@ -63,6 +63,20 @@ def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
     assert result.diverged and result.evaluation is None and result.record()["diverged"]
     trainer.restore_last_good()
     assert torch.equal(params(trainer), good)
+
+
+def test_the_global_rng_is_left_alone(fast_config, data):
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer.train_slice(1)
+    assert torch.equal(torch.get_rng_state(), before)
+    state = trainer.state_dict()
+    torch.rand(1)  # the caller draws from it meanwhile: loading a state must not rewind that
+    before = torch.get_rng_state()
+    trainer.load_state_dict(state)
+    trainer.restore_last_good()
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_grad_clip_bounds_the_update(data):
