@@ -171,6 +171,7 @@ _worker_env: UNetLREnv | None = None
 
 
 def _init_worker(config: Config, threads: int) -> None:
+    """Set this worker's torch threads (the env leaves them alone) and build its env."""
     global _worker_env
     torch.set_num_threads(threads)
     _worker_env = UNetLREnv(config=config)
@@ -207,7 +208,7 @@ def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
 
 def _iter_jobs(config: Config, jobs: list[Job], workers: int) -> Iterator[EpisodeResult]:
     if workers <= 1:
-        _init_worker(config, torch.get_num_threads())
+        _init_worker(config, config.env.torch_threads or torch.get_num_threads())
         yield from map(_run_job, jobs)
         return
     from .agents.workers import start_method
