@@ -2,7 +2,7 @@
 
 It knows nothing of RL or schedules: callers set the LR with ``set_lr`` between epochs and read back
 ``EpochStats`` / ``EvalStats``. A non-finite loss or gradient is an *outcome* (``diverged=True``), never an
-exception, and the last good state is kept so a caller can roll back.
+exception; with ``keep_last_good=True`` the state before each epoch is kept so a caller can roll back.
 
 It leaves the process's global torch RNG alone (its init is seeded locally), so an agent sampling actions in the
 same process does not see its stream depend on the instance being trained.
@@ -114,10 +114,13 @@ class Trainer:
     """Trains a UNet on a ``SegmentationData`` with the LR its caller sets.
 
     ``seed`` fixes the initial weights and the batch order/augmentation stream, so two trainers built with the
-    same (config, data, seed, lr) train identically on CPU.
+    same (config, data, seed, lr) train identically on CPU. ``keep_last_good`` snapshots the whole state before
+    every epoch for ``restore_last_good``; off by default because the copy doubles the memory of model and
+    optimizer and nothing on the env's path rolls back (a diverged episode ends).
     """
 
-    def __init__(self, config: Config, data: SegmentationData, seed: int, lr: float | None = None) -> None:
+    def __init__(self, config: Config, data: SegmentationData, seed: int, lr: float | None = None,
+                 keep_last_good: bool = False) -> None:
         self.config = config
         self.device = resolve_device(config.optim.device)
         on_cuda = self.device.type == "cuda"
@@ -141,6 +144,7 @@ class Trainer:
         self.val_masks = data.val_masks.to(self.device)
         self.metrics = SegmentationMetrics(data.task, data.classes, data.ignore_index)
         self.epoch = 0
+        self.keep_last_good = keep_last_good
         self._last_good: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------------- LR
@@ -169,7 +173,8 @@ class Trainer:
     @torch.enable_grad()  # callers may run under no_grad (e.g. an agent collecting a rollout in-process)
     def train_epoch(self) -> EpochStats:
         """One pass over the training set; stops early (``diverged``) at the first non-finite loss or gradient."""
-        self._last_good = self.state_dict()
+        if self.keep_last_good:
+            self._last_good = self.state_dict()
         self.model.train()
         start = time.perf_counter()
         w_start = _flat_params(self.params)
@@ -263,7 +268,10 @@ class Trainer:
         self.generator.set_state(state["generator"])
 
     def restore_last_good(self) -> None:
-        """Roll back to the state before the last ``train_epoch`` (use after ``diverged``)."""
+        """Roll back to the state before the last ``train_epoch`` (use after ``diverged``); needs
+        ``keep_last_good=True``."""
+        if not self.keep_last_good:
+            raise RuntimeError("restore_last_good needs a Trainer built with keep_last_good=True")
         if self._last_good is None:
             raise RuntimeError("no epoch has run yet, so there is no earlier state to restore")
         self.load_state_dict(self._last_good)

@@ -55,7 +55,7 @@ def test_resume_from_state_dict_is_bit_for_bit(fast_config, data):
 
 
 def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
-    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
     trainer.train_epoch()
     good = params(trainer).clone()
     trainer.set_lr(1e4)
@@ -65,10 +65,18 @@ def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
     assert torch.equal(params(trainer), good)
 
 
+def test_no_snapshot_unless_asked(fast_config, data):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer.train_epoch()
+    assert trainer._last_good is None  # no per-epoch copy of model and optimizer by default
+    with pytest.raises(RuntimeError, match="keep_last_good=True"):
+        trainer.restore_last_good()
+
+
 def test_the_global_rng_is_left_alone(fast_config, data):
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
     trainer.train_slice(1)
     assert torch.equal(torch.get_rng_state(), before)
     state = trainer.state_dict()
