@@ -186,16 +186,19 @@ BACKENDS = ("local", "ray")
 
 
 def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
-             on_result: Callable[[EpisodeResult], None] | None = None, backend: str = "local"
-             ) -> list[EpisodeResult]:
+             on_result: Callable[[EpisodeResult], None] | None = None, backend: str = "local",
+             gpus_per_worker: float = 0.0) -> list[EpisodeResult]:
     """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs) or,
-    with ``backend="ray"``, one-CPU Ray actors (a cluster); results come back in job order."""
+    with ``backend="ray"``, one-CPU Ray actors (a cluster) holding ``gpus_per_worker`` of a GPU each; results
+    come back in job order."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if gpus_per_worker and backend != "ray":
+        raise ValueError("gpus_per_worker places Ray actors: use backend='ray' (local workers see every GPU)")
     if backend == "ray":
         from .ray_backend import iter_jobs
 
-        stream = iter_jobs(config, jobs, workers)
+        stream = iter_jobs(config, jobs, workers, gpus_per_worker)
     else:
         stream = _iter_jobs(config, jobs, workers)
     results: list[EpisodeResult] = []
