@@ -1,7 +1,7 @@
 """Learned LR controllers vs every fixed schedule and a random policy on the same held-out instances.
 
     python -m rlsched.compare --agent runs/<id>/model.zip [--agent runs/<id2>/model.pt] [--seeds N]
-    python -m rlsched.compare --backend ray [--address ADDR] [--pbt-population K] ...   # episodes on Ray
+    python -m rlsched.compare --backend ray [--address ADDR] [--pbt-population K] [--num-gpus-per-worker G]
 
 Every method trains the same UNets (same data, initial weights and epoch budget) through the same harness, so
 results differ only by the LRs chosen. Fairness: each fixed schedule gets its base LR from a grid search on
@@ -60,6 +60,7 @@ class Settings:
     dice_target: float = 0.8
     workers: int = 2
     backend: str = "local"  # where episodes run: local processes or Ray actors
+    gpus_per_worker: float = 0.0  # ray: GPU share of each actor / PBT member (0: Ray assigns none)
     pbt_population: int = 0  # > 0: add PBT (Ray Tune) with this population per held-out instance
 
     def __post_init__(self) -> None:
@@ -79,6 +80,11 @@ class Settings:
             raise ValueError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.pbt_population and self.backend != "ray":
             raise ValueError("--pbt-population runs PBT on Ray Tune: add --backend ray")
+        if not (math.isfinite(self.gpus_per_worker) and self.gpus_per_worker >= 0):
+            raise ValueError(f"--num-gpus-per-worker {self.gpus_per_worker}: a GPU share is a number >= 0")
+        if self.gpus_per_worker and self.backend != "ray":
+            raise ValueError("--num-gpus-per-worker places Ray actors: add --backend ray "
+                             "(local workers see every GPU)")
         if self.pbt_population < 0 or self.pbt_population == 1:
             raise ValueError(f"--pbt-population {self.pbt_population}: a population needs at least 2 members")
 
@@ -196,11 +202,12 @@ def baseline_methods(tuning: Tuning) -> list[Method]:
 # --------------------------------------------------------------------------------------------- running
 def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance],
                   workers: int = 1, on_result: Callable[[EpisodeResult], None] | None = None,
-                  backend: str = "local") -> Tuning:
+                  backend: str = "local", gpus_per_worker: float = 0.0) -> Tuning:
     """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on)."""
     jobs = [Job(f"{name}@{lr:g}", SCRIPTED if name == SCRIPTED else "schedule", name, instance, base_lr=lr)
             for name in schedules for lr in grid for instance in instances]
-    results = run_jobs(config, jobs, workers, on_result=on_result, backend=backend)
+    results = run_jobs(config, jobs, workers, on_result=on_result, backend=backend,
+                       gpus_per_worker=gpus_per_worker)
     runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
     for job, result in zip(jobs, results):
         runs[job.arg][job.base_lr].append(run_metrics(result, config.env.steps, target=1.0))
@@ -250,7 +257,7 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
 
         train = make_instances(env, "train")[: settings.tune_instances]
         tuning = tune_base_lrs(config, settings.schedules, grid, train, settings.workers, advance,
-                               settings.backend)
+                               settings.backend, settings.gpus_per_worker)
         methods = agents + baseline_methods(tuning)
         _, reference = tuning.reference
         robust_lrs = {f: min(max(f * reference, env.lr_min), env.lr_max) for f in settings.robustness}
@@ -259,23 +266,25 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
         jobs = [m.job(i) for m in methods for i in instances]
         jobs += [m.job(i, lr) for lr in robust_lrs.values() for m in robust_methods for i in instances]
         bar.set_description("evaluating on held-out instances")
-        results = run_jobs(config, jobs, settings.workers, on_result=advance, backend=settings.backend)
+        results = run_jobs(config, jobs, settings.workers, on_result=advance, backend=settings.backend,
+                           gpus_per_worker=settings.gpus_per_worker)
     main, rest = results[: len(methods) * len(instances)], results[len(methods) * len(instances):]
     chunk = len(robust_methods) * len(instances)
     robustness = {f: (lr, rest[k * chunk:(k + 1) * chunk]) for k, (f, lr) in enumerate(robust_lrs.items())}
     if settings.pbt_population:
-        method, runs = pbt_runs(config, instances, settings.pbt_population)
+        method, runs = pbt_runs(config, instances, settings.pbt_population, settings.gpus_per_worker)
         methods.append(method)
         main += runs
     seconds = time.perf_counter() - start
     return Comparison(config, settings, methods, tuning, instances, main, robustness, seconds)
 
 
-def pbt_runs(config: Config, instances: list[Instance], population: int) -> tuple[Method, list[EpisodeResult]]:
+def pbt_runs(config: Config, instances: list[Instance], population: int, gpus_per_member: float = 0.0
+             ) -> tuple[Method, list[EpisodeResult]]:
     """PBT on every held-out instance; its compute is the population's epochs beyond one evaluation run."""
     from .pbt import PBTSettings, run_pbt
 
-    runs, total = run_pbt(config, instances, PBTSettings(population=population))
+    runs, total = run_pbt(config, instances, PBTSettings(population=population), gpus_per_member)
     own = len(instances) * config.env.epochs
     accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
                   f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
@@ -677,6 +686,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--address", default=None, help="ray: Ray cluster address (default: start a local Ray)")
     p.add_argument("--pbt-population", type=int, default=0, metavar="K",
                    help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=defaults.gpus_per_worker, metavar="G",
+                   help="ray: GPU share of each actor and PBT member, e.g. 0.25 = four per GPU (default: "
+                        "%(default)s: Ray assigns them no GPU)")
     p.add_argument("--runs-dir", default="runs")
     return p, p.parse_args(argv)
 
@@ -688,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
                             tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
                             robustness=() if args.no_robustness else tuple(args.robustness),
                             dice_target=args.dice_target, workers=args.workers, backend=args.backend,
-                            pbt_population=args.pbt_population)
+                            pbt_population=args.pbt_population, gpus_per_worker=args.num_gpus_per_worker)
         overrides = dict(parse_override(o) for o in args.set)
         policies = [load_policy(path) for path in args.agent]
         if args.preset is None and policies:

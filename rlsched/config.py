@@ -169,7 +169,9 @@ class EnvConfig:
     train_instances: int = 64
     heldout_instances: int = 16
     instance_seed: int = 0
-    torch_threads: int = 0  # 0 = leave torch's default; vector workers set 1
+    # torch threads that rlsched's in-process runners (one env, one worker) set; worker processes take their
+    # share of the cores. The env itself never changes them. 0 = torch's default.
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "[env] epochs must be >= 1")

@@ -9,7 +9,6 @@ from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from .config import Config, EnvConfig, load_config
@@ -119,8 +118,6 @@ class UNetLREnv(gym.Env):
         if config is not None and (preset is not None or overrides):
             raise ValueError("pass either config=... or preset/overrides, not both")
         cfg = self.config.env
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
         self.action_space: spaces.Space = action_space(cfg)
         self.observation_space = observation_space(cfg)
         self.instances = {split: make_instances(cfg, split) for split in SPLITS}

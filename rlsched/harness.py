@@ -215,6 +215,7 @@ _worker_env: UNetLREnv | None = None
 
 
 def _init_worker(config: Config, threads: int) -> None:
+    """Set this worker's torch threads (the env leaves them alone) and build its env."""
     global _worker_env
     torch.set_num_threads(threads)
     _worker_env = UNetLREnv(config=config)
@@ -229,16 +230,19 @@ BACKENDS = ("local", "ray")
 
 
 def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
-             on_result: Callable[[EpisodeResult], None] | None = None, backend: str = "local"
-             ) -> list[EpisodeResult]:
+             on_result: Callable[[EpisodeResult], None] | None = None, backend: str = "local",
+             gpus_per_worker: float = 0.0) -> list[EpisodeResult]:
     """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs) or,
-    with ``backend="ray"``, one-CPU Ray actors (a cluster); results come back in job order."""
+    with ``backend="ray"``, one-CPU Ray actors (a cluster) holding ``gpus_per_worker`` of a GPU each; results
+    come back in job order."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if gpus_per_worker and backend != "ray":
+        raise ValueError("gpus_per_worker places Ray actors: use backend='ray' (local workers see every GPU)")
     if backend == "ray":
         from .ray_backend import iter_jobs
 
-        stream = iter_jobs(config, jobs, workers)
+        stream = iter_jobs(config, jobs, workers, gpus_per_worker)
     else:
         stream = _iter_jobs(config, jobs, workers)
     results: list[EpisodeResult] = []
@@ -251,7 +255,7 @@ def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
 
 def _iter_jobs(config: Config, jobs: list[Job], workers: int) -> Iterator[EpisodeResult]:
     if workers <= 1:
-        _init_worker(config, torch.get_num_threads())
+        _init_worker(config, config.env.torch_threads or torch.get_num_threads())
         yield from map(_run_job, jobs)
         return
     from .agents.workers import start_method

@@ -61,7 +61,7 @@ def _record(lr: float, epoch: int, evaluation: Any) -> dict[str, Any]:
 def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> None:
     """One population member (a Tune function trainable): trains ``instance`` step by step at its LR, reporting
     Dice with a Trainer checkpoint after every step; starts from a better member's checkpoint after an exploit.
-    A diverged member keeps reporting Dice 0 (each later step stops at its first batch) until it is replaced."""
+    A diverged member keeps reporting Dice 0 (the Trainer skips each later step) until it is replaced."""
     from ray import tune
 
     from .trainer import Trainer
@@ -106,10 +106,12 @@ def _step_counter() -> Any:
     return StepCounter()
 
 
-def run_instance(config: Config, instance: Instance, settings: PBTSettings, storage: Path
-                 ) -> tuple[EpisodeResult, int]:
+def run_instance(config: Config, instance: Instance, settings: PBTSettings, storage: Path,
+                 gpus_per_member: float = 0.0) -> tuple[EpisodeResult, int]:
     """One PBT run on ``instance``: its best member at the budget's end, and the epochs the population trained.
-    Asynchronous PBT (Tune's default): synchronous rounds pause and restart every member each round."""
+    Asynchronous PBT (Tune's default): synchronous rounds pause and restart every member each round. Each
+    member holds one CPU and ``gpus_per_member`` of a GPU (Ray assigns no GPU to a trial that asks for
+    none)."""
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
@@ -122,7 +124,8 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
         quantile_fraction=settings.quantile, resample_probability=settings.resample_probability,
         perturbation_factors=settings.factors)
     counter = _step_counter()
-    trainable = tune.with_resources(tune.with_parameters(member, config=config, instance=instance), {"cpu": 1})
+    trainable = tune.with_resources(tune.with_parameters(member, config=config, instance=instance),
+                                    {"cpu": 1, "gpu": gpus_per_member})
     tuner = tune.Tuner(
         trainable, param_space={"lr": tune.grid_search(member_lrs(config, settings.population))},
         tune_config=tune.TuneConfig(metric="dice", mode="max", scheduler=scheduler, reuse_actors=True),
@@ -143,12 +146,14 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     return result, counter.steps * env.epochs_per_step
 
 
-def run_pbt(config: Config, instances: list[Instance], settings: PBTSettings) -> tuple[list[EpisodeResult], int]:
+def run_pbt(config: Config, instances: list[Instance], settings: PBTSettings, gpus_per_member: float = 0.0
+            ) -> tuple[list[EpisodeResult], int]:
     """PBT on each instance in turn (exploit only ever copies members of the same instance); also returns the
     UNet epochs all populations trained."""
     from .ray_backend import connect
 
     connect(feature="PBT")
     with tempfile.TemporaryDirectory(prefix="rlsched-pbt-") as storage:
-        runs = [run_instance(config, instance, settings, Path(storage)) for instance in instances]
+        runs = [run_instance(config, instance, settings, Path(storage), gpus_per_member)
+                for instance in instances]
     return [result for result, _ in runs], sum(epochs for _, epochs in runs)

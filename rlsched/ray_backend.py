@@ -50,15 +50,26 @@ class EpisodeWorker:
         return _run_job(job)
 
 
-def iter_jobs(config: Config, jobs: list[Job], workers: int) -> Iterator[EpisodeResult]:
-    """Run ``jobs`` on up to ``workers`` one-CPU Ray actors (capped at the cluster's CPUs); results in job
-    order. Each episode runs the same code with one torch thread, so results equal the local backend's."""
+def iter_jobs(config: Config, jobs: list[Job], workers: int, gpus_per_worker: float = 0.0
+              ) -> Iterator[EpisodeResult]:
+    """Run ``jobs`` on up to ``workers`` one-CPU Ray actors (capped at what the cluster's CPUs, and GPUs when
+    ``gpus_per_worker`` > 0, hold); results in job order. Ray assigns a GPU only to an actor that asks for
+    one: without ``gpus_per_worker`` an actor sees no GPU (older Ray empties ``CUDA_VISIBLE_DEVICES``: the
+    UNets train on CPU) or every GPU (recent Ray, ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`` off: all actors crowd
+    onto GPU 0, unaccounted). Each episode runs the same code with one torch thread, so on CPU results equal
+    the local backend's."""
     ray = connect()
     from ray.util import ActorPool
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    actor = ray.remote(num_cpus=1)(EpisodeWorker)
-    actors = [actor.remote(config) for _ in range(max(1, min(workers, len(jobs), cpus)))]
+    resources = ray.cluster_resources()
+    fits = int(resources.get("CPU", 1))
+    if gpus_per_worker:
+        gpus = resources.get("GPU", 0.0)
+        if gpus < gpus_per_worker:
+            raise ValueError(f"{gpus_per_worker} GPU per worker, but the Ray cluster has {gpus:g} GPU(s)")
+        fits = min(fits, int(gpus / gpus_per_worker))
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(EpisodeWorker)
+    actors = [actor.remote(config) for _ in range(max(1, min(workers, len(jobs), fits)))]
     try:
         yield from ActorPool(actors).map(lambda a, job: a.run.remote(job), jobs)
     finally:

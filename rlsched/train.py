@@ -58,8 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
     p.add_argument("--bc-episodes", type=int, default=0,
                    help="sb3: first clone the scripted rule (--teacher-lr) from this many episodes per env")
-    p.add_argument("--teacher-lr", type=float, default=0.05,
-                   help="scripted rule: steer the LR towards this value as fast as the factors allow")
+    p.add_argument("--teacher-lr", type=float, default=None,
+                   help="scripted rule: steer the LR towards this value as fast as the factors allow "
+                        "(default: grid-searched on --teacher-search-instances train instances)")
+    p.add_argument("--teacher-search-instances", type=int, default=2,
+                   help="train instances of the teacher's target-LR search (its epochs count as training)")
     p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
                    help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -165,11 +168,7 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
     else:
         model = build_ppo(config, settings, env, args.seed, run_dir / "tb")
         if args.bc_episodes:
-            from .agents.teacher import ScriptedRule, behaviour_clone
-
-            stats = behaviour_clone(model, ScriptedRule(config.env, args.teacher_lr), args.bc_episodes)
-            print(f"behaviour cloning of the scripted rule (towards LR {args.teacher_lr:g}): "
-                  f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
+            _warm_start(model, run_dir, args, config)
     callback = RunCallback(run_dir, episodes)
     remaining = max(0, args.total_timesteps - model.num_timesteps)
     print(f"training SB3 PPO for {remaining} env steps ({model.num_timesteps} done) with {args.n_envs} env(s)")
@@ -242,6 +241,23 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     agent.save(run_dir / "model.pt")
     envs.close()
     return run_dir / "model.pt"
+
+
+def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Config) -> None:
+    """Clone the scripted rule into the fresh policy; its target LR is searched on train instances first
+    unless given. Every episode this costs lands in episodes.jsonl (it is training compute)."""
+    from .agents.episodes import harness_record
+    from .agents.teacher import ScriptedRule, behaviour_clone, search_target
+    from .runs import append_jsonl
+
+    target = args.teacher_lr
+    if target is None:
+        target, searched = search_target(config, args.teacher_search_instances, args.n_envs)
+        append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
+        print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
+    stats = behaviour_clone(model, ScriptedRule(config.env, target), args.bc_episodes)
+    print(f"behaviour cloning of the scripted rule (towards LR {target:g}): "
+          f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
 
 
 def _drop_discarded_episodes(run_dir: Path, episodes: Any) -> None:

@@ -2,7 +2,12 @@
 
 It knows nothing of RL or schedules: callers set the LR with ``set_lr`` between epochs and read back
 ``EpochStats`` / ``EvalStats``. A non-finite loss or gradient is an *outcome* (``diverged=True``), never an
-exception, and the last good state is kept so a caller can roll back.
+exception; with ``keep_last_good=True`` the state before each epoch is kept so a caller can roll back.
+
+On a GPU the host waits for the device once per epoch and once per validation, not once per batch: losses,
+gradient norms and the finiteness flag are accumulated as device tensors and read back together. It leaves
+the process's global torch RNG alone (its init is seeded locally), so an agent sampling actions in the same
+process does not see its stream depend on the instance being trained.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from .unet import build_unet
 class EpochStats:
     """What one training epoch did, in numbers a controller may observe."""
 
-    loss: float  # mean training loss over the batches that ran
-    grad_norm: float  # mean global gradient norm (before clipping)
+    loss: float  # mean training loss over the batches that stepped before any non-finite one
+    grad_norm: float  # mean global gradient norm (before clipping) over the same batches
     update_ratio: float  # ||w_end - w_start|| / ||w_start|| over the epoch
     seconds: float
-    batches: int
+    batches: int  # that stepped and were counted in loss and grad_norm
     diverged: bool
     lr: float
 
@@ -93,6 +98,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype (None: full precision): bf16 where the GPU has it, else fp16, which needs loss
+    scaling (``torch.amp.GradScaler``, which reads back its overflow flag every step) because its 5-bit
+    exponent underflows small gradients to zero."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def build_optimizer(config: Config, params: Any, lr: float) -> torch.optim.Optimizer:
     opt = config.optim
     if opt.name == "sgd":
@@ -111,20 +125,25 @@ class Trainer:
     """Trains a UNet on a ``SegmentationData`` with the LR its caller sets.
 
     ``seed`` fixes the initial weights and the batch order/augmentation stream, so two trainers built with the
-    same (config, data, seed, lr) train identically on CPU.
+    same (config, data, seed, lr) train identically on CPU. ``keep_last_good`` snapshots the whole state
+    before every epoch for ``restore_last_good``; off by default because the copy doubles the memory of model
+    and optimizer and nothing on the env's path rolls back (a diverged episode ends).
     """
 
-    def __init__(self, config: Config, data: SegmentationData, seed: int, lr: float | None = None) -> None:
+    def __init__(self, config: Config, data: SegmentationData, seed: int, lr: float | None = None,
+                 keep_last_good: bool = False) -> None:
         self.config = config
         self.device = resolve_device(config.optim.device)
         on_cuda = self.device.type == "cuda"
-        self.amp = config.optim.amp and on_cuda
+        self.amp_dtype = autocast_dtype(self.device, config.optim.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.memory_format = torch.channels_last if (config.optim.channels_last and on_cuda) else torch.contiguous_format
 
-        torch.manual_seed(seed)
         in_channels = data.train_images.shape[1]
-        self.model = build_unet(config.model, in_channels, config.data.out_channels).to(
-            self.device, memory_format=self.memory_format)
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: seed the CPU generator, restore it after
+            torch.default_generator.manual_seed(seed)
+            model = build_unet(config.model, in_channels, config.data.out_channels)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.head = make_head(config.data, config.loss)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(config, self.params, lr if lr is not None else config.optim.lr)
@@ -137,7 +156,9 @@ class Trainer:
         self.val_masks = data.val_masks.to(self.device)
         self.metrics = SegmentationMetrics(data.task, data.classes, data.ignore_index)
         self.epoch = 0
+        self.keep_last_good = keep_last_good
         self._last_good: dict[str, Any] | None = None
+        self._diverged = False  # the last epoch diverged: skip training until a state is loaded
 
     # ----------------------------------------------------------------------------------------------- LR
     @property
@@ -151,57 +172,80 @@ class Trainer:
             group["lr"] = lr
 
     # ----------------------------------------------------------------------------------------------- train
-    def _batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor, augment: bool):
+    def _batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
+               flips: tuple[bool, bool] = (False, False)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather a batch, mirrored left-right and/or up-down as ``flips`` says (decided on the host)."""
         x = images[idx]
         y = masks[idx]
-        if augment:
-            flips = torch.rand(2, generator=self.generator)
-            if flips[0] < 0.5:
-                x, y = x.flip(-1), y.flip(-1)
-            if flips[1] < 0.5:
-                x, y = x.flip(-2), y.flip(-2)
+        if flips[0]:
+            x, y = x.flip(-1), y.flip(-1)
+        if flips[1]:
+            x, y = x.flip(-2), y.flip(-2)
         return x.contiguous(memory_format=self.memory_format), y
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
 
     @torch.enable_grad()  # callers may run under no_grad (e.g. an agent collecting a rollout in-process)
     def train_epoch(self) -> EpochStats:
-        """One pass over the training set; stops early (``diverged``) at the first non-finite loss or gradient."""
-        self._last_good = self.state_dict()
-        self.model.train()
+        """One pass over the training set; ``diverged`` if any batch had a non-finite loss or gradient.
+
+        Loss, gradient norm and finiteness stay on the device and are read back once, at the end: stopping at
+        the first bad batch would cost a host sync per batch. So the batches after a bad one still run (on
+        non-finite weights), the stats cover the batches before it, and a diverged trainer skips later epochs
+        until a state is loaded (``load_state_dict`` / ``restore_last_good``).
+        """
         start = time.perf_counter()
+        if self._diverged:
+            self.epoch += 1
+            return EpochStats(math.nan, math.nan, math.nan, time.perf_counter() - start, 0, True, self.lr)
+        if self.keep_last_good:
+            self._last_good = self.state_dict()
+        self.model.train()
         w_start = _flat_params(self.params)
         order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
+        batches = order.split(self.config.optim.batch_size)
+        if self.config.optim.augment:
+            flips = (torch.rand(len(batches), 2, generator=self.generator) < 0.5).tolist()
+        else:
+            flips = [[False, False]] * len(batches)
         clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else math.inf
-        loss_sum, grad_sum, batches, diverged = 0.0, 0.0, 0, False
-        for idx in order.split(self.config.optim.batch_size):
-            x, y = self._batch(self.train_images, self.train_masks, idx, self.config.optim.augment)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        scaling = self.scaler.is_enabled()
+        loss_sum, grad_sum, counted = (torch.zeros((), device=self.device) for _ in range(3))
+        finite = torch.ones((), dtype=torch.bool, device=self.device)  # no bad batch so far
+        for idx, flip in zip(batches, flips):
+            x, y = self._batch(self.train_images, self.train_masks, idx, tuple(flip))
+            with self._autocast():
                 logits = self.model(x)
             loss = self.head.loss(logits, y)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                diverged = True
-                break
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-            if not math.isfinite(grad_norm):
-                diverged = True
-                break
-            self.optimizer.step()
-            loss_sum += loss_value
-            grad_sum += grad_norm
-            batches += 1
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss = loss.detach()
+            stepped = grad_norm.isfinite()
+            # with fp16 loss scaling a non-finite gradient is an overflow the scaler skipped, not a divergence
+            finite &= loss.isfinite() if scaling else loss.isfinite() & stepped
+            took = finite & stepped
+            loss_sum += torch.where(took, loss, 0.0)
+            grad_sum += torch.where(took, grad_norm, 0.0)
+            counted += took
         w_end = _flat_params(self.params)
-        update_ratio = float((w_end - w_start).norm() / w_start.norm().clamp_min(1e-12))
-        diverged = diverged or not math.isfinite(update_ratio)
+        ratio = (w_end - w_start).norm() / w_start.norm().clamp_min(1e-12)
+        loss_total, grad_total, n, ok, update_ratio = torch.stack(
+            [loss_sum, grad_sum, counted, finite.float(), ratio.float()]).tolist()  # the one read-back
+        self._diverged = not ok or not math.isfinite(update_ratio)
         self.epoch += 1
         return EpochStats(
-            loss=loss_sum / batches if batches else math.nan,
-            grad_norm=grad_sum / batches if batches else math.nan,
+            loss=loss_total / n if n else math.nan,
+            grad_norm=grad_total / n if n else math.nan,
             update_ratio=update_ratio,
             seconds=time.perf_counter() - start,
-            batches=batches,
-            diverged=diverged,
+            batches=int(n),
+            diverged=self._diverged,
             lr=self.lr,
         )
 
@@ -219,21 +263,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> EvalStats:
-        """Loss and Dice/IoU over the whole validation set."""
+        """Loss and Dice/IoU over the whole validation set (read back once, at the end)."""
         self.model.eval()
         start = time.perf_counter()
         self.metrics.reset()
-        loss_sum, samples = 0.0, 0
+        loss_sum = torch.zeros((), device=self.device)
         for idx in torch.arange(len(self.val_images), device=self.device).split(self.config.optim.batch_size):
-            x, y = self._batch(self.val_images, self.val_masks, idx, augment=False)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            x, y = self._batch(self.val_images, self.val_masks, idx)
+            with self._autocast():
                 logits = self.model(x)
-            loss_sum += self.head.loss(logits, y).item() * len(idx)
-            samples += len(idx)
+            loss_sum += self.head.loss(logits, y) * len(idx)
             self.metrics.update(self.head.predict(logits), y)
-        result = self.metrics.compute()
+        result = self.metrics.compute()  # waits for the device; the loss below is then ready
         return EvalStats(
-            loss=loss_sum / samples,
+            loss=loss_sum.item() / len(self.val_images),
             dice=list(result["dice"]),
             dice_mean=float(result["dice_mean"]),
             iou=list(result["iou"]),
@@ -243,29 +286,31 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-for-bit: weights, optimizer, epoch and every RNG involved."""
-        state = {
+        """Everything needed to continue bit-for-bit: weights, optimizer, loss scale, epoch and the trainer's
+        own generator (training draws from nothing else)."""
+        return {
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scaler": self.scaler.state_dict(),  # empty unless fp16 loss scaling is on
             "epoch": self.epoch,
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict`` (also how a diverged trainer is revived)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self._diverged = False
 
     def restore_last_good(self) -> None:
-        """Roll back to the state before the last ``train_epoch`` (use after ``diverged``)."""
+        """Roll back to the state before the last epoch that trained (use after ``diverged``); needs
+        ``keep_last_good=True``."""
+        if not self.keep_last_good:
+            raise RuntimeError("restore_last_good needs a Trainer built with keep_last_good=True")
         if self._last_good is None:
             raise RuntimeError("no epoch has run yet, so there is no earlier state to restore")
         self.load_state_dict(self._last_good)

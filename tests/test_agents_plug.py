@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
@@ -10,10 +11,11 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import rlsched  # noqa: F401  (registers the env ids)
 from rlsched.agents.workers import start_method
 
-TINY = {"data": {"image_size": 16, "n_train": 16, "n_val": 8}, "env": {"epochs": 4, "torch_threads": 1}}
+TINY = {"data": {"image_size": 16, "n_train": 16, "n_val": 8}, "env": {"epochs": 4}}
 
 
 def tiny_env(**env_overrides):
+    torch.set_num_threads(1)  # in a vector env's worker: the worker's job, the env leaves threads alone
     return gym.make("rlsched/UNetLR-v0", preset="fast", data=TINY["data"], env={**TINY["env"], **env_overrides})
 
 

@@ -1,10 +1,14 @@
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rlsched  # noqa: F401  (registers the env ids)
+from rlsched.agents.workers import env_factory
 from rlsched.config import ConfigError
 from rlsched.data import make_dataset
 from rlsched.control import OBS_FEATURES, observation_names
@@ -39,6 +43,32 @@ def test_make_by_id_with_preset_overrides_and_the_no_argument_fast_id():
     assert fast.unwrapped.config.name == "fast"
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         gym.make("rlsched/UNetLR-v0", preset="fast", env={"epoch": 2})
+
+
+def test_building_and_running_an_env_leaves_torch_global_state_alone():
+    """One env in-process beside an agent: the agent's action sampling and threads must not depend on it."""
+    torch.manual_seed(11)
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    env = UNetLREnv("fast", **SHORT, **{"env.torch_threads": threads + 1})
+    assert torch.get_num_threads() == threads
+    env.reset(seed=0)
+    env.step(env.keep_action)
+    assert torch.equal(torch.get_rng_state(), rng)
+    state = env.trainer.state_dict()
+    torch.rand(1)  # the agent draws meanwhile: restoring the trainer must not rewind it
+    rng = torch.get_rng_state()
+    env.trainer.load_state_dict(state)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_setting_torch_threads_is_the_env_factorys_job(fast_config):
+    threads = torch.get_num_threads()
+    config = replace(fast_config, env=replace(fast_config.env, torch_threads=threads + 1))
+    try:
+        env_factory(config, 0, None, in_worker=False)()
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_observation_space_is_declared_beside_its_builder():

@@ -38,7 +38,7 @@ def trajectories(results):
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # a declared GPU: Ray places on it, torch uses CPU
     yield
     ray.shutdown()
 
@@ -101,10 +101,37 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
     assert (run_dir / "model.rllib").is_dir()
 
 
-def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config):
+def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
+    from ray import tune
+
+    from rlsched.ray_backend import EpisodeWorker
+
     local = compare.run_comparison(config, [], compare.Settings(**SETTINGS), progress=False)
-    on_ray = compare.run_comparison(config, [], compare.Settings(**SETTINGS, backend="ray", pbt_population=2),
-                                    progress=False)
+    actors, members = [], []  # the resources each episode actor and each PBT trainable asked for
+    remote, with_resources = ray.remote, tune.with_resources
+
+    def recording_remote(*args, **options):
+        decorate = remote(*args, **options)
+        if args:  # @ray.remote without options (Ray's own tasks)
+            return decorate
+
+        def apply(target):
+            if target is EpisodeWorker:
+                actors.append(options)
+            return decorate(target)
+        return apply
+
+    def recording_with_resources(trainable, resources):
+        members.append(resources)
+        return with_resources(trainable, resources)
+
+    monkeypatch.setattr(ray, "remote", recording_remote)
+    monkeypatch.setattr(tune, "with_resources", recording_with_resources)
+    settings = compare.Settings(**SETTINGS, backend="ray", pbt_population=2, gpus_per_worker=0.5)
+    on_ray = compare.run_comparison(config, [], settings, progress=False)
+    # every episode actor and PBT member asked for its GPU share (without one, Ray assigns it no GPU)
+    assert actors and all(kwargs == {"num_cpus": 1, "num_gpus": 0.5} for kwargs in actors)
+    assert members and all(resources == {"cpu": 1, "gpu": 0.5} for resources in members)
     assert on_ray.tuning.scores == local.tuning.scores
     pbt = [r for r in on_ray.results if r.method == "pbt"]
     assert trajectories(r for r in on_ray.results if r.method != "pbt") == trajectories(local.results)
@@ -124,6 +151,14 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config):
     rows = {r["method"]: r for r in compare.summarize(on_ray) if r["factor"] is None}
     assert rows["pbt"]["n"] == 2 and math.isfinite(rows["pbt"]["final_dice_mean"])
     assert f"| pbt | PBT | {trained - 4} |" in compare.report(on_ray, compare.summarize(on_ray))
+
+
+def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
+    from rlsched.harness import Job, run_jobs
+
+    job = Job("constant", "schedule", "constant", make_instances(config.env, "heldout")[0])
+    with pytest.raises(ValueError, match="the Ray cluster has 1 GPU"):
+        run_jobs(config, [job], backend="ray", gpus_per_worker=2.0)
 
 
 def test_pbt_needs_the_ray_backend_and_two_members():

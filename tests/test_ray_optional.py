@@ -36,6 +36,13 @@ def test_ray_only_flags_need_their_backend(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main(["--preset", "fast", "--pbt-population", "4", "--runs-dir", str(tmp_path)])
     assert "--backend ray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "fast", "--num-gpus-per-worker", "0.5", "--runs-dir", str(tmp_path)])
+    assert "--num-gpus-per-worker places Ray actors: add --backend ray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "fast", "--backend", "ray", "--num-gpus-per-worker", "-1",
+                      "--runs-dir", str(tmp_path)])
+    assert "a GPU share is a number >= 0" in capsys.readouterr().err
 
 
 def test_a_run_started_before_the_backend_options_existed_still_resumes_on_sb3(tmp_path):

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from rlsched.config import load_config
 from rlsched.data import make_dataset
-from rlsched.trainer import Trainer
+from rlsched.trainer import Trainer, autocast_dtype
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_resume_from_state_dict_is_bit_for_bit(fast_config, data):
     for _ in range(2):
         first.train_epoch()
     state = first.state_dict()
-    torch.manual_seed(1234)  # disturb the global RNG: the checkpoint must carry it
+    torch.manual_seed(1234)  # disturb the global RNG: training must not depend on it
     resumed = Trainer(fast_config, data, seed=99, lr=1.0)
     resumed.load_state_dict(state)
     assert resumed.epoch == 2 and resumed.lr == 0.05
@@ -55,7 +56,7 @@ def test_resume_from_state_dict_is_bit_for_bit(fast_config, data):
 
 
 def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
-    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
     trainer.train_epoch()
     good = params(trainer).clone()
     trainer.set_lr(1e4)
@@ -63,6 +64,105 @@ def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
     assert result.diverged and result.evaluation is None and result.record()["diverged"]
     trainer.restore_last_good()
     assert torch.equal(params(trainer), good)
+
+
+def test_no_snapshot_unless_asked(fast_config, data):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer.train_epoch()
+    assert trainer._last_good is None  # no per-epoch copy of model and optimizer by default
+    with pytest.raises(RuntimeError, match="keep_last_good=True"):
+        trainer.restore_last_good()
+
+
+def test_a_bad_batch_mid_epoch_is_found_at_the_end_and_the_trainer_stops_until_reloaded(fast_config, data,
+                                                                                         monkeypatch):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    start = trainer.state_dict()
+    loss, calls = trainer.head.loss, []
+
+    def third_is_nan(logits, target):
+        calls.append(1)
+        value = loss(logits, target)
+        return value * math.nan if len(calls) == 3 else value
+
+    monkeypatch.setattr(trainer.head, "loss", third_is_nan)
+    stats = trainer.train_epoch()
+    assert stats.diverged and stats.batches == 2
+    assert math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)  # the two batches before it
+    assert len(calls) == math.ceil(len(data.train_images) / fast_config.optim.batch_size)  # ran to the end
+    again = trainer.train_slice(1)
+    assert again.diverged and again.epochs[0].batches == 0 and len(calls) == 4  # skipped, not retrained
+    monkeypatch.setattr(trainer.head, "loss", loss)
+    trainer.load_state_dict(start)
+    assert not trainer.train_epoch().diverged
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the tensor reads that make the host wait for the device on a GPU."""
+
+    READS = {"item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__", "__format__"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["train_epoch", "evaluate"])
+def test_host_reads_per_epoch_do_not_grow_with_the_batch_count(fast_config, data, method):
+    counts = []
+    for batch_size in (32, 8):  # 2 then 8 training batches, 1 then 4 validation batches
+        config = load_config("fast", {"optim.batch_size": batch_size})
+        trainer = Trainer(config, data, seed=0, lr=0.05)
+        with HostReads() as reads:
+            getattr(trainer, method)()
+        counts.append(reads.count)
+    assert counts[0] == counts[1] <= 2
+
+
+def test_bf16_where_the_gpu_has_it_else_fp16(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(cuda, amp=True) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, amp=True) is torch.float16
+    assert autocast_dtype(cuda, amp=False) is None and autocast_dtype(cpu, amp=True) is None
+
+
+def test_fp16_gets_a_grad_scaler(fast_config, data, monkeypatch):
+    assert not Trainer(fast_config, data, seed=0).scaler.is_enabled()  # full precision: nothing to scale
+    monkeypatch.setattr("rlsched.trainer.autocast_dtype", lambda device, amp: torch.float16)
+    assert Trainer(fast_config, data, seed=0).scaler.is_enabled()
+
+
+@pytest.mark.parametrize("scaling", [False, True])
+def test_a_non_finite_gradient_diverges_unless_loss_scaling_skips_it(fast_config, data, scaling):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    if scaling:
+        trainer.scaler = torch.amp.GradScaler("cpu")  # what fp16 gets (fp16 itself is slow on a CPU)
+    trainer.params[0].register_hook(lambda grad: grad * math.inf)  # every backward overflows; loss is fine
+    before = params(trainer).clone()
+    stats = trainer.train_epoch()
+    assert stats.batches == 0 and stats.diverged is not scaling
+    if scaling:  # the scaler skipped every step and backed off; nothing was lost
+        assert torch.equal(params(trainer), before) and trainer.scaler.get_scale() < 2.0**16
+
+
+def test_the_global_rng_is_left_alone(fast_config, data):
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
+    trainer.train_slice(1)
+    assert torch.equal(torch.get_rng_state(), before)
+    state = trainer.state_dict()
+    torch.rand(1)  # the caller draws from it meanwhile: loading a state must not rewind that
+    before = torch.get_rng_state()
+    trainer.load_state_dict(state)
+    trainer.restore_last_good()
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_grad_clip_bounds_the_update(data):

@@ -45,6 +45,16 @@ class EpisodeRecorder(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+def harness_record(result: Any, phase: str) -> dict[str, Any]:
+    """The ``episodes.jsonl`` record of an episode run through the harness (e.g. a teacher's target search),
+    so every epoch a training run spends is in one file."""
+    records = result.records
+    return {"worker": -1, "phase": phase, "split": result.instance.split, "instance": result.instance.index,
+            "initial_lr": result.instance.initial_lr, "initial_dice": result.dices[0],
+            "final_dice": result.final_dice, "diverged": result.diverged, "epochs": result.epochs,
+            "penalty": 0.0, "lrs": [float(r["lr"]) for r in records[1:]]}
+
+
 class EpisodeLog:
     """Reads the episodes that finished since the last call and summarises them for TensorBoard."""
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +66,12 @@ def register(config: Config, episodes_path: Path) -> None:
     """Register ``ENV_NAME`` with Ray: the run's config, one torch thread per runner, episodes recorded."""
     from ray.tune.registry import register_env
 
-    worker_config = replace(config, env=replace(config.env, torch_threads=1))
-
     def make(context: Any) -> Any:
         from ..env import UNetLREnv
         from .episodes import EpisodeRecorder
 
-        return EpisodeRecorder(UNetLREnv(config=worker_config), episodes_path, int(context.worker_index))
+        torch.set_num_threads(1)  # the runner's job: the env leaves torch's threads alone
+        return EpisodeRecorder(UNetLREnv(config=config), episodes_path, int(context.worker_index))
 
     register_env(ENV_NAME, make)
 

@@ -13,7 +13,9 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from ..harness import ScriptedRule
+from ..config import Config
+from ..env import make_instances
+from ..harness import EpisodeResult, ScriptedRule
 
 
 def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200) -> dict[str, float]:
@@ -61,3 +63,15 @@ def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epoch
         predicted = policy.get_distribution(x).distribution.probs.argmax(-1)
     model.num_timesteps += steps * venv.num_envs
     return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss.detach())}
+
+
+def search_target(config: Config, instances: int, workers: int) -> tuple[float, list[EpisodeResult]]:
+    """The rule's target LR, grid-searched on the first ``instances`` *train* instances like a fixed
+    schedule's base LR in ``rlsched.compare`` (one point per decade of the initial-LR range); returns the
+    target and the episodes it cost."""
+    from ..compare import SCRIPTED, search_grid, tune_base_lrs
+
+    episodes: list[EpisodeResult] = []
+    tuning = tune_base_lrs(config, (SCRIPTED,), search_grid(config, 1), make_instances(config.env, "train")[:instances],
+                           workers, on_result=episodes.append)
+    return tuning.base_lrs[SCRIPTED], episodes

@@ -5,11 +5,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import gymnasium as gym
+import torch
 
 from ..config import Config
 from .episodes import EpisodeRecorder
@@ -27,17 +27,19 @@ def worker_threads(n_workers: int) -> int:
 
 def env_factory(config: Config, rank: int, episodes_path: Path | None, in_worker: bool,
                 n_workers: int = 1) -> Callable[[], gym.Env]:
-    """A picklable factory for env ``rank``; in a subprocess it limits torch threads and leaves Ctrl-C to the
-    parent, which saves a checkpoint and then closes the workers."""
+    """A picklable factory for env ``rank``; it sets the process's torch threads (in a subprocess: its share
+    of the cores; in-process: ``env.torch_threads`` if set), which the env itself never touches, and in a
+    subprocess leaves Ctrl-C to the parent, which saves a checkpoint and then closes the workers."""
     threads = worker_threads(n_workers) if in_worker else config.env.torch_threads
-    worker_config = replace(config, env=replace(config.env, torch_threads=threads))
 
     def make() -> gym.Env:
         from ..env import UNetLREnv
 
+        if threads:
+            torch.set_num_threads(threads)
         if in_worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        env: gym.Env = UNetLREnv(config=worker_config)
+        env: gym.Env = UNetLREnv(config=config)
         if episodes_path is not None:
             env = EpisodeRecorder(env, episodes_path, rank)
         return env
