@@ -143,12 +143,27 @@ def test_training_epochs_fall_back_to_the_checkpoint_step_count(agent, tmp_path)
 
 def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
     rows = main_rows(run_dir)
-    best = max(SCHEDULES, key=lambda name: float(rows[name]["final_dice_mean"]))
+    chosen = [r for r in read_csv(run_dir / "tuning.csv") if r["chosen"] == "True"]  # train-instance scores
+    best = max(chosen, key=lambda r: (float(r["final_dice"]), float(r["auc_dice"])))["schedule"]
     report = (run_dir / "summary.md").read_text()
     assert f"vs the best fixed schedule ({best})" in report
     for name in AGENTS:
         difference = float(rows[name]["final_dice_mean"]) - float(rows[best]["final_dice_mean"])
         assert f"| **{name}** − {best} | {difference:+.3f}" in report
+
+
+def test_comparator_is_chosen_on_train_instances_not_on_held_out_results():
+    """'cosine' wins the grid search on train instances, 'constant' wins on held-out: the paired test must
+    compare against cosine, or held-out results would pick the comparator they are then tested against."""
+    tuning = compare.Tuning((0.01, 0.1), 1, 2, {"constant": {0.01: (0.2, 0.1), 0.1: (0.5, 0.3)},
+                                                "cosine": {0.01: (0.1, 0.1), 0.1: (0.6, 0.3)}})
+    methods = [compare.Method("constant", "schedule", "constant", 0.1), compare.Method("cosine", "schedule",
+                                                                                       "cosine", 0.1)]
+    results = [episode([0.2, 0.9]), episode([0.2, 0.3])]
+    results[0].method, results[1].method = "constant", "cosine"
+    comparison = compare.Comparison(load_config("fast"), compare.Settings(), methods, tuning,
+                                    [results[0].instance], results)
+    assert compare.best_fixed(comparison) == "cosine"
 
 
 # ------------------------------------------------------------------------------------ metrics, no training
