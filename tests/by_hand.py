@@ -45,7 +45,7 @@ def t_test_pvalue(differences: list[float]) -> float:
 def wilcoxon_exact_pvalue(differences: list[float]) -> float:
     """Two-sided exact Wilcoxon signed-rank p-value by enumerating every sign pattern (no zeros, no ties)."""
     magnitudes = [abs(d) for d in differences]
-    assert 0 not in magnitudes and len(set(magnitudes)) == len(magnitudes), "exact test needs no zeros or ties"
+    assert 0 not in magnitudes and len(set(magnitudes)) == len(magnitudes), "needs no zeros or ties"
     ranks = {m: r for r, m in enumerate(sorted(magnitudes), start=1)}
     positive = sum(ranks[abs(d)] for d in differences if d > 0)
     total = len(differences) * (len(differences) + 1) // 2
@@ -55,7 +55,8 @@ def wilcoxon_exact_pvalue(differences: list[float]) -> float:
     return min(1.0, 2 * as_extreme / 2 ** len(differences))
 
 
-def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: int, ignore_index: int) -> list[float]:
+def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: int, ignore_index: int = 255
+                   ) -> list[float]:
     """Dataset Dice 2TP / (2TP + FP + FN) of class-index maps, classes 1..K, ignored pixels left out."""
     kept = target != ignore_index
     scores = []

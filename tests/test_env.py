@@ -1,3 +1,5 @@
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -41,12 +43,40 @@ def test_make_by_id_with_preset_overrides_and_the_no_argument_fast_id():
         gym.make("rlsched/UNetLR-v0", preset="fast", env={"epoch": 2})
 
 
-def test_observation_space_is_declared_beside_its_builder():
+def test_observation_reports_the_training_run_feature_by_feature():
+    """The env fills each feature from the right number (tests/test_control.py pins the feature order)."""
     env = UNetLREnv("fast", **SHORT, **{"env.history": 3})
+    cfg = env.config.env
     assert env.observation_space.shape == (len(OBS_FEATURES) + 2 * 3,)
-    assert len(observation_names(env.config.env)) == env.observation_space.shape[0]
-    obs, _ = env.reset(seed=0)
-    assert env.observation_space.contains(obs)
+    names = observation_names(cfg)
+    assert len(names) == env.observation_space.shape[0]
+
+    def scaled(lr):
+        low, high = math.log10(cfg.lr_min), math.log10(cfg.lr_max)
+        return 2 * (math.log10(lr) - low) / (high - low) - 1
+
+    def check(obs, expected):
+        assert env.observation_space.contains(obs)
+        for name, value in expected.items():
+            assert obs[names.index(name)] == pytest.approx(value, abs=1e-5), name
+
+    obs, reset = env.reset(seed=0, options={"lr": 0.01})
+    lags = {f"{name}{k}": value for k in (1, 2, 3)
+            for name, value in (("dice_lag", reset["dice_mean"]), ("log_lr_lag", scaled(0.01)))}
+    check(obs, {"log_lr": scaled(0.01), "budget_used": 0.0, "log_train_loss": math.log(reset["val_loss"]),
+                "log_val_loss": math.log(reset["val_loss"]), "d_log_train_loss": 0.0, "d_log_val_loss": 0.0,
+                "dice": reset["dice_mean"], "d_dice": 0.0, "log_grad_norm": 0.0, "log_update_ratio": -8.0,
+                **lags})
+    obs, _, _, _, info = env.step(4)  # x2
+    assert info["train_loss"] != info["val_loss"] and info["dice_mean"] != reset["dice_mean"]
+    check(obs, {"log_lr": scaled(0.02), "budget_used": 1 / 3,
+                "log_train_loss": math.log(info["train_loss"]), "log_val_loss": math.log(info["val_loss"]),
+                "d_log_train_loss": math.log(info["train_loss"] / reset["val_loss"]),
+                "d_log_val_loss": math.log(info["val_loss"] / reset["val_loss"]),
+                "dice": info["dice_mean"], "d_dice": info["dice_mean"] - reset["dice_mean"],
+                "log_grad_norm": math.log10(info["grad_norm"]),
+                "log_update_ratio": math.log10(info["update_ratio"]),
+                "dice_lag1": reset["dice_mean"], "log_lr_lag1": scaled(0.01)})
 
 
 def test_same_seed_and_actions_give_the_same_trajectory():
@@ -97,9 +127,16 @@ def test_divergence_terminates_with_penalty_and_never_raises():
 
 
 def test_budget_end_is_terminal_not_truncated():
-    trajectory = rollout(UNetLREnv("fast", **SHORT), 0, [2] * 10, options={"lr": 0.01})
-    assert len(trajectory) == 4  # reset + 3 steps
-    assert trajectory[-1][2]["epoch"] == 3
+    """The observation carries the budget spent, so its end is a true terminal state: agents must not bootstrap."""
+    env = UNetLREnv("fast", **SHORT)
+    env.reset(seed=0, options={"lr": 0.01})
+    steps = [env.step(2) for _ in range(3)]
+    assert [(terminated, truncated) for _, _, terminated, truncated, _ in steps] == [(False, False)] * 2 + [
+        (True, False)]
+    assert [info["epoch"] for *_, info in steps] == [1, 2, 3]
+    assert "final_dice" in steps[-1][4] and "final_dice" not in steps[-2][4]
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(2)
 
 
 def test_heldout_instances_are_disjoint_and_selectable():
