@@ -151,6 +151,30 @@ def test_value_loss_is_unclipped_by_default_and_pessimistic_when_clipped():
     assert clipped["value_loss"].item() == pytest.approx(4.8**2, rel=1e-5)  # max(unclipped, clipped) error
 
 
+def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float:
+    return float(1 - (returns - values).var() / returns.var())
+
+
+def test_critic_learns_the_returns_of_a_fixed_batch():
+    """The value loss trains the critic: on one rollout, repeated updates explain most of the returns' variance."""
+    agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=32, batch_size=16, learning_rate=1e-2), seed=0)
+    rollout = agent.collect_rollout()
+    batch = rollout.flatten()
+    returns = batch.returns[batch.valid]
+
+    def critic_ev() -> float:
+        with torch.no_grad():
+            return explained_variance(returns, agent.critic(batch.obs).squeeze(-1)[batch.valid])
+
+    before = critic_ev()
+    stats = [agent.update(rollout) for _ in range(5)]
+    assert before < 0.1 and critic_ev() > 0.6
+    # The logged statistic is that of the values stored at collection time, so it is the same every update.
+    stored = explained_variance(returns, batch.values[batch.valid])
+    assert stored == pytest.approx(before, abs=1e-6)
+    assert [s["explained_variance"] for s in stats] == pytest.approx([stored] * 5, abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ autoreset
 
 
@@ -242,7 +266,9 @@ def test_gaussian_policy_stores_unclipped_actions_and_learns_the_target(tmp_path
     np.testing.assert_array_equal(loaded.predict(batch)[0], agent.predict(batch)[0])
 
 
-def test_pendulum_runs():
+def test_pendulum_runs_with_actions_clipped_to_its_own_bounds():
+    """Pendulum's torque lies in [-2, 2]: sampled actions are clipped there (not to [-1, 1]) and its time limit
+    ends every episode at 200 steps."""
     logs: list[dict[str, float]] = []
     envs = RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, vectorization_mode="sync"))
     agent = ReferencePPO(envs, PPOConfig(n_steps=128, batch_size=64), seed=0,
@@ -250,9 +276,16 @@ def test_pendulum_runs():
     log_std_before = agent.actor.log_std.detach().clone()
     agent.learn(512)
     assert len(logs) == 2 and all(math.isfinite(s["value_loss"]) for s in logs)
-    assert "episode_return_mean" in logs[1]  # the 200-step time limit was reached in the 2nd rollout
+    assert "episode_return_mean" not in logs[0]
+    assert logs[1]["episode_length_mean"] == 200  # both envs hit the time limit in the 2nd rollout
+    assert -16.3 * 200 <= logs[1]["episode_return_mean"] < 0  # Pendulum's reward lies in [-16.27, 0]
     assert not torch.equal(agent.actor.log_std.detach(), log_std_before)
-    assert agent.predict(envs.observation_space.sample())[0].shape == (2, 1)
+
+    observations = np.zeros((512, 3), np.float32)
+    sampled = agent.predict(observations, deterministic=False)[0]
+    assert sampled.shape == (512, 1) and sampled.dtype == np.float32
+    assert sampled.min() == -2.0 and sampled.max() == 2.0  # clipped at the env's bounds ...
+    assert ((np.abs(sampled) > 1) & (np.abs(sampled) < 2)).any()  # ... and not tighter
 
 
 # ------------------------------------------------------------------------------------------------ CartPole
