@@ -156,7 +156,7 @@ def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float:
 
 
 def test_critic_learns_the_returns_of_a_fixed_batch():
-    """The value loss trains the critic: on one rollout, repeated updates explain most of the returns' variance."""
+    """The value loss trains the critic: repeated updates on one rollout explain most of its returns."""
     agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=32, batch_size=16, learning_rate=1e-2), seed=0)
     rollout = agent.collect_rollout()
     batch = rollout.flatten()
@@ -267,8 +267,8 @@ def test_gaussian_policy_stores_unclipped_actions_and_learns_the_target(tmp_path
 
 
 def test_pendulum_runs_with_actions_clipped_to_its_own_bounds():
-    """Pendulum's torque lies in [-2, 2]: sampled actions are clipped there (not to [-1, 1]) and its time limit
-    ends every episode at 200 steps."""
+    """Pendulum's torque lies in [-2, 2]: sampled actions are clipped there (not to [-1, 1]); its time
+    limit ends every episode at 200 steps."""
     logs: list[dict[str, float]] = []
     envs = RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, vectorization_mode="sync"))
     agent = ReferencePPO(envs, PPOConfig(n_steps=128, batch_size=64), seed=0,

@@ -6,8 +6,8 @@ import stat
 import pytest
 import torch
 
-from rlsched.runs import (append_jsonl, atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_json,
-                          atomic_write_text, new_run_dir, read_jsonl)
+from rlsched.runs import (append_jsonl, atomic_torch_save, atomic_write, atomic_write_bytes,
+                          atomic_write_json, atomic_write_text, new_run_dir, read_jsonl)
 
 
 def test_run_dirs_are_unique_and_named(tmp_path):

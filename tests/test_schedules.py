@@ -21,7 +21,7 @@ def cosine_between(start: float, end: float, fraction: float) -> float:
 
 
 def onecycle(base: float, t: int, steps: int) -> float:
-    """torch's OneCycleLR defaults: from base/25 up to base until 30% of the budget, then down to base/25/1e4."""
+    """torch's OneCycleLR defaults: base/25 up to base over 30% of the budget, then down to base/25/1e4."""
     peak_at = 0.3 * steps - 1
     if t <= peak_at:
         return cosine_between(base / 25, base, t / peak_at)
