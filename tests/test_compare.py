@@ -67,7 +67,8 @@ def dice_curves(run_dir):
     curves = {}
     for row in read_csv(run_dir / "episodes.csv"):
         if row["factor"] == "":
-            curves.setdefault(row["method"], {}).setdefault(int(row["instance"]), []).append(float(row["dice"]))
+            runs = curves.setdefault(row["method"], {})
+            runs.setdefault(int(row["instance"]), []).append(float(row["dice"]))
     return {method: [dices + [0.0] * (EPOCHS + 1 - len(dices)) for _, dices in sorted(runs.items())]
             for method, runs in curves.items()}
 
@@ -170,8 +171,8 @@ def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
         assert len(differences) == INSTANCES and all(d != 0 for d in differences)
         mean, low, high = by_hand.t_interval(differences)
         t_p, wilcoxon_p = by_hand.t_test_pvalue(differences), by_hand.wilcoxon_exact_pvalue(differences)
-        assert (f"| **{name}** − {best} | {mean:+.3f} ({low:+.3f} .. {high:+.3f}) | {t_p:.3g} | {wilcoxon_p:.3g} "
-                f"| {INSTANCES} |") in report
+        assert (f"| **{name}** − {best} | {mean:+.3f} ({low:+.3f} .. {high:+.3f}) | {t_p:.3g} "
+                f"| {wilcoxon_p:.3g} | {INSTANCES} |") in report
 
 
 # ------------------------------------------------------------------------------------ metrics, no training
