@@ -1,5 +1,6 @@
 """rlsched.stats against hand-computed numbers: every comparison the project reports rests on them."""
 
+import dataclasses
 import math
 
 import pytest
@@ -30,9 +31,18 @@ def test_mean_ci_honours_the_confidence_level():
     assert ci.mean == 3.0
 
 
+def test_results_are_frozen():
+    """A reported interval or test cannot be edited after the fact."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mean_ci([0.1, 0.2]).low = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        paired_test([0.1, 0.2], [0.3, 0.5]).t_pvalue = 0.01
+
+
 def test_mean_ci_of_one_value_and_of_none():
     assert mean_ci([0.25]) == MeanCI(0.25, 0.25, 0.25, 1)
     assert str(mean_ci([0.25])) == "0.250"  # no interval from a single value
+    assert str(mean_ci([0.25, 0.75])) == f"0.500 ± {T975[1] * 0.25:.3f}"  # two values already give one
     empty = mean_ci([])
     assert empty.n == 0 and all(math.isnan(v) for v in (empty.mean, empty.low, empty.high))
 
@@ -58,6 +68,13 @@ def test_paired_test_is_a_minus_b():
     assert backward.ci.high == pytest.approx(-forward.ci.low)
     assert (backward.t_pvalue, backward.wilcoxon_pvalue) == (pytest.approx(forward.t_pvalue),
                                                              pytest.approx(forward.wilcoxon_pvalue))
+
+
+def test_two_instances_are_enough_for_a_paired_test():
+    differences = [0.1, 0.25]
+    test = paired_test([0.5, 0.75], [0.4, 0.5])
+    assert test.t_pvalue == pytest.approx(t_test_pvalue(differences), rel=1e-9)
+    assert test.wilcoxon_pvalue == wilcoxon_exact_pvalue(differences) == 0.5
 
 
 @pytest.mark.parametrize("a, b", [([0.5, 0.7, 0.2], [0.5, 0.7, 0.2]), ([0.9], [0.4])])
