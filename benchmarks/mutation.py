@@ -1,0 +1,306 @@
+"""Mutation testing of the core modules: does each deliberately broken copy of the code fail a fast test?
+
+    nice -n 10 python benchmarks/mutation.py                        # every core module (~30 min on 2 busy cores)
+    nice -n 10 python benchmarks/mutation.py --modules stats runs   # some of them
+    python benchmarks/mutation.py --modules heads --list            # only list the mutants
+    nice -n 10 python benchmarks/mutation.py --max-mutants 20       # an evenly spread sample per module
+
+A mutant changes one thing in one module: a comparison's boundary (``<`` -> ``<=``, ``==`` -> ``!=``, ``in`` ->
+``not in``), an arithmetic operator (``+`` <-> ``-``, ``*`` <-> ``/``, ``**`` -> ``*``), ``and`` <-> ``or``, a
+removed ``not`` or unary minus, a number + 1, ``True`` <-> ``False``, or the first two arguments of a call
+swapped. Strings, docstrings, annotations, error messages and ``__all__`` are left alone: no test should pin
+those. Each mutant is written into a private copy of the repository and the module's fast tests run against it
+with ``-x``, in a child forked from this process after it imported torch and the other heavy dependencies, so
+a mutant costs the time of its tests rather than an interpreter start. It is *killed* when a test fails or
+errors (a timeout counts as killed: the mutant hung), and *survives* when every test passes.
+
+Survivors that no test could tell apart from the original (``EQUIVALENT``, with the reason) are listed but
+left out of the score, ``killed / (mutants - equivalent)`` per module. Needs ``os.fork`` (Linux, macOS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ("rlsched", "envs", "tests", "pyproject.toml")  # what the tests need of the repository
+PRELOAD = ("numpy", "scipy.stats", "scipy.special", "torch", "gymnasium", "stable_baselines3", "PIL.Image",
+           "pytest")
+
+# module -> (source file, the fast tests that exercise it)
+MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "heads": ("rlsched/heads.py", ("tests/test_heads.py",)),
+    "metrics": ("rlsched/metrics.py", ("tests/test_metrics.py",)),
+    "control": ("rlsched/control.py", ("tests/test_control.py",)),
+    "env": ("rlsched/env.py", ("tests/test_env.py",)),
+    "ppo": ("rlsched/agents/ppo.py", ("tests/test_ppo_reference.py",)),
+    "schedules": ("rlsched/schedules.py", ("tests/test_schedules.py",)),
+    "stats": ("rlsched/stats.py", ("tests/test_stats.py",)),
+    "runs": ("rlsched/runs.py", ("tests/test_runs.py",)),
+}
+
+# Survivors judged equivalent: (module, stripped source line, "before -> after") -> why no test can kill it.
+_UNREACHABLE_WILCOXON = "unreachable: past the allclose guard a difference is non-zero, so count_nonzero > 0 holds"
+_TWO_SIDED = "two-sided test: the p-value is symmetric in its two samples"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("stats", "if diff.size < 2 or np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)"):
+        "allclose scales rtol by |b|: the verdicts differ only for |diff| within 1e-5 relative of atol = 1e-8",
+    ("stats", "t_p = float(stats.ttest_rel(x, y).pvalue)", "stats.ttest_rel(x, y) -> stats.ttest_rel(y, x)"):
+        _TWO_SIDED,
+    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0",
+     "stats.wilcoxon(x, y) -> stats.wilcoxon(y, x)"): _TWO_SIDED,
+    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0",
+     "np.count_nonzero(diff) > 0 -> np.count_nonzero(diff) >= 0"): _UNREACHABLE_WILCOXON,
+    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0", "1.0 -> 2.0"):
+        _UNREACHABLE_WILCOXON,
+    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0", "0 -> 1"):
+        "with one non-zero difference Wilcoxon drops the zeros, has one signed rank and gives p = 1 too",
+    ("runs", "mask = os.umask(0)", "0 -> 1"):
+        "the temporary umask is put back at once; the previous mask is returned either way",
+    ("runs", "Path(tmp).unlink(missing_ok=True)", "True -> False"):
+        "the temporary file always exists when the cleanup runs: os.replace is the last call that can fail",
+}
+
+COMPARISONS: dict[type, type] = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
+                                 ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
+                                 ast.In: ast.NotIn, ast.NotIn: ast.In}
+ARITHMETIC: dict[type, type] = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
+                                ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult,
+                                ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd}
+NO_SWAP = {"min", "max", "isinstance", "getattr", "hasattr", "setattr"}  # symmetric, or a certain crash
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str
+    path: str
+    line: int
+    code: str  # the original source line, stripped
+    change: str  # "before -> after" of the mutated expression
+    source: str  # the whole mutated module
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.module, self.code, self.change
+
+
+# ------------------------------------------------------------------------------------------------ mutants
+def _skipped_nodes(tree: ast.Module) -> set[int]:
+    """ids of nodes no test should pin: docstrings, annotations, f-strings, raise statements, ``__all__``."""
+    skipped: list[ast.AST] = []
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            skipped.append(body[0])
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            skipped += [a.annotation for a in ast.walk(node.args) if isinstance(a, ast.arg) and a.annotation]
+            skipped += [node.returns] if node.returns else []
+        elif isinstance(node, ast.AnnAssign):
+            skipped.append(node.annotation)
+        elif isinstance(node, (ast.JoinedStr, ast.Raise)):
+            skipped.append(node)
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            skipped.append(node)
+    return {id(n) for root in skipped for n in ast.walk(root)}
+
+
+def _edits(node: ast.AST) -> list[Callable[[ast.AST], ast.AST]]:
+    """Each way to mutate ``node``: a function that mutates (a fresh parse of) it and returns its replacement."""
+    def set_attr(name: str, value: object) -> Callable[[ast.AST], ast.AST]:
+        def edit(n: ast.AST) -> ast.AST:
+            setattr(n, name, value)
+            return n
+        return edit
+
+    if isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in ARITHMETIC:
+        return [set_attr("op", ARITHMETIC[type(node.op)]())]
+    if isinstance(node, ast.BoolOp):
+        return [set_attr("op", ast.Or() if isinstance(node.op, ast.And) else ast.And())]
+    if isinstance(node, ast.Compare):
+        return [set_attr("ops", [*node.ops[:i], COMPARISONS[type(op)](), *node.ops[i + 1:]])
+                for i, op in enumerate(node.ops) if type(op) in COMPARISONS]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        return [lambda n: n.operand]
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return [set_attr("value", not node.value)]
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return [set_attr("value", node.value + 1)]
+    if isinstance(node, ast.Call) and len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args):
+        name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+        if name not in NO_SWAP and ast.dump(node.args[0]) != ast.dump(node.args[1]):
+            return [set_attr("args", [node.args[1], node.args[0], *node.args[2:]])]
+    return []
+
+
+class _Replace(ast.NodeTransformer):
+    def __init__(self, target: ast.AST, edit: Callable[[ast.AST], ast.AST]) -> None:
+        self.target, self.edit = target, edit
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if node is self.target:
+            return self.edit(node)
+        return super().visit(node)
+
+
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def mutants(module: str) -> list[Mutant]:
+    """Every mutant of ``module``, in source order."""
+    path = MODULES[module][0]
+    source = (ROOT / path).read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    skipped = _skipped_nodes(tree)
+    found = []
+    for ordinal, node in enumerate(ast.walk(tree)):
+        if id(node) in skipped:
+            continue
+        for k in range(len(_edits(node))):
+            fresh = ast.parse(source)
+            target = list(ast.walk(fresh))[ordinal]
+            before = ast.unparse(target)
+            replacement = _edits(target)[k](target)
+            after = ast.unparse(replacement)
+            if after == before:
+                continue
+            mutated = ast.unparse(ast.fix_missing_locations(_Replace(target, lambda n, r=replacement: r).visit(fresh)))
+            found.append(Mutant(module, path, node.lineno, lines[node.lineno - 1].strip(),
+                                f"{_short(before)} -> {_short(after)}", mutated))
+    return sorted(found, key=lambda m: m.line)
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _fork_tests(workdir: Path, tests: tuple[str, ...]) -> int:
+    """Run pytest on ``tests`` in a forked child (its own process group, output discarded); returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 3
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.chdir(workdir)
+        sys.path.insert(0, str(workdir))
+        sys.dont_write_bytecode = True  # a stale .pyc of another mutant (same size and mtime) would be reused
+        import pytest
+
+        code = int(pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-o", "addopts="]))
+    finally:
+        os._exit(code)
+
+
+def _wait(pid: int, deadline: float) -> str:
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return "survived" if code == 0 else "no tests" if code == 5 else "killed"
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout"
+        time.sleep(0.02)
+
+
+def _workdir() -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="rlsched-mutation-"))
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, workdir / name)
+    return workdir
+
+
+def run_module(module: str, selected: list[Mutant], timeout_factor: float) -> dict[str, list[Mutant]]:
+    """Run every selected mutant of one module; returns them by outcome."""
+    path, tests = MODULES[module]
+    workdir = _workdir()
+    try:
+        start = time.monotonic()
+        if _wait(_fork_tests(workdir, tests), float("inf")) != "survived":
+            raise SystemExit(f"{module}: the tests fail on the unmutated code; fix that first ({' '.join(tests)})")
+        timeout = timeout_factor * (time.monotonic() - start) + 30
+        outcomes: dict[str, list[Mutant]] = {}
+        original = (workdir / path).read_text()
+        for number, mutant in enumerate(selected, 1):
+            (workdir / path).write_text(mutant.source)
+            outcome = _wait(_fork_tests(workdir, tests), time.monotonic() + timeout)
+            outcomes.setdefault(outcome, []).append(mutant)
+            mark = {"killed": ".", "timeout": "T", "survived": "S"}.get(outcome, "?")
+            print(mark, end="\n" if number % 50 == 0 else "", flush=True)
+        (workdir / path).write_text(original)
+        print(flush=True)
+        return outcomes
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def spread(items: list[Mutant], count: int | None) -> list[Mutant]:
+    """At most ``count`` items, evenly spread over the module (so a sample covers all of it)."""
+    if count is None or count >= len(items):
+        return items
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
+    parser.add_argument("--max-mutants", type=int, default=None, help="per module, evenly spread")
+    parser.add_argument("--timeout-factor", type=float, default=5.0,
+                        help="a mutant times out after this many times the unmutated tests' time, + 30 s")
+    parser.add_argument("--fail-under", type=float, default=90.0, help="exit 1 if a module scores below (%%)")
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for module in args.modules:
+            for m in spread(mutants(module), args.max_mutants):
+                print(f"{m.path}:{m.line}: {m.change}")
+        return 0
+    for name in PRELOAD:  # imported once here, inherited by every forked test run
+        importlib.import_module(name)
+
+    scores, failed = [], False
+    for module in args.modules:
+        selected = spread(mutants(module), args.max_mutants)
+        print(f"{module}: {len(selected)} mutants against {' '.join(MODULES[module][1])}", flush=True)
+        outcomes = run_module(module, selected, args.timeout_factor)
+        survivors = outcomes.get("survived", []) + outcomes.get("no tests", [])
+        equivalent = [m for m in survivors if m.key in EQUIVALENT]
+        killed = len(outcomes.get("killed", [])) + len(outcomes.get("timeout", []))
+        scored = len(selected) - len(equivalent)
+        score = 100.0 * killed / scored if scored else 100.0
+        failed |= score < args.fail_under
+        scores.append((module, len(selected), killed, len(equivalent), len(survivors) - len(equivalent), score))
+        for m in survivors:
+            why = EQUIVALENT.get(m.key)
+            print(f"  {'equivalent' if why else 'SURVIVED'}  {m.path}:{m.line}  {m.change}    [{m.code}]"
+                  + (f"\n      ({why})" if why else ""))
+
+    print(f"\n{'module':<10} {'mutants':>8} {'killed':>7} {'equiv.':>7} {'survived':>9} {'score':>7}")
+    for module, total, killed, equivalent, survived, score in scores:
+        print(f"{module:<10} {total:>8} {killed:>7} {equivalent:>7} {survived:>9} {score:>6.1f}%")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
