@@ -94,6 +94,13 @@ def test_non_finite_values_go_to_the_bound_they_ran_towards_and_the_rest_is_clip
         assert obs[INDEX[name]] == pytest.approx(value, abs=1e-5), name
 
 
+def test_zero_or_negative_numbers_never_crash_the_observation():
+    """A loss can underflow to exactly 0: the observation must still be built (math.log(0) would raise)."""
+    odd = Dynamics(lr=1e-3, train_loss=0.0, val_loss=-1.0, dice=0.0, grad_norm=0.0, update_ratio=0.0)
+    obs = build_observation(ENV, STEP, odd, BEFORE, HISTORY)
+    assert np.all(np.isfinite(obs)) and observation_space(ENV).contains(obs)
+
+
 def test_unmeasured_gradient_and_update_read_as_their_documented_defaults():
     """At reset nothing was trained: grad norm 0 reads 0 (log10 1) and update ratio 0 reads -8."""
     start = Dynamics(lr=1e-3, train_loss=0.8, val_loss=0.8, dice=0.2, grad_norm=0.0, update_ratio=0.0)

@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 
-from rlsched.schedules import SCHEDULES, FixedSchedule
+from rlsched.schedules import SCHEDULES, FixedSchedule, lr_grid
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -53,7 +53,7 @@ def test_every_schedule_has_a_closed_form():
     assert sorted(CLOSED_FORMS) == sorted(SCHEDULES)
 
 
-@pytest.mark.parametrize("steps", [7, 10, 20])
+@pytest.mark.parametrize("steps", [2, 3, 7, 10, 20])
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_full_lr_sequence_follows_the_closed_form(name, steps):
     expected = [CLOSED_FORMS[name](0.3, t, steps) for t in range(steps)]
@@ -81,6 +81,29 @@ def test_plateau_halves_only_when_dice_stalls():
     for _ in range(3):
         schedule.step(0.4)
     assert schedule.lr == pytest.approx(0.05)
+
+
+def test_non_finite_dice_counts_as_no_improvement():
+    """A diverged step reports no Dice (None) or NaN: plateau must see a stall, not a record."""
+    schedule = FixedSchedule("plateau", 0.1, 20)
+    schedule.step(0.5)
+    for dice in (None, math.nan, None):
+        schedule.step(dice)
+    assert schedule.lr == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("base_lr", [0.0, -0.1, math.inf, math.nan])
+def test_base_lr_must_be_positive_and_finite(base_lr):
+    with pytest.raises(ValueError, match="positive finite"):
+        FixedSchedule("cosine", base_lr, 10)
+
+
+def test_lr_grid_covers_the_range_at_round_log_spaced_values():
+    assert lr_grid(1e-4, 1e-3) == [0.0001, 0.000316227766, 0.001]  # two per decade by default
+    assert lr_grid(2e-4, 0.2) == [0.0001, 0.000316227766, 0.001, 0.003162277660, 0.01, 0.031622776602, 0.1,
+                                  0.316227766017]
+    assert lr_grid(0.01, 0.1, per_decade=1) == [0.01, 0.1]
+    assert lr_grid(0.05, 0.05, per_decade=4) == [0.031622776602, 0.056234132519]
 
 
 def test_unknown_schedule_lists_the_choices():
