@@ -53,6 +53,9 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
 # Survivors judged equivalent: (module, stripped source line, "before -> after") -> why no test can kill it.
 _UNREACHABLE_WILCOXON = "unreachable: past the allclose guard a difference is non-zero, so count_nonzero > 0 holds"
 _TWO_SIDED = "two-sided test: the p-value is symmetric in its two samples"
+_CLIP = "np.clip(a, lo, hi) is min(max(a, lo), hi), and max is symmetric"
+_ONE_ACTION = "an action is one number: reshape(1) and reshape(-2) flatten it as reshape(-1) does"
+_PROXY = "the proxy parameter only carries the LR: its size and grad flag are never read"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("stats", "if diff.size < 2 or np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)"):
         "allclose scales rtol by |b|: the verdicts differ only for |diff| within 1e-5 relative of atol = 1e-8",
@@ -66,6 +69,29 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         _UNREACHABLE_WILCOXON,
     ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0", "0 -> 1"):
         "with one non-zero difference Wilcoxon drops the zeros, has one signed rank and gives p = 1 too",
+    ("control", "@functools.lru_cache(maxsize=16)", "16 -> 17"): "the cache size only sets how many bounds are kept",
+    ("control", "_ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,", "8.0 -> 9.0"):
+        "-9 is clipped to the feature's lower bound, -8",
+    ("control", "return np.clip(obs, low, high).astype(np.float32)",
+     "np.clip(obs, low, high) -> np.clip(low, obs, high)"): _CLIP,
+    ("control", "return env.factors[int(np.asarray(action).reshape(-1)[0])]", "-1 -> 1"): _ONE_ACTION,
+    ("control", "return env.factors[int(np.asarray(action).reshape(-1)[0])]", "1 -> 2"): _ONE_ACTION,
+    ("control", "a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))",
+     "np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, ... -> "
+     "np.clip(-1.0, np.asarray(action, dtype=np.float64).reshape(-1)[0], ..."): _CLIP,
+    ("control", "a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))", "-1 -> 1"):
+        _ONE_ACTION,
+    ("control", "a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))", "1 -> 2"):
+        _ONE_ACTION,
+    ("schedules", "if steps <= warmup:", "steps <= warmup -> steps < warmup"):
+        "equal only for a 1-step budget, whose one LR (base / 10) is the same on both branches",
+    ("schedules", '"constant": lambda opt, steps: lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),',
+     "0 -> 1"): "with factor 1.0 the LR never changes, whatever total_iters",
+    ("schedules", "self._optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)", "1 -> 2"):
+        _PROXY,
+    ("schedules", "self._optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)",
+     "True -> False"): _PROXY,
+    ("schedules", "preview.step(0.0)", "0.0 -> 1.0"): "any constant Dice stalls reduce-on-plateau the same way",
     ("runs", "mask = os.umask(0)", "0 -> 1"):
         "the temporary umask is put back at once; the previous mask is returned either way",
     ("runs", "Path(tmp).unlink(missing_ok=True)", "True -> False"):
