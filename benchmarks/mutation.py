@@ -29,7 +29,8 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +56,8 @@ _UNREACHABLE_WILCOXON = "unreachable: past the allclose guard a difference is no
 _TWO_SIDED = "two-sided test: the p-value is symmetric in its two samples"
 _CLIP = "np.clip(a, lo, hi) is min(max(a, lo), hi), and max is symmetric"
 _ONE_ACTION = "an action is one number: reshape(1) and reshape(-2) flatten it as reshape(-1) does"
+_DICE_SYMMETRIC = "soft Dice is symmetric in prediction and truth (value and gradient)"
+_POS_WEIGHT_ONE = "pos_weight 1 weights positive pixels by 1, which is plain BCE"
 _PROXY = "the proxy parameter only carries the LR: its size and grad flag are never read"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("stats", "if diff.size < 2 or np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)"):
@@ -69,6 +72,26 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         _UNREACHABLE_WILCOXON,
     ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0", "0 -> 1"):
         "with one non-zero difference Wilcoxon drops the zeros, has one signed rank and gives p = 1 too",
+    ("heads", "return total / torch.where(count > 0, count, torch.ones_like(count))", "0 -> 1"):
+        "a count of 1 divides by 1 on either branch",
+    ("heads", "return logits.to(torch.promote_types(logits.dtype, torch.float32))",
+     "torch.promote_types(logits.dtype, torch.float32) -> torch.promote_types(torch.float32, logits.dtype)"):
+        "type promotion is symmetric",
+    ("heads", "if self.dice_weight > 0:", "self.dice_weight > 0 -> self.dice_weight >= 0"):
+        "with dice_weight 0 it adds 0 x a finite soft-Dice term: the same loss and gradient",
+    ("heads", "return soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index)",
+     "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index) -> "
+     "soft_dice_loss(t == 1, torch.sigmoid(z), t != self.ignore_index)"): _DICE_SYMMETRIC,
+    ("heads", "return soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != self.ignore_index).unsqueeze(1))",
+     "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != se... -> "
+     "soft_dice_loss(truth, torch.softmax(z, dim=1)[:, 1:], (target != se..."): _DICE_SYMMETRIC,
+    ("heads", "def __init__(self, pos_weight: float = 0.0, dice_weight: float = 0.0, threshold: float = 0.5,",
+     "0.0 -> 1.0 #1"): _POS_WEIGHT_ONE,
+    ("heads", "super().__init__(classes, 0.0, dice_weight, threshold, ignore_index)", "0.0 -> 1.0"): _POS_WEIGHT_ONE,
+    ("heads", "ignored = target == self.ignore_index", "target == self.ignore_index -> target != self.ignore_index"):
+        "a pixel ignored in only some channels is also kept in only some: the check reads the same either way",
+    ("heads", "pixel_weight = torch.where(valid, weight[torch.where(valid, labels, 0)], 0.0)", "0 -> 1"):
+        "the stand-in class looked up for ignored pixels is masked out by the outer where",
     ("control", "@functools.lru_cache(maxsize=16)", "16 -> 17"): "the cache size only sets how many bounds are kept",
     ("control", "_ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,", "8.0 -> 9.0"):
         "-9 is clipped to the feature's lower bound, -8",
@@ -112,8 +135,9 @@ class Mutant:
     module: str
     path: str
     line: int
+    column: int
     code: str  # the original source line, stripped
-    change: str  # "before -> after" of the mutated expression
+    change: str  # "before -> after" of the mutated expression; " #k" for the k-th of equal changes on a line
     source: str  # the whole mutated module
 
     @property
@@ -205,9 +229,15 @@ def mutants(module: str) -> list[Mutant]:
             if after == before:
                 continue
             mutated = ast.unparse(ast.fix_missing_locations(_Replace(target, lambda n, r=replacement: r).visit(fresh)))
-            found.append(Mutant(module, path, node.lineno, lines[node.lineno - 1].strip(),
+            found.append(Mutant(module, path, node.lineno, node.col_offset, lines[node.lineno - 1].strip(),
                                 f"{_short(before)} -> {_short(after)}", mutated))
-    return sorted(found, key=lambda m: m.line)
+    found.sort(key=lambda m: (m.line, m.column))
+    totals, numbered = Counter((m.line, m.change) for m in found), Counter()
+    for i, m in enumerate(found):  # the same change twice on one line (two 0.0 defaults): number them
+        if totals[m.line, m.change] > 1:
+            numbered[m.line, m.change] += 1
+            found[i] = replace(m, change=f"{m.change} #{numbered[m.line, m.change]}")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -300,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for module in args.modules:
             for m in spread(mutants(module), args.max_mutants):
-                print(f"{m.path}:{m.line}: {m.change}")
+                print(f"{m.path}:{m.line}:{m.column}: {m.change}")
         return 0
     for name in PRELOAD:  # imported once here, inherited by every forked test run
         importlib.import_module(name)
@@ -319,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         scores.append((module, len(selected), killed, len(equivalent), len(survivors) - len(equivalent), score))
         for m in survivors:
             why = EQUIVALENT.get(m.key)
-            print(f"  {'equivalent' if why else 'SURVIVED'}  {m.path}:{m.line}  {m.change}    [{m.code}]"
+            print(f"  {'equivalent' if why else 'SURVIVED'}  {m.path}:{m.line}:{m.column}  {m.change}    [{m.code}]"
                   + (f"\n      ({why})" if why else ""))
 
     print(f"\n{'module':<10} {'mutants':>8} {'killed':>7} {'equiv.':>7} {'survived':>9} {'score':>7}")
