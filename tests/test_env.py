@@ -1,8 +1,10 @@
+import dataclasses
 import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -10,9 +12,10 @@ import rlsched  # noqa: F401  (registers the env ids)
 from rlsched.config import ConfigError
 from rlsched.data import make_dataset
 from rlsched.control import OBS_FEATURES, observation_names
-from rlsched.env import UNetLREnv, make_instances
+from rlsched.env import Instance, UNetLREnv, make_instances
 from rlsched.fixed import run_schedule
 from rlsched.schedules import FixedSchedule
+from rlsched.trainer import Trainer
 
 SHORT = {"env.epochs": 3}
 
@@ -26,6 +29,58 @@ def rollout(env, seed, actions, options=None):
         if terminated or truncated:
             break
     return trajectory
+
+
+def test_reset_info_and_wall_time():
+    env = UNetLREnv("fast", **SHORT)
+    assert env.seconds == 0.0  # no episode yet
+    _, info = env.reset(seed=0)
+    assert info["epoch"] == 0 and info["diverged"] is False and "train_loss" not in info
+    after_reset = env.seconds
+    env.step(2)
+    assert 0 < after_reset < env.seconds  # training and validation time accumulate over the episode
+
+
+def test_undefined_dice_reads_as_zero(monkeypatch):
+    """Dice is NaN when the validation set has no foreground at all: the env reports 0, never NaN."""
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: dataclasses.replace(evaluate(self), dice_mean=math.nan))
+    env = UNetLREnv("fast", **SHORT)
+    dice = observation_names(env.config.env).index("dice")
+    obs, info = env.reset(seed=0)
+    assert info["dice_mean"] == 0.0 and obs[dice] == 0.0
+    obs, reward, _, _, info = env.step(2)
+    assert math.isnan(info["dice_mean"]) and obs[dice] == 0.0 and reward == 0.0
+
+
+def test_a_user_penalty_sees_the_transition_in_order():
+    seen = []
+    env = UNetLREnv("fast", **SHORT, penalty=lambda t: seen.append(t) or 0.0)
+    _, reset = env.reset(seed=0, options={"lr": 0.01})
+    _, _, _, _, info = env.step(4)  # x2
+    (t,) = seen
+    assert (t.lr_before, t.lr_after) == (pytest.approx(0.01), pytest.approx(0.02))
+    assert (t.dice_before, t.dice_after) == (reset["dice_mean"], info["dice_mean"])
+    assert (t.val_loss_before, t.val_loss_after) == (reset["val_loss"], info["val_loss"])
+    assert (t.diverged, t.step, t.steps) == (False, 1, 3) and t.seconds > 0
+
+
+def test_action_space_and_the_action_that_keeps_the_lr():
+    continuous = UNetLREnv("fast", **SHORT, **{"env.action": "continuous"})
+    assert continuous.action_space == spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    np.testing.assert_array_equal(continuous.keep_action, np.zeros(1, np.float32))
+    assert continuous.keep_action.shape == (1,) and continuous.keep_action.dtype == np.float32
+    assert UNetLREnv("fast", **SHORT).keep_action == 2  # factors (0.5, 0.8, 1.0, 1.25, 2.0)
+    with pytest.raises(ValueError, match="no action keeps the LR"):
+        UNetLREnv("fast", **SHORT, **{"env.factors": [0.5, 2.0]}).keep_action
+
+
+def test_config_and_preset_are_exclusive():
+    config = UNetLREnv("fast").config
+    assert UNetLREnv(config=config).config is config
+    for kwargs in ({"preset": "fast"}, {"env.epochs": 2}):
+        with pytest.raises(ValueError, match="not both"):
+            UNetLREnv(config=config, **kwargs)
 
 
 def test_gymnasium_and_sb3_env_checkers_pass():
@@ -139,6 +194,20 @@ def test_budget_end_is_terminal_not_truncated():
         env.step(2)
 
 
+def test_instance_sets_are_fixed_by_the_preset():
+    """Every published comparison names its held-out instances by preset and index: they must not drift."""
+    cfg = UNetLREnv("fast").config.env
+    train, heldout = make_instances(cfg, "train"), make_instances(cfg, "heldout")
+    assert (len(train), len(heldout)) == (cfg.train_instances, cfg.heldout_instances) == (16, 4)
+    assert heldout[:2] == [Instance("heldout", 0, 995326737, 880480477, pytest.approx(0.013209942215439344)),
+                           Instance("heldout", 1, 613677793, 272165816, pytest.approx(0.2283595743595669))]
+    assert train[0] == Instance("train", 0, 1403976921, 1307735269, pytest.approx(0.07528712460793205))
+    assert all(cfg.initial_lr_min <= i.initial_lr <= cfg.initial_lr_max for i in train + heldout)
+    assert [i.index for i in train] == list(range(16))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train[0].initial_lr = 1.0
+
+
 def test_heldout_instances_are_disjoint_and_selectable():
     env = UNetLREnv("fast", **SHORT)
     train = make_instances(env.config.env, "train")
@@ -147,6 +216,7 @@ def test_heldout_instances_are_disjoint_and_selectable():
     _, info = env.reset(options={"split": "heldout", "instance": 2})
     assert info["split"] == "heldout" and info["instance"] == 2 and info["initial_lr"] == heldout[2].initial_lr
     for options, message in [({"split": "test"}, "unknown split"), ({"instance": 99}, "out of range"),
+                             ({"split": "heldout", "instance": len(heldout)}, "out of range"),
                              ({"instanse": 1}, "unknown reset option")]:
         with pytest.raises(ValueError, match=message):
             env.reset(options=options)
