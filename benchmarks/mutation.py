@@ -1,18 +1,18 @@
 """Mutation testing of the core modules: does each deliberately broken copy of the code fail a fast test?
 
-    nice -n 10 python benchmarks/mutation.py                        # every core module (~30 min on 2 busy cores)
-    nice -n 10 python benchmarks/mutation.py --modules stats runs   # some of them
-    python benchmarks/mutation.py --modules heads --list            # only list the mutants
-    nice -n 10 python benchmarks/mutation.py --max-mutants 20       # an evenly spread sample per module
+    nice -n 10 python benchmarks/mutation.py                       # every core module (~30 min, 2 busy cores)
+    nice -n 10 python benchmarks/mutation.py --modules stats runs  # some of them
+    python benchmarks/mutation.py --modules heads --list           # only list the mutants
+    nice -n 10 python benchmarks/mutation.py --max-mutants 20      # an evenly spread sample per module
 
-A mutant changes one thing in one module: a comparison's boundary (``<`` -> ``<=``, ``==`` -> ``!=``, ``in`` ->
-``not in``), an arithmetic operator (``+`` <-> ``-``, ``*`` <-> ``/``, ``**`` -> ``*``), ``and`` <-> ``or``, a
-removed ``not`` or unary minus, a number + 1, ``True`` <-> ``False``, or the first two arguments of a call
-swapped. Strings, docstrings, annotations, error messages and ``__all__`` are left alone: no test should pin
-those. Each mutant is written into a private copy of the repository and the module's fast tests run against it
-with ``-x``, in a child forked from this process after it imported torch and the other heavy dependencies, so
-a mutant costs the time of its tests rather than an interpreter start. It is *killed* when a test fails or
-errors (a timeout counts as killed: the mutant hung), and *survives* when every test passes.
+A mutant changes one thing in one module: a comparison's boundary (``<`` -> ``<=``, ``==`` -> ``!=``,
+``in`` -> ``not in``), an arithmetic operator (``+`` <-> ``-``, ``*`` <-> ``/``, ``**`` -> ``*``), ``and``
+<-> ``or``, a removed ``not`` or unary minus, a number + 1, ``True`` <-> ``False``, or the first two arguments
+of a call swapped. Strings, docstrings, annotations, error messages and ``__all__`` are left alone: no test
+should pin those. Each mutant is written into a private copy of the repository and the module's fast tests
+run against it with ``-x``, in a child forked from this process after it imported torch and the other heavy
+dependencies, so a mutant costs the time of its tests rather than an interpreter start. It is *killed* when
+a test fails or errors (a timeout counts as killed: the mutant hung), and *survives* when every test passes.
 
 Survivors that no test could tell apart from the original (``EQUIVALENT``, with the reason) are listed but
 left out of the score, ``killed / (mutants - equivalent)`` per module. Needs ``os.fork`` (Linux, macOS).
@@ -51,97 +51,112 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "runs": ("rlsched/runs.py", ("tests/test_runs.py",)),
 }
 
-# Survivors judged equivalent: (module, stripped source line, "before -> after") -> why no test can kill it.
-_UNREACHABLE_WILCOXON = "unreachable: past the allclose guard a difference is non-zero, so count_nonzero > 0 holds"
+@dataclass(frozen=True)
+class Equivalent:
+    """A surviving mutant judged equivalent: no test could tell it from the original, for the reason given."""
+
+    module: str
+    line: str  # a piece of the mutated source line
+    change: str  # as printed: "before -> after"
+    why: str
+
+
 _TWO_SIDED = "two-sided test: the p-value is symmetric in its two samples"
+_UNREACHABLE = "unreachable: past the allclose guard a difference is non-zero, so count_nonzero > 0 holds"
 _CLIP = "np.clip(a, lo, hi) is min(max(a, lo), hi), and max is symmetric"
 _ONE_ACTION = "an action is one number: reshape(1) and reshape(-2) flatten it as reshape(-1) does"
 _DICE_SYMMETRIC = "soft Dice is symmetric in prediction and truth (value and gradient)"
 _POS_WEIGHT_ONE = "pos_weight 1 weights positive pixels by 1, which is plain BCE"
 _CACHE = "the data cache's capacity changes memory use and speed, never a result"
 _COLUMN = "the tensor is always (batch, 1), where squeeze(1) is squeeze(-1)"
-_TIE = "differs only when the two floats are exactly equal, which real statistics never are"
 _PROXY = "the proxy parameter only carries the LR: its size and grad flag are never read"
-EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("stats", "if diff.size < 2 or np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)"):
-        "allclose scales rtol by |b|: the verdicts differ only for |diff| within 1e-5 relative of atol = 1e-8",
-    ("stats", "t_p = float(stats.ttest_rel(x, y).pvalue)", "stats.ttest_rel(x, y) -> stats.ttest_rel(y, x)"):
-        _TWO_SIDED,
-    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0",
-     "stats.wilcoxon(x, y) -> stats.wilcoxon(y, x)"): _TWO_SIDED,
-    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0",
-     "np.count_nonzero(diff) > 0 -> np.count_nonzero(diff) >= 0"): _UNREACHABLE_WILCOXON,
-    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0", "1.0 -> 2.0"):
-        _UNREACHABLE_WILCOXON,
-    ("stats", "w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0", "0 -> 1"):
-        "with one non-zero difference Wilcoxon drops the zeros, has one signed rank and gives p = 1 too",
-    ("heads", "return total / torch.where(count > 0, count, torch.ones_like(count))", "0 -> 1"):
-        "a count of 1 divides by 1 on either branch",
-    ("heads", "return logits.to(torch.promote_types(logits.dtype, torch.float32))",
-     "torch.promote_types(logits.dtype, torch.float32) -> torch.promote_types(torch.float32, logits.dtype)"):
-        "type promotion is symmetric",
-    ("heads", "if self.dice_weight > 0:", "self.dice_weight > 0 -> self.dice_weight >= 0"):
-        "with dice_weight 0 it adds 0 x a finite soft-Dice term: the same loss and gradient",
-    ("heads", "return soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index)",
-     "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index) -> "
-     "soft_dice_loss(t == 1, torch.sigmoid(z), t != self.ignore_index)"): _DICE_SYMMETRIC,
-    ("heads", "return soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != self.ignore_index).unsqueeze(1))",
-     "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != se... -> "
-     "soft_dice_loss(truth, torch.softmax(z, dim=1)[:, 1:], (target != se..."): _DICE_SYMMETRIC,
-    ("heads", "def __init__(self, pos_weight: float = 0.0, dice_weight: float = 0.0, threshold: float = 0.5,",
-     "0.0 -> 1.0 #1"): _POS_WEIGHT_ONE,
-    ("heads", "super().__init__(classes, 0.0, dice_weight, threshold, ignore_index)", "0.0 -> 1.0"): _POS_WEIGHT_ONE,
-    ("heads", "ignored = target == self.ignore_index", "target == self.ignore_index -> target != self.ignore_index"):
-        "a pixel ignored in only some channels is also kept in only some: the check reads the same either way",
-    ("heads", "pixel_weight = torch.where(valid, weight[torch.where(valid, labels, 0)], 0.0)", "0 -> 1"):
-        "the stand-in class looked up for ignored pixels is masked out by the outer where",
-    ("env", "self._done = True", "True -> False"): "before the first reset the trainer is None, which step() refuses",
-    ("env", "while len(self._data_cache) > 4:", "len(self._data_cache) > 4 -> len(self._data_cache) >= 4"): _CACHE,
-    ("env", "while len(self._data_cache) > 4:", "4 -> 5"): _CACHE,
-    ("env", "0.0, 0.0))", "0.0 -> 1.0 #1"): "a grad norm of 1 reads log10(1) = 0, as the unmeasured 0 does",
-    ("ppo", "last_gae = torch.zeros_like(values[0])", "0 -> 1"): "zeros_like reads only the shape, the same for every row",
-    ("ppo", "return self.critic(obs).squeeze(-1)", "-1 -> 1"): _COLUMN,
-    ("ppo", "return torch.multinomial(dist.probs, 1, generator=self._generator).squeeze(-1)", "-1 -> 1"): _COLUMN,
-    ("ppo", "return dist.mean + dist.stddev * noise", "dist.mean + dist.stddev * noise -> dist.mean - dist.stddev * noise"):
-        "the noise is standard normal, so symmetric: the samples keep their distribution (log-probs follow them)",
-    ("ppo", "action_np = action_np.reshape(-1, *self.action_space.shape)", "1 -> 2"):
-        "numpy reads any negative size as 'the rest': reshape(-2, ...) is reshape(-1, ...)",
-    ("ppo", "return np.clip(action_np, low, high).astype(self.action_space.dtype)",
-     "np.clip(action_np, low, high) -> np.clip(low, action_np, high)"): _CLIP,
-    ("ppo", "advantages = (advantages - mean) / (std + 1e-8)", "std + 1e-08 -> std - 1e-08"):
-        "2e-8 on a standard deviation of order 1 is below float32 resolution",
-    ("ppo", '"clip_fraction": _masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), mask),',
-     "(ratio - 1).abs() > cfg.clip_range -> (ratio - 1).abs() >= cfg.clip_range"): _TIE,
-    ("ppo", 'if cfg.target_kl is not None and stats["approx_kl"].item() > cfg.target_kl:',
-     "stats['approx_kl'].item() > cfg.target_kl -> stats['approx_kl'].item() >= cfg.target_kl"): _TIE,
-    ("control", "@functools.lru_cache(maxsize=16)", "16 -> 17"): "the cache size only sets how many bounds are kept",
-    ("control", "_ln(now.update_ratio) / math.log(10) if now.update_ratio > 0 else -8.0,", "8.0 -> 9.0"):
-        "-9 is clipped to the feature's lower bound, -8",
-    ("control", "return np.clip(obs, low, high).astype(np.float32)",
-     "np.clip(obs, low, high) -> np.clip(low, obs, high)"): _CLIP,
-    ("control", "return env.factors[int(np.asarray(action).reshape(-1)[0])]", "-1 -> 1"): _ONE_ACTION,
-    ("control", "return env.factors[int(np.asarray(action).reshape(-1)[0])]", "1 -> 2"): _ONE_ACTION,
-    ("control", "a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))",
-     "np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, ... -> "
-     "np.clip(-1.0, np.asarray(action, dtype=np.float64).reshape(-1)[0], ..."): _CLIP,
-    ("control", "a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))", "-1 -> 1"):
-        _ONE_ACTION,
-    ("control", "a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))", "1 -> 2"):
-        _ONE_ACTION,
-    ("schedules", "if steps <= warmup:", "steps <= warmup -> steps < warmup"):
-        "equal only for a 1-step budget, whose one LR (base / 10) is the same on both branches",
-    ("schedules", '"constant": lambda opt, steps: lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),',
-     "0 -> 1"): "with factor 1.0 the LR never changes, whatever total_iters",
-    ("schedules", "self._optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)", "1 -> 2"):
-        _PROXY,
-    ("schedules", "self._optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)",
-     "True -> False"): _PROXY,
-    ("schedules", "preview.step(0.0)", "0.0 -> 1.0"): "any constant Dice stalls reduce-on-plateau the same way",
-    ("runs", "mask = os.umask(0)", "0 -> 1"):
-        "the temporary umask is put back at once; the previous mask is returned either way",
-    ("runs", "Path(tmp).unlink(missing_ok=True)", "True -> False"):
-        "the temporary file always exists when the cleanup runs: os.replace is the last call that can fail",
-}
+_WILCOXON = "stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0"
+_REDUCE_ACTION = "reshape(-1)[0], -1.0, 1.0)"
+EQUIVALENT = (
+    Equivalent("stats", "np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)",
+               "allclose scales rtol by |b|: verdicts differ only for |diff| within 1e-5 relative of 1e-8"),
+    Equivalent("stats", "ttest_rel(x, y)", "stats.ttest_rel(x, y) -> stats.ttest_rel(y, x)", _TWO_SIDED),
+    Equivalent("stats", _WILCOXON, "stats.wilcoxon(x, y) -> stats.wilcoxon(y, x)", _TWO_SIDED),
+    Equivalent("stats", _WILCOXON, "np.count_nonzero(diff) > 0 -> np.count_nonzero(diff) >= 0", _UNREACHABLE),
+    Equivalent("stats", _WILCOXON, "1.0 -> 2.0", _UNREACHABLE),
+    Equivalent("stats", _WILCOXON, "0 -> 1",
+               "one non-zero difference: Wilcoxon drops the zeros, has one signed rank and gives p = 1 too"),
+    Equivalent("heads", "torch.where(count > 0, count, torch.ones_like(count))", "0 -> 1",
+               "a count of 1 divides by 1 on either branch"),
+    Equivalent("heads", "torch.promote_types(logits.dtype, torch.float32)",
+               "torch.promote_types(logits.dtype, torch.float32) -> torch.promote_types(torch.float32, "
+               "logits.dtype)", "type promotion is symmetric"),
+    Equivalent("heads", "if self.dice_weight > 0:", "self.dice_weight > 0 -> self.dice_weight >= 0",
+               "with dice_weight 0 it adds 0 x a finite soft-Dice term: the same loss and gradient"),
+    Equivalent("heads", "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index)",
+               "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index) -> "
+               "soft_dice_loss(t == 1, torch.sigmoid(z), t != self.ignore_index)", _DICE_SYMMETRIC),
+    Equivalent("heads", "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth,",
+               "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != se... -> "
+               "soft_dice_loss(truth, torch.softmax(z, dim=1)[:, 1:], (target != se...", _DICE_SYMMETRIC),
+    Equivalent("heads", "def __init__(self, pos_weight: float = 0.0, dice_weight: float = 0.0,",
+               "0.0 -> 1.0 #1", _POS_WEIGHT_ONE),
+    Equivalent("heads", "super().__init__(classes, 0.0, dice_weight, threshold, ignore_index)", "0.0 -> 1.0",
+               _POS_WEIGHT_ONE),
+    Equivalent("heads", "ignored = target == self.ignore_index",
+               "target == self.ignore_index -> target != self.ignore_index",
+               "a pixel ignored in only some channels is kept in only some: the check reads the same"),
+    Equivalent("heads", "weight[torch.where(valid, labels, 0)]", "0 -> 1",
+               "the stand-in class looked up for ignored pixels is masked out by the outer where"),
+    Equivalent("env", "self._done = True", "True -> False",
+               "before the first reset the trainer is None, which step() refuses too"),
+    Equivalent("env", "while len(self._data_cache) > 4:",
+               "len(self._data_cache) > 4 -> len(self._data_cache) >= 4", _CACHE),
+    Equivalent("env", "while len(self._data_cache) > 4:", "4 -> 5", _CACHE),
+    Equivalent("env", "0.0, 0.0))", "0.0 -> 1.0 #1",
+               "a grad norm of 1 reads log10(1) = 0, as the unmeasured 0 does"),
+    Equivalent("ppo", "last_gae = torch.zeros_like(values[0])", "0 -> 1",
+               "zeros_like reads only the shape, the same for every row"),
+    Equivalent("ppo", "return self.critic(obs).squeeze(-1)", "-1 -> 1", _COLUMN),
+    Equivalent("ppo", "generator=self._generator).squeeze(-1)", "-1 -> 1", _COLUMN),
+    Equivalent("ppo", "return dist.mean + dist.stddev * noise",
+               "dist.mean + dist.stddev * noise -> dist.mean - dist.stddev * noise",
+               "the noise is standard normal, so symmetric: the samples keep their distribution"),
+    Equivalent("ppo", "action_np = action_np.reshape(-1, *self.action_space.shape)", "1 -> 2",
+               "numpy reads any negative size as 'the rest': reshape(-2, ...) is reshape(-1, ...)"),
+    Equivalent("ppo", "return np.clip(action_np, low, high)",
+               "np.clip(action_np, low, high) -> np.clip(low, action_np, high)", _CLIP),
+    Equivalent("ppo", "advantages = (advantages - mean) / (std + 1e-8)", "std + 1e-08 -> std - 1e-08",
+               "2e-8 on a standard deviation of order 1 is below float32 resolution"),
+    Equivalent("ppo", "((ratio - 1).abs() > cfg.clip_range)",
+               "(ratio - 1).abs() > cfg.clip_range -> (ratio - 1).abs() >= cfg.clip_range",
+               "differs only when |ratio - 1| equals clip_range exactly, a float tie real ratios never make"),
+    Equivalent("ppo", 'stats["approx_kl"].item() > cfg.target_kl:',
+               "stats['approx_kl'].item() > cfg.target_kl -> stats['approx_kl'].item() >= cfg.target_kl",
+               "differs only on an exact tie: the one case, target_kl = 0 against the first minibatch's "
+               "KL of 0, would stop before any step and is no real setting"),
+    Equivalent("control", "@functools.lru_cache(maxsize=16)", "16 -> 17",
+               "the cache size only sets how many bounds arrays are kept"),
+    Equivalent("control", "if now.update_ratio > 0 else -8.0,", "8.0 -> 9.0",
+               "-9 is clipped to the feature's lower bound, -8"),
+    Equivalent("control", "return np.clip(obs, low, high)",
+               "np.clip(obs, low, high) -> np.clip(low, obs, high)", _CLIP),
+    Equivalent("control", "env.factors[int(np.asarray(action).reshape(-1)[0])]", "-1 -> 1", _ONE_ACTION),
+    Equivalent("control", "env.factors[int(np.asarray(action).reshape(-1)[0])]", "1 -> 2", _ONE_ACTION),
+    Equivalent("control", _REDUCE_ACTION,
+               "np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, ... -> "
+               "np.clip(-1.0, np.asarray(action, dtype=np.float64).reshape(-1)[0], ...", _CLIP),
+    Equivalent("control", _REDUCE_ACTION, "-1 -> 1", _ONE_ACTION),
+    Equivalent("control", _REDUCE_ACTION, "1 -> 2", _ONE_ACTION),
+    Equivalent("schedules", "if steps <= warmup:", "steps <= warmup -> steps < warmup",
+               "equal only for a 1-step budget, whose one LR (base / 10) is the same on both branches"),
+    Equivalent("schedules", "ConstantLR(opt, factor=1.0, total_iters=0)", "0 -> 1",
+               "with factor 1.0 the LR never changes, whatever total_iters"),
+    Equivalent("schedules", "torch.zeros(1, requires_grad=True)", "1 -> 2", _PROXY),
+    Equivalent("schedules", "torch.zeros(1, requires_grad=True)", "True -> False", _PROXY),
+    Equivalent("schedules", "preview.step(0.0)", "0.0 -> 1.0",
+               "any constant Dice stalls reduce-on-plateau alike"),
+    Equivalent("runs", "mask = os.umask(0)", "0 -> 1",
+               "the temporary umask is put back at once; the previous mask is returned either way"),
+    Equivalent("runs", "Path(tmp).unlink(missing_ok=True)", "True -> False",
+               "the temporary file always exists when the cleanup runs: os.replace is the last call to fail"),
+)
+
 
 COMPARISONS: dict[type, type] = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
                                  ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
@@ -162,9 +177,10 @@ class Mutant:
     change: str  # "before -> after" of the mutated expression; " #k" for the k-th of equal changes on a line
     source: str  # the whole mutated module
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return self.module, self.code, self.change
+    def equivalence(self) -> Equivalent | None:
+        """The entry of ``EQUIVALENT`` that names this mutant, if any."""
+        return next((e for e in EQUIVALENT if (e.module, e.change) == (self.module, self.change)
+                     and e.line in self.code), None)
 
 
 # ------------------------------------------------------------------------------------------------ mutants
@@ -183,13 +199,13 @@ def _skipped_nodes(tree: ast.Module) -> set[int]:
             skipped.append(node.annotation)
         elif isinstance(node, (ast.JoinedStr, ast.Raise)):
             skipped.append(node)
-        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
             skipped.append(node)
     return {id(n) for root in skipped for n in ast.walk(root)}
 
 
 def _edits(node: ast.AST) -> list[Callable[[ast.AST], ast.AST]]:
-    """Each way to mutate ``node``: a function that mutates (a fresh parse of) it and returns its replacement."""
+    """Each way to mutate ``node``: a function that changes (a fresh parse of) it and returns the result."""
     def set_attr(name: str, value: object) -> Callable[[ast.AST], ast.AST]:
         def edit(n: ast.AST) -> ast.AST:
             setattr(n, name, value)
@@ -209,7 +225,8 @@ def _edits(node: ast.AST) -> list[Callable[[ast.AST], ast.AST]]:
         return [set_attr("value", not node.value)]
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return [set_attr("value", node.value + 1)]
-    if isinstance(node, ast.Call) and len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args):
+    plain_args = isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args)
+    if plain_args and len(node.args) >= 2:
         name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
         if name not in NO_SWAP and ast.dump(node.args[0]) != ast.dump(node.args[1]):
             return [set_attr("args", [node.args[1], node.args[0], *node.args[2:]])]
@@ -217,13 +234,13 @@ def _edits(node: ast.AST) -> list[Callable[[ast.AST], ast.AST]]:
 
 
 class _Replace(ast.NodeTransformer):
-    def __init__(self, target: ast.AST, edit: Callable[[ast.AST], ast.AST]) -> None:
-        self.target, self.edit = target, edit
+    """Puts ``replacement`` where ``target`` was."""
+
+    def __init__(self, target: ast.AST, replacement: ast.AST) -> None:
+        self.target, self.replacement = target, replacement
 
     def visit(self, node: ast.AST) -> ast.AST:
-        if node is self.target:
-            return self.edit(node)
-        return super().visit(node)
+        return self.replacement if node is self.target else super().visit(node)
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -250,7 +267,7 @@ def mutants(module: str) -> list[Mutant]:
             after = ast.unparse(replacement)
             if after == before:
                 continue
-            mutated = ast.unparse(ast.fix_missing_locations(_Replace(target, lambda n, r=replacement: r).visit(fresh)))
+            mutated = ast.unparse(ast.fix_missing_locations(_Replace(target, replacement).visit(fresh)))
             found.append(Mutant(module, path, node.lineno, node.col_offset, lines[node.lineno - 1].strip(),
                                 f"{_short(before)} -> {_short(after)}", mutated))
     found.sort(key=lambda m: (m.line, m.column))
@@ -264,7 +281,7 @@ def mutants(module: str) -> list[Mutant]:
 
 # ------------------------------------------------------------------------------------------------ running
 def _fork_tests(workdir: Path, tests: tuple[str, ...]) -> int:
-    """Run pytest on ``tests`` in a forked child (its own process group, output discarded); returns its pid."""
+    """Run pytest on ``tests`` in a forked child (own process group, output discarded); returns its pid."""
     pid = os.fork()
     if pid:
         return pid
@@ -279,7 +296,8 @@ def _fork_tests(workdir: Path, tests: tuple[str, ...]) -> int:
         sys.dont_write_bytecode = True  # a stale .pyc of another mutant (same size and mtime) would be reused
         import pytest
 
-        code = int(pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-o", "addopts="]))
+        code = int(pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                                "-o", "addopts="]))
     finally:
         os._exit(code)
 
@@ -315,17 +333,15 @@ def run_module(module: str, selected: list[Mutant], timeout_factor: float) -> di
     try:
         start = time.monotonic()
         if _wait(_fork_tests(workdir, tests), float("inf")) != "survived":
-            raise SystemExit(f"{module}: the tests fail on the unmutated code; fix that first ({' '.join(tests)})")
+            raise SystemExit(f"{module}: {' '.join(tests)} fail on the unmutated code; fix that first")
         timeout = timeout_factor * (time.monotonic() - start) + 30
         outcomes: dict[str, list[Mutant]] = {}
-        original = (workdir / path).read_text()
         for number, mutant in enumerate(selected, 1):
             (workdir / path).write_text(mutant.source)
             outcome = _wait(_fork_tests(workdir, tests), time.monotonic() + timeout)
             outcomes.setdefault(outcome, []).append(mutant)
             mark = {"killed": ".", "timeout": "T", "survived": "S"}.get(outcome, "?")
             print(mark, end="\n" if number % 50 == 0 else "", flush=True)
-        (workdir / path).write_text(original)
         print(flush=True)
         return outcomes
     finally:
@@ -363,16 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{module}: {len(selected)} mutants against {' '.join(MODULES[module][1])}", flush=True)
         outcomes = run_module(module, selected, args.timeout_factor)
         survivors = outcomes.get("survived", []) + outcomes.get("no tests", [])
-        equivalent = [m for m in survivors if m.key in EQUIVALENT]
+        equivalent = [m for m in survivors if m.equivalence()]
         killed = len(outcomes.get("killed", [])) + len(outcomes.get("timeout", []))
         scored = len(selected) - len(equivalent)
         score = 100.0 * killed / scored if scored else 100.0
         failed |= score < args.fail_under
-        scores.append((module, len(selected), killed, len(equivalent), len(survivors) - len(equivalent), score))
+        survived = len(survivors) - len(equivalent)
+        scores.append((module, len(selected), killed, len(equivalent), survived, score))
         for m in survivors:
-            why = EQUIVALENT.get(m.key)
-            print(f"  {'equivalent' if why else 'SURVIVED'}  {m.path}:{m.line}:{m.column}  {m.change}    [{m.code}]"
-                  + (f"\n      ({why})" if why else ""))
+            known = m.equivalence()
+            print(f"  {'equivalent' if known else 'SURVIVED'}  {m.path}:{m.line}:{m.column}  {m.change}"
+                  f"    [{m.code}]" + (f"\n      ({known.why})" if known else ""))
 
     print(f"\n{'module':<10} {'mutants':>8} {'killed':>7} {'equiv.':>7} {'survived':>9} {'score':>7}")
     for module, total, killed, equivalent, survived, score in scores:
