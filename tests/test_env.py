@@ -45,7 +45,8 @@ def test_reset_info_and_wall_time():
 def test_undefined_dice_reads_as_zero(monkeypatch):
     """Dice is NaN when the validation set has no foreground at all: the env reports 0, never NaN."""
     evaluate = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: dataclasses.replace(evaluate(self), dice_mean=math.nan))
+    monkeypatch.setattr(Trainer, "evaluate",
+                        lambda self: dataclasses.replace(evaluate(self), dice_mean=math.nan))
     env = UNetLREnv("fast", **SHORT)
     dice = observation_names(env.config.env).index("dice")
     obs, info = env.reset(seed=0)
@@ -183,7 +184,7 @@ def test_divergence_terminates_with_penalty_and_never_raises():
 
 
 def test_budget_end_is_terminal_not_truncated():
-    """The observation carries the budget spent, so its end is a true terminal state: agents must not bootstrap."""
+    """The observation carries the budget spent, so its end is a true terminal state: never bootstrapped."""
     env = UNetLREnv("fast", **SHORT)
     env.reset(seed=0, options={"lr": 0.01})
     steps = [env.step(2) for _ in range(3)]

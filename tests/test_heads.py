@@ -315,7 +315,8 @@ def test_a_zero_class_weight_drops_that_class_from_the_loss() -> None:
     valid = target != IGNORE
     kept = valid & (target != 0)
     reference = F.cross_entropy(logits.permute(0, 2, 3, 1)[kept], target[kept].long())
-    torch.testing.assert_close(MulticlassHead(2, class_weights=(0.0, 1.0, 1.0)).loss(logits, target), reference)
+    head = MulticlassHead(2, class_weights=(0.0, 1.0, 1.0))
+    torch.testing.assert_close(head.loss(logits, target), reference)
 
 
 def test_make_head_rejects_settings_of_another_task() -> None:

@@ -106,7 +106,7 @@ def test_config_defaults_are_cleanrl_and_sb3_ones_and_frozen():
 
 
 def test_networks_start_orthogonal_with_cleanrl_gains():
-    """Hidden layers gain sqrt(2), critic head 1, actor head 0.01 (a near-uniform first policy); zero biases."""
+    """Hidden layers gain sqrt(2), critic head 1, actor head 0.01 (near-uniform first policy); zero biases."""
     agent = ReferencePPO(make_cartpole(1), PPOConfig(), seed=0)
     for net, head_gain in ((agent.actor.net, 0.01), (agent.critic, 1.0)):
         linear = [m for m in net if isinstance(m, torch.nn.Linear)]
@@ -491,7 +491,7 @@ def test_discrete_actions_keep_the_space_start_and_predict_is_greedy_by_default(
 def test_load_refuses_other_spaces_and_pickled_code(tmp_path):
     path = tmp_path / "agent.pt"
     ReferencePPO(counting_envs(), PPOConfig(n_steps=8, batch_size=16), seed=0).save(path)
-    for envs in (SyncVectorEnv([OffsetActionEnv] * 2), make_cartpole(2)):  # other actions / other observations
+    for envs in (SyncVectorEnv([OffsetActionEnv] * 2), make_cartpole(2)):  # other actions, other observations
         with pytest.raises(ValueError, match="differ from the checkpoint"):
             ReferencePPO.load(path, envs=envs)
     torch.save({"config": CountingEnv(3, truncate=False)}, tmp_path / "evil.pt")  # unpickling would run code

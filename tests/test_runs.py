@@ -23,7 +23,7 @@ def test_atomic_json_writes_valid_json_with_nan_as_null(tmp_path):
     path = tmp_path / "x.json"
     atomic_write_json(path, {"a": math.nan, "b": [1.0, math.inf]})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}
-    assert path.read_text() == '{\n  "a": null,\n  "b": [\n    1.0,\n    null\n  ]\n}\n'  # readable by eye too
+    assert path.read_text() == '{\n  "a": null,\n  "b": [\n    1.0,\n    null\n  ]\n}\n'  # readable by eye
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
 
 
