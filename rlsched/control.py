@@ -76,6 +76,10 @@ def decode_lr(env: EnvConfig, feature: float) -> float:
 
 
 def _ln(x: float) -> float:
+    """ln x; 0 gives -inf (a loss that underflowed: the lower bound), no log at all (NaN, inf, < 0) gives NaN
+    (a blow-up: the upper bound)."""
+    if x == 0:
+        return -math.inf
     return math.log(x) if (math.isfinite(x) and x > 0) else math.nan
 
 

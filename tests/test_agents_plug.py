@@ -1,10 +1,13 @@
 """Off-the-shelf agents drive the env with no adapter code; vector envs run it in worker processes."""
 
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
@@ -19,20 +22,39 @@ def tiny_env(**env_overrides):
     return gym.make("rlsched/UNetLR-v0", preset="fast", data=TINY["data"], env={**TINY["env"], **env_overrides})
 
 
+def weights(model: BaseAlgorithm) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.policy.parameters()])
+
+
+def assert_learned_over_whole_episodes(model: BaseAlgorithm, before: torch.Tensor, steps: int) -> None:
+    """The agent took exactly ``steps`` steps, updated its policy, and its Monitor saw episodes end at the
+    4-epoch budget (earlier only when a run diverged); only a last, unfinished episode may be missing."""
+    assert model.num_timesteps == steps
+    assert not torch.equal(weights(model), before)
+    lengths = [episode["l"] for episode in model.ep_info_buffer]
+    assert max(lengths) == 4 and min(lengths) >= 1
+    assert steps - 4 * model.n_envs < sum(lengths) <= steps
+
+
 @pytest.mark.parametrize("algo", [PPO, A2C])
 def test_discrete_sb3_agents_train_on_the_env(algo):
     env = tiny_env()
     kwargs = {"n_steps": 40, "batch_size": 40} if algo is PPO else {"n_steps": 8}
-    model = algo("MlpPolicy", env, seed=0, **kwargs).learn(200)
-    assert model.num_timesteps >= 200
+    model = algo("MlpPolicy", env, seed=0, **kwargs)
+    before = weights(model)
+    model.learn(200)
+    assert_learned_over_whole_episodes(model, before, 200)
     action, _ = model.predict(env.observation_space.sample(), deterministic=True)
     assert env.action_space.contains(int(action))
 
 
 def test_sac_trains_on_the_continuous_variant():
     env = tiny_env(action="continuous")
-    model = SAC("MlpPolicy", env, seed=0, learning_starts=50, batch_size=32, buffer_size=1000).learn(200)
-    assert model.num_timesteps >= 200
+    model = SAC("MlpPolicy", env, seed=0, learning_starts=50, batch_size=32, buffer_size=1000)
+    before = weights(model)
+    model.learn(200)
+    assert_learned_over_whole_episodes(model, before, 200)
+    assert model.replay_buffer.size() == 200 and np.abs(model.replay_buffer.actions[:200]).max() <= 1
 
 
 def test_random_agent_runs_episodes_to_their_end():
@@ -67,6 +89,10 @@ def test_gymnasium_async_vector_env_with_workers():
 def test_sb3_subproc_vec_env_with_workers():
     vec = make_vec_env(tiny_env, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
                        vec_env_kwargs={"start_method": start_method()})
-    model = PPO("MlpPolicy", vec, n_steps=8, batch_size=16, seed=0).learn(16)
-    assert model.num_timesteps == 16
+    workers = {process.pid for process in vec.processes if process.is_alive()}
+    assert len(workers) == 2 and os.getpid() not in workers
+    model = PPO("MlpPolicy", vec, n_steps=8, batch_size=16, seed=0)
+    before = weights(model)
+    model.learn(16)
+    assert_learned_over_whole_episodes(model, before, 16)
     vec.close()

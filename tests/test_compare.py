@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+import by_hand
 from rlsched import compare, train
 from rlsched.config import ConfigError, load_config
 from rlsched.env import Instance
@@ -60,6 +61,18 @@ def main_rows(run_dir):
     return {r["method"]: r for r in read_csv(run_dir / "summary.csv") if r["factor"] == ""}
 
 
+def dice_curves(run_dir):
+    """Per method, the Dice curve of each held-out instance (in instance order) read back from episodes.csv,
+    zero-filled after a divergence: the raw material every summary statistic is recomputed from here."""
+    curves = {}
+    for row in read_csv(run_dir / "episodes.csv"):
+        if row["factor"] == "":
+            runs = curves.setdefault(row["method"], {})
+            runs.setdefault(int(row["instance"]), []).append(float(row["dice"]))
+    return {method: [dices + [0.0] * (EPOCHS + 1 - len(dices)) for _, dices in sorted(runs.items())]
+            for method, runs in curves.items()}
+
+
 def test_every_output_is_written_and_readable(run_dir):
     expected = {"config.toml", "args.json", "episodes.csv", "tuning.csv", "summary.csv", "summary.md",
                 "dice_vs_epoch.png", "lr_vs_epoch.png", "final_dice.png", "robustness.png"}
@@ -76,10 +89,16 @@ def test_every_output_is_written_and_readable(run_dir):
 def test_summary_has_every_method_with_finite_statistics(run_dir):
     rows = main_rows(run_dir)
     assert sorted(rows) == sorted(METHODS)
-    for row in rows.values():
+    curves = dice_curves(run_dir)
+    for name, row in rows.items():
         assert int(row["n"]) == INSTANCES
-        assert float(row["final_dice_low"]) <= float(row["final_dice_mean"]) <= float(row["final_dice_high"])
-        assert 0 <= float(row["auc_dice_mean"]) <= float(row["best_dice_mean"]) <= 1
+        per_run = {"final_dice": [c[-1] for c in curves[name]], "best_dice": [max(c) for c in curves[name]],
+                   "auc_dice": [sum(c[1:]) / EPOCHS for c in curves[name]]}
+        for key, values in per_run.items():  # mean and 95% t interval over the instances, by hand
+            mean, low, high = by_hand.t_interval(values)
+            got = [float(row[f"{key}_{part}"]) for part in ("mean", "low", "high")]
+            assert got == pytest.approx([mean, low, high], abs=1e-9), (name, key)
+    assert any(rows[name]["final_dice_low"] != rows[name]["final_dice_high"] for name in rows)  # not all ties
     report = (run_dir / "summary.md").read_text()
     assert all(f"| {name} |" in report or f"| **{name}** |" in report for name in METHODS)
 
@@ -147,9 +166,14 @@ def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
     best = max(chosen, key=lambda r: (float(r["final_dice"]), float(r["auc_dice"])))["schedule"]
     report = (run_dir / "summary.md").read_text()
     assert f"vs the best fixed schedule ({best})" in report
+    curves = dice_curves(run_dir)
     for name in AGENTS:
-        difference = float(rows[name]["final_dice_mean"]) - float(rows[best]["final_dice_mean"])
-        assert f"| **{name}** − {best} | {difference:+.3f}" in report
+        differences = [a[-1] - b[-1] for a, b in zip(curves[name], curves[best])]  # paired by instance
+        assert len(differences) == INSTANCES and all(d != 0 for d in differences)
+        mean, low, high = by_hand.t_interval(differences)
+        t_p, wilcoxon_p = by_hand.t_test_pvalue(differences), by_hand.wilcoxon_exact_pvalue(differences)
+        assert (f"| **{name}** − {best} | {mean:+.3f} ({low:+.3f} .. {high:+.3f}) | {t_p:.3g} "
+                f"| {wilcoxon_p:.3g} | {INSTANCES} |") in report
 
 
 def test_comparator_is_chosen_on_train_instances_not_on_held_out_results():

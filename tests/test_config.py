@@ -14,8 +14,16 @@ def test_default_config_is_valid_and_roundtrips_through_toml():
 @pytest.mark.parametrize("name", available_presets())
 def test_every_shipped_preset_loads_and_roundtrips(name):
     config = load_config(name)
-    assert config.name == name or config.name
+    assert config.name == name  # each shipped preset names itself after its file
     assert config_from_dict(tomllib.loads(config_to_toml(config))) == config
+
+
+def test_a_preset_without_a_name_is_named_after_its_file(tmp_path):
+    path = tmp_path / "my-run.toml"
+    path.write_text("[env]\nepochs = 4\n")
+    assert load_config(path).name == "my-run"
+    path.write_text('name = "other"\n')
+    assert load_config(path).name == "other"
 
 
 def test_unknown_key_names_the_key_and_suggests_the_fix(tmp_path):

@@ -1,9 +1,12 @@
+import dataclasses
+import math
 from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -12,9 +15,10 @@ from rlsched.agents.workers import env_factory
 from rlsched.config import ConfigError
 from rlsched.data import make_dataset
 from rlsched.control import OBS_FEATURES, observation_names
-from rlsched.env import UNetLREnv, make_instances
+from rlsched.env import Instance, UNetLREnv, make_instances
 from rlsched.fixed import run_schedule
 from rlsched.schedules import FixedSchedule
+from rlsched.trainer import Trainer
 
 SHORT = {"env.epochs": 3}
 
@@ -28,6 +32,60 @@ def rollout(env, seed, actions, options=None):
         if terminated or truncated:
             break
     return trajectory
+
+
+def test_reset_info_and_wall_time():
+    env = UNetLREnv("fast", **SHORT)
+    assert env.seconds == 0.0  # no episode yet
+    _, info = env.reset(seed=0)
+    assert info["epoch"] == 0 and info["diverged"] is False
+    assert 0 < info["dice_mean"] == info["dice"][0]  # the untrained net's validation Dice, not a placeholder
+    after_reset = env.seconds
+    env.step(2)
+    assert 0 < after_reset < env.seconds  # training and validation time accumulate over the episode
+
+
+def test_undefined_dice_reads_as_zero(monkeypatch):
+    """Dice is NaN when the validation set has no foreground at all: the env reports 0, never NaN."""
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate",
+                        lambda self: dataclasses.replace(evaluate(self), dice_mean=math.nan))
+    env = UNetLREnv("fast", **SHORT)
+    dice = observation_names(env.config.env).index("dice")
+    obs, info = env.reset(seed=0)
+    assert info["dice_mean"] == 0.0 and obs[dice] == 0.0
+    obs, reward, _, _, info = env.step(2)
+    assert math.isnan(info["dice_mean"]) and obs[dice] == 0.0 and reward == 0.0
+
+
+def test_a_user_penalty_sees_the_transition_in_order():
+    seen = []
+    env = UNetLREnv("fast", **SHORT, penalty=lambda t: seen.append(t) or 0.0)
+    _, reset = env.reset(seed=0, options={"lr": 0.01})
+    _, _, _, _, info = env.step(4)  # x2
+    (t,) = seen
+    assert (t.lr_before, t.lr_after) == (pytest.approx(0.01), pytest.approx(0.02))
+    assert (t.dice_before, t.dice_after) == (reset["dice_mean"], info["dice_mean"])
+    assert (t.val_loss_before, t.val_loss_after) == (reset["val_loss"], info["val_loss"])
+    assert (t.diverged, t.step, t.steps) == (False, 1, 3) and t.seconds > 0
+
+
+def test_action_space_and_the_action_that_keeps_the_lr():
+    continuous = UNetLREnv("fast", **SHORT, **{"env.action": "continuous"})
+    assert continuous.action_space == spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    np.testing.assert_array_equal(continuous.keep_action, np.zeros(1, np.float32))
+    assert continuous.keep_action.shape == (1,) and continuous.keep_action.dtype == np.float32
+    assert UNetLREnv("fast", **SHORT).keep_action == 2  # factors (0.5, 0.8, 1.0, 1.25, 2.0)
+    with pytest.raises(ValueError, match="no action keeps the LR"):
+        UNetLREnv("fast", **SHORT, **{"env.factors": [0.5, 2.0]}).keep_action
+
+
+def test_config_and_preset_are_exclusive():
+    config = UNetLREnv("fast").config
+    assert UNetLREnv(config=config).config is config
+    for kwargs in ({"preset": "fast"}, {"env.epochs": 2}):
+        with pytest.raises(ValueError, match="not both"):
+            UNetLREnv(config=config, **kwargs)
 
 
 def test_gymnasium_and_sb3_env_checkers_pass():
@@ -71,12 +129,40 @@ def test_setting_torch_threads_is_the_env_factorys_job(fast_config):
         torch.set_num_threads(threads)
 
 
-def test_observation_space_is_declared_beside_its_builder():
+def test_observation_reports_the_training_run_feature_by_feature():
+    """The env fills each feature from the right number (tests/test_control.py pins the feature order)."""
     env = UNetLREnv("fast", **SHORT, **{"env.history": 3})
+    cfg = env.config.env
     assert env.observation_space.shape == (len(OBS_FEATURES) + 2 * 3,)
-    assert len(observation_names(env.config.env)) == env.observation_space.shape[0]
-    obs, _ = env.reset(seed=0)
-    assert env.observation_space.contains(obs)
+    names = observation_names(cfg)
+    assert len(names) == env.observation_space.shape[0]
+
+    def scaled(lr):
+        low, high = math.log10(cfg.lr_min), math.log10(cfg.lr_max)
+        return 2 * (math.log10(lr) - low) / (high - low) - 1
+
+    def check(obs, expected):
+        assert env.observation_space.contains(obs)
+        for name, value in expected.items():
+            assert obs[names.index(name)] == pytest.approx(value, abs=1e-5), name
+
+    obs, reset = env.reset(seed=0, options={"lr": 0.01})
+    lags = {f"{name}{k}": value for k in (1, 2, 3)
+            for name, value in (("dice_lag", reset["dice_mean"]), ("log_lr_lag", scaled(0.01)))}
+    check(obs, {"log_lr": scaled(0.01), "budget_used": 0.0, "log_train_loss": math.log(reset["val_loss"]),
+                "log_val_loss": math.log(reset["val_loss"]), "d_log_train_loss": 0.0, "d_log_val_loss": 0.0,
+                "dice": reset["dice_mean"], "d_dice": 0.0, "log_grad_norm": 0.0, "log_update_ratio": 0.0,
+                "first_step": 1.0, **lags})
+    obs, _, _, _, info = env.step(4)  # x2
+    assert info["train_loss"] != info["val_loss"] and info["dice_mean"] != reset["dice_mean"]
+    check(obs, {"log_lr": scaled(0.02), "budget_used": 1 / 3,
+                "log_train_loss": math.log(info["train_loss"]), "log_val_loss": math.log(info["val_loss"]),
+                "d_log_train_loss": math.log(info["train_loss"] / reset["val_loss"]),
+                "d_log_val_loss": math.log(info["val_loss"] / reset["val_loss"]),
+                "dice": info["dice_mean"], "d_dice": info["dice_mean"] - reset["dice_mean"],
+                "log_grad_norm": math.log10(info["grad_norm"]),
+                "log_update_ratio": math.log10(info["update_ratio"]), "first_step": 0.0,
+                "dice_lag1": reset["dice_mean"], "log_lr_lag1": scaled(0.01)})
 
 
 def test_same_seed_and_actions_give_the_same_trajectory():
@@ -127,9 +213,30 @@ def test_divergence_terminates_with_penalty_and_never_raises():
 
 
 def test_budget_end_is_terminal_not_truncated():
-    trajectory = rollout(UNetLREnv("fast", **SHORT), 0, [2] * 10, options={"lr": 0.01})
-    assert len(trajectory) == 4  # reset + 3 steps
-    assert trajectory[-1][2]["epoch"] == 3
+    """The observation carries the budget spent, so its end is a true terminal state: never bootstrapped."""
+    env = UNetLREnv("fast", **SHORT)
+    env.reset(seed=0, options={"lr": 0.01})
+    steps = [env.step(2) for _ in range(3)]
+    assert [(terminated, truncated) for _, _, terminated, truncated, _ in steps] == [(False, False)] * 2 + [
+        (True, False)]
+    assert [info["epoch"] for *_, info in steps] == [1, 2, 3]
+    assert "final_dice" in steps[-1][4] and "final_dice" not in steps[-2][4]
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(2)
+
+
+def test_instance_sets_are_fixed_by_the_preset():
+    """Every published comparison names its held-out instances by preset and index: they must not drift."""
+    cfg = UNetLREnv("fast").config.env
+    train, heldout = make_instances(cfg, "train"), make_instances(cfg, "heldout")
+    assert (len(train), len(heldout)) == (cfg.train_instances, cfg.heldout_instances) == (16, 4)
+    assert heldout[:2] == [Instance("heldout", 0, 995326737, 880480477, pytest.approx(0.013209942215439344)),
+                           Instance("heldout", 1, 613677793, 272165816, pytest.approx(0.2283595743595669))]
+    assert train[0] == Instance("train", 0, 1403976921, 1307735269, pytest.approx(0.07528712460793205))
+    assert all(cfg.initial_lr_min <= i.initial_lr <= cfg.initial_lr_max for i in train + heldout)
+    assert [i.index for i in train] == list(range(16))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train[0].initial_lr = 1.0
 
 
 def test_heldout_instances_are_disjoint_and_selectable():
@@ -140,6 +247,7 @@ def test_heldout_instances_are_disjoint_and_selectable():
     _, info = env.reset(options={"split": "heldout", "instance": 2})
     assert info["split"] == "heldout" and info["instance"] == 2 and info["initial_lr"] == heldout[2].initial_lr
     for options, message in [({"split": "test"}, "unknown split"), ({"instance": 99}, "out of range"),
+                             ({"split": "heldout", "instance": len(heldout)}, "out of range"),
                              ({"instanse": 1}, "unknown reset option")]:
         with pytest.raises(ValueError, match=message):
             env.reset(options=options)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+import by_hand
+
 import rlsched  # noqa: F401  (registers the env ids)
 from rlsched import compare, fixed, train
 
@@ -66,12 +68,12 @@ def run_episode(path):
     while not done:
         obs, reward, done, _, info = env.step(2)
         assert np.isfinite(reward) and env.observation_space.contains(obs)
-    return info
+    return env.unwrapped, info
 
 
 def test_binary_folder_dataset_trains_through_the_env(tmp_path):
     write_dataset(tmp_path / "data")
-    info = run_episode(preset(tmp_path, tmp_path / "data", "binary"))
+    _, info = run_episode(preset(tmp_path, tmp_path / "data", "binary"))
     assert info["epoch"] == 3 and 0 <= info["final_dice"] <= 1
     data = gym.make("rlsched/UNetLR-v0", preset=str(preset(tmp_path, tmp_path / "data", "binary"))).unwrapped
     data.reset(seed=0)
@@ -80,8 +82,18 @@ def test_binary_folder_dataset_trains_through_the_env(tmp_path):
 
 def test_multiclass_folder_dataset_with_ignore_value(tmp_path):
     write_dataset(tmp_path / "data", classes=2, ignore=255)
-    info = run_episode(preset(tmp_path, tmp_path / "data", "multiclass", "classes = 2\nignore_index = 255"))
-    assert info["epoch"] == 3 and len(info["dice"]) == 2
+    path = preset(tmp_path, tmp_path / "data", "multiclass", "classes = 2\nignore_index = 255")
+    env, info = run_episode(path)
+    assert info["epoch"] == 3
+    masks = env.trainer.val_masks
+    assert set(masks.unique().tolist()) == {0, 1, 2, 255}  # the band is loaded as ignore, not as a class
+    with torch.no_grad():
+        prediction = env.trainer.model(env.trainer.val_images).argmax(1).numpy()
+    expected = by_hand.dice_per_class(prediction, masks.numpy(), classes=2, ignore_index=255)
+    assert info["dice"] == pytest.approx(expected) and info["dice_mean"] == pytest.approx(np.mean(expected))
+    # the sharpness of that check: counting the band's pixels would change the score
+    counting_the_band = by_hand.dice_per_class(prediction, masks.numpy(), classes=2, ignore_index=-1)
+    assert counting_the_band != pytest.approx(expected)
 
 
 def test_mask_values_outside_the_classes_name_the_fix(tmp_path):

@@ -46,12 +46,13 @@ def test_binary_bce_equals_two_channel_ce_on_zero_and_z(ignore_fraction: float) 
     torch.testing.assert_close(bce, reference)
 
 
-def test_binary_pos_weight_matches_torch() -> None:
+@pytest.mark.parametrize("pos_weight", [3.0, 0.5])
+def test_binary_pos_weight_matches_torch(pos_weight: float) -> None:
     z, target = binary_batch()
     valid = target != IGNORE
-    reference = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0, dtype=torch.float64))(
+    reference = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float64))(
         z[:, 0][valid], target[valid].double())
-    torch.testing.assert_close(BinaryHead(pos_weight=3.0).loss(z, target), reference)
+    torch.testing.assert_close(BinaryHead(pos_weight=pos_weight).loss(z, target), reference)
 
 
 def test_multiclass_class_weights_and_ignore_by_hand() -> None:
@@ -161,6 +162,16 @@ def test_soft_dice_term_by_hand() -> None:
     assert (with_dice - without).item() == pytest.approx(0.5 * expected_dice, rel=1e-9)
 
 
+def test_soft_dice_is_one_score_for_the_whole_batch_with_monai_smoothing() -> None:
+    # image 1: class absent and never predicted; image 2: half the predicted mass on the object
+    prob = torch.tensor([[[[0.0, 0.0]]], [[[0.5, 1.0]]]], dtype=torch.float64)
+    truth = torch.tensor([[[[0, 0]]], [[[1, 0]]]], dtype=torch.bool)
+    valid = torch.ones_like(truth)
+    expected = 1 - (2 * 0.5 + 1e-5) / (1.5 + 1 + 1e-5)  # not a mean of per-image scores (image 1 alone: 1)
+    assert soft_dice_loss(prob, truth, valid).item() == pytest.approx(expected, rel=1e-12)
+    assert soft_dice_loss(prob[:1], truth[:1], valid[:1]).item() == 0.0  # empty vs empty is a perfect match
+
+
 def test_multiclass_dice_uses_foreground_softmax_only() -> None:
     logits, target = multiclass_batch()
     prob = torch.softmax(logits, dim=1)
@@ -214,6 +225,13 @@ def test_binary_target_with_channel_dim_names_the_fix() -> None:
         head.validate_target(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(TargetError, match="squeeze"):
         head.loss(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_one_hot_multiclass_targets_are_named_as_such() -> None:
+    with pytest.raises(TargetError, match=r"\(2, 3, 8, 8\); expected \(N, H, W\) class indices.*not one-hot"):
+        MulticlassHead(2).validate_target(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TargetError, match="add the batch dimension"):
+        BinaryHead().validate_target(torch.zeros(8, 1, dtype=torch.uint8))
 
 
 def test_bad_dtype_names_uint8() -> None:
@@ -271,8 +289,34 @@ def test_logits_and_target_must_agree() -> None:
 def test_make_head_matches_data_config(task: str, classes: int, kind: type) -> None:
     data = DataConfig(task=task, classes=classes, ignore_index=200)
     head = make_head(data, LossConfig(dice_weight=0.5))
-    assert isinstance(head, kind) and head.task == task
+    assert isinstance(head, kind) and head.task == task and head.classes == classes
     assert head.out_channels == data.out_channels and head.ignore_index == 200 and head.dice_weight == 0.5
+
+
+def test_settings_outside_their_range_are_rejected() -> None:
+    for ignore_index in (1, 256):  # a class value, or beyond uint8
+        with pytest.raises(ValueError, match=f"ignore_index={ignore_index}"):
+            BinaryHead(ignore_index=ignore_index)
+    assert BinaryHead(ignore_index=2).ignore_index == 2
+    for threshold in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"threshold={threshold}"):
+            BinaryHead(threshold=threshold)
+    with pytest.raises(ValueError, match="label_smoothing=1"):
+        MulticlassHead(2, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        MulticlassHead(1, class_weights=(1.0, -1.0))
+    with pytest.raises(ValueError, match="classes=0"):
+        MultilabelHead(0)
+    assert MultilabelHead(1).out_channels == 1  # a single label is a valid multilabel task
+
+
+def test_a_zero_class_weight_drops_that_class_from_the_loss() -> None:
+    logits, target = multiclass_batch()
+    valid = target != IGNORE
+    kept = valid & (target != 0)
+    reference = F.cross_entropy(logits.permute(0, 2, 3, 1)[kept], target[kept].long())
+    head = MulticlassHead(2, class_weights=(0.0, 1.0, 1.0))
+    torch.testing.assert_close(head.loss(logits, target), reference)
 
 
 def test_make_head_rejects_settings_of_another_task() -> None:
@@ -285,3 +329,7 @@ def test_make_head_rejects_settings_of_another_task() -> None:
     with pytest.raises(ValueError, match="ignore_index=2 collides"):
         make_head(DataConfig(task="multiclass", classes=3, ignore_index=2), LossConfig())
     assert make_head(DataConfig(), LossConfig(pos_weight=2.0)).pos_weight == 2.0
+    with pytest.raises(ConfigError, match="pos_weight=0.5 only applies"):
+        make_head(DataConfig(task="multilabel", classes=2), LossConfig(pos_weight=0.5))
+    with pytest.raises(ConfigError, match="label_smoothing only apply to task='multiclass'"):
+        make_head(DataConfig(task="binary"), LossConfig(label_smoothing=0.5))

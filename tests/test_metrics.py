@@ -101,11 +101,28 @@ def test_works_on_head_predictions() -> None:
     assert metrics.compute()["dice"] == [2 / 4]
 
 
+def test_counts_are_tp_fp_fn_summed_over_updates() -> None:
+    metrics = SegmentationMetrics("multiclass", 2)
+    metrics.update(u8([[[0, 1, 1, 2]]]), u8([[[1, 1, 0, 2]]]))
+    metrics.update(u8([[[2, 2]]]), u8([[[2, 0]]]))
+    assert metrics.counts.tolist() == [[1, 2], [1, 1], [1, 0]]  # rows TP, FP, FN; one column per class
+
+
 def test_shape_errors() -> None:
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"same shape \(N, H, W\); got \(1, 1, 2\) and \(1, 2\)"):
         SegmentationMetrics("binary", 1).update(u8([[[1, 0]]]), u8([[1, 0]]))
+    with pytest.raises(ValueError, match=r"same shape \(N, K, H, W\)"):
+        SegmentationMetrics("multilabel", 1).update(u8([[[1, 0]]]), u8([[[1, 0]]]))
+    with pytest.raises(ValueError, match="same shape"):  # equal shapes, but not class-index maps
+        SegmentationMetrics("binary", 1).update(u8([[[[1, 0]]]]), u8([[[[1, 0]]]]))
     with pytest.raises(ValueError, match="classes=3 got 2 channels"):
         SegmentationMetrics("multilabel", 3).update(torch.zeros(1, 2, 4, 4, dtype=torch.uint8),
                                                     torch.zeros(1, 2, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="ignore_index=2 collides"):
         SegmentationMetrics("multiclass", 2, ignore_index=2)
+    with pytest.raises(ValueError, match="ignore_index=1 collides"):
+        SegmentationMetrics("binary", 1, ignore_index=1)
+    assert SegmentationMetrics("binary", 1, ignore_index=2).ignore_index == 2  # binary targets are 0/1 only
+    for task, classes in [("multiclass", 0), ("binary", 2)]:
+        with pytest.raises(ValueError, match=f"classes={classes}"):
+            SegmentationMetrics(task, classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import time
 
 import gymnasium as gym
@@ -72,6 +73,49 @@ class TargetActionEnv(gym.Env):
 def counting_envs() -> SyncVectorEnv:
     """env 0 truncates after 3 steps, env 1 terminates after 4."""
     return SyncVectorEnv([lambda: CountingEnv(3, truncate=True), lambda: CountingEnv(4, truncate=False)])
+
+
+class OffsetActionEnv(CountingEnv):
+    """CountingEnv with actions numbered 5, 6, 7 (Discrete with a start); asserts it only receives those."""
+
+    def __init__(self) -> None:
+        super().__init__(4, truncate=False)
+        self.action_space = spaces.Discrete(3, start=5)
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        return super().step(action)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_config_defaults_are_cleanrl_and_sb3_ones_and_frozen():
+    """n_steps and n_epochs as CleanRL's PPO, the rest as SB3's: results stay comparable with both."""
+    assert dataclasses.asdict(PPOConfig()) == {
+        "n_steps": 128, "batch_size": 64, "n_epochs": 4, "learning_rate": 3e-4, "gamma": 0.99,
+        "gae_lambda": 0.95, "clip_range": 0.2, "clip_value": None, "ent_coef": 0.0, "vf_coef": 0.5,
+        "max_grad_norm": 0.5, "target_kl": None, "normalize_advantage": True, "hidden": (64, 64),
+        "anneal_lr": False}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PPOConfig().n_steps = 1
+    assert PPOConfig(n_steps=1, batch_size=1, n_epochs=1).n_epochs == 1
+    for name in ("n_steps", "batch_size", "n_epochs"):
+        with pytest.raises(ValueError, match=f"PPOConfig.{name} must be >= 1"):
+            PPOConfig(**{name: 0})
+
+
+def test_networks_start_orthogonal_with_cleanrl_gains():
+    """Hidden layers gain sqrt(2), critic head 1, actor head 0.01 (near-uniform first policy); zero biases."""
+    agent = ReferencePPO(make_cartpole(1), PPOConfig(), seed=0)
+    for net, head_gain in ((agent.actor.net, 0.01), (agent.critic, 1.0)):
+        linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+        assert len(linear) == 3
+        for layer, gain in zip(linear, [math.sqrt(2), math.sqrt(2), head_gain]):
+            w = layer.weight.detach()
+            gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w  # orthogonal: gain^2 x identity
+            torch.testing.assert_close(gram, gain**2 * torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
+            assert not layer.bias.detach().any()
 
 
 # ------------------------------------------------------------------------------------------------ GAE
@@ -149,6 +193,105 @@ def test_value_loss_is_unclipped_by_default_and_pessimistic_when_clipped():
     _, clipped = clipped_agent.compute_loss(batch)
     assert unclipped["value_loss"].item() == pytest.approx(0.0, abs=1e-10)
     assert clipped["value_loss"].item() == pytest.approx(4.8**2, rel=1e-5)  # max(unclipped, clipped) error
+    above = dataclasses.replace(batch, values=batch.returns + 5.0)  # the clip works downwards too
+    assert clipped_agent.compute_loss(above)[1]["value_loss"].item() == pytest.approx(4.8**2, rel=1e-5)
+
+
+@pytest.mark.parametrize("shift", [0.1, 0.3, -0.3])
+def test_loss_and_statistics_by_hand(shift: float):
+    """Stored log-probs = current + shift, so every ratio is exp(-shift): below, inside and above the clip."""
+    config = PPOConfig(n_steps=8, batch_size=16, clip_range=0.2, ent_coef=0.01, vf_coef=0.5)
+    agent = ReferencePPO(counting_envs(), config, seed=0)
+    batch = agent.collect_rollout().flatten()
+    batch = dataclasses.replace(batch, logprobs=batch.logprobs + shift)
+    loss, stats = agent.compute_loss(batch)
+
+    kept = batch[batch.valid]
+    advantages = (kept.advantages - kept.advantages.mean()) / (kept.advantages.std(unbiased=False) + 1e-8)
+    ratio = math.exp(-shift)
+    policy = torch.max(-advantages * ratio, -advantages * min(max(ratio, 0.8), 1.2)).mean()
+    with torch.no_grad():
+        value = ((agent.critic(kept.obs).squeeze(-1) - kept.returns) ** 2).mean()
+        entropy = agent.actor.distribution(kept.obs).entropy().mean()
+    expected = {"policy_loss": policy, "value_loss": value, "entropy": entropy, "ratio_mean": ratio,
+                "approx_kl": (ratio - 1) + shift, "clip_fraction": float(abs(ratio - 1) > 0.2)}
+    for key, want in expected.items():
+        assert stats[key].item() == pytest.approx(float(want), rel=1e-5, abs=1e-7), key
+    assert loss.item() == pytest.approx(float(policy - 0.01 * entropy + 0.5 * value), rel=1e-5)
+
+    # a minibatch with a single valid row averages over that row alone
+    one = torch.tensor([int(torch.nonzero(batch.valid)[0]), int(torch.nonzero(~batch.valid)[0])])
+    _, single = agent.compute_loss(batch[one])
+    with torch.no_grad():
+        error = (agent.critic(batch.obs[one[:1]]).squeeze() - batch.returns[one[0]]) ** 2
+    assert single["value_loss"].item() == pytest.approx(error.item(), rel=1e-6)
+
+
+def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float:
+    return float(1 - (returns - values).var() / returns.var())
+
+
+def test_critic_learns_the_returns_of_a_fixed_batch():
+    """The value loss trains the critic: repeated updates on one rollout explain most of its returns."""
+    agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=32, batch_size=16, learning_rate=1e-2), seed=0)
+    rollout = agent.collect_rollout()
+    batch = rollout.flatten()
+    returns = batch.returns[batch.valid]
+
+    def critic_ev() -> float:
+        with torch.no_grad():
+            return explained_variance(returns, agent.critic(batch.obs).squeeze(-1)[batch.valid])
+
+    before = critic_ev()
+    stats = [agent.update(rollout) for _ in range(5)]
+    assert before < 0.1 and critic_ev() > 0.6
+    # The logged statistic is that of the values stored at collection time, so it is the same every update.
+    stored = explained_variance(returns, batch.values[batch.valid])
+    assert stored == pytest.approx(before, abs=1e-6)
+    assert [s["explained_variance"] for s in stats] == pytest.approx([stored] * 5, abs=1e-6)
+
+
+def test_each_epoch_visits_every_sample_once_in_full_minibatches(monkeypatch):
+    agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=16, batch_size=8, n_epochs=2), seed=0)
+    rollout = agent.collect_rollout()
+    seen = []
+    compute_loss = agent.compute_loss
+    monkeypatch.setattr(agent, "compute_loss", lambda mb: seen.append(mb.obs.shape[0]) or compute_loss(mb))
+    agent.update(rollout)
+    assert seen == [8] * 8  # 2 epochs x 32 samples / 8
+
+
+def test_target_kl_ends_the_whole_update_at_the_first_minibatch_past_it():
+    config = PPOConfig(n_steps=16, batch_size=8, n_epochs=3, learning_rate=1e-2, target_kl=1e-12)
+    agent = ReferencePPO(counting_envs(), config, seed=0)
+    before = [p.detach().clone() for p in agent.actor.parameters()]
+    agent.update(agent.collect_rollout())
+    assert len(agent.last_update_ratios) == 2  # the first step (ratio 1, KL 0) ran; the second stopped all
+    assert any(not torch.equal(p, b) for p, b in zip(agent.actor.parameters(), before))
+
+
+def test_explained_variance_of_constant_returns_is_undefined():
+    agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=8, batch_size=16), seed=0)
+    rollout = agent.collect_rollout()
+    stats = agent.update(dataclasses.replace(rollout, returns=torch.ones_like(rollout.returns)))
+    assert math.isnan(stats["explained_variance"])
+
+
+def test_annealed_learning_rate_falls_linearly_to_zero_over_the_run():
+    logs: list[float] = []
+    config = PPOConfig(n_steps=10, batch_size=20, learning_rate=0.03, anneal_lr=True)
+    agent = ReferencePPO(counting_envs(), config, seed=0, log_fn=lambda s, n: logs.append(s["learning_rate"]))
+    agent.learn(60)
+    assert logs == pytest.approx([0.03, 0.02, 0.01])  # 20 of 60 steps per update
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_callback_stops_training_only_by_returning_false():
+    agent = ReferencePPO(counting_envs(), PPOConfig(n_steps=10, batch_size=20), seed=0)
+    agent.learn(60, callback=lambda a: None)
+    assert agent.num_timesteps == 60
+    agent.learn(200, callback=lambda a: False)
+    assert agent.num_timesteps == 80
 
 
 # ------------------------------------------------------------------------------------------------ autoreset
@@ -242,7 +385,9 @@ def test_gaussian_policy_stores_unclipped_actions_and_learns_the_target(tmp_path
     np.testing.assert_array_equal(loaded.predict(batch)[0], agent.predict(batch)[0])
 
 
-def test_pendulum_runs():
+def test_pendulum_runs_with_actions_clipped_to_its_own_bounds():
+    """Pendulum's torque lies in [-2, 2]: sampled actions are clipped there (not to [-1, 1]); its time
+    limit ends every episode at 200 steps."""
     logs: list[dict[str, float]] = []
     envs = RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, vectorization_mode="sync"))
     agent = ReferencePPO(envs, PPOConfig(n_steps=128, batch_size=64), seed=0,
@@ -250,9 +395,16 @@ def test_pendulum_runs():
     log_std_before = agent.actor.log_std.detach().clone()
     agent.learn(512)
     assert len(logs) == 2 and all(math.isfinite(s["value_loss"]) for s in logs)
-    assert "episode_return_mean" in logs[1]  # the 200-step time limit was reached in the 2nd rollout
+    assert "episode_return_mean" not in logs[0]
+    assert logs[1]["episode_length_mean"] == 200  # both envs hit the time limit in the 2nd rollout
+    assert -16.3 * 200 <= logs[1]["episode_return_mean"] < 0  # Pendulum's reward lies in [-16.27, 0]
     assert not torch.equal(agent.actor.log_std.detach(), log_std_before)
-    assert agent.predict(envs.observation_space.sample())[0].shape == (2, 1)
+
+    observations = np.zeros((512, 3), np.float32)
+    sampled = agent.predict(observations, deterministic=False)[0]
+    assert sampled.shape == (512, 1) and sampled.dtype == np.float32
+    assert sampled.min() == -2.0 and sampled.max() == 2.0  # clipped at the env's bounds ...
+    assert ((np.abs(sampled) > 1) & (np.abs(sampled) < 2)).any()  # ... and not tighter
 
 
 # ------------------------------------------------------------------------------------------------ CartPole
@@ -320,6 +472,31 @@ def test_save_load_roundtrip_and_resume(tmp_path):
     for pa, pb, p0 in zip(a.actor.parameters(), b.actor.parameters(), loaded.actor.parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)  # resume is deterministic (optimizer, RNGs)
     assert not all(torch.equal(pa, p0) for pa, p0 in zip(a.actor.parameters(), loaded.actor.parameters()))
+
+
+def test_discrete_actions_keep_the_space_start_and_predict_is_greedy_by_default():
+    envs = SyncVectorEnv([OffsetActionEnv, OffsetActionEnv])  # asserts every action is 5, 6 or 7
+    agent = ReferencePPO(envs, PPOConfig(n_steps=8, batch_size=16), seed=0)
+    agent.learn(16)
+    obs = np.arange(40, dtype=np.float32).reshape(40, 1) / 4
+    with torch.no_grad():
+        greedy = agent.actor.distribution(torch.as_tensor(obs)).probs.argmax(-1).numpy() + 5
+    np.testing.assert_array_equal(agent.predict(obs)[0], greedy)
+    assert set(agent.predict(obs, deterministic=False)[0]) <= {5, 6, 7}
+    default = ReferencePPO(counting_envs(), PPOConfig(n_steps=8, batch_size=16))  # seed 0
+    seeded = ReferencePPO(counting_envs(), PPOConfig(n_steps=8, batch_size=16), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(default.actor.parameters(), seeded.actor.parameters()))
+
+
+def test_load_refuses_other_spaces_and_pickled_code(tmp_path):
+    path = tmp_path / "agent.pt"
+    ReferencePPO(counting_envs(), PPOConfig(n_steps=8, batch_size=16), seed=0).save(path)
+    for envs in (SyncVectorEnv([OffsetActionEnv] * 2), make_cartpole(2)):  # other actions, other observations
+        with pytest.raises(ValueError, match="differ from the checkpoint"):
+            ReferencePPO.load(path, envs=envs)
+    torch.save({"config": CountingEnv(3, truncate=False)}, tmp_path / "evil.pt")  # unpickling would run code
+    with pytest.raises(pickle.UnpicklingError):
+        ReferencePPO.load(tmp_path / "evil.pt")
 
 
 def test_rejects_batch_size_that_does_not_divide_rollout():

@@ -1,8 +1,11 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+
+import by_hand
 
 from rlsched.config import load_config
 from rlsched.data import make_dataset
@@ -26,8 +29,21 @@ def test_training_lowers_the_loss_and_reports_dynamics(fast_config, data):
     assert last.loss < first.loss
     assert not last.diverged and last.batches == math.ceil(len(data.train_images) / fast_config.optim.batch_size)
     assert last.grad_norm > 0 and 0 < last.update_ratio < 1 and last.lr == 0.05
+
+    # evaluate() scores the whole validation set: Dice, IoU and loss by hand from the model's logits
     evaluation = trainer.evaluate()
-    assert 0 <= evaluation.dice_mean <= 1 and len(evaluation.dice) == 1 and evaluation.loss > 0
+    with torch.no_grad():
+        z = trainer.model(data.val_images)[:, 0].double().numpy()  # no norm layers: batching changes nothing
+    target = data.val_masks.numpy()
+    prediction = (z > 0).astype(np.uint8)  # sigmoid(z) > 0.5
+    (dice,) = by_hand.dice_per_class(prediction, target, classes=1)
+    assert 0.05 < dice < 0.95  # a partly trained net: a wrong count would show
+    tp = int(((prediction == 1) & (target == 1)).sum())
+    iou = tp / int(((prediction == 1) | (target == 1)).sum())
+    bce = np.mean(np.maximum(z, 0) - z * (target == 1) + np.log1p(np.exp(-np.abs(z))))
+    assert evaluation.dice == [pytest.approx(dice)] and evaluation.dice_mean == pytest.approx(dice)
+    assert evaluation.iou == [pytest.approx(iou)] and evaluation.iou_mean == pytest.approx(iou)
+    assert evaluation.loss == pytest.approx(bce, rel=1e-5)
 
 
 def test_same_seed_same_training_different_seed_different(fast_config, data):

@@ -1,0 +1,90 @@
+"""rlsched.stats against hand-computed numbers: every comparison the project reports rests on them."""
+
+import dataclasses
+import math
+
+import pytest
+
+from by_hand import T975, t_interval, t_test_pvalue, wilcoxon_exact_pvalue
+from rlsched.stats import MeanCI, mean_ci, paired_test
+
+# Final Dice of a baseline on six instances (wide spread between instances) and of a method that gains a
+# little on almost every instance: pairing removes the spread, so only a paired test sees the gain.
+BASELINE = [0.31, 0.52, 0.78, 0.44, 0.90, 0.63]
+GAIN = [0.05, 0.03, -0.01, 0.06, 0.02, 0.045]
+METHOD = [b + g for b, g in zip(BASELINE, GAIN)]
+
+
+def test_mean_ci_is_the_student_t_interval():
+    values = [0.2, 0.4, 0.9, 0.5, 0.6]
+    ci = mean_ci(values)
+    mean, low, high = t_interval(values)
+    assert ci.n == 5
+    assert (ci.mean, ci.low, ci.high) == (pytest.approx(mean), pytest.approx(low), pytest.approx(high))
+    assert ci.half_width == pytest.approx(T975[4] * math.sqrt(0.067) / math.sqrt(5))  # sample variance 0.067
+    assert str(ci) == f"0.520 ± {ci.half_width:.3f}"
+
+
+def test_mean_ci_honours_the_confidence_level():
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0], confidence=0.90)
+    assert ci.half_width == pytest.approx(2.131846786 * math.sqrt(2.5 / 5))  # t_{0.95, 4} from the tables
+    assert ci.mean == 3.0
+
+
+def test_results_are_frozen():
+    """A reported interval or test cannot be edited after the fact."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mean_ci([0.1, 0.2]).low = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        paired_test([0.1, 0.2], [0.3, 0.5]).t_pvalue = 0.01
+
+
+def test_mean_ci_of_one_value_and_of_none():
+    assert mean_ci([0.25]) == MeanCI(0.25, 0.25, 0.25, 1)
+    assert str(mean_ci([0.25])) == "0.250"  # no interval from a single value
+    assert str(mean_ci([0.25, 0.75])) == f"0.500 ± {T975[1] * 0.25:.3f}"  # two values already give one
+    empty = mean_ci([])
+    assert empty.n == 0 and all(math.isnan(v) for v in (empty.mean, empty.low, empty.high))
+
+
+def test_paired_test_matches_the_hand_computation():
+    test = paired_test(METHOD, BASELINE)
+    differences = [m - b for m, b in zip(METHOD, BASELINE)]
+    mean, low, high = t_interval(differences)
+    assert test.n == test.ci.n == 6
+    assert test.mean_difference == pytest.approx(sum(GAIN) / 6) == pytest.approx(mean)
+    assert (test.ci.low, test.ci.high) == (pytest.approx(low), pytest.approx(high))
+    assert test.t_pvalue == pytest.approx(t_test_pvalue(differences), rel=1e-9)
+    assert test.wilcoxon_pvalue == pytest.approx(wilcoxon_exact_pvalue(differences)) == 4 / 64
+    # The numbers the published claims quote: significant when paired; an unpaired test would give p ~ 0.8.
+    assert test.t_pvalue < 0.05 and 0 < test.ci.low
+
+
+def test_paired_test_is_a_minus_b():
+    forward, backward = paired_test(METHOD, BASELINE), paired_test(BASELINE, METHOD)
+    assert forward.mean_difference > 0
+    assert backward.mean_difference == pytest.approx(-forward.mean_difference)
+    assert backward.ci.low == pytest.approx(-forward.ci.high)
+    assert backward.ci.high == pytest.approx(-forward.ci.low)
+    assert (backward.t_pvalue, backward.wilcoxon_pvalue) == (pytest.approx(forward.t_pvalue),
+                                                             pytest.approx(forward.wilcoxon_pvalue))
+
+
+def test_two_instances_are_enough_for_a_paired_test():
+    differences = [0.1, 0.25]
+    test = paired_test([0.5, 0.75], [0.4, 0.5])
+    assert test.t_pvalue == pytest.approx(t_test_pvalue(differences), rel=1e-9)
+    assert test.wilcoxon_pvalue == wilcoxon_exact_pvalue(differences) == 0.5
+
+
+@pytest.mark.parametrize("a, b", [([0.5, 0.7, 0.2], [0.5, 0.7, 0.2]), ([0.9], [0.4])])
+def test_no_evidence_gives_p_one(a, b):
+    """Identical results, or a single instance, cannot show a difference (scipy would return NaN)."""
+    test = paired_test(a, b)
+    assert (test.t_pvalue, test.wilcoxon_pvalue, test.n) == (1.0, 1.0, len(a))
+    assert test.mean_difference == pytest.approx(a[0] - b[0] if len(a) == 1 else 0.0)
+
+
+def test_results_on_different_instances_cannot_be_paired():
+    with pytest.raises(ValueError, match="same instances"):
+        paired_test([0.1, 0.2, 0.3], [0.1, 0.2])
