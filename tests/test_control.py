@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from rlsched.config import EnvConfig
-from rlsched.control import (ControlState, Dynamics, build_observation, clip_lr, next_lr, observation_names,
-                             observation_space)
+from gymnasium import spaces
+
+from rlsched.control import (ControlState, Dynamics, action_space, build_observation, clip_lr, decode_lr,
+                             encode_lr, next_lr, observation_names, observation_space)
 from rlsched.scheduler import RLScheduler
 
 ENV = EnvConfig(epochs=12, lr_min=1e-4, lr_max=1.0, history=2)
@@ -100,6 +102,7 @@ def test_zero_or_negative_numbers_never_crash_the_observation():
     odd = Dynamics(lr=1e-3, train_loss=0.0, val_loss=-1.0, dice=0.0, grad_norm=0.0, update_ratio=0.0)
     obs = build_observation(ENV, STEP, odd, BEFORE, HISTORY)
     assert np.all(np.isfinite(obs)) and observation_space(ENV).contains(obs)
+    assert obs[INDEX["log_grad_norm"]] == 0.0 and obs[INDEX["log_update_ratio"]] == 0.0  # nothing moved
     # ln 0 = -inf runs towards the lower bound; a negative loss has no log at all and reads as a blow-up
     assert obs[INDEX["log_train_loss"]] == -10.0 and obs[INDEX["d_log_train_loss"]] == -5.0
     assert obs[INDEX["log_val_loss"]] == 5.0
@@ -161,6 +164,23 @@ def test_discrete_actions_pick_a_factor_continuous_ones_a_log_scale_change_absol
     absolute = EnvConfig(action="absolute", grid_points=5, lr_min=1e-4, lr_max=1.0)
     assert [next_lr(absolute, 0.5, a) for a in range(5)] == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0])
     assert next_lr(ENV, 0.8, 4) == 1.0  # x2 clipped to lr_max
+
+
+def test_log_lr_feature_decodes_back_to_the_lr():
+    """The scripted rule reads the LR back from an observation: decode_lr must invert encode_lr exactly."""
+    assert decode_lr(ENV, -1.0) == pytest.approx(1e-4) and decode_lr(ENV, 1.0) == pytest.approx(1.0)
+    assert decode_lr(ENV, 0.0) == pytest.approx(1e-2) and decode_lr(ENV, -0.5) == pytest.approx(1e-3)
+    for lr in (2e-4, 0.003, 0.07, 0.5):
+        assert encode_lr(ENV, lr) == pytest.approx(scaled(lr))
+        assert decode_lr(ENV, encode_lr(ENV, lr)) == pytest.approx(lr)
+
+
+def test_action_space_follows_the_action_mode():
+    assert action_space(ENV) == spaces.Discrete(len(ENV.factors))
+    assert action_space(EnvConfig(action="absolute", grid_points=7)) == spaces.Discrete(7)
+    box = action_space(EnvConfig(action="continuous"))
+    assert isinstance(box, spaces.Box) and box.shape == (1,) and box.dtype == np.float32
+    assert box.low.tolist() == [-1.0] and box.high.tolist() == [1.0]
 
 
 def test_clip_lr_keeps_the_lr_within_its_bounds():
