@@ -64,6 +64,7 @@ class Equivalent:
 _TWO_SIDED = "two-sided test: the p-value is symmetric in its two samples"
 _UNREACHABLE = "unreachable: past the allclose guard a difference is non-zero, so count_nonzero > 0 holds"
 _CLIP = "np.clip(a, lo, hi) is min(max(a, lo), hi), and max is symmetric"
+_UNMEASURED = "at reset the gradient norm and update ratio read 0 behind the first_step flag, whatever they hold"
 _ONE_ACTION = "an action is one number: reshape(1) and reshape(-2) flatten it as reshape(-1) does"
 _DICE_SYMMETRIC = "soft Dice is symmetric in prediction and truth (value and gradient)"
 _POS_WEIGHT_ONE = "pos_weight 1 weights positive pixels by 1, which is plain BCE"
@@ -108,8 +109,10 @@ EQUIVALENT = (
     Equivalent("env", "while len(self._data_cache) > 4:",
                "len(self._data_cache) > 4 -> len(self._data_cache) >= 4", _CACHE),
     Equivalent("env", "while len(self._data_cache) > 4:", "4 -> 5", _CACHE),
-    Equivalent("env", "0.0, 0.0))", "0.0 -> 1.0 #1",
-               "a grad norm of 1 reads log10(1) = 0, as the unmeasured 0 does"),
+    Equivalent("env", "0.0, 0.0))", "0.0 -> 1.0 #1", _UNMEASURED),
+    Equivalent("env", "0.0, 0.0))", "0.0 -> 1.0 #2", _UNMEASURED),
+    Equivalent("env", "return 0", "0 -> 1",
+               "in absolute mode keep_action only goes with set_lr, which overrides whatever action is passed"),
     Equivalent("ppo", "last_gae = torch.zeros_like(values[0])", "0 -> 1",
                "zeros_like reads only the shape, the same for every row"),
     Equivalent("ppo", "return self.critic(obs).squeeze(-1)", "-1 -> 1", _COLUMN),
