@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n_envs < 1:
         p.error("--n-envs must be >= 1")
+    if args.bc_episodes < 0 or args.teacher_search_instances < 1:
+        p.error("--bc-episodes must be >= 0 and --teacher-search-instances >= 1")
+    if args.bc_episodes and (args.backend != "sb3" or args.algo != "sb3"):
+        p.error("--bc-episodes warm-starts the SB3 agent: drop it, or use --algo sb3 --backend sb3")
     if args.backend == "rllib":
         if args.algo != "sb3":
             p.error(f"--algo {args.algo} runs locally; drop --backend rllib")
@@ -156,9 +160,10 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
     checkpoint = run_dir / "checkpoints" / "last.zip"
     resuming = bool(args.resume) and checkpoint.is_file()
     episodes = EpisodeLog(run_dir / "episodes.jsonl")
+    if args.resume:
+        _drop_discarded_episodes(run_dir, episodes)
     norm = None
     if resuming:
-        _drop_discarded_episodes(run_dir, episodes)
         if norm_path(checkpoint).is_file():
             norm = ObsNorm.load(norm_path(checkpoint))
     env = make_vec(config, args.n_envs, run_dir / "episodes.jsonl", settings.normalize_obs, norm)
@@ -208,8 +213,9 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
         writer.flush()
 
     checkpoint = run_dir / "checkpoints" / "last.pt"
-    if args.resume and checkpoint.is_file():
+    if args.resume:
         _drop_discarded_episodes(run_dir, episodes)
+    if args.resume and checkpoint.is_file():
         agent = ReferencePPO.load(checkpoint, envs=envs, log_fn=log)
     else:
         ppo_config = PPOConfig(
@@ -263,9 +269,9 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
 def _drop_discarded_episodes(run_dir: Path, episodes: Any) -> None:
     """Episodes recorded after the last checkpoint belong to a rollout the kill threw away: the resumed run
     collects them again, so keeping them would count their epochs twice."""
-    saved = json.loads((run_dir / "checkpoints" / "last.json").read_text()) \
-        if (run_dir / "checkpoints" / "last.json").is_file() else {}
-    if "episodes" in saved:
+    last = run_dir / "checkpoints" / "last.json"
+    saved = json.loads(last.read_text()) if last.is_file() else {"episodes": 0}  # no checkpoint: starts over
+    if "episodes" in saved:  # (runs from before this record have no count to go by)
         dropped = episodes.keep_first(int(saved["episodes"]))
         if dropped:
             print(f"dropped {dropped} episode record(s) of the rollout the interruption discarded")

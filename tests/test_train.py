@@ -130,3 +130,20 @@ def test_batch_size_must_divide_the_rollout(tmp_path):
     with pytest.raises(SystemExit, match="does not divide the rollout"):
         main(TINY + ["--batch-size", "3", "--runs-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # nothing created for a run that could not start
+
+
+def test_warm_start_flags_are_checked_before_anything_starts(tmp_path, capsys):
+    for bad in (["--bc-episodes", "2", "--algo", "reference"], ["--bc-episodes", "-1"]):
+        with pytest.raises(SystemExit):
+            main(TINY + bad + ["--runs-dir", str(tmp_path)])
+        assert "--bc-episodes" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_without_a_checkpoint_starts_over_and_drops_every_episode_record(tmp_path):
+    from rlsched.agents.episodes import EpisodeLog
+    from rlsched.train import _drop_discarded_episodes
+
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps({"final_dice": i}) + "\n" for i in range(3)))
+    _drop_discarded_episodes(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl"))
+    assert read_jsonl(tmp_path / "episodes.jsonl") == []
