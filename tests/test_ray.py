@@ -78,11 +78,14 @@ def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
 
 
 def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
-    """In a subprocess on this test's Ray: SIGTERM after the first iteration, then --resume to the end."""
+    """In a subprocess on this test's Ray: SIGTERM after the first iteration, then --resume to the end.
+
+    The run is asked for far more steps than it can take before the signal lands (an idle machine finished a
+    40-step run first); the resume then shortens it to a few steps past the checkpoint."""
     address = ray.get_runtime_context().gcs_address
     command = [sys.executable, "-m", "rlsched.train", "--preset", "fast", *SETS, "--backend", "rllib",
-               "--num-env-runners", "1", "--episodes-per-rollout", "1", "--total-timesteps", "40", "--no-eval",
-               "--address", address, "--runs-dir", str(tmp_path)]
+               "--num-env-runners", "1", "--episodes-per-rollout", "1", "--total-timesteps", "100000",
+               "--no-eval", "--address", address, "--runs-dir", str(tmp_path)]
     proc = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -94,10 +97,11 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     assert proc.returncode == 130 and f"--resume {run_dir}" in out
     done = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
-    assert 0 < done < 40
-    assert train.main(["--resume", str(run_dir), "--no-eval"]) == 0
-    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 40
-    assert read_jsonl(run_dir / "progress.jsonl")[-1]["num_timesteps"] == 40
+    assert 0 < done < 100000
+    target = done + 8  # four more iterations of one 2-step episode
+    assert train.main(["--resume", str(run_dir), "--total-timesteps", str(target), "--no-eval"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == target
+    assert read_jsonl(run_dir / "progress.jsonl")[-1]["num_timesteps"] == target
     assert (run_dir / "model.rllib").is_dir()
 
 

@@ -60,17 +60,18 @@ def wait_for_checkpoint(tmp_path, proc, timeout=180):
 
 @pytest.mark.slow
 def test_resume_after_kill_9_finishes_the_run(tmp_path):
-    proc = start(tmp_path, "--total-timesteps", "40")
+    proc = start(tmp_path, "--total-timesteps", "100000")  # far more than it can run before the kill
     run_dir = wait_for_checkpoint(tmp_path, proc)
     proc.kill()  # SIGKILL: no clean-up code runs
     proc.wait()
     done_before = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
-    assert 0 < done_before < 40 and not (run_dir / "model.zip").exists()
-    assert main(["--resume", str(run_dir), "--no-eval"]) == 0
-    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 40
+    assert 0 < done_before < 100000 and not (run_dir / "model.zip").exists()
+    target = done_before + 8  # two more 4-step episodes
+    assert main(["--resume", str(run_dir), "--total-timesteps", str(target), "--no-eval"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == target
     assert (run_dir / "model.zip").is_file()
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written is left behind
-    assert len(read_jsonl(run_dir / "episodes.jsonl")) == 40 // 4  # no episode of the discarded rollout kept
+    assert len(read_jsonl(run_dir / "episodes.jsonl")) == target // 4  # no episode of the discarded rollout kept
 
 
 def test_resume_drops_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
