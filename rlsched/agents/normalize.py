@@ -28,13 +28,15 @@ class ObsNorm:
     clip: float = 10.0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        normalised = (np.asarray(obs, np.float64) - np.asarray(self.mean)) / np.sqrt(np.asarray(self.var) + self.epsilon)
+        scale = np.sqrt(np.asarray(self.var) + self.epsilon)
+        normalised = (np.asarray(obs, np.float64) - np.asarray(self.mean)) / scale
         return np.clip(normalised, -self.clip, self.clip).astype(np.float32)
 
     @classmethod
     def from_vecnormalize(cls, vec: Any) -> "ObsNorm":
         rms = vec.obs_rms
-        return cls(rms.mean.tolist(), rms.var.tolist(), float(rms.count), float(vec.epsilon), float(vec.clip_obs))
+        return cls(rms.mean.tolist(), rms.var.tolist(), float(rms.count), float(vec.epsilon),
+                   float(vec.clip_obs))
 
     def apply_to(self, vec: Any) -> None:
         """Restore the running statistics of a ``VecNormalize`` (resuming a run)."""

@@ -18,7 +18,8 @@ from ..env import make_instances
 from ..harness import EpisodeResult, ScriptedRule
 
 
-def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200) -> dict[str, float]:
+def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200
+                    ) -> dict[str, float]:
     """Run the rule for whole episodes on ``model``'s vector env, then fit the policy to its actions
     (cross-entropy) and the value head to the returns that followed (so PPO's first advantages are sane).
 
@@ -72,6 +73,6 @@ def search_target(config: Config, instances: int, workers: int) -> tuple[float, 
     from ..compare import SCRIPTED, search_grid, tune_base_lrs
 
     episodes: list[EpisodeResult] = []
-    tuning = tune_base_lrs(config, (SCRIPTED,), search_grid(config, 1), make_instances(config.env, "train")[:instances],
-                           workers, on_result=episodes.append)
+    train = make_instances(config.env, "train")[:instances]
+    tuning = tune_base_lrs(config, (SCRIPTED,), search_grid(config, 1), train, workers, on_result=episodes.append)
     return tuning.base_lrs[SCRIPTED], episodes
