@@ -64,15 +64,18 @@ class Dynamics:
     update_ratio: float
 
 
+def _log_range(env: EnvConfig) -> float:
+    return math.log10(env.lr_max) - math.log10(env.lr_min)
+
+
 def encode_lr(env: EnvConfig, lr: float) -> float:
     """The ``log_lr`` feature: log10 LR scaled so ``lr_min`` -> -1 and ``lr_max`` -> +1."""
-    return 2 * (math.log10(lr) - math.log10(env.lr_min)) / (math.log10(env.lr_max) - math.log10(env.lr_min)) - 1
+    return 2 * (math.log10(lr) - math.log10(env.lr_min)) / _log_range(env) - 1
 
 
 def decode_lr(env: EnvConfig, feature: float) -> float:
     """The LR a ``log_lr`` feature stands for (inverse of ``encode_lr``)."""
-    log_range = math.log10(env.lr_max) - math.log10(env.lr_min)
-    return 10 ** (math.log10(env.lr_min) + (feature + 1) / 2 * log_range)
+    return 10 ** (math.log10(env.lr_min) + (feature + 1) / 2 * _log_range(env))
 
 
 def _ln(x: float) -> float:
@@ -121,7 +124,7 @@ def action_space(env: EnvConfig) -> spaces.Space:
     return spaces.Discrete(env.grid_points if env.action == "absolute" else len(env.factors))
 
 
-def lr_grid(env: EnvConfig) -> np.ndarray:
+def absolute_lrs(env: EnvConfig) -> np.ndarray:
     """Absolute actions: ``grid_points`` LRs log-spaced over ``[lr_min, lr_max]``."""
     return np.logspace(math.log10(env.lr_min), math.log10(env.lr_max), env.grid_points)
 
@@ -130,14 +133,14 @@ def next_lr(env: EnvConfig, lr: float, action: object) -> float:
     """The LR an action picks from the current one, clipped to ``[lr_min, lr_max]``.
 
     discrete: ``lr * factors[action]``; continuous: ``lr * 10 ** (a * max_log10_change)`` with ``a`` clipped
-    to [-1, 1]; absolute: the ``action``-th LR of ``lr_grid``, whatever the current one.
+    to [-1, 1]; absolute: the ``action``-th LR of ``absolute_lrs``, whatever the current one.
     """
     if env.action == "continuous":
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         return clip_lr(env, lr * 10 ** (a * env.max_log10_change))
     index = int(np.asarray(action).reshape(-1)[0])
     if env.action == "absolute":
-        return clip_lr(env, float(lr_grid(env)[index]))
+        return clip_lr(env, float(absolute_lrs(env)[index]))
     return clip_lr(env, lr * env.factors[index])
 
 
