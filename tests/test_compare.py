@@ -10,7 +10,7 @@ import pytest
 import by_hand
 from rlsched import compare, train
 from rlsched.config import ConfigError, load_config
-from rlsched.env import Instance
+from rlsched.env import Instance, make_instances
 from rlsched.evaluate import load_policy
 from rlsched.harness import EpisodeResult
 from rlsched.runs import read_jsonl
@@ -259,7 +259,7 @@ def test_scripted_rule_is_tuned_on_train_instances_and_compared(tmp_path):
     assert float(rows["scripted"]["base_lr"]) == chosen["scripted"]
     episodes = [r for r in read_csv(out / "episodes.csv") if r["method"] == "scripted"]
     first_lrs = {r["instance"]: float(r["lr"]) for r in episodes if r["epoch"] == "1"}
-    heldout = {str(i.index): i.initial_lr for i in compare.make_instances(load_config(out / "config.toml").env,
+    heldout = {str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml").env,
                                                                           "heldout")}
     for instance, lr in first_lrs.items():  # one rule step from the instance's initial LR towards the target
         assert any(lr / heldout[instance] == pytest.approx(f) for f in (0.25, 0.5, 1.0, 2.0, 4.0))

@@ -22,7 +22,7 @@ from rlsched.runs import read_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-# as in test_compare.py: 16x16 images, 2-epoch budgets, 2 held-out and 2 train instances, LRs in [0.01, 0.1]
+# as in tests/test_compare.py: 16x16 images, 2-epoch budgets, 2 held-out and 2 train instances, LRs in [0.01, 0.1]
 TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 2,
         "env.heldout_instances": 2, "env.train_instances": 2, "env.initial_lr_min": 0.01,
         "env.initial_lr_max": 0.1}

@@ -1,0 +1,99 @@
+"""Learned LR controllers vs every fixed schedule and a random policy on the same held-out instances.
+
+    python -m rlsched.compare --agent runs/<id>/model.zip [--agent runs/<id2>/model.pt] [--seeds N]
+    python -m rlsched.compare --backend ray [--address ADDR] [--pbt-population K] [--num-gpus-per-worker G]
+
+Every method trains the same UNets (same data, initial weights and epoch budget) through the same harness, so
+results differ only by the LRs chosen. Fairness: each fixed schedule gets its base LR from a grid search on
+*train* instances; robustness runs mis-set the initial LR (a factor of the best tuned constant LR) to show
+which controllers recover; the epochs each method consumed *before* evaluation (PPO training, grid search)
+are reported next to its result.
+
+Writes ``runs/<preset>__compare__<time>/``: ``config.toml``, ``args.json``, ``episodes.csv`` (one row per
+method x instance x epoch), ``tuning.csv`` (the grid search), ``summary.csv``, ``summary.md`` and plots
+(``dice_vs_epoch.png``, ``lr_vs_epoch.png``, ``final_dice.png``, ``robustness.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides, parse_override
+from ..data import check_dataset
+from ..evaluate import load_policy
+from ..harness import BACKENDS
+from ..runs import atomic_write_json, atomic_write_text, new_run_dir
+from ..schedules import SCHEDULES
+from .methods import SCRIPTED, Settings, agent_methods
+from .report import write_results
+from .running import check_fits, run_comparison
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m rlsched.compare", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default=None,
+                   help="preset name in envs/ or a .toml path (default: the first agent's config, else demo)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
+    p.add_argument("--agent", action="append", default=[], metavar="MODEL",
+                   help="runs/<id>/model.zip (SB3) or model.pt (reference PPO); repeat to compare several")
+    defaults = Settings()
+    p.add_argument("--seeds", type=int, default=None, help="held-out instances to evaluate on (default: all)")
+    p.add_argument("--schedules", nargs="+", default=list(defaults.schedules), metavar="NAME",
+                   help=f"fixed schedules to compare (default: all of {', '.join(SCHEDULES)}); add "
+                        f"'{SCRIPTED}' for the scripted rule (steer towards a target LR tuned on the same grid)")
+    p.add_argument("--tune-instances", type=int, default=defaults.tune_instances,
+                   help="train instances of the base-LR grid search (default: %(default)s)")
+    p.add_argument("--grid-per-decade", type=int, default=defaults.grid_per_decade,
+                   help="base-LR grid points per decade (default: %(default)s)")
+    p.add_argument("--robustness", type=float, nargs="+", default=list(defaults.robustness), metavar="FACTOR",
+                   help="initial LR = FACTOR x best tuned constant LR (default: %(default)s)")
+    p.add_argument("--no-robustness", action="store_true", help="skip the mis-set initial LR runs")
+    p.add_argument("--dice-target", type=float, default=defaults.dice_target,
+                   help="Dice for the epochs-to-target column (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=defaults.workers,
+                   help="episode worker processes, or Ray actors with --backend ray (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                   help="local: a process pool; ray: Ray actors, a cluster with --address (needs the ray extra)")
+    p.add_argument("--address", default=None, help="ray: Ray cluster address (default: start a local Ray)")
+    p.add_argument("--pbt-population", type=int, default=0, metavar="K",
+                   help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=defaults.gpus_per_worker, metavar="G",
+                   help="ray: GPU share of each actor and PBT member, e.g. 0.25 = four per GPU (default: "
+                        "%(default)s: Ray assigns them no GPU)")
+    p.add_argument("--runs-dir", default="runs")
+    return p, p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        settings = Settings(seeds=args.seeds, schedules=tuple(args.schedules),
+                            tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
+                            robustness=() if args.no_robustness else tuple(args.robustness),
+                            dice_target=args.dice_target, workers=args.workers, backend=args.backend,
+                            pbt_population=args.pbt_population, gpus_per_worker=args.num_gpus_per_worker)
+        overrides = dict(parse_override(o) for o in args.set)
+        policies = [load_policy(path) for path in args.agent]
+        if args.preset is None and policies:
+            config = config_from_dict(nest_overrides(overrides), policies[0].config, source="overrides")
+        else:
+            config = load_config(args.preset or "demo", overrides)
+        agents = agent_methods(policies, config)
+        check_fits(config, settings)
+        check_dataset(config.data)  # a bad dataset stops here, before the run directory exists
+        if settings.backend == "ray":
+            from ..ray_backend import connect
+
+            connect(args.address, "--backend ray")
+        elif args.address:
+            raise ValueError("--address applies to --backend ray")
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
+        parser.error(str(err))
+    run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)
+    atomic_write_text(run_dir / "config.toml", config_to_toml(config))
+    atomic_write_json(run_dir / "args.json", vars(args))
+    comparison = run_comparison(config, agents, settings)
+    print(write_results(comparison, run_dir))
+    print(f"results: {run_dir}")
+    return 0

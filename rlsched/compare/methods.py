@@ -1,0 +1,171 @@
+"""What a comparison compares: its settings, the methods under test (with the epochs each spent before
+evaluation), the base-LR tuning and everything one comparison ran."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from ..config import Config
+from ..env import Instance
+from ..evaluate import LoadedPolicy, check_compatible
+from ..harness import BACKENDS, EpisodeResult, Job
+from ..runs import read_jsonl
+from ..schedules import SCHEDULES
+
+CONSTANT_INITIAL = "constant (initial LR)"
+SCRIPTED = "scripted"  # the scripted rule (harness.ScriptedRule), its target LR tuned like a base LR
+TUNABLE = (*SCHEDULES, SCRIPTED)
+AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to compare and how hard to look (the CLI flags)."""
+
+    seeds: int | None = None  # held-out instances to evaluate on; None = all of the preset's
+    schedules: tuple[str, ...] = tuple(SCHEDULES)
+    tune_instances: int = 2  # train instances of the base-LR grid search
+    grid_per_decade: int = 2
+    robustness: tuple[float, ...] = (0.01, 0.1, 10.0, 100.0)  # initial LR = factor x best tuned constant LR
+    dice_target: float = 0.8
+    workers: int = 2
+    backend: str = "local"  # where episodes run: local processes or Ray actors
+    gpus_per_worker: float = 0.0  # ray: GPU share of each actor / PBT member (0: Ray assigns none)
+    pbt_population: int = 0  # > 0: add PBT (Ray Tune) with this population per held-out instance
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.schedules if s not in TUNABLE]
+        if unknown or not self.schedules:
+            raise ValueError(f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "
+                             f"{', '.join(TUNABLE)}" if unknown else "no schedules: pass at least one")
+        if self.seeds is not None and self.seeds < 1:
+            raise ValueError(f"--seeds {self.seeds}: evaluate on at least 1 held-out instance")
+        if self.tune_instances < 1 or self.grid_per_decade < 1 or self.workers < 1:
+            raise ValueError("--tune-instances, --grid-per-decade and --workers must be >= 1")
+        if not all(f > 0 and math.isfinite(f) for f in self.robustness):
+            raise ValueError(f"--robustness factors must be positive numbers, got {list(self.robustness)}")
+        if not 0 < self.dice_target <= 1:
+            raise ValueError(f"--dice-target {self.dice_target}: a Dice target lies in (0, 1]")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.pbt_population and self.backend != "ray":
+            raise ValueError("--pbt-population runs PBT on Ray Tune: add --backend ray")
+        if not (math.isfinite(self.gpus_per_worker) and self.gpus_per_worker >= 0):
+            raise ValueError(f"--num-gpus-per-worker {self.gpus_per_worker}: a GPU share is a number >= 0")
+        if self.gpus_per_worker and self.backend != "ray":
+            raise ValueError("--num-gpus-per-worker places Ray actors: add --backend ray "
+                             "(local workers see every GPU)")
+        if self.pbt_population < 0 or self.pbt_population == 1:
+            raise ValueError(f"--pbt-population {self.pbt_population}: a population needs at least 2 members")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One controller under comparison, with the training epochs it consumed before evaluation."""
+
+    name: str
+    kind: str  # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by rlsched.pbt)
+    arg: str  # model path | schedule name | random seed
+    base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR); scripted: target
+    epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
+    accounting: str = "nothing"  # how epochs_before was counted, for the report
+
+    @property
+    def learned(self) -> bool:
+        return self.kind == "policy"
+
+    @property
+    def tuned(self) -> bool:
+        return self.kind in ("schedule", SCRIPTED) and self.base_lr is not None
+
+    def job(self, instance: Instance, initial_lr: float | None = None) -> Job:
+        """Robustness runs (``initial_lr`` set) start every method, base LRs included, from that LR; the
+        scripted rule keeps steering towards its tuned target from there."""
+        base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
+        return Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The base-LR grid search of the fixed schedules on train instances."""
+
+    grid: tuple[float, ...]
+    instances: int
+    epochs: int
+    scores: dict[str, dict[float, tuple[float, float]]]  # schedule -> LR -> (mean final Dice, mean AUC)
+
+    @property
+    def base_lrs(self) -> dict[str, float]:
+        """Best mean final Dice; the area under the Dice curve breaks ties (e.g. when every LR ends at 0)."""
+        return {name: max(by_lr, key=by_lr.__getitem__) for name, by_lr in self.scores.items()}
+
+    @property
+    def epochs_per_schedule(self) -> int:
+        return len(self.grid) * self.instances * self.epochs
+
+    @property
+    def reference(self) -> tuple[str, float]:
+        """What robustness factors multiply: the tuned constant LR (else the base LR of the schedule that
+        scored best on the train instances)."""
+        lrs = self.base_lrs
+        name = "constant" if "constant" in lrs else max(lrs, key=lambda n: self.scores[n][lrs[n]])
+        return name, lrs[name]
+
+
+@dataclass
+class Comparison:
+    """Everything one comparison ran: the input to the report and the plots."""
+
+    config: Config
+    settings: Settings
+    methods: list[Method]
+    tuning: Tuning
+    instances: list[Instance]
+    results: list[EpisodeResult]  # the main runs
+    # factor -> (the initial LR it gave, the runs from it)
+    robustness: dict[float, tuple[float, list[EpisodeResult]]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def groups(self) -> list[tuple[float | None, float | None, list[EpisodeResult]]]:
+        """(factor, forced initial LR, runs): the main runs (None, None), then each robustness factor."""
+        return [(None, None, self.results)] + [(f, lr, runs) for f, (lr, runs) in self.robustness.items()]
+
+
+def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
+    """One method per trained agent; refuses agents whose observation/action interface is not the env's."""
+    methods: list[Method] = []
+    for policy in policies:
+        check_compatible(policy, config)
+        base = f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
+        name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
+        epochs, source = training_epochs(policy)
+        methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs,
+                              accounting=f"PPO training of {policy.path} ({source})"))
+    return methods
+
+
+def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
+    """UNet training epochs the agent's PPO training consumed, from the run directory it was saved in."""
+    for run_dir in (policy.path.parent, policy.path.parent.parent):
+        episodes = run_dir / "episodes.jsonl"
+        if episodes.is_file():
+            records = read_jsonl(episodes)
+            return float(sum(int(r["epochs"]) for r in records)), f"{len(records)} episodes in episodes.jsonl"
+        last = run_dir / "checkpoints" / "last.json"
+        if last.is_file():
+            steps = int(json.loads(last.read_text())["num_timesteps"])
+            per_step = policy.config.env.epochs_per_step
+            return float(steps * per_step), f"{steps} env steps x {per_step} epochs in checkpoints/last.json"
+    return math.nan, "unknown: no episodes.jsonl or checkpoints/last.json beside the model"
+
+
+def baseline_methods(tuning: Tuning) -> list[Method]:
+    """Tuned fixed schedules, the constant initial-LR baseline and the random policy."""
+    search = (f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
+              f"{tuning.epochs} epochs")
+    tuned = [Method(name, SCRIPTED if name == SCRIPTED else "schedule", name, lr, tuning.epochs_per_schedule,
+                    search) for name, lr in tuning.base_lrs.items()]
+    return tuned + [Method(CONSTANT_INITIAL, "schedule", "constant"), Method("random", "random", "0")]
+

@@ -1,0 +1,150 @@
+"""The comparison's files: summary.md (tables), episodes.csv, tuning.csv and summary.csv, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from ..runs import atomic_write_text
+from .methods import Comparison, Tuning
+from .plots import plot
+from .summary import best_fixed, paired_tests, summarize
+
+
+def _ci(row: dict[str, Any], key: str, digits: int = 3) -> str:
+    mean, low, high = row[f"{key}_mean"], row[f"{key}_low"], row[f"{key}_high"]
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}" if high > low else f"{mean:.{digits}f}"
+
+
+def _count(value: float) -> str:
+    return "unknown" if not math.isfinite(value) else f"{value:,.0f}"
+
+
+def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
+    """summary.md: main table, robustness table, paired test, tuned base LRs and compute accounting."""
+    cfg, settings, tuning = comparison.config.env, comparison.settings, comparison.tuning
+    methods = {m.name: m for m in comparison.methods}
+    main = sorted((r for r in rows if r["factor"] is None), key=lambda r: -r["final_dice_mean"])
+    n, target = len(comparison.instances), settings.dice_target
+
+    def label(name: str) -> str:
+        return f"**{name}**" if methods[name].learned else name
+
+    lines = [
+        f"# {comparison.config.name}: {len(methods)} methods on {n} held-out instances, "
+        f"{cfg.epochs} epochs each",
+        "",
+        f"Mean ± 95% CI over instances (Student t). AUC = mean Dice over the {cfg.epochs} epochs "
+        f"(diverged = 0 from then on). Epochs to Dice {target:g}: mean over the runs that reached it. Wall "
+        f"time: training and validation per run. The comparison took {comparison.seconds:.0f} s with "
+        f"{settings.workers} worker(s).",
+        "",
+        f"| method | base LR | epochs before eval | final Dice | best Dice | AUC Dice "
+        f"| epochs to {target:g} (reached) | diverged | s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in main:
+        base = (f"{r['base_lr']:.3g}" if r["base_lr"] is not None
+                else "PBT" if methods[r["method"]].kind == "pbt" else "instance's initial")
+        lines.append(
+            f"| {label(r['method'])} | {base} | {_count(r['epochs_before_eval'])} | {_ci(r, 'final_dice')} "
+            f"| {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} | {_ci(r, 'epochs_to_target', 1)} "
+            f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']} | {_ci(r, 'seconds', 2)} |")
+    if comparison.robustness:
+        factors = list(comparison.robustness)
+        source, reference = tuning.reference
+        headers = [f"{f:g}x (LR {lr:.3g}{'' if math.isclose(lr, f * reference) else ', clipped'})"
+                   for f, (lr, _) in comparison.robustness.items()]
+        lines += [
+            "", "## Robustness: mis-set initial LR",
+            "",
+            f"Final Dice when every method starts from factor x {reference:.3g} (the tuned base LR of "
+            f"{source}), clipped to [{cfg.lr_min:g}, {cfg.lr_max:g}]: learned and random policies start "
+            "there, fixed schedules use it as their base LR. (d = diverged runs)",
+            "",
+            "| method | " + " | ".join(headers) + " |",
+            "|---|" + "---|" * len(factors),
+        ]
+        cells = {(r["method"], r["factor"]): r for r in rows if r["factor"] is not None}
+        for name in (r["method"] for r in main if (r["method"], factors[0]) in cells):
+            row = [_ci(c, "final_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "")
+                   for c in (cells[name, f] for f in factors)]
+            lines.append(f"| {label(name)} | " + " | ".join(row) + " |")
+    tests = paired_tests(comparison)
+    if tests:
+        best = best_fixed(comparison)
+        lines += ["", f"## Paired test: learned policy vs the best fixed schedule ({best})", "",
+                  f"Final Dice difference on the same held-out instances. The comparator ({best}) was chosen by "
+                  "its score in the grid search on train instances, before any held-out run.", "",
+                  "| policy | difference (95% CI) | paired t p | Wilcoxon p | n |", "|---|---|---|---|---|"]
+        for name, t in tests.items():
+            lines.append(f"| **{name}** − {best} | {t.mean_difference:+.3f} "
+                         f"({t.ci.low:+.3f} .. {t.ci.high:+.3f}) | {t.t_pvalue:.3g} "
+                         f"| {t.wilcoxon_pvalue:.3g} | {t.n} |")
+    lines += ["", "## Tuned base LRs", "",
+              f"Grid: {len(tuning.grid)} LRs from {tuning.grid[0]:g} to {tuning.grid[-1]:g} "
+              f"({settings.grid_per_decade} per decade over the preset's initial-LR range), each on "
+              f"{tuning.instances} train instance(s); best mean final Dice wins.", "",
+              "| schedule | tuned base LR | train final Dice | train AUC Dice |", "|---|---|---|---|"]
+    for name, lr in tuning.base_lrs.items():
+        final, auc = tuning.scores[name][lr]
+        lines.append(f"| {name} | {lr:g} | {final:.3f} | {auc:.3f} |")
+    lines += ["", "## Compute before evaluation", "",
+              "UNet training epochs each method consumed before the evaluation; the evaluation itself costs "
+              f"every method the same {n} x {cfg.epochs} epochs.", "",
+              "| method | epochs | counted from |", "|---|---|---|"]
+    for m in comparison.methods:
+        lines.append(f"| {label(m.name)} | {_count(m.epochs_before)} | {m.accounting} |")
+    return "\n".join(lines) + "\n"
+
+
+def episode_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """episodes.csv: one row per method x instance x epoch (``factor`` empty for the main runs)."""
+    methods = {m.name: m for m in comparison.methods}
+    rows = []
+    for factor, _, results in comparison.groups():
+        for result in results:
+            tuned = methods[result.method].base_lr if factor is None else None
+            base_lr = tuned if tuned is not None else result.instance.initial_lr
+            for record, dice in zip(result.records, result.dices):
+                rows.append({"method": result.method, "factor": factor, "instance": result.instance.index,
+                             "base_lr": base_lr, "epoch": record["epoch"],
+                             "lr": record["lr"] if record["epoch"] else None,  # epoch 0: nothing trained yet
+                             "train_loss": record.get("train_loss"), "val_loss": record["val_loss"],
+                             "dice": dice, "diverged": record["diverged"]})
+    return rows
+
+
+def tuning_rows(tuning: Tuning) -> list[dict[str, Any]]:
+    chosen = tuning.base_lrs
+    return [{"schedule": name, "lr": lr, "final_dice": final, "auc_dice": auc, "chosen": lr == chosen[name]}
+            for name, by_lr in tuning.scores.items() for lr, (final, auc) in by_lr.items()]
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text; missing and non-finite values are empty cells."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+                         for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_results(comparison: Comparison, out_dir: Path) -> str:
+    """Every result file (atomically); returns the markdown summary."""
+    rows = summarize(comparison)
+    text = report(comparison, rows)
+    atomic_write_text(out_dir / "episodes.csv", _csv(episode_rows(comparison)))
+    atomic_write_text(out_dir / "tuning.csv", _csv(tuning_rows(comparison.tuning)))
+    atomic_write_text(out_dir / "summary.csv", _csv(rows))
+    atomic_write_text(out_dir / "summary.md", text)
+    plot(comparison, out_dir)
+    return text
+

@@ -1,0 +1,110 @@
+"""Running a comparison: tune the fixed schedules' base LRs on train instances, then run every method on the
+held-out (and robustness) instances through the harness."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import Config, ConfigError
+from ..env import Instance, make_instances
+from ..harness import EpisodeResult, Job, run_jobs
+from ..schedules import lr_grid
+from .methods import CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods
+from .summary import run_metrics
+
+
+def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance],
+                  workers: int = 1, on_result: Callable[[EpisodeResult], None] | None = None,
+                  backend: str = "local", gpus_per_worker: float = 0.0) -> Tuning:
+    """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on)."""
+    jobs = [Job(f"{name}@{lr:g}", SCRIPTED if name == SCRIPTED else "schedule", name, instance, base_lr=lr)
+            for name in schedules for lr in grid for instance in instances]
+    results = run_jobs(config, jobs, workers, on_result=on_result, backend=backend,
+                       gpus_per_worker=gpus_per_worker)
+    runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
+    for job, result in zip(jobs, results):
+        runs[job.arg][job.base_lr].append(run_metrics(result, config.env.steps, target=1.0))
+
+    def score(metrics: list[dict[str, float]]) -> tuple[float, float]:
+        return (float(np.mean([m["final_dice"] for m in metrics])),
+                float(np.mean([m["auc_dice"] for m in metrics])))
+
+    scores = {name: {lr: score(metrics) for lr, metrics in by_lr.items()} for name, by_lr in runs.items()}
+    return Tuning(tuple(grid), len(instances), config.env.epochs, scores)
+
+
+def search_grid(config: Config, per_decade: int) -> list[float]:
+    """The preset's initial-LR range at ``per_decade`` points per decade, clipped to the env's LR limits."""
+    env = config.env
+    grid = lr_grid(env.initial_lr_min, env.initial_lr_max, per_decade)
+    return sorted({min(max(lr, env.lr_min), env.lr_max) for lr in grid})
+
+
+def check_fits(config: Config, settings: Settings) -> None:
+    """The preset must have the instances the settings ask for."""
+    env = config.env
+    if settings.seeds is not None and settings.seeds > env.heldout_instances:
+        raise ConfigError(f"--seeds {settings.seeds}: preset {config.name!r} has only "
+                          f"{env.heldout_instances} held-out instances; add them with "
+                          f"--set env.heldout_instances={settings.seeds}")
+    if settings.tune_instances > env.train_instances:
+        raise ConfigError(f"--tune-instances {settings.tune_instances}: preset {config.name!r} has only "
+                          f"{env.train_instances} train instances; raise env.train_instances or lower it")
+
+
+def run_comparison(config: Config, agents: list[Method], settings: Settings, progress: bool = True
+                   ) -> Comparison:
+    """Tune the fixed schedules, then run every method on the held-out (and robustness) instances."""
+    check_fits(config, settings)
+    env = config.env
+    start = time.perf_counter()
+    instances = make_instances(env, "heldout")[: settings.seeds]
+    grid = search_grid(config, settings.grid_per_decade)
+    n_methods = len(agents) + len(settings.schedules) + 2
+    total = (len(settings.schedules) * len(grid) * settings.tune_instances
+             + len(instances) * (n_methods + len(settings.robustness) * (n_methods - 1)))
+    with tqdm(total=total, desc="tuning base LRs", unit="episode", disable=not progress) as bar:
+        def advance(result: EpisodeResult) -> None:
+            bar.set_postfix_str(f"{result.method}: Dice {result.final_dice:.3f}", refresh=False)
+            bar.update()
+
+        train = make_instances(env, "train")[: settings.tune_instances]
+        tuning = tune_base_lrs(config, settings.schedules, grid, train, settings.workers, advance,
+                               settings.backend, settings.gpus_per_worker)
+        methods = agents + baseline_methods(tuning)
+        _, reference = tuning.reference
+        robust_lrs = {f: min(max(f * reference, env.lr_min), env.lr_max) for f in settings.robustness}
+        # with the initial LR forced, "constant (initial LR)" would repeat "constant"
+        robust_methods = [m for m in methods if m.name != CONSTANT_INITIAL]
+        jobs = [m.job(i) for m in methods for i in instances]
+        jobs += [m.job(i, lr) for lr in robust_lrs.values() for m in robust_methods for i in instances]
+        bar.set_description("evaluating on held-out instances")
+        results = run_jobs(config, jobs, settings.workers, on_result=advance, backend=settings.backend,
+                           gpus_per_worker=settings.gpus_per_worker)
+    main, rest = results[: len(methods) * len(instances)], results[len(methods) * len(instances):]
+    chunk = len(robust_methods) * len(instances)
+    robustness = {f: (lr, rest[k * chunk:(k + 1) * chunk]) for k, (f, lr) in enumerate(robust_lrs.items())}
+    if settings.pbt_population:
+        method, runs = pbt_runs(config, instances, settings.pbt_population, settings.gpus_per_worker)
+        methods.append(method)
+        main += runs
+    seconds = time.perf_counter() - start
+    return Comparison(config, settings, methods, tuning, instances, main, robustness, seconds)
+
+
+def pbt_runs(config: Config, instances: list[Instance], population: int, gpus_per_member: float = 0.0
+             ) -> tuple[Method, list[EpisodeResult]]:
+    """PBT on every held-out instance; its compute is the population's epochs beyond one evaluation run."""
+    from ..pbt import PBTSettings, run_pbt
+
+    runs, total = run_pbt(config, instances, PBTSettings(population=population), gpus_per_member)
+    own = len(instances) * config.env.epochs
+    accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
+                  f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
+                  "the best member by validation Dice reported")
+    return Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting), runs
+
