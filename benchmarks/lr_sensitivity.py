@@ -1,6 +1,9 @@
 """How much does the LR matter on each preset? Final validation Dice across a grid of constant LRs.
 
-    python benchmarks/lr_sensitivity.py [--presets fast demo] [--instances 4] [--workers 2]
+    python benchmarks/lr_sensitivity.py [--presets fast demo] [--instances 4] [--workers 2] [--journal DIR]
+
+With ``--journal DIR`` every finished episode is kept in ``DIR/<preset>.jsonl``: the same command run again
+(after Ctrl-C, a kill or a reboot) runs only the missing episodes.
 
 Each constant LR runs the full epoch budget on the same held-out instances (same data and initial weights).
 The spread between the best and the worst LR inside the preset's initial-LR range is the room a controller
@@ -11,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
-from rlsched.config import available_presets, load_config
+from rlsched.config import available_presets, config_to_toml, load_config
 from rlsched.env import make_instances
-from rlsched.harness import Job, run_jobs
+from rlsched.jobs import Job, episodes, run_journaled
+from rlsched.journal import Journal
 from rlsched.schedules import lr_grid
 from rlsched.stats import mean_ci
 
@@ -27,6 +32,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=4, help="held-out instances per LR")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--per-decade", type=int, default=2)
+    parser.add_argument("--journal", type=Path, default=None, metavar="DIR",
+                        help="keep finished episodes in DIR/<preset>.jsonl and skip them when run again")
     args = parser.parse_args()
     for preset in args.presets:
         config = load_config(preset)
@@ -35,12 +42,16 @@ def main() -> None:
         instances = make_instances(env, "heldout")[: args.instances]
         jobs = [Job(f"{lr:g}", "schedule", "constant", inst, base_lr=lr, initial_lr=lr)
                 for lr in grid for inst in instances]
+        journal = Journal(args.journal / f"{preset}.jsonl" if args.journal else None)
+        journal.require_context(config_to_toml(config))
         start = time.perf_counter()
-        results = run_jobs(config, jobs, args.workers)
+        outcomes, reused = run_journaled(config, jobs, journal, args.workers)
+        results = episodes(outcomes)
         seconds = time.perf_counter() - start
         optimizer = config.optim.name + (f" momentum={config.optim.momentum}" if config.optim.name == "sgd" else "")
         print(f"\n## {preset}: {optimizer}, norm={config.model.norm}, "
-              f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s")
+              f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s"
+              + (f" ({reused} episodes read back from {journal.path})" if reused else ""))
         print("| constant LR | final Dice mean ± 95% CI | diverged |\n|---|---|---|")
         means = {}
         for lr in grid:

@@ -12,7 +12,8 @@ from tqdm import tqdm
 from .config import Config, ConfigError, load_config
 from .control import observation_space
 from .env import make_instances
-from .harness import Job, Predictor, run_jobs
+from .harness import Predictor
+from .jobs import Job, episodes, run_jobs
 from .runs import atomic_write_json, atomic_write_text
 from .stats import mean_ci, paired_test
 
@@ -94,7 +95,7 @@ def evaluate_heldout(model_path: str | Path, config: Config | None = None, worke
     finals: dict[str, list[float]] = {"learned": [], "constant": []}
     diverged = {"learned": 0, "constant": 0}
     with tqdm(total=len(jobs), desc="held-out evaluation", unit="episode") as bar:
-        for result in run_jobs(config, jobs, workers, on_result=lambda _: bar.update()):
+        for result in episodes(run_jobs(config, jobs, workers, on_result=lambda *_: bar.update())):
             finals[result.method].append(result.final_dice)
             diverged[result.method] += result.diverged
     test = paired_test(finals["learned"], finals["constant"])

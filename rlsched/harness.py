@@ -7,17 +7,13 @@ the keep-LR action, i.e. through exactly the code path a policy's actions take.
 
 from __future__ import annotations
 
-import functools
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from .config import Config, EnvConfig
+from .config import EnvConfig
 from .control import decode_lr
 from .env import Instance, UNetLREnv
 from .schedules import FixedSchedule
@@ -156,6 +152,14 @@ class EpisodeResult:
     def epochs(self) -> int:
         return int(self.records[-1]["epoch"])
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "instance": asdict(self.instance), "records": self.records,
+                "total_reward": self.total_reward, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpisodeResult:
+        return cls(data["method"], Instance(**data["instance"]), data["records"], data["total_reward"],
+                   data["seconds"])
 
 
 def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, initial_lr: float | None = None
@@ -174,92 +178,3 @@ def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, init
         records.append(info)
         total += reward
     return EpisodeResult(controller.name, env.instance, records, total, env.seconds)
-
-
-# --------------------------------------------------------------------------------------------- many episodes
-@dataclass(frozen=True)
-class Job:
-    """One episode to run, described by value so it can travel to a worker process."""
-
-    method: str  # the name results are reported under
-    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (base_lr
-    # = its target LR)
-    arg: str
-    instance: Instance
-    base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
-    initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
-
-
-@functools.lru_cache(maxsize=8)
-def _policy(path: str) -> Predictor:
-    from .evaluate import load_policy
-
-    return load_policy(path).predictor
-
-
-def make_controller(job: Job) -> Controller:
-    if job.kind == "policy":
-        return PolicyController(_policy(job.arg), name=job.method)
-    if job.kind == "schedule":
-        return ScheduleController(job.arg, job.base_lr, name=job.method)
-    if job.kind == "random":
-        return RandomController(seed=int(job.arg or 0), name=job.method)
-    if job.kind == "scripted":
-        if job.base_lr is None:
-            raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
-        return ScriptedController(job.base_lr, name=job.method)
-    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random' or 'scripted'")
-
-
-_worker_env: UNetLREnv | None = None
-
-
-def _init_worker(config: Config, threads: int) -> None:
-    """Set this worker's torch threads (the env leaves them alone) and build its env."""
-    global _worker_env
-    torch.set_num_threads(threads)
-    _worker_env = UNetLREnv(config=config)
-
-
-def _run_job(job: Job) -> EpisodeResult:
-    assert _worker_env is not None, "worker not initialised"
-    return run_episode(_worker_env, make_controller(job), job.instance, job.initial_lr)
-
-
-BACKENDS = ("local", "ray")
-
-
-def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
-             on_result: Callable[[EpisodeResult], None] | None = None, backend: str = "local",
-             gpus_per_worker: float = 0.0) -> list[EpisodeResult]:
-    """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs) or,
-    with ``backend="ray"``, one-CPU Ray actors (a cluster) holding ``gpus_per_worker`` of a GPU each; results
-    come back in job order."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if gpus_per_worker and backend != "ray":
-        raise ValueError("gpus_per_worker places Ray actors: use backend='ray' (local workers see every GPU)")
-    if backend == "ray":
-        from .ray_backend import iter_jobs
-
-        stream = iter_jobs(config, jobs, workers, gpus_per_worker)
-    else:
-        stream = _iter_jobs(config, jobs, workers)
-    results: list[EpisodeResult] = []
-    for result in stream:
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    return results
-
-
-def _iter_jobs(config: Config, jobs: list[Job], workers: int) -> Iterator[EpisodeResult]:
-    if workers <= 1:
-        _init_worker(config, config.env.torch_threads or torch.get_num_threads())
-        yield from map(_run_job, jobs)
-        return
-    from .agents.workers import start_method
-
-    context = multiprocessing.get_context(start_method())
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(config, 1)) as pool:
-        yield from pool.map(_run_job, jobs)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,20 @@ from typing import IO, Any, Callable, Iterable
 import torch
 
 RUNS_ROOT = Path("runs")
+
+
+class Interrupted(Exception):
+    """SIGTERM, turned into an exception so the same clean-up as Ctrl-C runs (a checkpoint, a resume hint)."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def interrupt_on_sigterm() -> None:
+    """From now on SIGTERM raises ``Interrupted`` in the main thread (long jobs catch it with Ctrl-C's
+    ``KeyboardInterrupt``)."""
+    signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
 def new_run_dir(*parts: str, root: Path | str = RUNS_ROOT) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from .agents.sb3 import PPOSettings
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
 from .data import DatasetError, check_dataset
-from .runs import atomic_write_json, atomic_write_text, new_run_dir
+from .runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 
 ALGOS = ("sb3", "reference")
 BACKENDS = ("sb3", "rllib")  # sb3: local processes (--algo picks the agent); rllib: RLlib PPO on Ray
@@ -101,14 +100,6 @@ def settings_from(args: argparse.Namespace) -> PPOSettings:
                        n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma,
                        gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
                        normalize_obs=args.normalize_obs)
-
-
-class Interrupted(Exception):
-    """SIGTERM, turned into an exception so the same clean-up as Ctrl-C runs."""
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted()
 
 
 def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Config]:
@@ -287,7 +278,7 @@ def _close_quietly(env: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir, args, config = _open_run(args)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    interrupt_on_sigterm()
     start = time.perf_counter()
     try:
         if args.backend == "rllib":

@@ -74,7 +74,7 @@ def dice_curves(run_dir):
 
 
 def test_every_output_is_written_and_readable(run_dir):
-    expected = {"config.toml", "args.json", "episodes.csv", "tuning.csv", "summary.csv", "summary.md",
+    expected = {"config.toml", "args.json", "inputs.json", "jobs.jsonl", "episodes.csv", "tuning.csv", "summary.csv", "summary.md",
                 "dice_vs_epoch.png", "lr_vs_epoch.png", "final_dice.png", "robustness.png"}
     assert {p.name for p in run_dir.iterdir()} == expected  # and no temporary files left behind
     assert load_config(run_dir / "config.toml").env.epochs == EPOCHS

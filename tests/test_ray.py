@@ -108,7 +108,7 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
 def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
     from ray import tune
 
-    from rlsched.ray_backend import EpisodeWorker
+    from rlsched.jobs import EpisodeWorker
 
     local = compare.run_comparison(config, [], compare.Settings(**SETTINGS), progress=False)
     actors, members = [], []  # the resources each episode actor and each PBT trainable asked for
@@ -158,7 +158,7 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
 
 
 def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
-    from rlsched.harness import Job, run_jobs
+    from rlsched.jobs import Job, run_jobs
 
     job = Job("constant", "schedule", "constant", make_instances(config.env, "heldout")[0])
     with pytest.raises(ValueError, match="the Ray cluster has 1 GPU"):

@@ -9,24 +9,38 @@ results differ only by the LRs chosen. Fairness: each fixed schedule gets its ba
 which controllers recover; the epochs each method consumed *before* evaluation (PPO training, grid search)
 are reported next to its result.
 
-Writes ``runs/<preset>__compare__<time>/``: ``config.toml``, ``args.json``, ``episodes.csv`` (one row per
-method x instance x epoch), ``tuning.csv`` (the grid search), ``summary.csv``, ``summary.md`` and plots
-(``dice_vs_epoch.png``, ``lr_vs_epoch.png``, ``final_dice.png``, ``robustness.png``).
+Every episode is journaled the moment it finishes (``jobs.jsonl``): after Ctrl-C, SIGTERM, a kill or a reboot,
+``--resume runs/<compare-id>`` runs only the missing episodes and writes the same tables. A worker process that
+dies is replaced and its episode retried (3 attempts, then it is reported as failed).
+
+Writes ``runs/<preset>__compare__<time>/``: ``config.toml``, ``args.json``, ``inputs.json`` (agent file hashes),
+``jobs.jsonl``, ``episodes.csv`` (one row per method x instance x epoch), ``tuning.csv`` (the grid search),
+``summary.csv``, ``summary.md`` and plots (``dice_vs_epoch.png``, ``lr_vs_epoch.png``, ``final_dice.png``,
+``robustness.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides, parse_override
 from ..data import check_dataset
 from ..evaluate import load_policy
-from ..harness import BACKENDS
-from ..runs import atomic_write_json, atomic_write_text, new_run_dir
+from ..jobs import BACKENDS
+from ..journal import Journal
+from ..runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 from ..schedules import SCHEDULES
 from .methods import SCRIPTED, Settings, agent_methods
 from .report import write_results
 from .running import check_fits, run_comparison
+
+JOURNAL = "jobs.jsonl"
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -62,7 +76,69 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                    help="ray: GPU share of each actor and PBT member, e.g. 0.25 = four per GPU (default: "
                         "%(default)s: Ray assigns them no GPU)")
     p.add_argument("--runs-dir", default="runs")
-    return p, p.parse_args(argv)
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
+                        "then write every result file; flags given with it must equal the run's")
+    args = p.parse_args(argv)
+    if args.resume:
+        args = _resumed_args(p, argv, Path(args.resume))
+    return p, args
+
+
+def _resumed_args(parser: argparse.ArgumentParser, argv: list[str] | None, run_dir: Path) -> argparse.Namespace:
+    """The run's saved flags; a flag given now with another value is refused, naming it (options added since
+    the run started take their defaults)."""
+    saved_file = run_dir / "args.json"
+    if not saved_file.is_file() or not (run_dir / "config.toml").is_file():
+        parser.error(f"--resume {run_dir}: not a comparison run (no args.json/config.toml there); pass a folder made "
+                     "by python -m rlsched.compare")
+    saved = {k: v for k, v in json.loads(saved_file.read_text()).items() if k != "resume"}
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**saved))  # explicit flags override the saved
+    changed = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (the run used {v!r})" for k, v in saved.items()
+               if getattr(args, k) != v]
+    if changed:
+        parser.error(f"--resume {run_dir}: a resumed comparison must run with its own arguments; differs: "
+                     f"{'; '.join(changed)}. Start a new comparison to change them.")
+    args.resume = str(run_dir)
+    return args
+
+
+def _fingerprints(paths: list[str]) -> dict[str, str]:
+    """sha256 of each agent's model file (a folder: of its files): a resume must compare the same agents."""
+    prints = {}
+    for path in map(Path, paths):
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.read_bytes())
+        prints[str(path)] = digest.hexdigest()
+    return prints
+
+
+def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A TOML document as {"section.key": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_unchanged(run_dir: Path, config_text: str, agents: dict[str, str]) -> None:
+    """Refuse a resume whose preset or agents changed since the run started, naming what changed."""
+    saved = _flat(tomllib.loads((run_dir / "config.toml").read_text()))
+    now = _flat(tomllib.loads(config_text))
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if keys:
+        raise ConfigError(f"--resume {run_dir}: the preset changed since the comparison started ({', '.join(keys)}); "
+                          "restore it or start a new comparison")
+    inputs = json.loads((run_dir / "inputs.json").read_text()) if (run_dir / "inputs.json").is_file() else {}
+    moved = [path for path, digest in agents.items() if inputs.get(path) != digest]
+    if moved:
+        raise ValueError(f"--resume {run_dir}: agent model(s) changed since the comparison started: "
+                         f"{', '.join(moved)}; restore them or start a new comparison")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +164,26 @@ def main(argv: list[str] | None = None) -> int:
             connect(args.address, "--backend ray")
         elif args.address:
             raise ValueError("--address applies to --backend ray")
+        fingerprints = _fingerprints(args.agent)
+        if args.resume:
+            _check_unchanged(Path(args.resume), config_to_toml(config), fingerprints)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
         parser.error(str(err))
-    run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)
-    atomic_write_text(run_dir / "config.toml", config_to_toml(config))
-    atomic_write_json(run_dir / "args.json", vars(args))
-    comparison = run_comparison(config, agents, settings)
+    if args.resume:
+        run_dir = Path(args.resume)
+    else:
+        run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)
+        atomic_write_text(run_dir / "config.toml", config_to_toml(config))
+        atomic_write_json(run_dir / "args.json", vars(args))
+        atomic_write_json(run_dir / "inputs.json", fingerprints)
+    journal = Journal(run_dir / JOURNAL)
+    interrupt_on_sigterm()
+    try:
+        comparison = run_comparison(config, agents, settings, journal=journal)
+    except (KeyboardInterrupt, Interrupted):
+        print(f"\ninterrupted: {len(journal)} finished episodes are saved in {journal.path}. Continue with:\n"
+              f"  python -m rlsched.compare --resume {run_dir}", file=sys.stderr)
+        return 130
     print(write_results(comparison, run_dir))
     print(f"results: {run_dir}")
     return 0

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from ..config import Config
 from ..env import Instance
 from ..evaluate import LoadedPolicy, check_compatible
-from ..harness import BACKENDS, EpisodeResult, Job
+from ..harness import EpisodeResult
+from ..jobs import BACKENDS, Job, JobFailure
 from ..runs import read_jsonl
 from ..schedules import SCHEDULES
 
@@ -126,7 +127,9 @@ class Comparison:
     results: list[EpisodeResult]  # the main runs
     # factor -> (the initial LR it gave, the runs from it)
     robustness: dict[float, tuple[float, list[EpisodeResult]]] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of this session (a resumed comparison: since the resume)
+    failures: list[JobFailure] = field(default_factory=list)  # jobs whose worker kept dying
+    reused: int = 0  # episodes read back from the journal of a resumed comparison
 
     def groups(self) -> list[tuple[float | None, float | None, list[EpisodeResult]]]:
         """(factor, forced initial LR, runs): the main runs (None, None), then each robustness factor."""

@@ -41,8 +41,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         "",
         f"Mean ± 95% CI over instances (Student t). AUC = mean Dice over the {cfg.epochs} epochs "
         f"(diverged = 0 from then on). Epochs to Dice {target:g}: mean over the runs that reached it. Wall "
-        f"time: training and validation per run. The comparison took {comparison.seconds:.0f} s with "
-        f"{settings.workers} worker(s).",
+        f"time: training and validation per run. {_duration(comparison)}",
         "",
         f"| method | base LR | epochs before eval | final Dice | best Dice | AUC Dice "
         f"| epochs to {target:g} (reached) | diverged | s / run |",
@@ -54,7 +53,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {label(r['method'])} | {base} | {_count(r['epochs_before_eval'])} | {_ci(r, 'final_dice')} "
             f"| {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} | {_ci(r, 'epochs_to_target', 1)} "
-            f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']} | {_ci(r, 'seconds', 2)} |")
+            f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']}{_failed(r)} | {_ci(r, 'seconds', 2)} |")
     if comparison.robustness:
         factors = list(comparison.robustness)
         source, reference = tuning.reference
@@ -72,7 +71,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         ]
         cells = {(r["method"], r["factor"]): r for r in rows if r["factor"] is not None}
         for name in (r["method"] for r in main if (r["method"], factors[0]) in cells):
-            row = [_ci(c, "final_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "")
+            row = [_ci(c, "final_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "") + _failed(c)
                    for c in (cells[name, f] for f in factors)]
             lines.append(f"| {label(name)} | " + " | ".join(row) + " |")
     tests = paired_tests(comparison)
@@ -100,7 +99,28 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
               "| method | epochs | counted from |", "|---|---|---|"]
     for m in comparison.methods:
         lines.append(f"| {label(m.name)} | {_count(m.epochs_before)} | {m.accounting} |")
+    if comparison.failures:
+        lines += ["", "## Failed jobs", "",
+                  "Their worker process died on every attempt (killed, out of memory); they are left out of the "
+                  "statistics above (n counts the runs that finished). Resume the comparison to run them again.",
+                  "", "| job | instance | initial LR forced | attempts | reason |", "|---|---|---|---|---|"]
+        for f in comparison.failures:
+            forced = "—" if f.job.initial_lr is None else f"{f.job.initial_lr:.3g}"
+            lines.append(f"| {f.method} | {f.job.instance.split} {f.job.instance.index} | {forced} | {f.attempts} "
+                         f"| {f.reason} |")
     return "\n".join(lines) + "\n"
+
+
+def _duration(comparison: Comparison) -> str:
+    workers = f"with {comparison.settings.workers} worker(s)"
+    if not comparison.reused:
+        return f"The comparison took {comparison.seconds:.0f} s {workers}."
+    return (f"Resumed: {comparison.reused} episodes were read back from the journal; this session took "
+            f"{comparison.seconds:.0f} s {workers}.")
+
+
+def _failed(row: dict[str, Any]) -> str:
+    return f" ({row['failed']} failed)" if row.get("failed") else ""
 
 
 def episode_rows(comparison: Comparison) -> list[dict[str, Any]]:

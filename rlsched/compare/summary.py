@@ -4,6 +4,7 @@ and the paired tests against it."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ def by_method(results: list[EpisodeResult]) -> dict[str, list[EpisodeResult]]:
 def summarize(comparison: Comparison) -> list[dict[str, Any]]:
     """One row per method (and robustness factor): mean and 95% CI of each metric, counts and accounting."""
     cfg, target = comparison.config.env, comparison.settings.dice_target
+    failed = Counter((f.method, f.job.initial_lr) for f in comparison.failures)
     rows = []
     for factor, initial_lr, results in comparison.groups():
         runs = by_method(results)
@@ -67,6 +69,7 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
                 row.update({f"{key}_mean": ci.mean, f"{key}_low": ci.low, f"{key}_high": ci.high})
             row["reached_target"] = sum(math.isfinite(m["epochs_to_target"]) for m in metrics)
             row["diverged"] = int(sum(m["diverged"] for m in metrics))
+            row["failed"] = failed[method.name, initial_lr]  # worker died on every attempt: not in n
             rows.append(row)
     return rows
 
@@ -81,9 +84,14 @@ def best_fixed(comparison: Comparison) -> str:
 
 
 def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
-    """Each learned policy minus the best fixed schedule, final Dice on the same instances."""
-    runs = by_method(comparison.results)
-    best = [r.final_dice for r in runs[best_fixed(comparison)]]
-    return {m.name: paired_test([r.final_dice for r in runs[m.name]], best)
-            for m in comparison.methods if m.learned}
+    """Each learned policy minus the best fixed schedule, final Dice on the instances both finished (a failed
+    job removes its instance from that pair only)."""
+    runs = {name: {r.instance.index: r.final_dice for r in rs} for name, rs in by_method(comparison.results).items()}
+    best = runs.get(best_fixed(comparison), {})
+    tests = {}
+    for m in comparison.methods:
+        if m.learned and m.name in runs:
+            common = sorted(runs[m.name].keys() & best.keys())
+            tests[m.name] = paired_test([runs[m.name][i] for i in common], [best[i] for i in common])
+    return tests
 
