@@ -2,7 +2,8 @@
 
 Every controller runs an episode of the *same* env (same instance: data, initial weights, epoch budget), so
 their results differ only by the LRs they chose. Fixed schedules reach the trainer through ``env.set_lr`` and
-the keep-LR action, i.e. through exactly the code path a policy's actions take.
+the keep-LR action, i.e. through exactly the code path a policy's actions take. Episodes run in local worker
+processes or on Ray actors (``run_jobs``), each holding one env.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from .config import Config, EnvConfig
 from .control import decode_lr
 from .env import Instance, UNetLREnv
+from .policy import Predictor, load_policy
+from .ray_backend import connect
 from .schedules import FixedSchedule
 
 
@@ -31,10 +34,6 @@ class Controller(Protocol):
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None: ...
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any: ...
-
-
-class Predictor(Protocol):
-    def predict(self, observation: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
 
 
 @dataclass
@@ -192,8 +191,6 @@ class Job:
 
 @functools.lru_cache(maxsize=8)
 def _policy(path: str) -> Predictor:
-    from .evaluate import load_policy
-
     return load_policy(path).predictor
 
 
@@ -240,9 +237,7 @@ def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
     if gpus_per_worker and backend != "ray":
         raise ValueError("gpus_per_worker places Ray actors: use backend='ray' (local workers see every GPU)")
     if backend == "ray":
-        from .ray_backend import iter_jobs
-
-        stream = iter_jobs(config, jobs, workers, gpus_per_worker)
+        stream = _iter_ray_jobs(config, jobs, workers, gpus_per_worker)
     else:
         stream = _iter_jobs(config, jobs, workers)
     results: list[EpisodeResult] = []
@@ -263,3 +258,40 @@ def _iter_jobs(config: Config, jobs: list[Job], workers: int) -> Iterator[Episod
     context = multiprocessing.get_context(start_method())
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(config, 1)) as pool:
         yield from pool.map(_run_job, jobs)
+
+
+class EpisodeWorker:
+    """One env per Ray actor, like the local pool's worker processes: the env's data cache survives jobs."""
+
+    def __init__(self, config: Config) -> None:
+        _init_worker(config, 1)
+
+    def run(self, job: Job) -> EpisodeResult:
+        return _run_job(job)
+
+
+def _iter_ray_jobs(config: Config, jobs: list[Job], workers: int, gpus_per_worker: float = 0.0
+                   ) -> Iterator[EpisodeResult]:
+    """Run ``jobs`` on up to ``workers`` one-CPU Ray actors (capped at what the cluster's CPUs, and GPUs when
+    ``gpus_per_worker`` > 0, hold); results in job order. Ray assigns a GPU only to an actor that asks for
+    one: without ``gpus_per_worker`` an actor sees no GPU (older Ray empties ``CUDA_VISIBLE_DEVICES``: the
+    UNets train on CPU) or every GPU (recent Ray, ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`` off: all actors crowd
+    onto GPU 0, unaccounted). Each episode runs the same code with one torch thread, so on CPU results equal
+    the local backend's."""
+    ray = connect()
+    from ray.util import ActorPool
+
+    resources = ray.cluster_resources()
+    fits = int(resources.get("CPU", 1))
+    if gpus_per_worker:
+        gpus = resources.get("GPU", 0.0)
+        if gpus < gpus_per_worker:
+            raise ValueError(f"{gpus_per_worker} GPU per worker, but the Ray cluster has {gpus:g} GPU(s)")
+        fits = min(fits, int(gpus / gpus_per_worker))
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(EpisodeWorker)
+    actors = [actor.remote(config) for _ in range(max(1, min(workers, len(jobs), fits)))]
+    try:
+        yield from ActorPool(actors).map(lambda a, job: a.run.remote(job), jobs)
+    finally:
+        for a in actors:
+            ray.kill(a)

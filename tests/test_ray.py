@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 
 from rlsched import compare, train  # noqa: E402
 from rlsched.config import load_config  # noqa: E402
-from rlsched.evaluate import load_policy  # noqa: E402
+from rlsched.policy import load_policy  # noqa: E402
 from rlsched.harness import PolicyController, run_episode  # noqa: E402
 from rlsched.env import UNetLREnv, make_instances  # noqa: E402
 from rlsched.runs import read_jsonl  # noqa: E402
@@ -108,7 +108,7 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
 def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
     from ray import tune
 
-    from rlsched.ray_backend import EpisodeWorker
+    from rlsched.harness import EpisodeWorker
 
     local = compare.run_comparison(config, [], compare.Settings(**SETTINGS), progress=False)
     actors, members = [], []  # the resources each episode actor and each PBT trainable asked for

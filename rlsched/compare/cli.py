@@ -20,7 +20,7 @@ import argparse
 
 from ..config import ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides, parse_override
 from ..data import check_dataset
-from ..evaluate import load_policy
+from ..policy import load_policy
 from ..harness import BACKENDS
 from ..runs import atomic_write_json, atomic_write_text, new_run_dir
 from ..schedules import SCHEDULES

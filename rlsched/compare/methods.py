@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from ..env import Instance
-from ..evaluate import LoadedPolicy, check_compatible
+from ..policy import LoadedPolicy, check_compatible
 from ..harness import BACKENDS, EpisodeResult, Job
 from ..runs import read_jsonl
 from ..schedules import SCHEDULES
