@@ -13,7 +13,8 @@ from gymnasium import spaces
 
 from .config import Config, EnvConfig, load_config
 from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space
-from .data import SegmentationData, make_dataset
+from .data import make_dataset
+from .dataset import SegmentationData
 from .penalties import CombinedPenalty, Penalty, Transition
 from .trainer import Trainer
 

@@ -15,7 +15,8 @@ from typing import Iterator
 from tqdm import tqdm
 
 from .config import Config, ConfigError, load_config, config_to_toml, parse_override
-from .data import DatasetError, SegmentationData, make_dataset
+from .data import make_dataset
+from .dataset import DatasetError, SegmentationData
 from .runs import append_jsonl, atomic_write_json, atomic_write_text, new_run_dir
 from .schedules import SCHEDULES, FixedSchedule
 from .trainer import Trainer

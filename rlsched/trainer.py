@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .config import Config
-from .data import SegmentationData
+from .dataset import SegmentationData
 from .heads import make_head
 from .metrics import SegmentationMetrics
 from .unet import build_unet
