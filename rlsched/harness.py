@@ -24,6 +24,7 @@ from .env import Instance, UNetLREnv
 from .policy import Predictor, load_policy
 from .ray_backend import connect
 from .schedules import FixedSchedule
+from .trainer import counted_dice
 
 
 class Controller(Protocol):
@@ -144,8 +145,8 @@ class EpisodeResult:
 
     @property
     def dices(self) -> list[float]:
-        return [0.0 if (r.get("diverged") or not math.isfinite(r["dice_mean"])) else r["dice_mean"]
-                for r in self.records]
+        """The Dice that counts after the reset and after every step (``trainer.counted_dice``)."""
+        return [counted_dice(r) for r in self.records]
 
     @property
     def final_dice(self) -> float:
