@@ -55,8 +55,8 @@ class EvalStats:
 
     def record(self, lr: float, epoch: int) -> dict[str, Any]:
         """A validation without training before it (a run's start), in the keys of ``SliceResult.record``."""
-        return {"lr": lr, "epoch": epoch, "val_loss": self.loss, "dice_mean": self.dice_mean, "dice": self.dice,
-                "diverged": False}
+        return {"lr": lr, "epoch": epoch, "val_loss": self.loss, "dice_mean": self.dice_mean,
+                "dice": self.dice, "diverged": False}
 
 
 def counted_dice(record: Mapping[str, Any]) -> float:
