@@ -21,12 +21,15 @@ EXEMPT = {"rlsched/compare.py"}
 
 
 def module_names(package: Path) -> dict[str, Path]:
-    """Dotted name -> file of every module under ``package`` (a package is its ``__init__.py``)."""
-    names = {}
+    """Dotted name -> file of every module under ``package`` (a package is its ``__init__.py``; as in Python,
+    a package shadows a module file of the same name beside it)."""
+    names: dict[str, Path] = {}
     for path in sorted(package.rglob("*.py")):
         parts = list(path.relative_to(package.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
+        elif path.with_suffix("").joinpath("__init__.py").is_file():
+            continue
         names[".".join(parts)] = path
     return names
 
