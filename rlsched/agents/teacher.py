@@ -70,7 +70,8 @@ def search_target(config: Config, instances: int, workers: int) -> tuple[float, 
     """The rule's target LR, grid-searched on the first ``instances`` *train* instances like a fixed
     schedule's base LR in ``rlsched.compare`` (one point per decade of the initial-LR range); returns the
     target and the episodes it cost."""
-    from ..compare import SCRIPTED, search_grid, tune_base_lrs
+    from ..compare.methods import SCRIPTED
+    from ..compare.running import search_grid, tune_base_lrs
 
     episodes: list[EpisodeResult] = []
     train = make_instances(config.env, "train")[:instances]
