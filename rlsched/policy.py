@@ -31,6 +31,8 @@ class Predictor(Protocol):
 
 @dataclass
 class LoadedPolicy:
+    """A saved policy, ready to act, with what it needs to be used correctly."""
+
     predictor: Predictor
     config: Config  # the config the policy was trained on
     path: Path

@@ -20,8 +20,8 @@ import argparse
 
 from ..config import ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides, parse_override
 from ..data import check_dataset
-from ..policy import load_policy
 from ..harness import BACKENDS
+from ..policy import load_policy
 from ..runs import atomic_write_json, atomic_write_text, new_run_dir
 from ..schedules import SCHEDULES
 from .methods import SCRIPTED, Settings, agent_methods

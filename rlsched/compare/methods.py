@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from ..env import Instance
-from ..policy import LoadedPolicy, check_compatible
 from ..harness import BACKENDS, EpisodeResult, Job
+from ..policy import LoadedPolicy, check_compatible
 from ..runs import read_jsonl
 from ..schedules import SCHEDULES
 
