@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, DataConfig
-from .data import SegmentationData
+from .dataset import SegmentationData
 
 # axes of a (map, X, Y, Z) RAS volume in the order slice, map, row, column; rows are later flipped so that
 # anterior (axial) or superior (coronal) is up

@@ -13,9 +13,10 @@ from gymnasium import spaces
 
 from .config import Config, EnvConfig, load_config
 from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space
-from .data import SegmentationData, make_dataset
+from .data import make_dataset
+from .dataset import SegmentationData
 from .penalties import CombinedPenalty, Penalty, Transition
-from .trainer import Trainer
+from .trainer import Trainer, counted_dice
 
 SPLITS = ("train", "heldout")
 
@@ -190,15 +191,15 @@ class UNetLREnv(gym.Env):
         self._forced_lr = None
         self.trainer = Trainer(self.config, self._data(self.instance.data_seed), self.instance.init_seed, lr=self._lr)
         evaluation = self.trainer.evaluate()
-        dice = _finite_or(evaluation.dice_mean, 0.0)
+        record = evaluation.record(self._lr, 0)
+        dice = counted_dice(record)
         self._control = ControlState(self.config.env, Dynamics(self._lr, evaluation.loss, evaluation.loss, dice,
                                                                0.0, 0.0))
         self._initial_dice = dice
         self._done = False
         obs = self._control.observation()
         self.seconds = evaluation.seconds
-        info = self._info({"lr": self._lr, "epoch": 0, "val_loss": evaluation.loss, "dice_mean": dice,
-                           "dice": evaluation.dice, "diverged": False})
+        info = self._info({**record, "dice_mean": dice})
         return obs, info
 
     def step(self, action):
@@ -207,12 +208,11 @@ class UNetLREnv(gym.Env):
         cfg = self.config.env
         lr = self._forced_lr if self._forced_lr is not None else next_lr(cfg, self._lr, action)
         self._forced_lr = None
-        self.trainer.set_lr(lr)
-        result = self.trainer.train_slice(cfg.epochs_per_step)
+        result = self.trainer.train_slice(lr, cfg.epochs_per_step)
         record = result.record()
         del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
         self.seconds += result.seconds
-        dice = 0.0 if result.diverged else _finite_or(record["dice_mean"], 0.0)
+        dice = result.counted_dice
         self._control.advance(Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
                                        record["update_ratio"]))
         before = self._control.before
@@ -228,7 +228,3 @@ class UNetLREnv(gym.Env):
         if terminated:
             info.update(final_dice=dice, initial_dice=self._initial_dice)
         return obs, float(reward), terminated, False, info
-
-
-def _finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default

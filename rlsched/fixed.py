@@ -8,25 +8,24 @@ epochs) over the preset's budget ``env.epochs``, the same granularity the RL con
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Iterator
 
 from tqdm import tqdm
 
 from .config import Config, ConfigError, load_config, config_to_toml, parse_override
-from .data import DatasetError, SegmentationData, make_dataset
+from .data import make_dataset
+from .dataset import DatasetError, SegmentationData
 from .runs import append_jsonl, atomic_write_json, atomic_write_text, new_run_dir
 from .schedules import SCHEDULES, FixedSchedule
-from .trainer import Trainer
+from .trainer import Trainer, counted_dice
 
 
 def run_schedule(config: Config, schedule: FixedSchedule, data: SegmentationData, seed: int) -> Iterator[dict]:
     """Yield one record per step; stops after a diverged step (which is reported, not raised)."""
     trainer = Trainer(config, data, seed, lr=schedule.lr)
     for _ in range(config.env.steps):
-        trainer.set_lr(schedule.lr)
-        result = trainer.train_slice(config.env.epochs_per_step)
+        result = trainer.train_slice(schedule.lr, config.env.epochs_per_step)
         yield result.record()
         if result.diverged:
             return
@@ -34,10 +33,11 @@ def run_schedule(config: Config, schedule: FixedSchedule, data: SegmentationData
 
 
 def summarize(records: list[dict]) -> dict:
-    dices = [r["dice_mean"] for r in records if not math.isnan(r["dice_mean"])]
+    """The run's outcome, scored as the comparison scores it (``counted_dice``: a diverged run ends at 0)."""
+    dices = [counted_dice(r) for r in records]
     return {
-        "final_dice": records[-1]["dice_mean"] if not records[-1]["diverged"] else 0.0,
-        "best_dice": max(dices, default=0.0),
+        "final_dice": dices[-1],
+        "best_dice": max(dices),
         "diverged": records[-1]["diverged"],
         "epochs": records[-1]["epoch"],
         "seconds": sum(r["seconds"] for r in records),

@@ -2,7 +2,8 @@
 
 Every controller runs an episode of the *same* env (same instance: data, initial weights, epoch budget), so
 their results differ only by the LRs they chose. Fixed schedules reach the trainer through ``env.set_lr`` and
-the keep-LR action, i.e. through exactly the code path a policy's actions take.
+the keep-LR action, i.e. through exactly the code path a policy's actions take. Episodes run in local worker
+processes or on Ray actors (``run_jobs``), each holding one env.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 from .config import EnvConfig
 from .control import decode_lr
 from .env import Instance, UNetLREnv
+from .policy import Predictor
 from .schedules import FixedSchedule
+from .trainer import counted_dice
 
 
 class Controller(Protocol):
@@ -27,10 +30,6 @@ class Controller(Protocol):
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None: ...
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any: ...
-
-
-class Predictor(Protocol):
-    def predict(self, observation: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
 
 
 @dataclass
@@ -141,8 +140,8 @@ class EpisodeResult:
 
     @property
     def dices(self) -> list[float]:
-        return [0.0 if (r.get("diverged") or not math.isfinite(r["dice_mean"])) else r["dice_mean"]
-                for r in self.records]
+        """The Dice that counts after the reset and after every step (``trainer.counted_dice``)."""
+        return [counted_dice(r) for r in self.records]
 
     @property
     def final_dice(self) -> float:

@@ -27,17 +27,10 @@ import torch
 
 from .config import Config
 from .env import Instance, UNetLREnv
-from .harness import (
-    Controller,
-    EpisodeResult,
-    PolicyController,
-    Predictor,
-    RandomController,
-    ScheduleController,
-    ScriptedController,
-    run_episode,
-)
+from .harness import (Controller, EpisodeResult, PolicyController, RandomController, ScheduleController,
+                      ScriptedController, run_episode)
 from .journal import Journal
+from .policy import Predictor, load_policy
 
 BACKENDS = ("local", "ray")
 ATTEMPTS = 3  # runs of a job whose worker keeps dying before it is reported as failed
@@ -79,8 +72,6 @@ Outcome = EpisodeResult | JobFailure
 
 @functools.lru_cache(maxsize=8)
 def _policy(path: str) -> Predictor:
-    from .evaluate import load_policy
-
     return load_policy(path).predictor
 
 

@@ -12,7 +12,6 @@ picks its winner on the validation Dice it is scored on: the report states both.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from .control import clip_lr
 from .data import make_dataset
 from .env import Instance
 from .harness import EpisodeResult
+from .trainer import Trainer, counted_dice
 
 CHECKPOINT = "member.pt"
 
@@ -53,18 +53,11 @@ def member_lrs(config: Config, population: int) -> list[float]:
     return [float(lr) for lr in np.geomspace(env.initial_lr_min, env.initial_lr_max, population)]
 
 
-def _record(lr: float, epoch: int, evaluation: Any) -> dict[str, Any]:
-    return {"lr": lr, "epoch": epoch, "val_loss": evaluation.loss, "dice_mean": evaluation.dice_mean,
-            "dice": evaluation.dice, "diverged": False}
-
-
 def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> None:
     """One population member (a Tune function trainable): trains ``instance`` step by step at its LR, reporting
     Dice with a Trainer checkpoint after every step; starts from a better member's checkpoint after an exploit.
     A diverged member keeps reporting Dice 0 (the Trainer skips each later step) until it is replaced."""
     from ray import tune
-
-    from .trainer import Trainer
 
     torch.set_num_threads(1)
     env = config.env
@@ -73,19 +66,18 @@ def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> N
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         evaluation = trainer.evaluate()
-        records, seconds = [_record(lr, 0, evaluation)], evaluation.seconds
+        records, seconds = [evaluation.record(lr, 0)], evaluation.seconds
     else:
         with checkpoint.as_directory() as folder:
             saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
         trainer.load_state_dict(saved["trainer"])
-        trainer.set_lr(lr)
         records, seconds = saved["records"], saved["seconds"]
     while trainer.epoch < env.epochs:
-        result = trainer.train_slice(env.epochs_per_step)
+        result = trainer.train_slice(lr, env.epochs_per_step)
         record = result.record()
         seconds += record.pop("seconds")
         records.append(record)
-        dice = 0.0 if result.diverged or not math.isfinite(record["dice_mean"]) else record["dice_mean"]
+        dice = result.counted_dice
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "records": records, "seconds": seconds},
                        Path(folder) / CHECKPOINT)
@@ -139,7 +131,7 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     with best.checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
     records = saved["records"]
-    dices = [0.0 if r["diverged"] or not math.isfinite(r["dice_mean"]) else r["dice_mean"] for r in records]
+    dices = [counted_dice(r) for r in records]
     # the lineage's starting LR stands in for the instance's initial LR in the reports
     lineage = replace(instance, initial_lr=float(records[0]["lr"]))
     result = EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"])

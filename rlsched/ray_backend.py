@@ -1,7 +1,8 @@
 """Ray, when the optional ``ray`` extra is installed: the import with a clear error and the connection (used by
 ``jobs.run_jobs(..., backend="ray")``, PBT and RLlib).
 
-Ray is imported only inside these functions, so the project runs without it.
+Ray is imported only inside these functions, so the project runs without it. It imports nothing else of
+rlsched, so any layer may use it.
 """
 
 from __future__ import annotations

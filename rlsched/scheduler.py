@@ -26,7 +26,7 @@ import torch
 
 from .config import EnvConfig
 from .control import ControlState, Dynamics, clip_lr, next_lr
-from .harness import Predictor
+from .policy import Predictor, load_policy
 
 
 class RLScheduler:
@@ -67,8 +67,6 @@ class RLScheduler:
     def load(cls, path: str | Path, optimizer: torch.optim.Optimizer, total_epochs: int | None = None
              ) -> "RLScheduler":
         """Load ``runs/<id>/model.zip`` (SB3) or ``model.pt`` (reference PPO) with the env config it learned on."""
-        from .evaluate import load_policy
-
         loaded = load_policy(path)
         return cls(loaded.predictor, optimizer, loaded.config.env, total_epochs)
 

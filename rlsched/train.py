@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from .agents.sb3 import PPOSettings
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
-from .data import DatasetError, check_dataset
+from .data import check_dataset
+from .dataset import DatasetError
 from .runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 
 ALGOS = ("sb3", "reference")

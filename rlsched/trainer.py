@@ -1,8 +1,9 @@
 """The segmentation Trainer: one UNet, one head, one optimizer, in-memory data, on CPU or CUDA.
 
-It knows nothing of RL or schedules: callers set the LR with ``set_lr`` between epochs and read back
-``EpochStats`` / ``EvalStats``. A non-finite loss or gradient is an *outcome* (``diverged=True``), never an
-exception; with ``keep_last_good=True`` the state before each epoch is kept so a caller can roll back.
+It knows nothing of RL or schedules: every controller (the env's actions, a fixed schedule, a PBT member) runs
+training as ``train_slice(lr, epochs)`` and reads back a ``SliceResult``. A non-finite loss or gradient is an
+*outcome* (``diverged=True``), never an exception, and ``counted_dice`` is the one rule for what such a run
+scores; with ``keep_last_good=True`` the state before each epoch is kept so a caller can roll back.
 
 On a GPU the host waits for the device once per epoch and once per validation, not once per batch: losses,
 gradient norms and the finiteness flag are accumulated as device tensors and read back together. It leaves
@@ -15,13 +16,14 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .config import Config
-from .data import SegmentationData
+from .dataset import SegmentationData
 from .heads import make_head
 from .metrics import SegmentationMetrics
 from .unet import build_unet
@@ -51,6 +53,18 @@ class EvalStats:
     iou_mean: float
     seconds: float
 
+    def record(self, lr: float, epoch: int) -> dict[str, Any]:
+        """A validation without training before it (a run's start), in the keys of ``SliceResult.record``."""
+        return {"lr": lr, "epoch": epoch, "val_loss": self.loss, "dice_mean": self.dice_mean,
+                "dice": self.dice, "diverged": False}
+
+
+def counted_dice(record: Mapping[str, Any]) -> float:
+    """The Dice a record scores: 0 once the run diverged, and 0 where Dice is undefined (NaN: nothing to find
+    and nothing found), so a blown-up run never outscores one that trained and every mean stays finite."""
+    dice = record["dice_mean"]
+    return 0.0 if record.get("diverged") or not math.isfinite(dice) else dice
+
 
 @dataclass(frozen=True)
 class SliceResult:
@@ -67,6 +81,11 @@ class SliceResult:
     @property
     def seconds(self) -> float:
         return sum(e.seconds for e in self.epochs) + (self.evaluation.seconds if self.evaluation else 0.0)
+
+    @property
+    def counted_dice(self) -> float:
+        """The Dice this slice scores (``counted_dice`` of its record)."""
+        return counted_dice(self.record())
 
     def record(self) -> dict[str, Any]:
         """Flat numbers for metrics files and env ``info`` (NaN where a diverged run has no value)."""
@@ -249,8 +268,9 @@ class Trainer:
             lr=self.lr,
         )
 
-    def train_slice(self, epochs: int) -> SliceResult:
-        """Train ``epochs`` epochs at the current LR, then validate; stop at the first diverged epoch."""
+    def train_slice(self, lr: float, epochs: int) -> SliceResult:
+        """Set the LR to ``lr``, train ``epochs`` epochs, then validate; stop at the first diverged epoch."""
+        self.set_lr(lr)
         done = []
         for _ in range(epochs):
             done.append(self.train_epoch())

@@ -11,8 +11,8 @@ import by_hand
 from rlsched import compare, train
 from rlsched.config import ConfigError, load_config
 from rlsched.env import Instance, make_instances
-from rlsched.evaluate import load_policy
 from rlsched.harness import EpisodeResult
+from rlsched.policy import load_policy
 from rlsched.runs import read_jsonl
 from rlsched.schedules import SCHEDULES
 

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from rlsched.config import DataConfig
-from rlsched.data import SHAPES, DatasetError, SegmentationData, _REACH, _gaussian_blur, _inside, make_dataset
+from rlsched.data import make_dataset
+from rlsched.dataset import DatasetError, SegmentationData
+from rlsched.synthetic import SHAPES, _REACH, _gaussian_blur, _inside
 
 SMALL = DataConfig(image_size=32, n_train=24, n_val=8)
 CLASSES = {"binary": 1, "multiclass": 3, "multilabel": 3}

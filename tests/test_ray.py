@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 
 from rlsched import compare, train  # noqa: E402
 from rlsched.config import load_config  # noqa: E402
-from rlsched.evaluate import load_policy  # noqa: E402
+from rlsched.policy import load_policy  # noqa: E402
 from rlsched.harness import PolicyController, run_episode  # noqa: E402
 from rlsched.env import UNetLREnv, make_instances  # noqa: E402
 from rlsched.runs import read_jsonl  # noqa: E402

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rlsched.agents.sb3 import PPOSettings, build_ppo, make_vec
-from rlsched.agents.teacher import behaviour_clone
+from rlsched.agents.teacher import behaviour_clone, search_target
+from rlsched.compare.running import search_grid
 from rlsched.config import load_config
 from rlsched.control import encode_lr
 from rlsched.env import UNetLREnv
@@ -52,3 +53,13 @@ def test_behaviour_cloning_makes_the_policy_follow_the_rule(tmp_path):
     action, _ = model.predict(vec.normalize_obs(obs), deterministic=True)
     assert int(action) == rule.action(1e-3) == 4
     assert math.isfinite(stats["bc/value_loss"])
+
+
+
+def test_the_teacher_target_is_grid_searched_on_train_instances():
+    """The warm start's target LR comes from the comparison's base-LR search (one grid point per decade)."""
+    config = load_config("fast", {**TINY, "env.epochs": 2})
+    target, episodes = search_target(config, instances=1, workers=1)
+    grid = search_grid(config, 1)
+    assert target in grid and len(episodes) == len(grid)
+    assert all(e.instance.split == "train" and e.method.startswith("scripted@") for e in episodes)

@@ -91,7 +91,7 @@ def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normali
     from stable_baselines3 import PPO
 
     from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
-    from rlsched.evaluate import load_policy
+    from rlsched.policy import load_policy
 
     assert main(TINY + ["--n-envs", "1", "--total-timesteps", "8", "--no-eval", "--runs-dir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path)

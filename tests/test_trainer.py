@@ -75,8 +75,7 @@ def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
     trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
     trainer.train_epoch()
     good = params(trainer).clone()
-    trainer.set_lr(1e4)
-    result = trainer.train_slice(2)
+    result = trainer.train_slice(1e4, 2)
     assert result.diverged and result.evaluation is None and result.record()["diverged"]
     trainer.restore_last_good()
     assert torch.equal(params(trainer), good)
@@ -106,7 +105,7 @@ def test_a_bad_batch_mid_epoch_is_found_at_the_end_and_the_trainer_stops_until_r
     assert stats.diverged and stats.batches == 2
     assert math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)  # the two batches before it
     assert len(calls) == math.ceil(len(data.train_images) / fast_config.optim.batch_size)  # ran to the end
-    again = trainer.train_slice(1)
+    again = trainer.train_slice(0.05, 1)
     assert again.diverged and again.epochs[0].batches == 0 and len(calls) == 4  # skipped, not retrained
     monkeypatch.setattr(trainer.head, "loss", loss)
     trainer.load_state_dict(start)
@@ -171,7 +170,7 @@ def test_the_global_rng_is_left_alone(fast_config, data):
     torch.manual_seed(5)
     before = torch.get_rng_state()
     trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
-    trainer.train_slice(1)
+    trainer.train_slice(0.05, 1)
     assert torch.equal(torch.get_rng_state(), before)
     state = trainer.state_dict()
     torch.rand(1)  # the caller draws from it meanwhile: loading a state must not rewind that

@@ -36,6 +36,9 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from ..runs import atomic_write
+from .space_io import space_from_dict, space_to_dict
+
+LogFn = Callable[[dict[str, float], int], None]  # (stats, num_timesteps) after every update
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,8 @@ class PPOConfig:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def compute_gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    next_values: torch.Tensor,
-    terminations: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                terminations: torch.Tensor, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE(gamma, lambda) advantages and lambda-returns, computed backwards in time.
 
     All inputs are shaped (T, n_envs). ``next_values[t]`` is V(s_{t+1}), the value of the observation
@@ -157,47 +154,17 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1)
 
 
-def _space_to_dict(space: spaces.Space) -> dict[str, Any]:
-    """Plain-data description so checkpoints load with ``weights_only=True`` and across gymnasium versions."""
-    if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(),
-                "dtype": str(space.dtype)}
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    raise TypeError(f"unsupported space {space!r}")
-
-
-def _space_from_dict(d: dict[str, Any]) -> spaces.Space:
-    if d["type"] == "Box":
-        dtype = np.dtype(d["dtype"])
-        return spaces.Box(np.array(d["low"], dtype=dtype), np.array(d["high"], dtype=dtype), dtype=dtype)
-    return spaces.Discrete(d["n"], start=d["start"])
-
-
 class ReferencePPO:
     """Readable PPO; see the module docstring for the autoreset and bootstrap rules it follows."""
 
-    def __init__(
-        self,
-        envs: gym.vector.VectorEnv,
-        config: PPOConfig = PPOConfig(),
-        seed: int = 0,
-        device: str = "cpu",
-        log_fn: Callable[[dict[str, float], int], None] | None = None,
-    ) -> None:
+    def __init__(self, envs: gym.vector.VectorEnv, config: PPOConfig = PPOConfig(), seed: int = 0,
+                 device: str = "cpu", log_fn: LogFn | None = None) -> None:
         self._setup(envs, envs.single_observation_space, envs.single_action_space, config, seed, device,
                     log_fn)
 
-    def _setup(
-        self,
-        envs: gym.vector.VectorEnv | None,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        config: PPOConfig,
-        seed: int,
-        device: str,
-        log_fn: Callable[[dict[str, float], int], None] | None,
-    ) -> None:
+    def _setup(self, envs: gym.vector.VectorEnv | None, observation_space: spaces.Space,
+               action_space: spaces.Space, config: PPOConfig, seed: int, device: str, log_fn: LogFn | None
+               ) -> None:
         """Shared by ``__init__`` and ``load`` (which may have no envs)."""
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"observation space must be a Box, got {observation_space!r}")
@@ -209,10 +176,9 @@ class ReferencePPO:
                 raise ValueError(f"ReferencePPO needs autoreset_mode=NEXT_STEP (the default), got {mode}")
             samples = config.n_steps * envs.num_envs
             if samples % config.batch_size:
-                raise ValueError(
-                    f"batch_size={config.batch_size} must divide n_steps * n_envs = {config.n_steps} * "
-                    f"{envs.num_envs} = {samples}; pick a divisor of {samples} or change n_steps"
-                )
+                raise ValueError(f"batch_size={config.batch_size} must divide n_steps * n_envs = "
+                                 f"{config.n_steps} * {envs.num_envs} = {samples}; pick a divisor of "
+                                 f"{samples} or change n_steps")
         self.envs = envs
         self.observation_space = observation_space
         self.action_space = action_space
@@ -400,14 +366,12 @@ class ReferencePPO:
         result = {key: float(np.mean(values)) for key, values in history.items() if key != "ratio_mean"}
         returns, values = batch.returns[batch.valid], batch.values[batch.valid]
         var_returns = returns.var()
-        result["explained_variance"] = (
-            float("nan") if var_returns == 0 else float(1 - (returns - values).var() / var_returns)
-        )
+        result["explained_variance"] = (float("nan") if var_returns == 0
+                                        else float(1 - (returns - values).var() / var_returns))
         return result
 
-    def learn(
-        self, total_timesteps: int, callback: Callable[[ReferencePPO], bool] | None = None
-    ) -> ReferencePPO:
+    def learn(self, total_timesteps: int, callback: Callable[[ReferencePPO], bool] | None = None
+              ) -> ReferencePPO:
         """Train until ``num_timesteps >= total_timesteps`` (so a loaded agent resumes where it stopped).
 
         ``callback(self)`` runs after each rollout+update; returning False (not None) stops training.
@@ -442,8 +406,8 @@ class ReferencePPO:
             "config": dataclasses.asdict(self.config),
             "seed": self.seed,
             "num_timesteps": self.num_timesteps,
-            "observation_space": _space_to_dict(self.observation_space),
-            "action_space": _space_to_dict(self.action_space),
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -453,24 +417,17 @@ class ReferencePPO:
         atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        envs: gym.vector.VectorEnv | None = None,
-        device: str = "cpu",
-        log_fn: Callable[[dict[str, float], int], None] | None = None,
-    ) -> ReferencePPO:
+    def load(cls, path: str | os.PathLike[str], envs: gym.vector.VectorEnv | None = None, device: str = "cpu",
+             log_fn: LogFn | None = None) -> ReferencePPO:
         """Restore a checkpoint; ``envs=None`` gives a predict-only agent. With envs, learn() resets them."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = PPOConfig(**{**state["config"], "hidden": tuple(state["config"]["hidden"])})
-        observation_space = _space_from_dict(state["observation_space"])
-        action_space = _space_from_dict(state["action_space"])
+        observation_space = space_from_dict(state["observation_space"])
+        action_space = space_from_dict(state["action_space"])
         if envs is not None and (envs.single_observation_space != observation_space
                                  or envs.single_action_space != action_space):
-            raise ValueError(
-                f"envs spaces ({envs.single_observation_space}, {envs.single_action_space}) differ from the "
-                f"checkpoint's ({observation_space}, {action_space})"
-            )
+            raise ValueError(f"envs spaces ({envs.single_observation_space}, {envs.single_action_space}) "
+                             f"differ from the checkpoint's ({observation_space}, {action_space})")
         agent = cls.__new__(cls)
         agent._setup(envs, observation_space, action_space, config, state["seed"], device, log_fn)
         agent.actor.load_state_dict(state["actor"])

@@ -70,9 +70,16 @@ def search_target(config: Config, instances: int, workers: int) -> tuple[float, 
     """The rule's target LR, grid-searched on the first ``instances`` *train* instances like a fixed
     schedule's base LR in ``rlsched.compare`` (one point per decade of the initial-LR range); returns the
     target and the episodes it cost."""
-    from ..compare import SCRIPTED, search_grid, tune_base_lrs
+    from ..compare.methods import SCRIPTED
+    from ..compare.running import search_grid, tune_base_lrs
+    from ..jobs import Job, episodes, run_jobs
 
-    episodes: list[EpisodeResult] = []
+    spent: list[EpisodeResult] = []
+
+    def run(jobs: list[Job]) -> list[EpisodeResult]:
+        spent.extend(episodes(run_jobs(config, jobs, workers)))
+        return spent[-len(jobs):]
+
     train = make_instances(config.env, "train")[:instances]
-    tuning = tune_base_lrs(config, (SCRIPTED,), search_grid(config, 1), train, workers, on_result=episodes.append)
-    return tuning.base_lrs[SCRIPTED], episodes
+    tuning = tune_base_lrs(config, (SCRIPTED,), search_grid(config, 1), train, run)
+    return tuning.base_lrs[SCRIPTED], spent

@@ -31,9 +31,9 @@ from typing import Any
 
 from ..config import ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides, parse_override
 from ..data import check_dataset
-from ..evaluate import load_policy
 from ..jobs import BACKENDS
 from ..journal import Journal
+from ..policy import load_policy
 from ..runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 from ..schedules import SCHEDULES
 from .methods import SCRIPTED, Settings, agent_methods

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from ..env import Instance
-from ..evaluate import LoadedPolicy, check_compatible
 from ..harness import EpisodeResult
 from ..jobs import BACKENDS, Job, JobFailure
+from ..policy import LoadedPolicy, check_compatible
 from ..runs import read_jsonl
 from ..schedules import SCHEDULES
 

@@ -1,0 +1,93 @@
+"""A trained policy as its consumers need it (the harness, ``RLScheduler``, ``evaluate``, ``compare``): the
+``predict`` protocol every agent stack meets, and loading a saved policy with the config it was trained on.
+
+Its own module so that using a policy pulls in neither the env nor the harness; the agent stacks are
+imported only when a policy of theirs is loaded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import Config, ConfigError, load_config
+from .control import observation_space
+
+# env settings that define what a policy sees and does: they must match between training and use
+# (epochs_per_step: what one action spans; the epoch budget only rescales budget_used, so it is a warning)
+INTERFACE_KEYS = ("action", "factors", "max_log10_change", "grid_points", "history", "lr_min", "lr_max",
+                  "epochs_per_step")
+
+
+class Predictor(Protocol):
+    """SB3's ``predict``: what SB3 PPO, the reference PPO and the RLlib loader all offer."""
+
+    def predict(self, observation: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
+
+
+@dataclass
+class LoadedPolicy:
+    """A saved policy, ready to act, with what it needs to be used correctly."""
+
+    predictor: Predictor
+    config: Config  # the config the policy was trained on
+    path: Path
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    """``runs/<id>/model.zip`` (SB3 PPO), ``runs/<id>/model.pt`` (reference PPO) or ``runs/<id>/model.rllib``
+    (RLlib PPO, a directory) plus its ``config.toml``."""
+    path = Path(path)
+    if not (path.is_file() or (path.is_dir() and path.suffix == ".rllib")):
+        raise FileNotFoundError(f"no policy at {path}: pass runs/<run-id>/model.zip (or model.pt, model.rllib) "
+                                "written by python -m rlsched.train")
+    config_path = path.parent / "config.toml"
+    if not config_path.is_file():
+        config_path = path.parent.parent / "config.toml"  # a checkpoint in runs/<id>/checkpoints/
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path}: no config.toml beside it, so its observation/action interface is "
+                                "unknown; keep the model inside its run directory")
+    config = load_config(config_path)
+    if path.suffix == ".zip":
+        from stable_baselines3 import PPO
+
+        from .agents.normalize import NormalizedPredictor, ObsNorm, norm_path
+
+        predictor: Predictor = PPO.load(path, device="cpu")
+        if norm_path(path).is_file():  # trained on normalised observations: apply its statistics
+            predictor = NormalizedPredictor(predictor, ObsNorm.load(norm_path(path)))
+    elif path.suffix == ".pt":
+        from .agents.ppo import ReferencePPO
+
+        predictor = ReferencePPO.load(path)
+    elif path.suffix == ".rllib":
+        from .agents.rllib import RLlibPolicy
+
+        predictor = RLlibPolicy.load(path)
+    else:
+        raise ValueError(f"{path}: unknown policy format; expected .zip (SB3), .pt (reference PPO) or .rllib "
+                         "(RLlib PPO)")
+    return LoadedPolicy(predictor, config, path)
+
+
+def check_compatible(policy: LoadedPolicy, config: Config) -> None:
+    """A policy only works on envs with the observation and action interface it was trained on."""
+    mismatched = [k for k in INTERFACE_KEYS if getattr(policy.config.env, k) != getattr(config.env, k)]
+    if mismatched:
+        details = "; ".join(f"env.{k}: policy {getattr(policy.config.env, k)!r} vs env {getattr(config.env, k)!r}"
+                            for k in mismatched)
+        raise ConfigError(f"{policy.path} was trained with a different observation/action interface ({details}); "
+                          "use the preset it was trained on or override these keys to match")
+    if policy.config.env.epochs != config.env.epochs:
+        warnings.warn(f"{policy.path} was trained on {policy.config.env.epochs}-epoch budgets and now runs "
+                      f"{config.env.epochs}-epoch ones: it sees the same budget fractions, but over epochs it "
+                      "never trained on", stacklevel=2)
+    space = getattr(policy.predictor, "observation_space", None)
+    if space is not None and space.shape != observation_space(config.env).shape:
+        raise ConfigError(f"{policy.path}: observation shape {space.shape} does not match the env's "
+                          f"{observation_space(config.env).shape}")
+
