@@ -195,6 +195,14 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                               enabled=self.amp_dtype is not None)
 
+    def epoch_batches(self, generator: torch.Generator) -> tuple[list[torch.Tensor], list[list[bool]]]:
+        """One epoch's batches (indices on the device) and their flips, drawn from ``generator``."""
+        order = torch.randperm(len(self.train_images), generator=generator).to(self.device)
+        batches = list(order.split(self.config.optim.batch_size))
+        if self.config.optim.augment:
+            return batches, (torch.rand(len(batches), 2, generator=generator) < 0.5).tolist()
+        return batches, [[False, False]] * len(batches)
+
     @torch.no_grad()
     def _recalibrate_batchnorm(self) -> None:
         """Schedule-Free evaluates other weights than it trains: batch-norm statistics gathered during training
@@ -232,12 +240,7 @@ class Trainer:
         w_start = _flat_params(self.params)
         if self._has_modes:
             self.optimizer.train()
-        order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
-        batches = order.split(self.config.optim.batch_size)
-        if self.config.optim.augment:
-            flips = (torch.rand(len(batches), 2, generator=self.generator) < 0.5).tolist()
-        else:
-            flips = [[False, False]] * len(batches)
+        batches, flips = self.epoch_batches(self.generator)
         clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else math.inf
         scaling = self.scaler.is_enabled()
         loss_sum, grad_sum, counted = (torch.zeros((), device=self.device) for _ in range(3))

@@ -8,6 +8,7 @@ import torch
 
 from rlsched.config import ConfigError, load_config
 from rlsched.data import make_dataset
+from rlsched.range_test import range_test, valley
 from rlsched.trainer import Trainer
 
 # 16x16 images, 2 batches of 16 per epoch, 2-epoch budgets: every episode well under a second
@@ -75,3 +76,54 @@ def test_a_missing_optimizer_package_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import prodigyopt now fails
     with pytest.raises(ConfigError, match=r'prodigyopt.*pip install -e "\.\[tuningfree\]"'):
         load_config("fast", {"optim.name": "prodigy"})
+
+
+# ---------------------------------------------------------------------------------------------- LR range test
+def test_range_test_leaves_the_trainer_as_it_was(config, data):
+    """Sweeping first, then training, must equal training a fresh trainer: weights, optimizer, batch stream."""
+    swept = Trainer(config, data, seed=0, lr=0.05)
+    before = params(swept.model).clone()
+    sweep = range_test(swept, 1e-4, 1.0, batches=7)  # 3.5 epochs of batches: crosses epoch boundaries
+    assert sweep.batches == 7 and len(sweep.lrs) == 7  # it did train (the loss never exploded)
+    assert torch.equal(params(swept.model), before) and swept.lr == 0.05 and swept.epoch == 0
+    fresh = Trainer(config, data, seed=0, lr=0.05)
+    for trainer in (swept, fresh):
+        trainer.train_epoch()
+        trainer.train_epoch()
+    assert torch.equal(params(swept.model), params(fresh.model))
+    assert torch.equal(swept.generator.get_state(), fresh.generator.get_state())
+
+
+def test_range_test_sweeps_exponentially_and_suggests_an_lr_inside_the_sweep(config, data):
+    sweep = range_test(Trainer(config, data, seed=0, lr=0.05), 1e-4, 1.0, batches=20)
+    assert sweep.lrs[0] == pytest.approx(1e-4) and sweep.lrs[-1] == pytest.approx(1.0)
+    ratios = [b / a for a, b in zip(sweep.lrs, sweep.lrs[1:])]
+    assert ratios == pytest.approx([1e4 ** (1 / 19)] * 19)
+    assert sweep.suggestion in sweep.lrs[2:-5]  # fastai drops the first tenth and the last five points
+    assert sweep.batches == 20 and sweep.batches_per_epoch == BATCHES_PER_EPOCH and sweep.epochs == 10.0
+
+
+def test_range_test_stops_when_the_loss_explodes(config, data):
+    sweep = range_test(Trainer(config, data, seed=0, lr=0.05), 1e-2, 1e6, batches=40)
+    assert sweep.batches < 40  # stopped early
+    stopped_by_blow_up = len(sweep.lrs) < sweep.batches  # a non-finite loss is not recorded
+    assert stopped_by_blow_up or sweep.losses[-1] > 4 * min(sweep.losses)
+    assert all(loss <= 4 * min(sweep.losses[:i + 1]) for i, loss in enumerate(sweep.losses[:-1]))
+    assert sweep.lrs[0] <= sweep.suggestion < sweep.lrs[-1]
+
+
+def test_valley_is_halfway_into_the_longest_decreasing_stretch_by_fastais_arithmetic():
+    flat, down, up = [1.0] * 10, [1.0 - 0.09 * k for k in range(1, 11)], [0.1 + 0.5 * k for k in range(1, 6)]
+    # the longest decreasing subsequence: one flat point and the 10 falling ones, ending at index 19;
+    # fastai: start = 19 - 11 = 8, third = 11 / 3, index = 8 + int(3.67) + int(1.83) = 12
+    assert valley(flat + down + up) == 12
+    assert valley([3.0, 2.0]) == 0  # fastai's arithmetic would give -1: clamped to the curve
+    assert valley([1.0, 2.0, 3.0]) == 0  # no descent at all: the first point
+
+
+def test_range_test_refuses_tuning_free_optimizers_and_bad_ranges(config, data):
+    pytest.importorskip("prodigyopt")
+    with pytest.raises(ValueError, match="sets its own step size"):
+        range_test(Trainer(tiny(**{"optim.name": "prodigy"}), data, seed=0), 1e-4, 1.0)
+    with pytest.raises(ValueError, match="start_lr < end_lr"):
+        range_test(Trainer(config, data, seed=0), 1.0, 1e-4)
