@@ -375,6 +375,15 @@ def load_config(preset: str | Path | None = None, overrides: Mapping[str, Any] |
     return config
 
 
+def with_overrides(config: Config, overrides: tuple[tuple[str, str], ...]) -> Config:
+    """``config`` with ``("section.key", "TOML value")`` pairs applied, checked like ``--set section.key=value``
+    (how a harness job carries the config changes its method needs)."""
+    if not overrides:
+        return config
+    flat = dict(parse_override(f"{key}={value}") for key, value in overrides)
+    return config_from_dict(nest_overrides(flat), config, source="job overrides")
+
+
 def config_to_toml(config: Config) -> str:
     """Serialise a config back to preset TOML, so a run directory records exactly what ran."""
 
@@ -400,5 +409,5 @@ def config_to_toml(config: Config) -> str:
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EnvConfig", "LossConfig", "ModelConfig", "OptimConfig",
     "PenaltyConfig", "available_presets", "config_from_dict", "config_to_toml", "load_config",
-    "nest_overrides", "parse_override", "presets_dir", "resolve_preset",
+    "nest_overrides", "parse_override", "presets_dir", "resolve_preset", "with_overrides",
 ]

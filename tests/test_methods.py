@@ -6,10 +6,17 @@ import sys
 import pytest
 import torch
 
-from rlsched.config import ConfigError, load_config
+from rlsched import jobs
+from rlsched.config import ConfigError, load_config, with_overrides
 from rlsched.data import make_dataset
+from rlsched.env import UNetLREnv, make_instances
+from rlsched.harness import ScheduleController, run_episode
+from rlsched.jobs import Job, run_jobs
+from rlsched.methods import NNUNET_LR, RangeTestController, method_job
 from rlsched.range_test import range_test, valley
+from rlsched.schedules import FixedSchedule
 from rlsched.trainer import Trainer
+from rlsched.tuningfree import OPTIMIZERS
 
 # 16x16 images, 2 batches of 16 per epoch, 2-epoch budgets: every episode well under a second
 TINY = {"data.image_size": 16, "data.n_train": 32, "data.n_val": 8, "env.epochs": 2, "env.train_instances": 3,
@@ -127,3 +134,94 @@ def test_range_test_refuses_tuning_free_optimizers_and_bad_ranges(config, data):
         range_test(Trainer(tiny(**{"optim.name": "prodigy"}), data, seed=0), 1e-4, 1.0)
     with pytest.raises(ValueError, match="start_lr < end_lr"):
         range_test(Trainer(config, data, seed=0), 1.0, 1e-4)
+
+
+# ---------------------------------------------------------------------------- method jobs through the harness
+def records_without(records, *keys):
+    return [{k: v for k, v in r.items() if k not in keys} for r in records]
+
+
+def test_range_test_episode_trains_like_the_schedule_from_the_suggestion_and_reports_the_cost(config):
+    env = UNetLREnv(config=config)
+    instance = env.instances["train"][1]
+    swept = run_episode(env, RangeTestController("onecycle", batches=9), instance)
+    first = swept.records[0]
+    assert first["range_test_batches"] == 9 and first["extra_epochs"] == swept.extra_epochs == 9 / BATCHES_PER_EPOCH
+    suggestion = first["range_test_lr"]
+    assert config.env.lr_min <= suggestion <= config.env.lr_max
+    planned = [max(lr, config.env.lr_min) for lr in FixedSchedule("onecycle", suggestion, 2).lrs()]  # env clips
+    assert [r["lr"] for r in swept.records[1:]] == pytest.approx(planned)
+    plain = run_episode(env, ScheduleController("onecycle", suggestion), instance)  # no sweep before it
+    assert records_without(swept.records, "extra_epochs", "range_test_batches", "range_test_lr") == plain.records
+    assert plain.extra_epochs == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_tuning_free_optimizer_runs_an_episode_at_its_recommended_lr(config, name):
+    spec = OPTIMIZERS[name]
+    pytest.importorskip(spec.package)
+    instance = make_instances(config.env, "train")[0]
+    job = method_job(config, "optimizer", name, name, instance)
+    (result,) = run_jobs(config, [job])
+    assert result.method == name
+    assert len(result.records) == 3 or result.diverged
+    assert [r["lr"] for r in result.records[1:]] == [spec.lr] * (len(result.records) - 1)
+    trainer = jobs._worker_env(job.overrides).trainer
+    assert type(trainer.optimizer).__name__ == spec.cls and trainer.config.optim.name == name
+    if spec.momentum is not None:
+        assert trainer.config.optim.momentum == spec.momentum
+
+
+def test_an_lr_beyond_the_env_range_is_widened_not_clipped(config):
+    pytest.importorskip("prodigyopt")
+    narrow = with_overrides(config, (("env.lr_max", "0.5"),))
+    job = method_job(narrow, "optimizer", "prodigy", "prodigy", make_instances(narrow.env, "train")[0])
+    assert ("env.lr_max", "1.0") in job.overrides
+    (result,) = run_jobs(narrow, [job])
+    assert [r["lr"] for r in result.records[1:]] == [1.0, 1.0]
+
+
+def test_an_optimizer_job_without_its_overrides_is_refused(config):
+    pytest.importorskip("prodigyopt")
+    job = Job("prodigy", "optimizer", "prodigy", make_instances(config.env, "train")[0])  # made by hand
+    with pytest.raises(ValueError, match="method_job"):
+        run_jobs(config, [job])
+
+
+def test_nnunet_job_trains_sgd_nesterov_099_with_poly_09_from_1e_2(config):
+    job = method_job(config, "nnunet", "", "nnU-Net", make_instances(config.env, "train")[0])
+    (result,) = run_jobs(config, [job])
+    optimizer = jobs._worker_env(job.overrides).trainer.optimizer
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is torch.optim.SGD and group["momentum"] == 0.99 and group["nesterov"] is True
+    assert group["weight_decay"] == 3e-5 and jobs._worker_env(job.overrides).config.optim.grad_clip == 12.0
+    steps = config.env.steps
+    assert [r["lr"] for r in result.records[1:]] == pytest.approx(
+        [NNUNET_LR * (1 - k / steps) ** 0.9 for k in range(steps)])
+
+
+def test_jobs_with_different_overrides_train_in_different_envs(config):
+    instance = make_instances(config.env, "train")[0]
+    nnunet = method_job(config, "nnunet", "", "nnU-Net", instance)
+    plain = Job("poly", "schedule", "poly", instance, base_lr=NNUNET_LR)
+    a, b = run_jobs(config, [nnunet, plain])
+    assert jobs._worker_env(()).trainer.optimizer.param_groups[0]["momentum"] == config.optim.momentum == 0.9
+    assert [r["lr"] for r in a.records] == [r["lr"] for r in b.records]  # the same schedule ...
+    assert a.records[-1]["val_loss"] != b.records[-1]["val_loss"]  # ... under another optimizer
+    with pytest.raises(ConfigError, match="momentum"):
+        with_overrides(config, (("optim.momentum", "1.5"),))
+
+
+def test_method_jobs_are_checked_before_anything_trains(monkeypatch, config):
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)
+    with pytest.raises(ConfigError, match="tuningfree"):
+        method_job(config, "optimizer", "prodigy", "prodigy", make_instances(config.env, "train")[0])
+    with pytest.raises(ValueError, match="unknown tuning-free optimizer 'adam'.*prodigy"):
+        method_job(config, "optimizer", "adam", "adam", make_instances(config.env, "train")[0])
+    instance = make_instances(config.env, "train")[0]
+    with pytest.raises(ValueError, match="chooses the base LR itself"):
+        method_job(config, "range_test", "onecycle", "rt", instance, base_lr=0.1)
+    with pytest.raises(ValueError, match="unknown schedule 'bogus'"):
+        method_job(config, "range_test", "bogus", "rt", instance)
+    with pytest.raises(ValueError, match="unknown method kind 'swa'"):
+        method_job(config, "swa", "", "swa", instance)
