@@ -1,6 +1,7 @@
 """The comparison methods practitioners use instead of a learned schedule: LR range test, tuning-free optimizers,
 the nnU-Net recipe and an Optuna search, each through the same harness as the fixed schedules."""
 
+import math
 import sys
 
 import pytest
@@ -225,3 +226,65 @@ def test_method_jobs_are_checked_before_anything_trains(monkeypatch, config):
         method_job(config, "range_test", "bogus", "rt", instance)
     with pytest.raises(ValueError, match="unknown method kind 'swa'"):
         method_job(config, "swa", "", "swa", instance)
+
+
+# ---------------------------------------------------------------------------------------------- Optuna search
+@pytest.fixture(scope="module")
+def optuna():
+    module = pytest.importorskip("optuna")
+    module.logging.set_verbosity(module.logging.WARNING)
+    return module
+
+
+def spy_on_instances(monkeypatch):
+    splits = []
+    reset = UNetLREnv.reset
+
+    def recording(self, *, seed=None, options=None):
+        splits.append(options["instance"].split)
+        return reset(self, seed=seed, options=options)
+
+    monkeypatch.setattr(UNetLREnv, "reset", recording)
+    return splits
+
+
+def test_search_spends_exactly_its_budget_on_train_instances_only(optuna, config, monkeypatch):
+    from rlsched.search import search
+
+    splits = spy_on_instances(monkeypatch)
+    result = search(config, budget_epochs=9, instances=2, seed=0)
+    assert splits and set(splits) == {"train"}
+    # 4 epochs per full trial (2 instances x 2 epochs): two complete trials, the third stopped at the last
+    # step the budget holds (MedianPruner prunes nothing before 5 complete trials)
+    assert [t.state for t in result.trials] == ["complete", "complete", "budget"]
+    assert [t.epochs for t in result.trials] == [4, 4, 1] and result.epochs_spent == 9
+    best = max(result.trials[:2], key=lambda t: t.value)
+    assert (result.schedule, result.base_lr, result.value) == (best.schedule, best.base_lr, best.value)
+    low, high = config.env.initial_lr_min, config.env.initial_lr_max
+    assert all(low <= t.base_lr <= high for t in result.trials)
+
+
+def test_pruned_trials_count_the_epochs_they_trained(optuna, config):
+    from rlsched.search import search
+
+    class EveryOtherTrial(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return trial.number % 2 == 1
+
+    result = search(config, budget_epochs=8, instances=1, seed=0, pruner=EveryOtherTrial())
+    assert [t.state for t in result.trials] == ["complete", "pruned", "complete", "pruned", "complete"]
+    assert [t.epochs for t in result.trials] == [2, 1, 2, 1, 2] and result.epochs_spent == 8
+    assert all(math.isnan(t.value) for t in result.trials if t.state == "pruned")
+
+
+def test_search_is_reproducible_and_refuses_held_out_instances(optuna, config):
+    from rlsched.search import search
+
+    first, second = (search(config, budget_epochs=6, schedules=("cosine", "step"), seed=3) for _ in range(2))
+    assert first == second and {t.schedule for t in first.trials} <= {"cosine", "step"}
+    with pytest.raises(ValueError, match="train instances only"):
+        search(config, budget_epochs=6, instances=make_instances(config.env, "heldout")[:1])
+    with pytest.raises(ValueError, match="does not cover one trial"):
+        search(config, budget_epochs=3, instances=2)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        search(config, budget_epochs=6, schedules=("cosine", "bogus"))
