@@ -17,6 +17,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .tuningfree import OPTIMIZERS as TUNING_FREE
+from .tuningfree import require as require_optimizer
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -24,7 +27,7 @@ else:  # pragma: no cover
 
 TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", *TUNING_FREE)
 ACTIONS = ("discrete", "continuous", "absolute")
 
 
@@ -130,7 +133,7 @@ class LossConfig:
 class OptimConfig:
     """Optimizer, batching and device."""
 
-    name: str = "sgd"  # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw | a tuning-free optimizer (rlsched.tuningfree, the tuningfree extra)
     lr: float = 0.01  # LR used when nothing else sets one (the env draws its own initial LR)
     momentum: float = 0.9
     nesterov: bool = False
@@ -144,8 +147,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _require(self.name in OPTIMIZERS, f"[optim] name={self.name!r}: use one of {OPTIMIZERS}")
+        if self.name in TUNING_FREE:
+            try:
+                require_optimizer(self.name)
+            except ImportError as err:
+                raise ConfigError(f"[optim] {err}") from None
         _require(self.lr > 0, "[optim] lr must be > 0")
         _require(0 <= self.momentum < 1, "[optim] momentum must lie in [0, 1)")
+        _require(self.name != "schedulefree_sgd" or self.momentum > 0,
+                 "[optim] schedulefree_sgd interpolates with its momentum: set 0 < momentum < 1 (0.9 recommended)")
         _require(self.batch_size >= 1, "[optim] batch_size must be >= 1")
         _require(self.grad_clip >= 0, "[optim] grad_clip must be >= 0 (0 disables it)")
 
@@ -365,6 +375,15 @@ def load_config(preset: str | Path | None = None, overrides: Mapping[str, Any] |
     return config
 
 
+def with_overrides(config: Config, overrides: tuple[tuple[str, str], ...]) -> Config:
+    """``config`` with ``("section.key", "TOML value")`` pairs applied, checked like ``--set section.key=value``
+    (how a harness job carries the config changes its method needs)."""
+    if not overrides:
+        return config
+    flat = dict(parse_override(f"{key}={value}") for key, value in overrides)
+    return config_from_dict(nest_overrides(flat), config, source="job overrides")
+
+
 def config_to_toml(config: Config) -> str:
     """Serialise a config back to preset TOML, so a run directory records exactly what ran."""
 
@@ -390,5 +409,5 @@ def config_to_toml(config: Config) -> str:
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EnvConfig", "LossConfig", "ModelConfig", "OptimConfig",
     "PenaltyConfig", "available_presets", "config_from_dict", "config_to_toml", "load_config",
-    "nest_overrides", "parse_override", "presets_dir", "resolve_preset",
+    "nest_overrides", "parse_override", "presets_dir", "resolve_preset", "with_overrides",
 ]

@@ -151,6 +151,11 @@ class EpisodeResult:
     def epochs(self) -> int:
         return int(self.records[-1]["epoch"])
 
+    @property
+    def extra_epochs(self) -> float:
+        """Training the controller did outside the episode's budget (an LR range test's sweep), in epochs."""
+        return float(self.records[0].get("extra_epochs", 0.0))
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "instance": asdict(self.instance), "records": self.records,
                 "total_reward": self.total_reward, "seconds": self.seconds}

@@ -16,7 +16,7 @@ import os
 import signal
 import tempfile
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import Config
+from .config import Config, with_overrides
 from .env import Instance, UNetLREnv
 from .harness import (Controller, EpisodeResult, PolicyController, RandomController, ScheduleController,
                       ScriptedController, run_episode)
@@ -42,11 +42,13 @@ class Job:
 
     method: str  # the name results are reported under
     kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (base_lr
-    # = its target LR)
+    # = its target LR) | rlsched.methods.KINDS (made by methods.method_job)
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
     initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
+    # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.methods makes them)
+    overrides: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -86,11 +88,18 @@ def make_controller(job: Job) -> Controller:
         if job.base_lr is None:
             raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
         return ScriptedController(job.base_lr, name=job.method)
-    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random' or 'scripted'")
+    from .methods import KINDS, method_controller  # late: rlsched.methods builds on this module
+
+    if job.kind in KINDS:
+        return method_controller(job)
+    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random', 'scripted' or one of "
+                     f"{', '.join(map(repr, KINDS))}")
 
 
 # --------------------------------------------------------------------------------------------- one worker
-_worker_env: UNetLREnv | None = None
+_worker_config: Config | None = None
+_worker_envs: OrderedDict[tuple[tuple[str, str], ...], UNetLREnv] = OrderedDict()  # by job overrides
+WORKER_ENVS = 4  # each env keeps its own data cache: bound the memory
 _markers: Path | None = None  # where a pool worker notes the job it is running (see _iter_pool)
 
 
@@ -98,9 +107,11 @@ def init_worker(config: Config, threads: int, markers: str | None = None) -> Non
     """Set this worker's torch threads (the env leaves them alone) and build its env. In a pool (``markers``
     set) the parent handles Ctrl-C, and a worker the pool terminates clears its marker on the way out, so the
     only marker left after a crash is the dead worker's."""
-    global _worker_env, _markers
+    global _worker_config, _markers
     torch.set_num_threads(threads)
-    _worker_env = UNetLREnv(config=config)
+    _worker_config = config
+    _worker_envs.clear()
+    _worker_envs[()] = UNetLREnv(config=config)
     if markers is not None:
         _markers = Path(markers)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -117,9 +128,19 @@ def _terminated(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
+def _worker_env(overrides: tuple[tuple[str, str], ...]) -> UNetLREnv:
+    """The worker's env for a job's overrides, built on first use and kept for the next job that has them."""
+    assert _worker_config is not None, "worker not initialised"
+    if overrides not in _worker_envs:
+        _worker_envs[overrides] = UNetLREnv(config=with_overrides(_worker_config, overrides))
+        while len(_worker_envs) > WORKER_ENVS:
+            _worker_envs.popitem(last=False)
+    _worker_envs.move_to_end(overrides)
+    return _worker_envs[overrides]
+
+
 def run_job(job: Job) -> EpisodeResult:
-    assert _worker_env is not None, "worker not initialised"
-    return run_episode(_worker_env, make_controller(job), job.instance, job.initial_lr)
+    return run_episode(_worker_env(job.overrides), make_controller(job), job.instance, job.initial_lr)
 
 
 def _run_marked(index: int, job: Job) -> EpisodeResult:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import tuningfree
 from .config import Config
 from .dataset import SegmentationData
 from .heads import make_head
@@ -126,8 +127,11 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def build_optimizer(config: Config, params: Any, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, params: Any, lr: float, total_steps: int = 0) -> torch.optim.Optimizer:
+    """The configured optimizer; ``total_steps`` (optimizer steps of the whole run) sets Schedule-Free's warmup."""
     opt = config.optim
+    if opt.name in tuningfree.OPTIMIZERS:
+        return tuningfree.build(opt.name, params, lr, opt.momentum, opt.weight_decay, total_steps)
     if opt.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0,
                                weight_decay=opt.weight_decay)
@@ -165,7 +169,11 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.head = make_head(config.data, config.loss)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(config, self.params, lr if lr is not None else config.optim.lr)
+        steps = config.env.epochs * math.ceil(len(data.train_images) / config.optim.batch_size)
+        self.optimizer = build_optimizer(config, self.params, lr if lr is not None else config.optim.lr, steps)
+        # Schedule-Free: kept in eval mode (weights = the averaged point) outside train_epoch, so validation,
+        # state_dict and any caller always see the weights to evaluate
+        self._has_modes = tuningfree.has_modes(self.optimizer)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
         self.head.validate_target(data.train_masks[:1])
@@ -206,6 +214,32 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                               enabled=self.amp_dtype is not None)
 
+    def epoch_batches(self, generator: torch.Generator) -> tuple[list[torch.Tensor], list[list[bool]]]:
+        """One epoch's batches (indices on the device) and their flips, drawn from ``generator``."""
+        order = torch.randperm(len(self.train_images), generator=generator).to(self.device)
+        batches = list(order.split(self.config.optim.batch_size))
+        if self.config.optim.augment:
+            return batches, (torch.rand(len(batches), 2, generator=generator) < 0.5).tolist()
+        return batches, [[False, False]] * len(batches)
+
+    @torch.no_grad()
+    def _recalibrate_batchnorm(self) -> None:
+        """Schedule-Free evaluates other weights than it trains: batch-norm statistics gathered during training
+        belong to the training point, so recompute them at the evaluation point (schedulefree's README) with
+        one pass over the training set in order (drawing nothing from the generator)."""
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the pass
+        for idx in torch.arange(len(self.train_images), device=self.device).split(self.config.optim.batch_size):
+            with self._autocast():
+                self.model(self._batch(self.train_images, self.train_masks, idx)[0])
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
     @torch.enable_grad()  # callers may run under no_grad (e.g. an agent collecting a rollout in-process)
     def train_epoch(self) -> EpochStats:
         """One pass over the training set; ``diverged`` if any batch had a non-finite loss or gradient.
@@ -223,12 +257,9 @@ class Trainer:
             self._last_good = self.state_dict()
         self.model.train()
         w_start = _flat_params(self.params)
-        order = torch.randperm(len(self.train_images), generator=self.generator).to(self.device)
-        batches = order.split(self.config.optim.batch_size)
-        if self.config.optim.augment:
-            flips = (torch.rand(len(batches), 2, generator=self.generator) < 0.5).tolist()
-        else:
-            flips = [[False, False]] * len(batches)
+        if self._has_modes:
+            self.optimizer.train()
+        batches, flips = self.epoch_batches(self.generator)
         clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else math.inf
         scaling = self.scaler.is_enabled()
         loss_sum, grad_sum, counted = (torch.zeros((), device=self.device) for _ in range(3))
@@ -252,6 +283,9 @@ class Trainer:
             loss_sum += torch.where(took, loss, 0.0)
             grad_sum += torch.where(took, grad_norm, 0.0)
             counted += took
+        if self._has_modes:
+            self.optimizer.eval()
+            self._recalibrate_batchnorm()
         w_end = _flat_params(self.params)
         ratio = (w_end - w_start).norm() / w_start.norm().clamp_min(1e-12)
         loss_total, grad_total, n, ok, update_ratio = torch.stack(
