@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from .config import Config
 from .env import make_instances
-from .jobs import Job, episodes, run_jobs
+from .harness import Job
+from .jobs import episodes, run_jobs
 from .policy import check_compatible, load_policy
 from .runs import atomic_write_json, atomic_write_text
 from .stats import mean_ci, paired_test

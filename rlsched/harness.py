@@ -8,6 +8,7 @@ processes or on Ray actors (``run_jobs``), each holding one env.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -182,3 +183,23 @@ def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, init
         records.append(info)
         total += reward
     return EpisodeResult(controller.name, env.instance, records, total, env.seconds)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One episode to run, described by value so it can travel to a worker process."""
+
+    method: str  # the name results are reported under
+    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (base_lr
+    # = its target LR) | rlsched.methods.KINDS (made by methods.method_job)
+    arg: str
+    instance: Instance
+    base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
+    initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
+    # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.methods makes them)
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The job's full description as one string: what a journal of finished jobs is keyed by."""
+        return json.dumps(asdict(self), sort_keys=True)

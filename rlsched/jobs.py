@@ -10,7 +10,6 @@ workers finish in, so tables built from them do not depend on scheduling.
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing
 import os
 import signal
@@ -19,41 +18,22 @@ import warnings
 from collections import Counter, OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from .config import Config, with_overrides
-from .env import Instance, UNetLREnv
-from .harness import (Controller, EpisodeResult, PolicyController, RandomController, ScheduleController,
+from .env import UNetLREnv
+from .harness import (Controller, EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
                       ScriptedController, run_episode)
 from .journal import Journal
+from .methods import KINDS, method_controller
 from .policy import Predictor, load_policy
 
 BACKENDS = ("local", "ray")
 ATTEMPTS = 3  # runs of a job whose worker keeps dying before it is reported as failed
-
-
-@dataclass(frozen=True)
-class Job:
-    """One episode to run, described by value so it can travel to a worker process."""
-
-    method: str  # the name results are reported under
-    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (base_lr
-    # = its target LR) | rlsched.methods.KINDS (made by methods.method_job)
-    arg: str
-    instance: Instance
-    base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
-    initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
-    # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.methods makes them)
-    overrides: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def key(self) -> str:
-        """The job's full description as one string: what a journal of finished jobs is keyed by."""
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -88,8 +68,6 @@ def make_controller(job: Job) -> Controller:
         if job.base_lr is None:
             raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
         return ScriptedController(job.base_lr, name=job.method)
-    from .methods import KINDS, method_controller  # late: rlsched.methods builds on this module
-
     if job.kind in KINDS:
         return method_controller(job)
     raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random', 'scripted' or one of "

@@ -26,8 +26,7 @@ import numpy as np
 
 from .config import Config, EnvConfig, with_overrides
 from .env import Instance, UNetLREnv
-from .harness import Controller, ScheduleController
-from .jobs import Job
+from .harness import Controller, Job, ScheduleController
 from .range_test import SWEEP_BATCHES, range_test
 from .schedules import SCHEDULES
 from .tuningfree import OPTIMIZERS

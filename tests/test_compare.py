@@ -75,7 +75,7 @@ def dice_curves(run_dir):
 
 def test_every_output_is_written_and_readable(run_dir):
     expected = {"config.toml", "args.json", "inputs.json", "jobs.jsonl", "episodes.csv", "tuning.csv", "summary.csv", "summary.md",
-                "dice_vs_epoch.png", "lr_vs_epoch.png", "final_dice.png", "robustness.png"}
+                "dice_vs_epoch.png", "lr_vs_epoch.png", "final_dice.png", "cost_quality.png", "robustness.png"}
     assert {p.name for p in run_dir.iterdir()} == expected  # and no temporary files left behind
     assert load_config(run_dir / "config.toml").env.epochs == EPOCHS
     assert json.loads((run_dir / "args.json").read_text())["robustness"] == [FACTOR]
@@ -263,3 +263,34 @@ def test_scripted_rule_is_tuned_on_train_instances_and_compared(tmp_path):
                                                                           "heldout")}
     for instance, lr in first_lrs.items():  # one rule step from the instance's initial LR towards the target
         assert any(lr / heldout[instance] == pytest.approx(f) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
+
+
+def test_practitioners_baselines_run_end_to_end_with_their_cost(agent, tmp_path):
+    """--baselines all: LR range test (+ one-cycle, + cosine), the tuning-free optimizers, the nnU-Net recipe and
+    Optuna run through the same harness on the same held-out instances, each with what it needed and spent."""
+    pytest.importorskip("prodigyopt")
+    pytest.importorskip("optuna")
+    assert compare.main(["--preset", "fast", *sets(COMPARE), "--agent", str(agent), "--schedules", "constant",
+                         "--baselines", "all", "--optuna-epochs", "6", "--tune-instances", "1",
+                         "--grid-per-decade", "1", "--robustness", str(FACTOR), "--workers", "1",
+                         "--runs-dir", str(tmp_path)]) == 0
+    (out,) = tmp_path.iterdir()
+    rows = main_rows(out)
+    extras = list(compare.BASELINES)
+    assert set(extras) <= set(rows) and all(rows[m]["n"] == str(INSTANCES) for m in extras)
+    # the range test's sweeps count as epochs spent; recipes and tuning-free optimizers spend nothing before
+    assert float(rows["range_test+cosine"]["epochs_before_eval"]) > 0
+    assert float(rows["prodigy"]["epochs_before_eval"]) == 0 and float(rows["nnunet"]["base_lr"]) == 0.01
+    assert 0 < float(rows["optuna"]["epochs_before_eval"]) <= 6
+    # a forced initial LR means nothing to methods that pick their own LR: no robustness rows for them
+    robust = {r["method"] for r in read_csv(out / "summary.csv") if r["factor"] != ""}
+    assert "optuna" in robust and not robust & {"prodigy", "nnunet", "range_test+onecycle"}
+    report = (out / "summary.md").read_text()
+    assert "| nothing (a recipe) |" in report and "| an Optuna search |" in report
+    assert (out / "cost_quality.png").stat().st_size > 10_000
+
+
+def test_an_unknown_baseline_lists_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "fast", "--baselines", "adam-magic"])
+    assert "unknown baseline(s) 'adam-magic'; choose from: range_test+onecycle" in capsys.readouterr().err

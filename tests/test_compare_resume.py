@@ -17,7 +17,8 @@ from rlsched import compare
 from rlsched.config import load_config, parse_override
 from rlsched.env import make_instances
 from rlsched import jobs as jobs_module
-from rlsched.jobs import Job, JobFailure, Retries
+from rlsched.harness import Job
+from rlsched.jobs import JobFailure, Retries
 from rlsched.journal import Journal
 
 # 16x16 images, 3-epoch budgets, 2 held-out and 2 train instances, a 2-point LR grid: ~60 short episodes

@@ -12,7 +12,8 @@ from rlsched.config import ConfigError, load_config, with_overrides
 from rlsched.data import make_dataset
 from rlsched.env import UNetLREnv, make_instances
 from rlsched.harness import ScheduleController, run_episode
-from rlsched.jobs import Job, run_jobs
+from rlsched.harness import Job
+from rlsched.jobs import run_jobs
 from rlsched.methods import NNUNET_LR, RangeTestController, method_job
 from rlsched.range_test import range_test, valley
 from rlsched.schedules import FixedSchedule
@@ -51,7 +52,7 @@ def test_schedule_free_trains_at_y_and_leaves_the_weights_at_x_outside_training(
     for mode in ("train", "eval"):
         method = getattr(trainer.optimizer, mode)
         setattr(trainer.optimizer, mode, lambda method=method, mode=mode: (calls.append(mode), method())[1])
-    result = trainer.train_slice(1)  # without train() the optimizer's step raises
+    result = trainer.train_slice(trainer.lr, 1)  # without train() the optimizer's step raises
     assert calls == ["train", "eval"] and not result.diverged
     assert trainer.optimizer.param_groups[0]["train_mode"] is False
     x = params(trainer.model).clone()  # what evaluate() and state_dict() see

@@ -158,7 +158,8 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
 
 
 def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
-    from rlsched.jobs import Job, run_jobs
+    from rlsched.harness import Job
+    from rlsched.jobs import run_jobs
 
     job = Job("constant", "schedule", "constant", make_instances(config.env, "heldout")[0])
     with pytest.raises(ValueError, match="the Ray cluster has 1 GPU"):

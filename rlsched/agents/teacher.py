@@ -72,7 +72,8 @@ def search_target(config: Config, instances: int, workers: int) -> tuple[float, 
     target and the episodes it cost."""
     from ..compare.methods import SCRIPTED
     from ..compare.running import search_grid, tune_base_lrs
-    from ..jobs import Job, episodes, run_jobs
+    from ..harness import Job
+    from ..jobs import episodes, run_jobs
 
     spent: list[EpisodeResult] = []
 

@@ -6,11 +6,12 @@ and orchestration), ``summary`` (metrics and statistics), ``report`` (tables and
 """
 
 from .cli import main
-from .methods import CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, agent_methods, training_epochs
+from .methods import (BASELINES, CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, agent_methods,
+                      training_epochs)
 from .report import report, write_results
 from .running import run_comparison
 from .summary import best_fixed, dice_curve, run_metrics, summarize
 
-__all__ = ["CONSTANT_INITIAL", "SCRIPTED", "Comparison", "Method", "Settings", "Tuning", "agent_methods",
+__all__ = ["BASELINES", "CONSTANT_INITIAL", "SCRIPTED", "Comparison", "Method", "Settings", "Tuning", "agent_methods",
            "best_fixed", "dice_curve", "main", "report", "run_comparison", "run_metrics", "summarize",
            "training_epochs", "write_results"]

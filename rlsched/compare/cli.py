@@ -36,9 +36,9 @@ from ..journal import Journal
 from ..policy import load_policy
 from ..runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 from ..schedules import SCHEDULES
-from .methods import SCRIPTED, Settings, agent_methods
+from .methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
 from .report import write_results
-from .running import check_fits, run_comparison
+from .running import check_baselines, check_fits, run_comparison
 
 JOURNAL = "jobs.jsonl"
 
@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--num-gpus-per-worker", type=float, default=defaults.gpus_per_worker, metavar="G",
                    help="ray: GPU share of each actor and PBT member, e.g. 0.25 = four per GPU (default: "
                         "%(default)s: Ray assigns them no GPU)")
+    p.add_argument("--baselines", nargs="+", default=[], metavar="NAME",
+                   help="add what practitioners use instead of a learned schedule: "
+                        f"{', '.join(BASELINES)}; or the groups {', '.join(BASELINE_GROUPS)} (default: none; "
+                        "the tuning-free optimizers need the tuningfree extra, optuna the search extra)")
+    p.add_argument("--optuna-epochs", type=int, default=None, metavar="N",
+                   help="Optuna's budget of trained epochs (default: what the first --agent's PPO training spent)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                             tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
                             robustness=() if args.no_robustness else tuple(args.robustness),
                             dice_target=args.dice_target, workers=args.workers, backend=args.backend,
-                            pbt_population=args.pbt_population, gpus_per_worker=args.num_gpus_per_worker)
+                            pbt_population=args.pbt_population, gpus_per_worker=args.num_gpus_per_worker,
+                            baselines=tuple(args.baselines), optuna_epochs=args.optuna_epochs)
         overrides = dict(parse_override(o) for o in args.set)
         policies = [load_policy(path) for path in args.agent]
         if args.preset is None and policies:
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.preset or "demo", overrides)
         agents = agent_methods(policies, config)
         check_fits(config, settings)
+        check_baselines(config, settings, agents)
         check_dataset(config.data)  # a bad dataset stops here, before the run directory exists
         if settings.backend == "ray":
             from ..ray_backend import connect

@@ -9,16 +9,37 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from ..env import Instance
-from ..harness import EpisodeResult
-from ..jobs import BACKENDS, Job, JobFailure
+from ..harness import EpisodeResult, Job
+from ..jobs import BACKENDS, JobFailure
+from ..methods import KINDS, method_job
 from ..policy import LoadedPolicy, check_compatible
 from ..runs import read_jsonl
 from ..schedules import SCHEDULES
+from ..tuningfree import OPTIMIZERS
 
 CONSTANT_INITIAL = "constant (initial LR)"
 SCRIPTED = "scripted"  # the scripted rule (harness.ScriptedRule), its target LR tuned like a base LR
 TUNABLE = (*SCHEDULES, SCRIPTED)
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
+# what a practitioner runs instead of a learned schedule (rlsched.methods, rlsched.search): name -> (kind, arg)
+BASELINES = {"range_test+onecycle": ("range_test", "onecycle"), "range_test+cosine": ("range_test", "cosine"),
+             **{name: ("optimizer", name) for name in OPTIMIZERS}, "nnunet": ("nnunet", ""),
+             "optuna": ("optuna", "")}
+BASELINE_GROUPS = {"range_test": ("range_test+onecycle", "range_test+cosine"), "tuningfree": tuple(OPTIMIZERS),
+                   "all": tuple(BASELINES)}
+NEEDS = {"policy": "a trained controller", "schedule": "an LR grid search", SCRIPTED: "an LR grid search",
+         "range_test": "nothing (an LR sweep per run)", "optimizer": "nothing", "nnunet": "nothing (a recipe)",
+         "optuna": "an Optuna search", "pbt": "a population per run", "random": "nothing"}
+
+
+def expand_baselines(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Baseline names with groups (``range_test``, ``tuningfree``, ``all``) spelled out, in order, once each."""
+    unknown = [n for n in names if n not in BASELINES and n not in BASELINE_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from: "
+                         f"{', '.join([*BASELINES, *BASELINE_GROUPS])}")
+    spelled = [m for n in names for m in BASELINE_GROUPS.get(n, (n,))]
+    return tuple(dict.fromkeys(spelled))
 
 
 @dataclass(frozen=True)
@@ -35,8 +56,13 @@ class Settings:
     backend: str = "local"  # where episodes run: local processes or Ray actors
     gpus_per_worker: float = 0.0  # ray: GPU share of each actor / PBT member (0: Ray assigns none)
     pbt_population: int = 0  # > 0: add PBT (Ray Tune) with this population per held-out instance
+    baselines: tuple[str, ...] = ()  # BASELINES (or BASELINE_GROUPS) to add
+    optuna_epochs: int | None = None  # Optuna's budget (None: what the first learned agent's training spent)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", expand_baselines(self.baselines))
+        if self.optuna_epochs is not None and self.optuna_epochs < 1:
+            raise ValueError(f"--optuna-epochs {self.optuna_epochs}: the search needs a budget of >= 1 epoch")
         unknown = [s for s in self.schedules if s not in TUNABLE]
         if unknown or not self.schedules:
             raise ValueError(f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "
@@ -72,6 +98,18 @@ class Method:
     base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR); scripted: target
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
     accounting: str = "nothing"  # how epochs_before was counted, for the report
+    needs: str = ""  # what it needed from the user (default: by kind, NEEDS)
+
+    def __post_init__(self) -> None:
+        if not self.needs:
+            needs = "an LR" if self.kind == "schedule" and self.base_lr is None else NEEDS.get(self.kind, "")
+            object.__setattr__(self, "needs", needs)
+
+    @property
+    def robust(self) -> bool:
+        """Whether a forced initial LR means anything to it: the range test picks its own LR, the tuning-free
+        optimizers and the nnU-Net recipe have theirs (and the constant initial LR would repeat constant)."""
+        return self.kind not in ("range_test", "optimizer", "nnunet") and self.name != CONSTANT_INITIAL
 
     @property
     def learned(self) -> bool:
@@ -81,9 +119,11 @@ class Method:
     def tuned(self) -> bool:
         return self.kind in ("schedule", SCRIPTED) and self.base_lr is not None
 
-    def job(self, instance: Instance, initial_lr: float | None = None) -> Job:
+    def job(self, config: Config, instance: Instance, initial_lr: float | None = None) -> Job:
         """Robustness runs (``initial_lr`` set) start every method, base LRs included, from that LR; the
         scripted rule keeps steering towards its tuned target from there."""
+        if self.kind in KINDS:
+            return method_job(config, self.kind, self.arg, self.name, instance, self.base_lr, initial_lr)
         base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
         return Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr)
 

@@ -94,7 +94,8 @@ def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: l
 
 
 def plot(comparison: Comparison, out_dir: Path) -> None:
-    """dice_vs_epoch.png, lr_vs_epoch.png, final_dice.png and (with robustness runs) robustness.png."""
+    """dice_vs_epoch.png, lr_vs_epoch.png, final_dice.png, cost_quality.png and (with robustness runs)
+    robustness.png."""
     from matplotlib.figure import Figure
 
     cfg = comparison.config.env
@@ -136,6 +137,7 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
            "(dots: instances; diamond and bar: mean, 95% CI)")
     ax.grid(alpha=0.3, axis="x")
     _save(fig, out_dir / "final_dice.png")
+    _save(_cost_quality(comparison, runs, style, learned, where), out_dir / "cost_quality.png")
 
     if comparison.robustness:
         robust = {r.method for _, results in comparison.robustness.values() for r in results}
@@ -171,3 +173,34 @@ def _robustness_heatmap(comparison: Comparison, order: list[str], learned: list[
     fig.colorbar(image, ax=ax, label="mean final Dice", shrink=0.8)
     return fig
 
+
+
+def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dict[str, dict[str, Any]],
+                  learned: list[str], where: str) -> Any:
+    """Final Dice against every epoch a method spent (before evaluation + its evaluation runs), log x: what a
+    method costs and what it buys, at a glance. Methods whose cost is unknown are left out (named in the title)."""
+    from matplotlib.figure import Figure
+
+    cfg = comparison.config.env
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    unknown = []
+    for method in comparison.methods:
+        if method.name not in runs:
+            continue
+        if not math.isfinite(method.epochs_before):
+            unknown.append(method.name)
+            continue
+        finals = [r.final_dice for r in runs[method.name]]
+        ci = mean_ci(finals)
+        cost = method.epochs_before + len(finals) * cfg.epochs
+        s = style[method.name]
+        ax.errorbar(cost, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="o", color=s["color"],
+                    ms=9 if method.learned else 6, capsize=3, lw=1.2)
+        ax.annotate(method.name, (cost, ci.mean), xytext=(5, 4), textcoords="offset points", fontsize=8,
+                    color=s["color"], fontweight="bold" if method.name in learned else "normal")
+    note = f"\n(cost unknown, not shown: {', '.join(unknown)})" if unknown else ""
+    ax.set(xscale="log", ylim=(0, 1), xlabel="UNet epochs spent (before evaluation + the evaluation runs)",
+           ylabel="final Dice (mean, 95% CI)", title=f"Cost vs quality — {where}{note}")
+    ax.grid(alpha=0.3, which="both")
+    return fig

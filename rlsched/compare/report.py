@@ -43,15 +43,16 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         f"(diverged = 0 from then on). Epochs to Dice {target:g}: mean over the runs that reached it. Wall "
         f"time: training and validation per run. {_duration(comparison)}",
         "",
-        f"| method | base LR | epochs before eval | final Dice | best Dice | AUC Dice "
+        f"| method | needs from the user | base LR | epochs before eval | final Dice | best Dice | AUC Dice "
         f"| epochs to {target:g} (reached) | diverged | s / run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main:
+        kind = methods[r["method"]].kind
         base = (f"{r['base_lr']:.3g}" if r["base_lr"] is not None
-                else "PBT" if methods[r["method"]].kind == "pbt" else "instance's initial")
+                else {"pbt": "PBT", "range_test": "LR sweep"}.get(kind, "instance's initial"))
         lines.append(
-            f"| {label(r['method'])} | {base} | {_count(r['epochs_before_eval'])} | {_ci(r, 'final_dice')} "
+            f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} | {_ci(r, 'final_dice')} "
             f"| {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} | {_ci(r, 'epochs_to_target', 1)} "
             f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']}{_failed(r)} | {_ci(r, 'seconds', 2)} |")
     if comparison.robustness:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -14,11 +14,13 @@ from tqdm import tqdm
 
 from ..config import Config, ConfigError
 from ..env import Instance, make_instances
-from ..harness import EpisodeResult
-from ..jobs import Job, JobFailure, Outcome, run_journaled
+from ..harness import EpisodeResult, Job
+from ..jobs import JobFailure, Outcome, run_journaled
 from ..journal import Journal
+from ..methods import NNUNET_LR, method_job
 from ..schedules import lr_grid
-from .methods import CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods
+from ..tuningfree import OPTIMIZERS
+from .methods import BASELINES, NEEDS, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods
 from .summary import run_metrics
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -103,26 +105,26 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
     start = time.perf_counter()
     instances = make_instances(env, "heldout")[: settings.seeds]
     grid = search_grid(config, settings.grid_per_decade)
-    n_methods = len(agents) + len(settings.schedules) + 2
-    total = (len(settings.schedules) * len(grid) * settings.tune_instances
-             + len(instances) * (n_methods + len(settings.robustness) * (n_methods - 1)))
-    with tqdm(total=total, desc="tuning base LRs", unit="episode", disable=not progress) as bar:
+    tuning_jobs = len(settings.schedules) * len(grid) * settings.tune_instances
+    with tqdm(total=tuning_jobs, desc="tuning base LRs", unit="episode", disable=not progress) as bar:
         run = Runner(config, settings, journal, bar)
         train = make_instances(env, "train")[: settings.tune_instances]
         tuning = tune_base_lrs(config, settings.schedules, grid, train, run)
-        methods = agents + baseline_methods(tuning)
+        bar.set_description("baselines")
+        methods = agents + baseline_methods(tuning) + extra_methods(config, settings, agents, train, journal)
         _, reference = tuning.reference
         robust_lrs = {f: min(max(f * reference, env.lr_min), env.lr_max) for f in settings.robustness}
-        # with the initial LR forced, "constant (initial LR)" would repeat "constant"
-        robust_methods = [m for m in methods if m.name != CONSTANT_INITIAL]
-        jobs = [m.job(i) for m in methods for i in instances]
-        jobs += [m.job(i, lr) for lr in robust_lrs.values() for m in robust_methods for i in instances]
+        robust_methods = [m for m in methods if m.robust]
+        jobs = [m.job(config, i) for m in methods for i in instances]
+        jobs += [m.job(config, i, lr) for lr in robust_lrs.values() for m in robust_methods for i in instances]
+        bar.total = tuning_jobs + len(jobs)
         bar.set_description("evaluating on held-out instances")
         results = run(jobs)
     main, rest = results[: len(methods) * len(instances)], results[len(methods) * len(instances):]
     chunk = len(robust_methods) * len(instances)
     robustness = {f: (lr, _episodes(rest[k * chunk:(k + 1) * chunk])) for k, (f, lr) in enumerate(robust_lrs.items())}
     main = _episodes(main)
+    methods = [_count_sweeps(m, main) if m.kind == "range_test" else m for m in methods]
     if settings.pbt_population:
         method, runs = pbt_runs(config, instances, settings.pbt_population, journal, settings.gpus_per_worker)
         methods.append(method)
@@ -130,6 +132,75 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
     seconds = time.perf_counter() - start
     return Comparison(config, settings, methods, tuning, instances, main, robustness, seconds, run.failures,
                       run.reused)
+
+
+def check_baselines(config: Config, settings: Settings, agents: list[Method]) -> None:
+    """Every asked-for baseline can run: its optional package is installed, Optuna has a budget. Checked before
+    the run directory exists, so a missing extra costs nothing."""
+    for name in settings.baselines:
+        kind, arg = BASELINES[name]
+        if kind == "optuna":
+            from ..search import require_optuna
+
+            require_optuna()
+            if settings.optuna_epochs is None and not any(math.isfinite(m.epochs_before) for m in agents):
+                raise ConfigError("--baselines optuna: give its budget with --optuna-epochs N (no learned agent "
+                                  "whose training epochs are known to match)")
+        elif kind in ("optimizer", "nnunet"):
+            method_job(config, kind, arg, name, make_instances(config.env, "heldout")[0])
+
+
+def extra_methods(config: Config, settings: Settings, agents: list[Method], train: list[Instance],
+                  journal: Journal) -> list[Method]:
+    """The practitioners' alternatives asked for with ``--baselines``; Optuna searches here, on train instances."""
+    methods = []
+    for name in settings.baselines:
+        kind, arg = BASELINES[name]
+        if kind == "optuna":
+            methods.append(optuna_method(config, settings, agents, train, journal))
+        elif kind == "range_test":
+            methods.append(Method(name, kind, arg, accounting="the LR sweep in front of each run (counted below)"))
+        elif kind == "optimizer":
+            methods.append(Method(name, kind, arg, OPTIMIZERS[arg].lr, accounting=f"nothing: {arg} at its "
+                                  "recommended LR, constant"))
+        else:
+            methods.append(Method(name, kind, arg, NNUNET_LR, accounting="nothing: nnU-Net's recipe (SGD, Nesterov "
+                                  "0.99, poly 0.9 from 1e-2)"))
+    return methods
+
+
+def optuna_method(config: Config, settings: Settings, agents: list[Method], train: list[Instance],
+                  journal: Journal) -> Method:
+    """Optuna TPE + median pruning over (schedule, base LR) on the train instances, given the epochs the first
+    learned agent's PPO training spent (or ``--optuna-epochs``): "spend the compute on search instead". The
+    choice is journaled, so a resumed comparison does not search again."""
+    from ..search import search
+
+    budget = settings.optuna_epochs
+    if budget is None:
+        spent = [m.epochs_before for m in agents if math.isfinite(m.epochs_before)]
+        if not spent:
+            raise ConfigError("--baselines optuna: give its budget with --optuna-epochs N (no learned agent whose "
+                              "training epochs are known to match)")
+        budget = int(spent[0])
+    key = json.dumps({"method": "optuna", "budget": budget, "instances": [asdict(i) for i in train]},
+                     sort_keys=True)
+    if key not in journal:
+        found = search(config, budget, instances=train, seed=0)
+        journal.add(key, {"schedule": found.schedule, "base_lr": found.base_lr, "epochs": found.epochs_spent,
+                          "trials": len(found.trials)})
+    chosen = journal.get(key)
+    return Method("optuna", "schedule", chosen["schedule"], chosen["base_lr"], float(chosen["epochs"]),
+                  f"Optuna TPE + median pruning: {chosen['trials']} trials over (schedule, base LR) on "
+                  f"{len(train)} train instance(s), budget {budget:,} epochs", needs=NEEDS["optuna"])
+
+
+def _count_sweeps(method: Method, results: list[EpisodeResult]) -> Method:
+    """A range-test method's epochs before evaluation: its sweeps, one per held-out run."""
+    sweeps = [r.extra_epochs for r in results if r.method == method.name]
+    per_run = sweeps[0] if sweeps else math.nan
+    return replace(method, epochs_before=float(sum(sweeps)),
+                   accounting=f"an LR sweep before each of {len(sweeps)} runs ({per_run:.2f} epochs each)")
 
 
 def _episodes(outcomes: list[Outcome]) -> list[EpisodeResult]:

@@ -79,7 +79,8 @@ def best_fixed(comparison: Comparison) -> str:
     AUC) in the grid search on *train* instances. Picking it by held-out results and then testing against it
     on those same results would favour the fixed schedules."""
     tuning = comparison.tuning
-    chosen = {m.name: tuning.scores[m.name][tuning.base_lrs[m.name]] for m in comparison.methods if m.tuned}
+    chosen = {m.name: tuning.scores[m.name][tuning.base_lrs[m.name]] for m in comparison.methods
+              if m.tuned and m.name in tuning.scores}  # the grid-searched ones (Optuna's score is not comparable)
     return max(chosen, key=chosen.__getitem__)
 
 
