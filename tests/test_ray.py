@@ -154,7 +154,7 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
             "(nominal 8)") in method.accounting
     rows = {r["method"]: r for r in compare.summarize(on_ray) if r["factor"] is None}
     assert rows["pbt"]["n"] == 2 and math.isfinite(rows["pbt"]["final_dice_mean"])
-    assert f"| pbt | PBT | {trained - 4} |" in compare.report(on_ray, compare.summarize(on_ray))
+    assert f"| pbt | a population per run | PBT | {trained - 4} |" in compare.report(on_ray, compare.summarize(on_ray))
 
 
 def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
