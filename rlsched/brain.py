@@ -13,10 +13,11 @@ grey/white-matter probability maps. Slices of it become a multiclass task with t
   that a split would put on the other side.
 * crop: one square window per plane around the bounding box of the brain over all kept slices, plus a margin,
   so all slices of a plane share one pixel size and keep their real proportions.
-* split: contiguous slabs, fixed by ``cfg.split_seed`` (see ``brain_split``). Validation is within-subject:
-  one template, so validation anatomy is held out, not a new brain. Axial and coronal slices cross, so with
-  both planes every training slice is rendered from a template whose validation block is zeroed (see
-  ``blocked_template``): no validation voxel ever reaches training.
+* split: contiguous slabs, fixed by ``cfg.split_seed`` (see ``brain_split``), held out for validation and test.
+  Both are within-subject: one template, so held-out anatomy, not a new brain. Axial and coronal slices cross,
+  so with both planes every training slice is rendered from a template whose validation and test blocks are
+  zeroed, and every test slice from one whose validation block is (see ``blocked_template``): no validation or
+  test voxel ever reaches training, and no voxel is both validated and tested on.
 * variety: the template gives the same slices every time, so ``seed`` draws a mild augmentation (see
   ``make_brain_dataset``) that makes every environment instance a slightly different problem.
 """
@@ -60,10 +61,12 @@ class BrainExtraMissing(ImportError):
 
 @dataclass(frozen=True)
 class BrainSlices:
-    """Template slices of the train and validation pools, as (plane, slice index) pairs in ascending order."""
+    """Template slices of the train, validation and test pools, as (plane, slice index) pairs in ascending
+    order."""
 
     train: tuple[Slice, ...]
     val: tuple[Slice, ...]
+    test: tuple[Slice, ...]
 
 
 @dataclass(frozen=True)
@@ -136,32 +139,43 @@ def _check(cfg: DataConfig) -> None:
                           "across a split)")
 
 
+def _far(slices: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Which ``slices`` lie more than ``GAP`` slices from every one of ``others`` (one plane's indices)."""
+    return np.abs(slices[:, None] - others[None, :]).min(axis=1) > GAP
+
+
 def brain_split(cfg: DataConfig) -> BrainSlices:
-    """Split each plane's kept slices into train and validation pools by contiguous slabs.
+    """Split each plane's kept slices into train, validation and test pools by contiguous slabs.
 
     Neighbouring 1 mm slices are nearly identical, so a random split would validate on near-copies of training
     slices. Each plane's slices are cut into slabs of ``SLAB`` consecutive slices; ``round(val_fraction *
-    slabs)`` of them (at least one, never all) go to validation, drawn from ``cfg.split_seed`` alone. Train
-    slices within ``GAP`` slices of a validation slice are dropped so no pair straddles the cut. The split
-    does not depend on the instance seed. A training slice of one plane still crosses the validation slices
-    of the other; ``blocked_template`` removes those voxels before training slices are rendered.
+    slabs)`` of them (at least two, never all) are held out, drawn from ``cfg.split_seed`` alone, and half of
+    those (rounded down; a second stream of the seed) hold the test slices, the rest the validation slices.
+    Train slices within ``GAP`` slices of a held-out slice, and test slices within ``GAP`` of a validation
+    slice, are dropped so that no pair straddles a cut. The split does not depend on the instance seed. A
+    slice of one plane still crosses the held-out slices of the other; ``blocked_template`` removes those
+    voxels before training and test slices are rendered.
     """
     _check(cfg)
     train: list[Slice] = []
     val: list[Slice] = []
+    test: list[Slice] = []
     for plane in PLANES:
         if plane not in cfg.planes:
             continue
         slices = np.asarray(_layout(plane).slices)
         slab = (slices - slices[0]) // SLAB
         n_slabs = int(slab[-1]) + 1
-        n_val = min(max(1, round(cfg.val_fraction * n_slabs)), n_slabs - 1)
-        rng = np.random.default_rng([cfg.split_seed, PLANES.index(plane)])
-        is_val = np.isin(slab, rng.choice(n_slabs, n_val, replace=False))
-        distance = np.abs(slices[:, None] - slices[None, is_val]).min(axis=1)
-        train += [(plane, int(i)) for i in slices[~is_val & (distance > GAP)]]
+        n_held = min(max(2, round(cfg.val_fraction * n_slabs)), n_slabs - 1)
+        held = np.random.default_rng([cfg.split_seed, PLANES.index(plane)]).choice(n_slabs, n_held, replace=False)
+        test_rng = np.random.default_rng([cfg.split_seed, PLANES.index(plane), 1])
+        is_held = np.isin(slab, held)
+        is_test = np.isin(slab, test_rng.choice(held, n_held // 2, replace=False))
+        is_val = is_held & ~is_test
+        train += [(plane, int(i)) for i in slices[~is_held & _far(slices, slices[is_held])]]
         val += [(plane, int(i)) for i in slices[is_val]]
-    return BrainSlices(tuple(train), tuple(val))
+        test += [(plane, int(i)) for i in slices[is_test & _far(slices, slices[is_val])]]
+    return BrainSlices(tuple(train), tuple(val), tuple(test))
 
 
 def _subset(pool: tuple[Slice, ...], n: int, rng: np.random.Generator) -> tuple[Slice, ...]:
@@ -172,21 +186,23 @@ def _subset(pool: tuple[Slice, ...], n: int, rng: np.random.Generator) -> tuple[
 
 
 def select_slices(cfg: DataConfig, seed: int) -> BrainSlices:
-    """The slices one instance uses: ``cfg.n_train`` / ``cfg.n_val`` slices of the pools of ``brain_split``.
+    """The slices one instance uses: ``cfg.n_train`` / ``n_val`` / ``n_test`` slices of ``brain_split``'s pools.
 
-    The validation sample depends on ``cfg.split_seed`` only, so every instance validates on the same anatomy;
-    the training sample is drawn from ``seed``. Asking for more slices than a pool holds is an error, so a
-    preset's counts are the counts that train.
+    The validation and test samples depend on ``cfg.split_seed`` only, so every instance is validated and
+    tested on the same anatomy; the training sample is drawn from ``seed``. Asking for more slices than a pool
+    holds is an error, so a preset's counts are the counts that train.
     """
     split = brain_split(cfg)
-    if cfg.n_train > len(split.train) or cfg.n_val > len(split.val):
-        raise ConfigError(f"[data] n_train={cfg.n_train}, n_val={cfg.n_val}: the brain split of planes "
-                          f"{list(cfg.planes)} (val_fraction={cfg.val_fraction}) holds {len(split.train)} "
-                          f"training and {len(split.val)} validation slices; set n_train <= "
-                          f"{len(split.train)} and n_val <= {len(split.val)}")
-    val_rng = np.random.default_rng([cfg.split_seed, len(PLANES)])  # a stream brain_split does not use
+    if cfg.n_train > len(split.train) or cfg.n_val > len(split.val) or cfg.n_test > len(split.test):
+        raise ConfigError(f"[data] n_train={cfg.n_train}, n_val={cfg.n_val}, n_test={cfg.n_test}: the brain split "
+                          f"of planes {list(cfg.planes)} (val_fraction={cfg.val_fraction}) holds "
+                          f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test "
+                          f"slices; set n_train <= {len(split.train)}, n_val <= {len(split.val)} and n_test <= "
+                          f"{len(split.test)} (or raise val_fraction for more held-out slices)")
+    # the held-out samples draw from streams of the split seed that brain_split does not use
+    val_rng, test_rng = (np.random.default_rng([cfg.split_seed, len(PLANES) + k]) for k in (0, 1))
     return BrainSlices(train=_subset(split.train, cfg.n_train, np.random.default_rng([seed, 0])),
-                       val=_subset(split.val, cfg.n_val, val_rng))
+                       val=_subset(split.val, cfg.n_val, val_rng), test=_subset(split.test, cfg.n_test, test_rng))
 
 
 def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -199,15 +215,16 @@ def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def blocked_template(val: tuple[Slice, ...]) -> np.ndarray:
-    """T1, GM, WM and a block map as read-only uint8 (4, X, Y, Z), with the validation block zeroed.
+    """T1, GM, WM and a block map as read-only uint8 (4, X, Y, Z), with the block of the slices ``val`` zeroed.
 
     The block is every voxel within ``GAP`` slices of a slice in ``val``. An axial training slice runs through
-    every coronal validation slice (and vice versa), so training slices are cut from this volume: the block
+    every coronal held-out slice (and vice versa), so training slices are cut from the volume that blocks the
+    validation and test slices, and test slices from the one that blocks the validation slices: the block
     reads as background and the block map (255 inside it) marks the pixels it touched, which carry no label.
-    ``val=()`` gives the whole template, for the validation slices themselves. Cached: envs rebuild data every
-    reset, and the validation sample is the same for every instance.
+    ``val=()`` gives the whole template, for the validation slices themselves. Cached (those three volumes):
+    envs rebuild data every reset, and the held-out samples are the same for every instance.
     """
     template = load_template()
     block = np.zeros(template.shape[1:], dtype=bool)
@@ -259,26 +276,36 @@ def _render(volumes: np.ndarray, slices: tuple[Slice, ...], image_size: int, ign
 def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """Brain-tissue slices (0 background, 1 grey matter, 2 white matter) for one environment instance.
 
-    The slices come from ``select_slices``, so the train/validation split does not depend on ``seed``;
-    training slices are cut from ``blocked_template`` so they hold no validation voxel. What
-    ``seed`` (>= 0) changes is a mild augmentation, the same kind for train and validation so they stay one
-    distribution: per instance a noise level and bias-field strength (a "scanner"), per slice a crop shift of
-    up to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field and Gaussian noise.
-    Images are then standardised with the training mean and std and repeated to ``cfg.channels``.
+    The slices come from ``select_slices``, so the train/validation/test split does not depend on ``seed``;
+    training slices are cut from ``blocked_template`` so they hold no validation or test voxel, test slices so
+    they hold no validation voxel. What ``seed`` (>= 0) changes is a mild augmentation, the same kind for every
+    split so they stay one distribution: per instance a noise level and bias-field strength (a "scanner"), per
+    slice a crop shift of up to ``MAX_SHIFT``, an intensity gain and gamma, a smooth multiplicative bias field
+    and Gaussian noise (test slices draw theirs from a second stream of ``seed``, leaving the train and
+    validation slices of a seed as they were). Images are then standardised with the training mean and std and
+    repeated to ``cfg.channels``.
     """
     slices = select_slices(cfg, seed)
     rng = np.random.default_rng([seed, 1])
     noise, bias = rng.uniform(*NOISE), rng.uniform(*BIAS)
-    train_images, train_masks = _render(blocked_template(slices.val), slices.train, cfg.image_size,
+    train_images, train_masks = _render(blocked_template(slices.val + slices.test), slices.train, cfg.image_size,
                                         cfg.ignore_index, noise, bias, rng)
     val_images, val_masks = _render(blocked_template(()), slices.val, cfg.image_size, cfg.ignore_index,
                                     noise, bias, rng)
+    test_images, test_masks = _render(blocked_template(slices.val), slices.test, cfg.image_size,
+                                      cfg.ignore_index, noise, bias, np.random.default_rng([seed, 2]))
     mean, std = train_images.mean(), train_images.std()
+
+    def standardised(images: torch.Tensor) -> torch.Tensor:
+        return ((images - mean) / std).repeat(1, cfg.channels, 1, 1)
+
     return SegmentationData(
-        train_images=((train_images - mean) / std).repeat(1, cfg.channels, 1, 1),
+        train_images=standardised(train_images),
         train_masks=train_masks,
-        val_images=((val_images - mean) / std).repeat(1, cfg.channels, 1, 1),
+        val_images=standardised(val_images),
         val_masks=val_masks,
+        test_images=standardised(test_images),
+        test_masks=test_masks,
         task="multiclass",
         classes=2,
         ignore_index=cfg.ignore_index,

@@ -51,6 +51,9 @@ class DataConfig:
     channels: int = 1
     n_train: int = 256
     n_val: int = 64
+    # a held-out test split per instance, same distribution: reported in the comparison tables, never read by a
+    # decision (observation, reward, tuning, plateau, PBT), which all use validation; default = n_val's default
+    n_test: int = 64
     # synthetic generator
     noise: float = 0.35
     blur: float = 1.0
@@ -64,9 +67,10 @@ class DataConfig:
     # folder datasets: <root>/images and <root>/masks, matched by file stem
     root: str = ""
     mask_map: dict[str, int] = field(default_factory=dict)  # every raw mask value -> class: {"0"=0, "255"=1}
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # folder: share of files; brain: share of slabs held out (validation + test)
+    test_fraction: float = 0.2  # folder: share of files in the test split (brain and synthetic use n_test)
     split_seed: int = 0
-    # brain slices (optional extra): which anatomical planes to slice; n_train/n_val must fit the split
+    # brain slices (optional extra): which anatomical planes to slice; n_train/n_val/n_test must fit the split
     planes: tuple[str, ...] = ("axial",)
 
     def __post_init__(self) -> None:
@@ -79,12 +83,16 @@ class DataConfig:
                  "use task='multiclass' or 'multilabel' for more")
         _require(self.image_size >= 8, f"[data] image_size={self.image_size}: use at least 8 pixels")
         _require(self.channels in (1, 3), f"[data] channels={self.channels}: use 1 (gray) or 3 (RGB)")
-        _require(self.n_train >= 1 and self.n_val >= 1, "[data] n_train and n_val must be >= 1")
+        _require(self.n_train >= 1 and self.n_val >= 1 and self.n_test >= 1,
+                 "[data] n_train, n_val and n_test must be >= 1")
         _require(1 <= self.min_objects <= self.max_objects,
                  "[data] need 1 <= min_objects <= max_objects")
         _require(0 < self.min_radius <= self.max_radius < 0.5,
                  "[data] need 0 < min_radius <= max_radius < 0.5 (fractions of the image size)")
-        _require(0 < self.val_fraction < 1, "[data] val_fraction must lie in (0, 1)")
+        _require(0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
+                 and self.val_fraction + self.test_fraction < 1,
+                 f"[data] val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: each must lie in "
+                 "(0, 1) and together below 1, leaving files to train on")
         _require(0 <= self.ignore_index <= 255, "[data] ignore_index must lie in 0..255")
         _require(self.source != "folder" or bool(self.root),
                  "[data] source='folder' needs root = '<folder holding images/ and masks/>'")

@@ -132,8 +132,9 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     """Load ``<cfg.root>/images`` and ``<cfg.root>/masks``, pairs matched by file stem.
 
     Each pair is centre-cropped to a square and resized to ``cfg.image_size`` (bilinear for images, nearest
-    for masks). The split shuffles the sorted stems with ``cfg.split_seed`` and sends ``round(val_fraction *
-    n)`` pairs (at least 1, at most n - 1) to validation; ``cfg.n_train`` and ``cfg.n_val`` are not used.
+    for masks). The split shuffles the sorted stems with ``cfg.split_seed`` and sends the first
+    ``round(val_fraction * n)`` pairs to validation, the next ``round(test_fraction * n)`` to test (at least 1
+    each, leaving at least 1 to train on); ``cfg.n_train``, ``cfg.n_val`` and ``cfg.n_test`` are not used.
     """
     if cfg.task == "multilabel":
         raise DatasetError("[data] source='folder' supports only task='binary' or 'multiclass' (one label "
@@ -154,9 +155,9 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
                            "image needs a mask with the same file stem (images/case01.jpg <-> "
                            "masks/case01.png): add the missing files or remove the extra ones")
     stems = sorted(images)
-    if len(stems) < 2:
-        raise DatasetError(f"{root}: found {len(stems)} image/mask pair; need at least 2 (one to train on, "
-                           "one to validate on): add more pairs")
+    if len(stems) < 3:
+        raise DatasetError(f"{root}: found {len(stems)} image/mask pair(s); need at least 3 (one each to train, "
+                           "validate and test on): add more pairs")
 
     pixels, raw_masks = [], []
     for stem in stems:
@@ -196,13 +197,15 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
                            "Map the raw value that marks foreground to a class in [data] mask_map, or "
                            "replace the masks if they are empty")
     order = np.random.default_rng(cfg.split_seed).permutation(len(stems))
-    n_val = min(max(1, round(cfg.val_fraction * len(stems))), len(stems) - 1)
-    splits = {"training": np.sort(order[n_val:]), "validation": np.sort(order[:n_val])}
+    n_val = min(max(1, round(cfg.val_fraction * len(stems))), len(stems) - 2)
+    n_test = min(max(1, round(cfg.test_fraction * len(stems))), len(stems) - 1 - n_val)
+    splits = {"training": np.sort(order[n_val + n_test:]), "validation": np.sort(order[:n_val]),
+              "test": np.sort(order[n_val:n_val + n_test])}
     for name, part in splits.items():
         if not foreground[part].any():
             files = _names([stems[i] for i in part], masks)
             raise DatasetError(f"{root}: no mask of the {name} split ({files}) has a foreground pixel: "
-                               "change [data] split_seed or val_fraction, or add images whose masks show "
-                               "foreground")
-    picks = np.concatenate(list(splits.values()))  # train first, each by stem
-    return pack_dataset(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(stems) - n_val)
+                               "change [data] split_seed, val_fraction or test_fraction, or add images whose "
+                               "masks show foreground")
+    picks = np.concatenate(list(splits.values()))  # train, validation, test; each by stem
+    return pack_dataset(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(splits["training"]), n_val)

@@ -183,23 +183,34 @@ def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator,
     return mask
 
 
-def make_synthetic_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
-    """Procedural task: ``n_train`` then ``n_val`` scenes drawn from one generator seeded by ``seed``.
-
-    Scenes are blurred (``cfg.blur``) and get Gaussian noise (``cfg.noise``); with ``cfg.ignore_border`` the
-    pixels outside a centred circular field of view become a dark constant and ``ignore_index`` in the mask.
-    """
-    if cfg.noise < 0 or cfg.blur < 0 or cfg.contrast == 0:
-        raise DatasetError(f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need "
-                           "noise >= 0, blur >= 0 (0 = none) and contrast != 0")
-    rng = np.random.default_rng(seed)
-    images = _backgrounds(cfg, rng, cfg.n_train + cfg.n_val)
+def _scenes(cfg: DataConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` scenes drawn from ``rng``: painted backgrounds, blurred (``cfg.blur``), with Gaussian noise
+    (``cfg.noise``); and their masks."""
+    images = _backgrounds(cfg, rng, n)
     stripes = _stripes(cfg.image_size, cfg.classes)
     masks = np.stack([_paint_scene(image, cfg, rng, stripes) for image in images])
     images = _gaussian_blur(images, cfg.blur)
     images += cfg.noise * rng.standard_normal(images.shape, dtype=np.float32)
+    return images, masks
+
+
+def make_synthetic_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
+    """Procedural task: ``n_train`` then ``n_val`` scenes drawn from one generator seeded by ``seed``, then
+    ``n_test`` scenes from a second stream of ``seed`` (so a seed's train and validation scenes do not depend
+    on the test split).
+
+    With ``cfg.ignore_border`` the pixels outside a centred circular field of view become a dark constant and
+    ``ignore_index`` in the mask.
+    """
+    if cfg.noise < 0 or cfg.blur < 0 or cfg.contrast == 0:
+        raise DatasetError(f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need "
+                           "noise >= 0, blur >= 0 (0 = none) and contrast != 0")
+    seen = cfg.n_train + cfg.n_val
+    images, masks = _scenes(cfg, np.random.default_rng(seed), seen)
+    test_images, test_masks = _scenes(cfg, np.random.default_rng([seed, 1]), cfg.n_test)
+    images, masks = np.concatenate([images, test_images]), np.concatenate([masks, test_masks])
     if cfg.ignore_border:
         outside = ~_field_of_view(cfg.image_size)
-        images[..., outside] = images.min() - abs(cfg.contrast)  # darker than anything inside the view
+        images[..., outside] = images[:seen].min() - abs(cfg.contrast)  # darker than anything inside the view
         masks[..., outside] = cfg.ignore_index
-    return pack_dataset(cfg, images, masks, cfg.n_train)
+    return pack_dataset(cfg, images, masks, cfg.n_train, cfg.n_val)

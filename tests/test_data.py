@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from rlsched.config import DataConfig
+from rlsched.config import ConfigError, DataConfig
 from rlsched.data import make_dataset
 from rlsched.dataset import DatasetError, SegmentationData
 from rlsched.synthetic import SHAPES, _REACH, _gaussian_blur, _inside
 
-SMALL = DataConfig(image_size=32, n_train=24, n_val=8)
+SMALL = DataConfig(image_size=32, n_train=24, n_val=8, n_test=8)
 CLASSES = {"binary": 1, "multiclass": 3, "multilabel": 3}
 
 
@@ -26,7 +26,8 @@ def synthetic(seed: int = 0, **changes) -> SegmentationData:
 
 
 def tensors(data: SegmentationData) -> list[torch.Tensor]:
-    return [data.train_images, data.train_masks, data.val_images, data.val_masks]
+    return [data.train_images, data.train_masks, data.val_images, data.val_masks, data.test_images,
+            data.test_masks]
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -38,6 +39,17 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(task):
     assert all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b)))
     assert not torch.equal(a.train_images, c.train_images)
     assert not torch.equal(a.val_masks, c.val_masks)
+    assert not torch.equal(a.test_masks, c.test_masks)
+
+
+@pytest.mark.parametrize("task", list(CLASSES))
+@pytest.mark.parametrize("ignore_border", [False, True])
+def test_the_test_split_leaves_a_seeds_train_and_val_scenes_as_they_were(task, ignore_border):
+    """Test scenes come from a stream of their own: results measured before the split existed stay valid."""
+    a, b = (synthetic(5, task=task, classes=CLASSES[task], ignore_border=ignore_border, n_test=n)
+            for n in (3, 9))
+    assert all(torch.equal(x, y) for x, y in zip(tensors(a)[:4], tensors(b)[:4]))
+    assert len(a.test_images) == 3 and len(b.test_images) == 9
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -47,11 +59,12 @@ def test_shapes_dtypes_and_values(task, channels):
     data = synthetic(task=task, classes=k, channels=channels, n_train=48, max_objects=6)
     assert (data.task, data.classes, data.ignore_index) == (task, k, 255)
     assert data.train_images.shape == (48, channels, 32, 32)
-    assert data.val_images.shape == (8, channels, 32, 32)
-    assert data.train_images.dtype == data.val_images.dtype == torch.float32
-    assert data.train_masks.dtype == data.val_masks.dtype == torch.uint8
+    assert data.val_images.shape == data.test_images.shape == (8, channels, 32, 32)
+    assert data.train_images.dtype == data.val_images.dtype == data.test_images.dtype == torch.float32
+    assert data.train_masks.dtype == data.val_masks.dtype == data.test_masks.dtype == torch.uint8
     mask_shape = (32, 32) if task != "multilabel" else (k, 32, 32)
     assert data.train_masks.shape == (48, *mask_shape) and data.val_masks.shape == (8, *mask_shape)
+    assert data.test_masks.shape == (8, *mask_shape)
     values = set(data.train_masks.unique().tolist())
     assert values == (set(range(k + 1)) if task == "multiclass" else {0, 1})
     if task == "multilabel":  # kinds overlap, and an overlap is brighter than either kind alone
@@ -62,7 +75,7 @@ def test_shapes_dtypes_and_values(task, channels):
     mean, std = data.train_images.mean(dim=(0, 2, 3)), data.train_images.std(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.zeros(channels), atol=1e-3)
     assert torch.allclose(std, torch.ones(channels), atol=1e-2)
-    assert torch.isfinite(data.val_images).all()
+    assert torch.isfinite(data.val_images).all() and torch.isfinite(data.test_images).all()
 
 
 def test_kinds_beyond_the_shape_list_are_still_labelled():
@@ -76,7 +89,8 @@ def test_ignore_border_marks_exactly_the_pixels_outside_the_field_of_view(task):
     data = synthetic(task=task, classes=CLASSES[task], ignore_border=True)
     offset = torch.arange(32) - 15.5
     outside = offset[:, None] ** 2 + offset[None, :] ** 2 > 16 ** 2
-    for masks, images in ((data.train_masks, data.train_images), (data.val_masks, data.val_images)):
+    for masks, images in ((data.train_masks, data.train_images), (data.val_masks, data.val_images),
+                          (data.test_masks, data.test_images)):
         ignored = masks == 255
         assert ignored[..., outside].all()
         assert not ignored[..., ~outside].any()
@@ -92,10 +106,15 @@ def test_foreground_fraction_grows_with_radius():
     assert 0 < fractions[0] < fractions[1] < fractions[2] < 0.9
 
 
-def test_train_and_val_share_no_image():
-    data = synthetic(n_train=64, n_val=32)
-    train, val = data.train_images.flatten(1), data.val_images.flatten(1)
+def test_train_val_and_test_share_no_image_and_follow_one_distribution():
+    data = synthetic(n_train=64, n_val=64, n_test=64)
+    train, val, test = (images.flatten(1) for images in (data.train_images, data.val_images, data.test_images))
     assert torch.cdist(val, train).min() > 1.0
+    assert torch.cdist(test, train).min() > 1.0 and torch.cdist(test, val).min() > 1.0
+    fractions = [(masks == 1).float().mean().item() for masks in (data.train_masks, data.val_masks,
+                                                                   data.test_masks)]
+    assert max(fractions) - min(fractions) < 0.03
+    assert abs(data.test_images.mean()) < 0.1 and abs(data.test_images.std() - 1) < 0.1  # train statistics fit
 
 
 def test_foreground_is_brighter_but_not_separable_by_one_threshold():
@@ -187,24 +206,28 @@ def folder_cfg(root: Path, **changes) -> DataConfig:
 
 
 def everything(data: SegmentationData) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([data.train_images, data.val_images]), torch.cat([data.train_masks, data.val_masks])
+    """Images and masks of the train, validation and test splits, in that order."""
+    return (torch.cat([data.train_images, data.val_images, data.test_images]),
+            torch.cat([data.train_masks, data.val_masks, data.test_masks]))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_folder_loads_pairs_resized_and_mapped(tmp_path, channels):
-    data = make_dataset(folder_cfg(make_folder(tmp_path), channels=channels, n_train=99, n_val=99), seed=0)
-    assert data.train_images.shape == (6, channels, SIZE, SIZE)
-    assert data.val_images.shape == (1, channels, SIZE, SIZE)
-    assert data.train_masks.shape == (6, SIZE, SIZE) and data.train_masks.dtype == torch.uint8
+    data = make_dataset(folder_cfg(make_folder(tmp_path), channels=channels, n_train=99, n_val=99, n_test=99),
+                        seed=0)
+    assert data.train_images.shape == (5, channels, SIZE, SIZE)  # 7 pairs: round(0.2 * 7) = 1 val, 1 test
+    assert data.val_images.shape == data.test_images.shape == (1, channels, SIZE, SIZE)
+    assert data.train_masks.shape == (5, SIZE, SIZE) and data.train_masks.dtype == torch.uint8
     images, masks = everything(data)
     assert set(masks.unique().tolist()) == {0, 1}  # 0/255 masks became 0/1
     fractions = (masks == 1).float().mean(dim=(1, 2))
+    # every pair's mask has its own foreground fraction: each file lands in exactly one split
     expected = sorted([(i + 1) / SIZE for i in range(N_REGULAR)] + [0.5])
     assert torch.allclose(fractions.sort().values, torch.tensor(expected))
     # each image stays with its own mask: brightness was made to rise with the foreground fraction
     brightness = images.mean(dim=(1, 2, 3))[fractions.argsort()]
     assert (brightness.diff() > 0).all()
-    # one affine normalisation (fitted on train) maps raw brightness to tensors for train and val alike
+    # one affine normalisation (fitted on train) maps raw brightness to tensors for every split alike
     raw = torch.tensor([22.5 + 30 * i for i in range(N_REGULAR)] + [230.0])[fractions.argsort().argsort()]
     n_train = len(data.train_images)
     slope, offset = np.polyfit(raw[:n_train].numpy(), images[:n_train].mean(dim=(1, 2, 3)).numpy(), 1)
@@ -221,13 +244,22 @@ def test_folder_odd_size_pair_is_centre_cropped_then_resized(tmp_path):
 def test_folder_split_is_deterministic_and_follows_split_seed(tmp_path):
     root = make_folder(tmp_path)
 
-    def val_fractions(split_seed: int) -> list[float]:
-        data = make_dataset(folder_cfg(root, val_fraction=0.5, split_seed=split_seed), seed=split_seed + 10)
-        assert len(data.val_masks) == 4 and len(data.train_masks) == 3  # round(0.5 * 7)
+    def val_fractions(split_seed: int, test_fraction: float = 0.2) -> list[float]:
+        cfg = folder_cfg(root, val_fraction=0.5, test_fraction=test_fraction, split_seed=split_seed)
+        data = make_dataset(cfg, seed=split_seed + 10)
+        n_test = round(test_fraction * 7)
+        assert len(data.val_masks) == 4 and len(data.test_masks) == n_test  # round(0.5 * 7) = 4
+        assert len(data.train_masks) == 3 - n_test
         return sorted((data.val_masks == 1).float().mean(dim=(1, 2)).tolist())
 
     assert val_fractions(0) == val_fractions(0)
     assert val_fractions(0) != val_fractions(1)
+    assert val_fractions(0) == val_fractions(0, test_fraction=0.3)  # the test files come out of training
+
+
+def test_folder_fractions_must_leave_files_to_train_on(tmp_path):
+    with pytest.raises(ConfigError, match=r"val_fraction=0.5, test_fraction=0.5: .* together below 1"):
+        folder_cfg(tmp_path, val_fraction=0.5, test_fraction=0.5)
 
 
 def test_folder_mask_map_and_default_mappings(tmp_path):
@@ -292,7 +324,7 @@ def test_folder_split_without_foreground_is_an_error(tmp_path):
     for path in (root / "masks").iterdir():  # foreground in one mask only: one split has none
         if path.stem != "case5":
             save(path, np.zeros_like(np.asarray(Image.open(path))))
-    with pytest.raises(DatasetError, match=r"no mask of the (training|validation) split \(case\d.png.*\) "
+    with pytest.raises(DatasetError, match=r"no mask of the (training|validation|test) split \(case\d.png.*\) "
                                            r"has a foreground pixel: change \[data\] split_seed"):
         make_dataset(folder_cfg(root), seed=0)
 
@@ -351,9 +383,11 @@ def test_folder_error_for_rgb_masks(tmp_path):
 
 
 def test_folder_error_for_too_few_pairs(tmp_path):
-    save(tmp_path / "images" / "only.png", np.zeros((SIZE, SIZE)))
-    save(tmp_path / "masks" / "only.png", np.zeros((SIZE, SIZE)))
-    with pytest.raises(DatasetError, match="found 1 image/mask pair; need at least 2"):
+    for name in ("one", "two"):
+        save(tmp_path / "images" / f"{name}.png", np.zeros((SIZE, SIZE)))
+        save(tmp_path / "masks" / f"{name}.png", np.zeros((SIZE, SIZE)))
+    with pytest.raises(DatasetError, match=r"found 2 image/mask pair\(s\); need at least 3 \(one each to train, "
+                                           r"validate and test on\)"):
         make_dataset(folder_cfg(tmp_path), seed=0)
 
 

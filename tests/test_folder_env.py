@@ -77,7 +77,8 @@ def test_binary_folder_dataset_trains_through_the_env(tmp_path):
     assert info["epoch"] == 3 and 0 <= info["final_dice"] <= 1
     data = gym.make("rlsched/UNetLR-v0", preset=str(preset(tmp_path, tmp_path / "data", "binary"))).unwrapped
     data.reset(seed=0)
-    assert len(data.trainer.val_images) == 3 and len(data.trainer.train_images) == 7
+    assert len(data.trainer.train_images) == 5 and len(data.trainer.val_images) == 3  # 10 files, 30 % val,
+    assert len(data.trainer.test_images) == 2  # 20 % test (the default test_fraction)
 
 
 def test_multiclass_folder_dataset_with_ignore_value(tmp_path):
@@ -113,7 +114,7 @@ def test_partial_mask_map_is_an_error_not_a_run_at_dice_zero(tmp_path):
     path = preset(tmp_path, tmp_path / "data", "binary", 'mask_map = {"0" = 0, "128" = 0, "255" = 1}')
     env = gym.make("rlsched/UNetLR-v0", preset=str(path)).unwrapped
     env.reset(seed=0)
-    masks = torch.cat([env.trainer.train_masks, env.trainer.val_masks])
+    masks = torch.cat([env.trainer.train_masks, env.trainer.val_masks, env.trainer.test_masks])
     assert set(masks.unique().tolist()) == {0, 1}  # foreground kept, nothing turned into "ignore"
 
 
