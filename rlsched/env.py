@@ -100,7 +100,9 @@ class UNetLREnv(gym.Env):
     ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
     true terminal state and must not be bootstrapped) or when training diverged (NaN/inf loss; the divergence
     penalty applies). ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing raises
-    on divergence.
+    on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the instance's
+    test split (held out like validation, same distribution): the number comparisons report. Observations,
+    rewards and ``info`` read validation only, and RL training never calls it.
 
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
@@ -128,6 +130,7 @@ class UNetLREnv(gym.Env):
         self.instance: Instance | None = None
         self._data_cache: OrderedDict[int, SegmentationData] = OrderedDict()
         self._done = True
+        self._diverged = False  # the episode ended by a divergence (its test Dice is 0)
         self._forced_lr: float | None = None  # set_lr's override of the next step's LR
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -196,7 +199,7 @@ class UNetLREnv(gym.Env):
         self._control = ControlState(self.config.env, Dynamics(self._lr, evaluation.loss, evaluation.loss, dice,
                                                                0.0, 0.0))
         self._initial_dice = dice
-        self._done = False
+        self._done = self._diverged = False
         obs = self._control.observation()
         self.seconds = evaluation.seconds
         info = self._info({**record, "dice_mean": dice})
@@ -222,9 +225,16 @@ class UNetLREnv(gym.Env):
         reward = (dice - before.dice) * cfg.reward_scale - penalty
         terminated = result.diverged or self._control.step >= cfg.steps
         self._lr = lr
-        self._done = terminated
+        self._done, self._diverged = terminated, result.diverged
         obs = self._control.observation()
         info = self._info({**record, "penalty": penalty, **{f"penalty/{k}": v for k, v in parts.items()}})
         if terminated:
             info.update(final_dice=dice, initial_dice=self._initial_dice)
         return obs, float(reward), terminated, False, info
+
+    def evaluate_test(self) -> float:
+        """Test Dice of the network as the finished episode left it (0 if it diverged): what a comparison reports
+        for the run, so it is read once, after the last step, and reaches no observation, reward or action."""
+        if self.trainer is None or not self._done:
+            raise RuntimeError("evaluate_test() scores a finished episode: step until terminated first")
+        return self.trainer.test_dice(self._diverged)

@@ -127,13 +127,14 @@ class RandomController:
 
 @dataclass
 class EpisodeResult:
-    """One controlled training run, step by step."""
+    """One controlled training run, step by step, and its score on the instance's test split."""
 
     method: str
     instance: Instance
     records: list[dict[str, Any]]  # env info of the reset and of every step
     total_reward: float
     seconds: float  # wall time of training and validation
+    test_dice: float  # after the last step (0 if diverged): reported, never seen by the controller
 
     @property
     def diverged(self) -> bool:
@@ -159,17 +160,24 @@ class EpisodeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "instance": asdict(self.instance), "records": self.records,
-                "total_reward": self.total_reward, "seconds": self.seconds}
+                "total_reward": self.total_reward, "seconds": self.seconds, "test_dice": self.test_dice}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpisodeResult:
+        """An episode from ``to_dict``; one journaled before test splits existed has no test Dice to report,
+        and making one up would put validation numbers (or NaN) in a test column: refused."""
+        if "test_dice" not in data:
+            raise ValueError(f"the {data['method']!r} episode on {data['instance']['split']} instance "
+                             f"{data['instance']['index']} was saved before test splits existed and has no test "
+                             "Dice: start a new comparison (or journal) instead of resuming the old one")
         return cls(data["method"], Instance(**data["instance"]), data["records"], data["total_reward"],
-                   data["seconds"])
+                   data["seconds"], data["test_dice"])
 
 
 def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, initial_lr: float | None = None
                 ) -> EpisodeResult:
-    """Run one full episode of ``controller`` on ``instance`` (optionally forcing the initial LR)."""
+    """Run one full episode of ``controller`` on ``instance`` (optionally forcing the initial LR), then score
+    it once on the instance's test split: the controller has acted on validation alone."""
     options: dict[str, Any] = {"instance": instance}
     if initial_lr is not None:
         options["lr"] = initial_lr
@@ -182,7 +190,7 @@ def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, init
         obs, reward, terminated, truncated, info = env.step(action)
         records.append(info)
         total += reward
-    return EpisodeResult(controller.name, env.instance, records, total, env.seconds)
+    return EpisodeResult(controller.name, env.instance, records, total, env.seconds, env.evaluate_test())
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ PBT adapts the LR *during* one training run by spending a population: K members 
 LR by one of ``factors`` or redraws it (explore). Its result on an instance is the best member at the end,
 with the LR and Dice history of that member's lineage. It costs about K x budget epochs per instance
 (asynchronous PBT: a member that copies a member behind it retrains a few; every trained epoch is counted) and
-picks its winner on the validation Dice it is scored on: the report states both.
+picks its winner (like every exploit) on validation Dice, which flatters that winner's validation score; the
+comparison's headline is the winner's Dice on the instance's test split, which no choice saw.
 """
 
 from __future__ import annotations
@@ -132,9 +133,12 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
         saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
     records = saved["records"]
     dices = [counted_dice(r) for r in records]
+    winner = Trainer(config, make_dataset(config.data, instance.data_seed), instance.init_seed)
+    winner.load_state_dict(saved["trainer"])  # chosen above on validation; its test split is read only now
     # the lineage's starting LR stands in for the instance's initial LR in the reports
     lineage = replace(instance, initial_lr=float(records[0]["lr"]))
-    result = EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"])
+    result = EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"],
+                           winner.test_dice(bool(records[-1]["diverged"])))
     return result, counter.steps * env.epochs_per_step
 
 

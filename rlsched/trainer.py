@@ -45,7 +45,7 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class EvalStats:
-    """Validation over the whole validation set (metrics accumulated, not averaged over batches)."""
+    """Evaluation over a whole split (metrics accumulated, not averaged over batches)."""
 
     loss: float
     dice: list[float]  # per foreground class; NaN where the class is absent in prediction and target
@@ -181,6 +181,8 @@ class Trainer:
         self.train_masks = data.train_masks.to(self.device)
         self.val_images = data.val_images.to(self.device)
         self.val_masks = data.val_masks.to(self.device)
+        self.test_images = data.test_images.to(self.device)  # read by test_dice alone, once a run is over
+        self.test_masks = data.test_masks.to(self.device)
         self.metrics = SegmentationMetrics(data.task, data.classes, data.ignore_index)
         self.epoch = 0
         self.keep_last_good = keep_last_good
@@ -316,27 +318,37 @@ class Trainer:
         return SliceResult(done, evaluation, self.epoch)
 
     @torch.no_grad()
-    def evaluate(self) -> EvalStats:
-        """Loss and Dice/IoU over the whole validation set (read back once, at the end)."""
+    def evaluate(self, split: str = "val") -> EvalStats:
+        """Loss and Dice/IoU over a whole split (read back once, at the end): ``"val"``, which every decision
+        reads, or ``"test"``, which only ``test_dice`` reads."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split!r}: evaluate 'val' or 'test'")
+        images, masks = (self.val_images, self.val_masks) if split == "val" else (self.test_images, self.test_masks)
         self.model.eval()
         start = time.perf_counter()
         self.metrics.reset()
         loss_sum = torch.zeros((), device=self.device)
-        for idx in torch.arange(len(self.val_images), device=self.device).split(self.config.optim.batch_size):
-            x, y = self._batch(self.val_images, self.val_masks, idx)
+        for idx in torch.arange(len(images), device=self.device).split(self.config.optim.batch_size):
+            x, y = self._batch(images, masks, idx)
             with self._autocast():
                 logits = self.model(x)
             loss_sum += self.head.loss(logits, y) * len(idx)
             self.metrics.update(self.head.predict(logits), y)
         result = self.metrics.compute()  # waits for the device; the loss below is then ready
         return EvalStats(
-            loss=loss_sum.item() / len(self.val_images),
+            loss=loss_sum.item() / len(images),
             dice=list(result["dice"]),
             dice_mean=float(result["dice_mean"]),
             iou=list(result["iou"]),
             iou_mean=float(result["iou_mean"]),
             seconds=time.perf_counter() - start,
         )
+
+    def test_dice(self, diverged: bool) -> float:
+        """The test Dice a finished run reports, read once after its last step so no decision can see it; a
+        run that ``diverged`` scores 0 (``counted_dice``) and its dead weights are not evaluated."""
+        dice = math.nan if diverged else self.evaluate("test").dice_mean
+        return counted_dice({"dice_mean": dice, "diverged": diverged})
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 import by_hand
 from rlsched import compare, train
+from rlsched.compare.plots import plot
 from rlsched.config import ConfigError, load_config
 from rlsched.env import Instance, make_instances
 from rlsched.harness import EpisodeResult
@@ -62,8 +63,8 @@ def main_rows(run_dir):
 
 
 def dice_curves(run_dir):
-    """Per method, the Dice curve of each held-out instance (in instance order) read back from episodes.csv,
-    zero-filled after a divergence: the raw material every summary statistic is recomputed from here."""
+    """Per method, the validation Dice curve of each held-out instance (in instance order) read back from
+    episodes.csv, zero-filled after a divergence: the raw material every summary statistic is recomputed from."""
     curves = {}
     for row in read_csv(run_dir / "episodes.csv"):
         if row["factor"] == "":
@@ -71,6 +72,16 @@ def dice_curves(run_dir):
             runs.setdefault(int(row["instance"]), []).append(float(row["dice"]))
     return {method: [dices + [0.0] * (EPOCHS + 1 - len(dices)) for _, dices in sorted(runs.items())]
             for method, runs in curves.items()}
+
+
+def read_test_dices(run_dir, factor=""):
+    """Per method, the test Dice of each held-out instance (in instance order) read back from episodes.csv:
+    one per run, on its last row."""
+    runs = {}
+    for row in read_csv(run_dir / "episodes.csv"):
+        if row["factor"] == factor and row["test_dice"] != "":
+            runs.setdefault(row["method"], {})[int(row["instance"])] = float(row["test_dice"])
+    return {method: [dice for _, dice in sorted(by_instance.items())] for method, by_instance in runs.items()}
 
 
 def test_every_output_is_written_and_readable(run_dir):
@@ -89,22 +100,49 @@ def test_every_output_is_written_and_readable(run_dir):
 def test_summary_has_every_method_with_finite_statistics(run_dir):
     rows = main_rows(run_dir)
     assert sorted(rows) == sorted(METHODS)
-    curves = dice_curves(run_dir)
+    curves, tests = dice_curves(run_dir), read_test_dices(run_dir)
     for name, row in rows.items():
         assert int(row["n"]) == INSTANCES
         per_run = {"final_dice": [c[-1] for c in curves[name]], "best_dice": [max(c) for c in curves[name]],
-                   "auc_dice": [sum(c[1:]) / EPOCHS for c in curves[name]]}
+                   "auc_dice": [sum(c[1:]) / EPOCHS for c in curves[name]], "test_dice": tests[name]}
         for key, values in per_run.items():  # mean and 95% t interval over the instances, by hand
             mean, low, high = by_hand.t_interval(values)
             got = [float(row[f"{key}_{part}"]) for part in ("mean", "low", "high")]
             assert got == pytest.approx([mean, low, high], abs=1e-9), (name, key)
     assert any(rows[name]["final_dice_low"] != rows[name]["final_dice_high"] for name in rows)  # not all ties
+    assert [tests[name] for name in rows] != [[c[-1] for c in curves[name]] for name in rows]  # not a copy
     report = (run_dir / "summary.md").read_text()
     assert all(f"| {name} |" in report or f"| **{name}** |" in report for name in METHODS)
 
 
+def test_test_dice_is_the_headline_of_the_main_table(run_dir):
+    """The main table leads with test Dice (mean ± CI half-width), ranks by it, and labels validation as such."""
+    report = (run_dir / "summary.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| method | base LR"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[3:6] == ["test Dice", "final val Dice", "best val Dice"]
+    body = [line for line in report.split("## Robustness")[0].splitlines() if line.startswith("| ")][1:]
+    rows = main_rows(run_dir)
+    ranked = sorted(rows, key=lambda name: -float(rows[name]["test_dice_mean"]))
+    assert [line.split("|")[1].strip().strip("*") for line in body] == ranked
+    for line in body:
+        row = rows[line.split("|")[1].strip().strip("*")]
+        mean, low, high = (float(row[f"test_dice_{part}"]) for part in ("mean", "low", "high"))
+        cell = line.split("|")[4].strip()
+        assert cell == (f"{mean:.3f} ± {(high - low) / 2:.3f}" if high > low else f"{mean:.3f}")
+
+
 def test_robustness_runs_start_every_method_from_the_mis_set_lr(run_dir):
     rows = [r for r in read_csv(run_dir / "summary.csv") if r["factor"] != ""]
+    tests = read_test_dices(run_dir, factor=str(FACTOR))
+    report = (run_dir / "summary.md").read_text().split("## Robustness")[1].split("##")[0]
+    assert "Test Dice when every method starts from" in report
+    for row in rows:  # the robustness table is in test Dice
+        mean = by_hand.t_interval(tests[row["method"]])[0]
+        assert float(row["test_dice_mean"]) == pytest.approx(mean, abs=1e-12)
+        line = next(line for line in report.splitlines()
+                    if line.startswith("| ") and line.split("|")[1].strip(" *") == row["method"])
+        assert line.split("|")[2].strip().startswith(f"{mean:.3f}")
     constant_lr = float(main_rows(run_dir)["constant"]["base_lr"])
     assert sorted(r["method"] for r in rows) == sorted(m for m in METHODS if m != compare.CONSTANT_INITIAL)
     lr = min(FACTOR * constant_lr, 1.0)  # clipped to env.lr_max
@@ -124,6 +162,7 @@ def test_one_csv_row_per_method_instance_and_epoch(run_dir):
         assert len(records) == EPOCHS + 1 or records[-1]["diverged"] == "True"  # a diverged run stops early
         assert records[0]["lr"] == "" and all(float(r["lr"]) > 0 for r in records[1:])
         assert all(0 <= float(r["dice"]) <= 1 for r in records)
+        assert all(r["test_dice"] == "" for r in records[:-1]) and 0 <= float(records[-1]["test_dice"]) <= 1
 
 
 def test_tuned_base_lrs_come_from_the_grid_and_are_recorded(run_dir):
@@ -166,9 +205,10 @@ def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
     best = max(chosen, key=lambda r: (float(r["final_dice"]), float(r["auc_dice"])))["schedule"]
     report = (run_dir / "summary.md").read_text()
     assert f"vs the best fixed schedule ({best})" in report
-    curves = dice_curves(run_dir)
+    assert "Test Dice difference on the same held-out instances" in report
+    tests = read_test_dices(run_dir)
     for name in AGENTS:
-        differences = [a[-1] - b[-1] for a, b in zip(curves[name], curves[best])]  # paired by instance
+        differences = [a - b for a, b in zip(tests[name], tests[best])]  # paired by instance
         assert len(differences) == INSTANCES and all(d != 0 for d in differences)
         mean, low, high = by_hand.t_interval(differences)
         t_p, wilcoxon_p = by_hand.t_test_pvalue(differences), by_hand.wilcoxon_exact_pvalue(differences)
@@ -191,16 +231,39 @@ def test_comparator_is_chosen_on_train_instances_not_on_held_out_results():
 
 
 # ------------------------------------------------------------------------------------ metrics, no training
-def episode(dices, diverged_at=None):
+def episode(dices, diverged_at=None, test_dice=0.5, index=0):
     records = [{"epoch": e, "lr": 0.1, "dice_mean": d, "diverged": e == diverged_at}
                for e, d in enumerate(dices)]
-    return EpisodeResult("m", Instance("heldout", 0, 0, 0, 0.1), records, 0.0, 1.0)
+    return EpisodeResult("m", Instance("heldout", index, 0, 0, 0.1), records, 0.0, 1.0, test_dice=test_dice)
+
+
+def test_the_final_dice_figure_and_the_robustness_heatmap_show_test_dice(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    shown = {}
+    errorbar, imshow = Axes.errorbar, Axes.imshow
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, *args, **kw: shown.setdefault("mean", x) is None
+                        or errorbar(self, x, *args, **kw))
+    monkeypatch.setattr(Axes, "imshow", lambda self, data, *args, **kw: shown.setdefault("heatmap", data) is None
+                        or imshow(self, data, *args, **kw))
+    runs = [episode([0.2, 0.9, 0.9], test_dice=t, index=i) for i, t in enumerate((0.3, 0.5))]
+    robust = [episode([0.2, 0.8, 0.8], test_dice=t, index=i) for i, t in enumerate((0.1, 0.2))]
+    for run in runs + robust:
+        run.method = "constant"
+    tuning = compare.Tuning((0.1,), 1, 2, {"constant": {0.1: (0.9, 0.5)}})
+    comparison = compare.Comparison(load_config("fast", {"env.epochs": 2}), compare.Settings(),
+                                    [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
+                                    [r.instance for r in runs], runs, {10.0: (1.0, robust)})
+    plot(comparison, tmp_path)
+    assert shown["mean"] == pytest.approx(0.4)  # the test Dice, not the validation Dice of 0.9
+    assert shown["heatmap"] == [[pytest.approx(0.15)]]
 
 
 def test_metrics_count_a_diverged_run_as_dice_zero_for_the_rest_of_the_budget():
     steps = 4
     ok = compare.run_metrics(episode([0.2, 0.5, 0.85, 0.9, 0.8]), steps, target=0.8)
     assert ok["final_dice"] == 0.8 and ok["best_dice"] == 0.9 and ok["epochs_to_target"] == 2
+    assert ok["test_dice"] == 0.5  # scored apart from the validation curve
     assert ok["auc_dice"] == pytest.approx((0.5 + 0.85 + 0.9 + 0.8) / 4)
     bad = compare.run_metrics(episode([0.2, 0.6, math.nan], diverged_at=2), steps, target=0.8)
     assert bad["final_dice"] == 0 and bad["diverged"] == 1 and math.isnan(bad["epochs_to_target"])

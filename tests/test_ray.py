@@ -36,9 +36,29 @@ def trajectories(results):
     return json.dumps([(r.method, r.instance.index, r.total_reward, r.records) for r in results])
 
 
+def pbt_members_cannot_read_the_test_split():
+    """Ray worker setup: a PBT member (a Tune trainable in a worker) whose Trainer evaluates the test split fails
+    its trial, and with it the comparison. PBT cannot be replayed bit for bit (its exploits depend on timing), so
+    this, not a rerun on other test data, is how the tests show that no PBT choice reads the test split; the
+    winner's test Dice is scored in the driver, which this leaves alone."""
+    from rlsched import pbt
+
+    class ValidationOnly(pbt.Trainer):
+        def evaluate(self, split="val"):
+            if split != "val":
+                raise RuntimeError("a PBT member read the test split")
+            return super().evaluate(split)
+
+    pbt.Trainer = ValidationOnly
+
+
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # a declared GPU: Ray places on it, torch uses CPU
+    this_module = sys.modules[__name__]  # workers cannot import the tests: send the setup hook by value
+    ray.cloudpickle.register_pickle_by_value(this_module)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,  # a declared GPU: Ray places on it, torch uses CPU
+             runtime_env={"worker_process_setup_hook": pbt_members_cannot_read_the_test_split})
+    ray.cloudpickle.unregister_pickle_by_value(this_module)
     yield
     ray.shutdown()
 
@@ -146,6 +166,8 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
     # PBT: one run per held-out instance, a full budget, the population's epochs in the accounting
     assert sorted(r.instance.index for r in pbt) == [0, 1]
     assert all(r.epochs == 2 and len(r.records) == 3 and 0 <= r.final_dice <= 1 for r in pbt)
+    # the winner, chosen on validation by members that could not read the test split, scored on it afterwards
+    assert all(0 < r.test_dice < 1 for r in pbt)
     method = next(m for m in on_ray.methods if m.name == "pbt")
     # about K x budget x instances (a member copying one behind it retrains a step), beyond one evaluation run
     trained = int(method.epochs_before) + 2 * 2
@@ -154,6 +176,7 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
             "(nominal 8)") in method.accounting
     rows = {r["method"]: r for r in compare.summarize(on_ray) if r["factor"] is None}
     assert rows["pbt"]["n"] == 2 and math.isfinite(rows["pbt"]["final_dice_mean"])
+    assert rows["pbt"]["test_dice_mean"] == pytest.approx(np.mean([r.test_dice for r in pbt]))
     assert f"| pbt | a population per run | PBT | {trained - 4} |" in compare.report(on_ray, compare.summarize(on_ray))
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from rlsched.config import load_config
+from rlsched.env import UNetLREnv, make_instances
+from rlsched.harness import ScheduleController, run_episode
 from rlsched.runs import read_jsonl
 from rlsched.train import main
 
@@ -36,6 +39,14 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
     assert any((run_dir / "tb").rglob("events.out.tfevents*"))
     heldout = json.loads((run_dir / "heldout.json").read_text())
     assert len(heldout["learned_final_dice"]) == len(heldout["constant_final_dice"]) == 2
+    config = load_config(run_dir / "config.toml")  # the headline is test Dice: the constant's, recomputed
+    env = UNetLREnv(config=config)
+    constant = [run_episode(env, ScheduleController("constant"), i) for i in make_instances(config.env, "heldout")]
+    assert heldout["constant_test_dice"] == pytest.approx([r.test_dice for r in constant])
+    assert heldout["constant_final_dice"] == pytest.approx([r.final_dice for r in constant])
+    learned = heldout["learned_test_dice"]
+    assert heldout["test_difference_mean"] == pytest.approx(sum(learned) / 2 - sum(r.test_dice for r in constant) / 2)
+    assert "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |" in (run_dir / "heldout.md").read_text()
     out = capsys.readouterr().out
     assert "learned policy" in out and str(run_dir) in out
 

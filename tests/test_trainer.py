@@ -46,6 +46,19 @@ def test_training_lowers_the_loss_and_reports_dynamics(fast_config, data):
     assert evaluation.loss == pytest.approx(bce, rel=1e-5)
 
 
+def test_evaluate_scores_the_split_it_is_asked_for(fast_config, data):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer.train_epoch()
+    with torch.no_grad():
+        z = trainer.model(data.test_images)[:, 0].numpy()
+    (dice,) = by_hand.dice_per_class((z > 0).astype(np.uint8), data.test_masks.numpy(), classes=1)
+    test = trainer.evaluate("test")
+    assert test.dice_mean == pytest.approx(dice) and test.dice_mean != trainer.evaluate().dice_mean
+    assert trainer.test_dice(diverged=False) == test.dice_mean and trainer.test_dice(diverged=True) == 0.0
+    with pytest.raises(ValueError, match="split='train': evaluate 'val' or 'test'"):
+        trainer.evaluate("train")
+
+
 def test_same_seed_same_training_different_seed_different(fast_config, data):
     a, b, c = (Trainer(fast_config, data, seed=s, lr=0.05) for s in (1, 1, 2))
     for t in (a, b, c):

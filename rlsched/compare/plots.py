@@ -1,4 +1,5 @@
-"""The comparison's figures: Dice and LR curves as small multiples, final Dice per method, robustness heatmap."""
+"""The comparison's figures: validation Dice and LR curves as small multiples, test Dice per method, robustness
+heatmap (test Dice)."""
 
 from __future__ import annotations
 
@@ -48,10 +49,10 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: list[str],
-                     references: list[str], style: dict[str, dict[str, Any]], finals: dict[str, float], *,
+                     references: list[str], style: dict[str, dict[str, Any]], test_means: dict[str, float], *,
                      log: bool, ylabel: str, ylim: tuple[float, float], title: str,
                      target: float | None = None) -> Any:
-    """One panel per method (mean line, 95% CI band), ranked by final Dice, with the ``references`` (the
+    """One panel per method (mean line, 95% CI band), ranked by test Dice, with the ``references`` (the
     learned policies) overlaid in every panel: eleven overlapping bands on one axis would be unreadable."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
     from matplotlib.lines import Line2D
@@ -72,7 +73,7 @@ def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: l
             if own:
                 ax.fill_between(epochs, np.clip(low, *ylim), np.clip(high, *ylim),
                                 step="post" if log else None, color=s["color"], alpha=0.2, lw=0)
-        ax.set_title(f"{rank}. {name}  ({finals[name]:.3f})", color=style[name]["color"], fontsize=10,
+        ax.set_title(f"{rank}. {name}  ({test_means[name]:.3f})", color=style[name]["color"], fontsize=10,
                      fontweight="bold" if name in references else "normal")
         if target is not None:
             ax.axhline(target, color="#999999", lw=0.8, ls="-.", zorder=1)
@@ -85,7 +86,7 @@ def _small_multiples(curves: dict[str, np.ndarray], epochs: np.ndarray, order: l
     axes[0].set(ylim=ylim, xlim=(epochs[0], epochs[-1]), yscale="log" if log else "linear")
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.supylabel(ylabel)
-    fig.suptitle(f"{title}\npanels ranked by final Dice (in brackets); line: mean, band: 95% CI")
+    fig.suptitle(f"{title}\npanels ranked by test Dice (in brackets); line: mean, band: 95% CI")
     if references:
         handles = [Line2D([], [], color=style[r]["color"], lw=1.2, alpha=0.75) for r in references]
         fig.legend(handles, [f"{r} (thin, in every panel)" for r in references], loc="outside lower center",
@@ -101,21 +102,21 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     cfg = comparison.config.env
     runs = by_method(comparison.results)
     style = styles(comparison.methods)
-    finals = {name: float(np.mean([r.final_dice for r in rs])) for name, rs in runs.items()}
-    order = sorted(runs, key=lambda name: -finals[name])
+    test_means = {name: float(np.mean([r.test_dice for r in rs])) for name, rs in runs.items()}
+    order = sorted(runs, key=lambda name: -test_means[name])
     learned = [m.name for m in comparison.methods if m.learned]
     epochs = np.arange(cfg.steps + 1) * cfg.epochs_per_step
     where = f"preset {comparison.config.name}, {len(comparison.instances)} held-out instances"
 
     dices = {name: np.array([dice_curve(r, cfg.steps) for r in rs]) for name, rs in runs.items()}
-    fig = _small_multiples(dices, epochs, order, learned, style, finals, log=False, ylabel="validation Dice",
+    fig = _small_multiples(dices, epochs, order, learned, style, test_means, log=False, ylabel="validation Dice",
                            ylim=(0.0, 1.0), title=f"Validation Dice vs epoch — {where}",
                            target=comparison.settings.dice_target)
     _save(fig, out_dir / "dice_vs_epoch.png")
     # the LR of step k holds from epoch k-1 to k: repeat the last one so steps-post reaches the budget's end
     lrs = {name: np.array([np.append(c, c[-1]) for c in (lr_curve(r, cfg.steps) for r in rs)])
            for name, rs in runs.items()}
-    fig = _small_multiples(lrs, epochs, order, learned, style, finals, log=True, ylabel="learning rate",
+    fig = _small_multiples(lrs, epochs, order, learned, style, test_means, log=True, ylabel="learning rate",
                            ylim=(cfg.lr_min, cfg.lr_max),
                            title=f"Learning rate vs epoch — {where} (geometric mean)")
     _save(fig, out_dir / "lr_vs_epoch.png")
@@ -124,7 +125,7 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
     for y, name in enumerate(reversed(order)):  # best on top
-        s, values = style[name], np.array([r.final_dice for r in runs[name]])
+        s, values = style[name], np.array([r.test_dice for r in runs[name]])
         ci = mean_ci(values)
         ax.errorbar(ci.mean, y, xerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="D", color=s["color"],
                     ms=8, capsize=4, lw=1.5, alpha=0.55, zorder=2)
@@ -133,8 +134,8 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     ax.set_yticks(range(len(order)), list(reversed(order)))
     for tick, name in zip(ax.get_yticklabels(), reversed(order)):
         tick.set_fontweight("bold" if name in learned else "normal")
-    ax.set(xlabel="final validation Dice", xlim=(0, 1), title=f"Final Dice per method — {where}\n"
-           "(dots: instances; diamond and bar: mean, 95% CI)")
+    ax.set(xlabel="test Dice (held-out test split, after the last epoch)", xlim=(0, 1),
+           title=f"Test Dice per method — {where}\n(dots: instances; diamond and bar: mean, 95% CI)")
     ax.grid(alpha=0.3, axis="x")
     _save(fig, out_dir / "final_dice.png")
     _save(_cost_quality(comparison, runs, style, learned, where), out_dir / "cost_quality.png")
@@ -146,13 +147,13 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
 
 
 def _robustness_heatmap(comparison: Comparison, order: list[str], learned: list[str], where: str) -> Any:
-    """Methods x initial-LR factors, coloured by mean final Dice and annotated with its CI and divergences:
+    """Methods x initial-LR factors, coloured by mean test Dice and annotated with its CI and divergences:
     with a handful of instances the error bars of a line plot would cover everything."""
     from matplotlib.figure import Figure
 
     factors = list(comparison.robustness)
     runs = {f: by_method(results) for f, (_, results) in comparison.robustness.items()}
-    cis = [[mean_ci([r.final_dice for r in runs[f][name]]) for f in factors] for name in order]
+    cis = [[mean_ci([r.test_dice for r in runs[f][name]]) for f in factors] for name in order]
     diverged = [[sum(r.diverged for r in runs[f][name]) for f in factors] for name in order]
     fig = Figure(figsize=(2.0 * len(factors) + 3.5, 0.5 * len(order) + 2.0), layout="constrained")
     ax = fig.add_subplot()
@@ -169,8 +170,8 @@ def _robustness_heatmap(comparison: Comparison, order: list[str], learned: list[
     for tick, name in zip(ax.get_yticklabels(), order):
         tick.set_fontweight("bold" if name in learned else "normal")
     ax.set(xlabel=f"initial LR as a multiple of the tuned {source} base LR {reference:.2g}",
-           title=f"Robustness to a mis-set initial LR — {where}\nfinal Dice, mean ± 95% CI half-width")
-    fig.colorbar(image, ax=ax, label="mean final Dice", shrink=0.8)
+           title=f"Robustness to a mis-set initial LR — {where}\ntest Dice, mean ± 95% CI half-width")
+    fig.colorbar(image, ax=ax, label="mean test Dice", shrink=0.8)
     return fig
 
 

@@ -29,7 +29,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
     """summary.md: main table, robustness table, paired test, tuned base LRs and compute accounting."""
     cfg, settings, tuning = comparison.config.env, comparison.settings, comparison.tuning
     methods = {m.name: m for m in comparison.methods}
-    main = sorted((r for r in rows if r["factor"] is None), key=lambda r: -r["final_dice_mean"])
+    main = sorted((r for r in rows if r["factor"] is None), key=lambda r: -r["test_dice_mean"])
     n, target = len(comparison.instances), settings.dice_target
 
     def label(name: str) -> str:
@@ -39,21 +39,25 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         f"# {comparison.config.name}: {len(methods)} methods on {n} held-out instances, "
         f"{cfg.epochs} epochs each",
         "",
-        f"Mean ± 95% CI over instances (Student t). AUC = mean Dice over the {cfg.epochs} epochs "
-        f"(diverged = 0 from then on). Epochs to Dice {target:g}: mean over the runs that reached it. Wall "
-        f"time: training and validation per run. {_duration(comparison)}",
+        f"Mean ± 95% CI over instances (Student t). **Test Dice**: each instance's held-out test split, scored "
+        "once after the last epoch; no decision reads it. Every other Dice is validation Dice: what the "
+        "controllers observed and were rewarded on and what base-LR tuning, reduce-on-plateau and PBT selected "
+        f"on, so it flatters them. AUC = mean validation Dice over the {cfg.epochs} epochs (diverged = 0 from "
+        f"then on). Epochs to validation Dice {target:g}: mean over the runs that reached it. Wall time: training "
+        f"and validation per run. {_duration(comparison)}",
         "",
-        f"| method | needs from the user | base LR | epochs before eval | final Dice | best Dice | AUC Dice "
-        f"| epochs to {target:g} (reached) | diverged | s / run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| method | needs from the user | base LR | epochs before eval | test Dice | final val Dice "
+        f"| best val Dice | AUC val Dice | epochs to val {target:g} (reached) | diverged | s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main:
         kind = methods[r["method"]].kind
         base = (f"{r['base_lr']:.3g}" if r["base_lr"] is not None
                 else {"pbt": "PBT", "range_test": "LR sweep"}.get(kind, "instance's initial"))
         lines.append(
-            f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} | {_ci(r, 'final_dice')} "
-            f"| {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} | {_ci(r, 'epochs_to_target', 1)} "
+            f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} "
+            f"| {_ci(r, 'test_dice')} | {_ci(r, 'final_dice')} | {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} "
+            f"| {_ci(r, 'epochs_to_target', 1)} "
             f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']}{_failed(r)} | {_ci(r, 'seconds', 2)} |")
     if comparison.robustness:
         factors = list(comparison.robustness)
@@ -63,7 +67,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         lines += [
             "", "## Robustness: mis-set initial LR",
             "",
-            f"Final Dice when every method starts from factor x {reference:.3g} (the tuned base LR of "
+            f"Test Dice when every method starts from factor x {reference:.3g} (the tuned base LR of "
             f"{source}), clipped to [{cfg.lr_min:g}, {cfg.lr_max:g}]: learned and random policies start "
             "there, fixed schedules use it as their base LR. (d = diverged runs)",
             "",
@@ -72,15 +76,15 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         ]
         cells = {(r["method"], r["factor"]): r for r in rows if r["factor"] is not None}
         for name in (r["method"] for r in main if (r["method"], factors[0]) in cells):
-            row = [_ci(c, "final_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "") + _failed(c)
+            row = [_ci(c, "test_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "") + _failed(c)
                    for c in (cells[name, f] for f in factors)]
             lines.append(f"| {label(name)} | " + " | ".join(row) + " |")
     tests = paired_tests(comparison)
     if tests:
         best = best_fixed(comparison)
         lines += ["", f"## Paired test: learned policy vs the best fixed schedule ({best})", "",
-                  f"Final Dice difference on the same held-out instances. The comparator ({best}) was chosen by "
-                  "its score in the grid search on train instances, before any held-out run.", "",
+                  f"Test Dice difference on the same held-out instances. The comparator ({best}) was chosen by "
+                  "its validation score in the grid search on train instances, before any held-out run.", "",
                   "| policy | difference (95% CI) | paired t p | Wilcoxon p | n |", "|---|---|---|---|---|"]
         for name, t in tests.items():
             lines.append(f"| **{name}** − {best} | {t.mean_difference:+.3f} "
@@ -89,8 +93,8 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
     lines += ["", "## Tuned base LRs", "",
               f"Grid: {len(tuning.grid)} LRs from {tuning.grid[0]:g} to {tuning.grid[-1]:g} "
               f"({settings.grid_per_decade} per decade over the preset's initial-LR range), each on "
-              f"{tuning.instances} train instance(s); best mean final Dice wins.", "",
-              "| schedule | tuned base LR | train final Dice | train AUC Dice |", "|---|---|---|---|"]
+              f"{tuning.instances} train instance(s); best mean final validation Dice wins.", "",
+              "| schedule | tuned base LR | train final val Dice | train AUC val Dice |", "|---|---|---|---|"]
     for name, lr in tuning.base_lrs.items():
         final, auc = tuning.scores[name][lr]
         lines.append(f"| {name} | {lr:g} | {final:.3f} | {auc:.3f} |")
@@ -125,19 +129,22 @@ def _failed(row: dict[str, Any]) -> str:
 
 
 def episode_rows(comparison: Comparison) -> list[dict[str, Any]]:
-    """episodes.csv: one row per method x instance x epoch (``factor`` empty for the main runs)."""
+    """episodes.csv: one row per method x instance x epoch (``factor`` empty for the main runs); ``dice`` is
+    validation Dice, ``test_dice`` is filled on the run's last row only (it is scored once, at the end)."""
     methods = {m.name: m for m in comparison.methods}
     rows = []
     for factor, _, results in comparison.groups():
         for result in results:
             tuned = methods[result.method].base_lr if factor is None else None
             base_lr = tuned if tuned is not None else result.instance.initial_lr
-            for record, dice in zip(result.records, result.dices):
+            last = len(result.records) - 1
+            for step, (record, dice) in enumerate(zip(result.records, result.dices)):
                 rows.append({"method": result.method, "factor": factor, "instance": result.instance.index,
                              "base_lr": base_lr, "epoch": record["epoch"],
                              "lr": record["lr"] if record["epoch"] else None,  # epoch 0: nothing trained yet
                              "train_loss": record.get("train_loss"), "val_loss": record["val_loss"],
-                             "dice": dice, "diverged": record["diverged"]})
+                             "dice": dice, "diverged": record["diverged"],
+                             "test_dice": result.test_dice if step == last else None})
     return rows
 
 

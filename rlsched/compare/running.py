@@ -57,8 +57,9 @@ class Runner:
 
 def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance],
                   run: Run) -> Tuning:
-    """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on). An LR
-    whose every run failed (dead workers) scores -inf: it cannot be chosen."""
+    """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on), by
+    validation Dice: a choice, so never by test Dice. An LR whose every run failed (dead workers) scores -inf:
+    it cannot be chosen."""
     jobs = [Job(f"{name}@{lr:g}", SCRIPTED if name == SCRIPTED else "schedule", name, instance, base_lr=lr)
             for name in schedules for lr in grid for instance in instances]
     runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
@@ -226,5 +227,5 @@ def pbt_runs(config: Config, instances: list[Instance], population: int, journal
     own = len(instances) * config.env.epochs
     accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
                   f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
-                  "the best member by validation Dice reported")
+                  "the best member by validation Dice reported (its test Dice in the tables)")
     return Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting), runs

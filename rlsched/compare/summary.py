@@ -1,5 +1,10 @@
 """Per-run metrics and per-method statistics: Dice curves, summary rows with CIs, the pre-registered comparator
-and the paired tests against it."""
+and the paired tests against it.
+
+The headline is test Dice (each instance's test split, scored once after the last step). Every other Dice here
+is validation Dice: what the controllers observed and were rewarded on, and what tuning, reduce-on-plateau and
+PBT selected on, so it flatters the methods that select on it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from ..harness import EpisodeResult
 from ..stats import PairedTest, mean_ci, paired_test
 from .methods import Comparison
 
-METRICS = ("final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
+METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
 
 
 def dice_curve(result: EpisodeResult, steps: int) -> np.ndarray:
@@ -32,11 +37,11 @@ def lr_curve(result: EpisodeResult, steps: int) -> np.ndarray:
 
 
 def run_metrics(result: EpisodeResult, steps: int, target: float) -> dict[str, float]:
-    """Final and best Dice, area under the Dice curve (mean Dice over the budget's steps), epochs to
-    ``target`` (NaN if never reached), diverged (0/1) and wall time."""
+    """Test Dice; final and best validation Dice, area under the validation Dice curve (mean over the budget's
+    steps), epochs to validation Dice ``target`` (NaN if never reached), diverged (0/1) and wall time."""
     dices = dice_curve(result, steps)
     reached = [float(r["epoch"]) for r, d in zip(result.records, result.dices) if d >= target]
-    return {"final_dice": float(dices[-1]), "best_dice": float(dices.max()),
+    return {"test_dice": result.test_dice, "final_dice": float(dices[-1]), "best_dice": float(dices.max()),
             "auc_dice": float(dices[1:].mean()), "epochs_to_target": reached[0] if reached else math.nan,
             "diverged": float(result.diverged), "seconds": result.seconds}
 
@@ -85,9 +90,9 @@ def best_fixed(comparison: Comparison) -> str:
 
 
 def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
-    """Each learned policy minus the best fixed schedule, final Dice on the instances both finished (a failed
+    """Each learned policy minus the best fixed schedule, test Dice on the instances both finished (a failed
     job removes its instance from that pair only)."""
-    runs = {name: {r.instance.index: r.final_dice for r in rs} for name, rs in by_method(comparison.results).items()}
+    runs = {name: {r.instance.index: r.test_dice for r in rs} for name, rs in by_method(comparison.results).items()}
     best = runs.get(best_fixed(comparison), {})
     tests = {}
     for m in comparison.methods:
