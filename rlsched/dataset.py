@@ -28,7 +28,8 @@ class SegmentationData:
     that score is not flattered by the selection (``Trainer.test_dice``).
 
     Images are float32 ``(N, C, H, W)``, normalised with train-split statistics. Masks are uint8: ``(N, H, W)``
-    class indices (0 = background) for binary/multiclass, ``(N, K, H, W)`` 0/1 labels for multilabel. A pixel equal to ``ignore_index`` (in all K channels for multilabel) carries no label.
+    class indices (0 = background) for binary/multiclass, ``(N, K, H, W)`` 0/1 labels for multilabel. A pixel
+    equal to ``ignore_index`` (in all K channels for multilabel) carries no label.
     """
 
     train_images: torch.Tensor

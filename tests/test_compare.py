@@ -118,9 +118,9 @@ def test_summary_has_every_method_with_finite_statistics(run_dir):
 def test_test_dice_is_the_headline_of_the_main_table(run_dir):
     """The main table leads with test Dice (mean ± CI half-width), ranks by it, and labels validation as such."""
     report = (run_dir / "summary.md").read_text()
-    header = next(line for line in report.splitlines() if line.startswith("| method | base LR"))
+    header = next(line for line in report.splitlines() if line.startswith("| method | needs"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns[3:6] == ["test Dice", "final val Dice", "best val Dice"]
+    assert columns[4:7] == ["test Dice", "final val Dice", "best val Dice"]
     body = [line for line in report.split("## Robustness")[0].splitlines() if line.startswith("| ")][1:]
     rows = main_rows(run_dir)
     ranked = sorted(rows, key=lambda name: -float(rows[name]["test_dice_mean"]))
@@ -128,7 +128,7 @@ def test_test_dice_is_the_headline_of_the_main_table(run_dir):
     for line in body:
         row = rows[line.split("|")[1].strip().strip("*")]
         mean, low, high = (float(row[f"test_dice_{part}"]) for part in ("mean", "low", "high"))
-        cell = line.split("|")[4].strip()
+        cell = line.split("|")[5].strip()
         assert cell == (f"{mean:.3f} ± {(high - low) / 2:.3f}" if high > low else f"{mean:.3f}")
 
 
@@ -237,13 +237,13 @@ def episode(dices, diverged_at=None, test_dice=0.5, index=0):
     return EpisodeResult("m", Instance("heldout", index, 0, 0, 0.1), records, 0.0, 1.0, test_dice=test_dice)
 
 
-def test_the_final_dice_figure_and_the_robustness_heatmap_show_test_dice(tmp_path, monkeypatch):
+def test_the_final_dice_cost_and_robustness_figures_show_test_dice(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
     shown = {}
     errorbar, imshow = Axes.errorbar, Axes.imshow
-    monkeypatch.setattr(Axes, "errorbar", lambda self, x, *args, **kw: shown.setdefault("mean", x) is None
-                        or errorbar(self, x, *args, **kw))
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, *args, **kw: shown.setdefault("bars", []).append(
+        (x, y)) or errorbar(self, x, y, *args, **kw))
     monkeypatch.setattr(Axes, "imshow", lambda self, data, *args, **kw: shown.setdefault("heatmap", data) is None
                         or imshow(self, data, *args, **kw))
     runs = [episode([0.2, 0.9, 0.9], test_dice=t, index=i) for i, t in enumerate((0.3, 0.5))]
@@ -255,7 +255,8 @@ def test_the_final_dice_figure_and_the_robustness_heatmap_show_test_dice(tmp_pat
                                     [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
                                     [r.instance for r in runs], runs, {10.0: (1.0, robust)})
     plot(comparison, tmp_path)
-    assert shown["mean"] == pytest.approx(0.4)  # the test Dice, not the validation Dice of 0.9
+    (final_dice, _), (cost, quality) = shown["bars"]  # final_dice.png, then cost_quality.png
+    assert final_dice == pytest.approx(0.4) and quality == pytest.approx(0.4)  # test Dice, not validation's 0.9
     assert shown["heatmap"] == [[pytest.approx(0.15)]]
 
 

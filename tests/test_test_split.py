@@ -16,9 +16,9 @@ from rlsched import compare
 from rlsched import env as env_module
 from rlsched.config import load_config
 from rlsched.env import UNetLREnv, make_instances
-from rlsched.harness import (EpisodeResult, PolicyController, RandomController, ScheduleController,
+from rlsched.harness import (EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
                              ScriptedController, run_episode)
-from rlsched.jobs import Job, run_journaled
+from rlsched.jobs import run_journaled
 from rlsched.journal import Journal
 from rlsched.trainer import Trainer
 

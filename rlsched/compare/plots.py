@@ -175,10 +175,9 @@ def _robustness_heatmap(comparison: Comparison, order: list[str], learned: list[
     return fig
 
 
-
 def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dict[str, dict[str, Any]],
                   learned: list[str], where: str) -> Any:
-    """Final Dice against every epoch a method spent (before evaluation + its evaluation runs), log x: what a
+    """Test Dice against every epoch a method spent (before evaluation + its evaluation runs), log x: what a
     method costs and what it buys, at a glance. Methods whose cost is unknown are left out (named in the title)."""
     from matplotlib.figure import Figure
 
@@ -192,9 +191,9 @@ def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dic
         if not math.isfinite(method.epochs_before):
             unknown.append(method.name)
             continue
-        finals = [r.final_dice for r in runs[method.name]]
-        ci = mean_ci(finals)
-        cost = method.epochs_before + len(finals) * cfg.epochs
+        tests = [r.test_dice for r in runs[method.name]]
+        ci = mean_ci(tests)
+        cost = method.epochs_before + len(tests) * cfg.epochs
         s = style[method.name]
         ax.errorbar(cost, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="o", color=s["color"],
                     ms=9 if method.learned else 6, capsize=3, lw=1.2)
@@ -202,6 +201,6 @@ def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dic
                     color=s["color"], fontweight="bold" if method.name in learned else "normal")
     note = f"\n(cost unknown, not shown: {', '.join(unknown)})" if unknown else ""
     ax.set(xscale="log", ylim=(0, 1), xlabel="UNet epochs spent (before evaluation + the evaluation runs)",
-           ylabel="final Dice (mean, 95% CI)", title=f"Cost vs quality — {where}{note}")
+           ylabel="test Dice (mean, 95% CI)", title=f"Cost vs quality — {where}{note}")
     ax.grid(alpha=0.3, which="both")
     return fig

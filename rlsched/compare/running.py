@@ -51,7 +51,7 @@ class Runner:
             self.failures.append(outcome)
             self.bar.set_postfix_str(f"{job.method}: FAILED (worker died)", refresh=False)
         else:
-            self.bar.set_postfix_str(f"{job.method}: Dice {outcome.final_dice:.3f}", refresh=False)
+            self.bar.set_postfix_str(f"{job.method}: val Dice {outcome.final_dice:.3f}", refresh=False)
         self.bar.update()
 
 
