@@ -43,6 +43,8 @@ def test_unknown_section_is_rejected(tmp_path):
 @pytest.mark.parametrize("section, key, value, message", [
     ("data", "task", "segmentation", "task='segmentation'"),
     ("data", "image_size", "64", "expected an integer"),
+    ("data", "n_test", 0, "n_train, n_val and n_test must be >= 1"),
+    ("data", "test_fraction", 0.0, r"test_fraction=0.0: each must lie in \(0, 1\)"),
     ("env", "lr_min", 1.0, "lr_min < lr_max"),
     ("env", "epochs", 10, "not a multiple of epochs_per_step"),
     ("optim", "name", "rmsprop", "name='rmsprop'"),
