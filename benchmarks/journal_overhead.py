@@ -16,7 +16,8 @@ from pathlib import Path
 
 from rlsched.config import available_presets, load_config
 from rlsched.env import make_instances
-from rlsched.jobs import Job, episodes, run_jobs
+from rlsched.harness import Job
+from rlsched.jobs import episodes, run_jobs
 from rlsched.journal import Journal
 
 

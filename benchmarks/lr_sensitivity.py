@@ -20,7 +20,8 @@ import numpy as np
 
 from rlsched.config import available_presets, config_to_toml, load_config
 from rlsched.env import make_instances
-from rlsched.jobs import Job, episodes, run_journaled
+from rlsched.harness import Job
+from rlsched.jobs import episodes, run_journaled
 from rlsched.journal import Journal
 from rlsched.schedules import lr_grid
 from rlsched.stats import mean_ci

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from .config import EnvConfig
 from .control import decode_lr
@@ -40,9 +41,11 @@ class PolicyController:
     policy: Predictor
     name: str = "learned"
     deterministic: bool = True
+    seed: int = 0  # sampled actions: rollout ``seed`` of an instance draws the same actions every time
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
-        pass
+        if not self.deterministic:  # SB3 and the reference PPO sample with torch's global generator
+            torch.manual_seed(self.seed * 1_000_003 + (env.instance.index if env.instance else 0))
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
         action, _ = self.policy.predict(obs, deterministic=self.deterministic)
@@ -198,14 +201,15 @@ class Job:
     """One episode to run, described by value so it can travel to a worker process."""
 
     method: str  # the name results are reported under
-    kind: str  # "policy" (arg = model path) | "schedule" (arg = schedule name) | "random" | "scripted" (base_lr
-    # = its target LR) | rlsched.methods.KINDS (made by methods.method_job)
+    kind: str  # "policy" (arg = model path; "policy_sample": its sampled actions) | "schedule" (arg = schedule
+    # name) | "random" | "scripted" (base_lr = its target LR) | rlsched.methods.KINDS (made by methods.method_job)
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
     initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
     # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.methods makes them)
     overrides: tuple[tuple[str, str], ...] = ()
+    rollout: int = 0  # "policy_sample": which stochastic rollout of the policy (seeds its action sampling)
 
     @property
     def key(self) -> str:

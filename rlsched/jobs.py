@@ -58,8 +58,9 @@ def _policy(path: str) -> Predictor:
 
 
 def make_controller(job: Job) -> Controller:
-    if job.kind == "policy":
-        return PolicyController(_policy(job.arg), name=job.method)
+    if job.kind in ("policy", "policy_sample"):
+        sampled = job.kind == "policy_sample"
+        return PolicyController(_policy(job.arg), name=job.method, deterministic=not sampled, seed=job.rollout)
     if job.kind == "schedule":
         return ScheduleController(job.arg, job.base_lr, name=job.method)
     if job.kind == "random":

@@ -29,6 +29,7 @@ from .harness import EpisodeResult
 from .trainer import Trainer, counted_dice
 
 CHECKPOINT = "member.pt"
+ALGORITHMS = ("pbt", "pb2")
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,11 @@ class PBTSettings:
     quantile: float = 0.25  # bottom (top) fraction that copies (is copied)
     factors: tuple[float, ...] = (2.0, 0.5)  # explore: LR x one of these
     resample_probability: float = 0.25  # explore: or redraw the LR from the initial-LR range
+    algorithm: str = "pbt"  # "pbt": random explore (factors, redraws); "pb2": a GP bandit picks log10 LR (PB2)
 
     def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown population algorithm {self.algorithm!r}: use one of {', '.join(ALGORITHMS)}")
         if self.population < 2:
             raise ValueError(f"--pbt-population {self.population}: a population needs at least 2 members")
         if self.interval < 1 or not 0 < self.quantile <= 0.5 or not 0 <= self.resample_probability <= 1:
@@ -62,7 +66,7 @@ def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> N
 
     torch.set_num_threads(1)
     env = config.env
-    lr = clip_lr(env, tune_config["lr"])
+    lr = clip_lr(env, tune_config["lr"] if "lr" in tune_config else 10 ** tune_config["log10_lr"])
     trainer = Trainer(config, make_dataset(config.data, instance.data_seed), instance.init_seed, lr=lr)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -106,23 +110,37 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     member holds one CPU and ``gpus_per_member`` of a GPU (Ray assigns no GPU to a trial that asks for
     none)."""
     from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
 
     # Tune logs every exploit/explore at INFO, drowning the comparison's progress bar; the outcome is in the table.
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
     env = config.env
-    scheduler = PopulationBasedTraining(
-        time_attr="training_iteration", perturbation_interval=settings.interval,
-        hyperparam_mutations={"lr": tune.loguniform(env.initial_lr_min, env.initial_lr_max)},
-        quantile_fraction=settings.quantile, resample_probability=settings.resample_probability,
-        perturbation_factors=settings.factors)
+    starts = member_lrs(config, settings.population)
+    if settings.algorithm == "pb2":
+        from ray.tune.schedulers.pb2 import PB2  # needs GPy (the ray extra)
+
+        # the bandit models log10 LR: LRs span decades, and PB2 explores linearly inside its bounds
+        scheduler: Any = PB2(time_attr="training_iteration", perturbation_interval=settings.interval,
+                             hyperparam_bounds={"log10_lr": [np.log10(env.initial_lr_min),
+                                                             np.log10(env.initial_lr_max)]},
+                             quantile_fraction=settings.quantile)
+        param_space = {"log10_lr": tune.grid_search([float(np.log10(lr)) for lr in starts])}
+    else:
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=settings.interval,
+            hyperparam_mutations={"lr": tune.loguniform(env.initial_lr_min, env.initial_lr_max)},
+            quantile_fraction=settings.quantile, resample_probability=settings.resample_probability,
+            perturbation_factors=settings.factors)
+        param_space = {"lr": tune.grid_search(starts)}
     counter = _step_counter()
     trainable = tune.with_resources(tune.with_parameters(member, config=config, instance=instance),
                                     {"cpu": 1, "gpu": gpus_per_member})
     tuner = tune.Tuner(
-        trainable, param_space={"lr": tune.grid_search(member_lrs(config, settings.population))},
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric="dice", mode="max", scheduler=scheduler, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"pbt-{instance.split}-{instance.index}", storage_path=str(storage),
+        run_config=tune.RunConfig(name=f"{settings.algorithm}-{instance.split}-{instance.index}",
+                                  storage_path=str(storage),
                                   verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
                                   callbacks=[counter]))
     results = tuner.fit()
@@ -137,7 +155,7 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     winner.load_state_dict(saved["trainer"])  # chosen above on validation; its test split is read only now
     # the lineage's starting LR stands in for the instance's initial LR in the reports
     lineage = replace(instance, initial_lr=float(records[0]["lr"]))
-    result = EpisodeResult("pbt", lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"],
+    result = EpisodeResult(settings.algorithm, lineage, records, (dices[-1] - dices[0]) * env.reward_scale, saved["seconds"],
                            winner.test_dice(bool(records[-1]["diverged"])))
     return result, counter.steps * env.epochs_per_step
 

@@ -5,9 +5,9 @@ import json
 import math
 import shutil
 
+import by_hand
 import pytest
 
-import by_hand
 from rlsched import compare, train
 from rlsched.compare.plots import plot
 from rlsched.config import ConfigError, load_config
@@ -358,3 +358,42 @@ def test_an_unknown_baseline_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--preset", "fast", "--baselines", "adam-magic"])
     assert "unknown baseline(s) 'adam-magic'; choose from: range_test+onecycle" in capsys.readouterr().err
+
+
+def test_sampled_rollouts_are_averaged_per_instance_before_the_ci(agent, tmp_path):
+    """--sampled-rollouts K: K seeded rollouts of the agent's sampled actions per instance; each instance counts
+    once in the CI (mean of its rollouts), while divergences are counted over all K x n runs."""
+    assert compare.main(["--preset", "fast", *sets(COMPARE), "--agent", str(agent), "--schedules", "constant",
+                         "--sampled-rollouts", "3", "--tune-instances", "1", "--grid-per-decade", "1",
+                         "--no-robustness", "--workers", "1", "--runs-dir", str(tmp_path)]) == 0
+    (out,) = tmp_path.iterdir()
+    name = "learned-sb3 (sampled, mean of 3)"
+    row = main_rows(out)[name]
+    assert (row["n"], row["runs"]) == (str(INSTANCES), str(3 * INSTANCES))
+    episodes = [r for r in read_csv(out / "episodes.csv") if r["method"] == name and r["test_dice"] != ""]
+    tests = {}
+    for r in episodes:
+        tests.setdefault(int(r["instance"]), []).append(float(r["test_dice"]))
+    assert all(len(v) == 3 for v in tests.values())
+    per_instance = [sum(v) / 3 for _, v in sorted(tests.items())]
+    ci = by_hand.t_interval(per_instance)
+    assert float(row["test_dice_mean"]) == pytest.approx(ci[0])
+    assert float(row["test_dice_high"]) == pytest.approx(ci[2])
+
+
+def test_sampled_rollouts_are_reproducible_per_seed():
+    """The same rollout seed draws the same actions; another seed may not."""
+    from rlsched.env import UNetLREnv
+    from rlsched.harness import PolicyController, run_episode
+
+    class Sampler:
+        def predict(self, obs, deterministic=True):
+            import torch
+            return int(torch.randint(0, 5, ())), None
+
+    config = load_config("fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 3})
+    env = UNetLREnv(config=config)
+    instance = make_instances(config.env, "heldout")[0]
+    lrs = [[r["lr"] for r in run_episode(env, PolicyController(Sampler(), deterministic=False, seed=seed),
+                                         instance).records] for seed in (0, 0, 1)]
+    assert lrs[0] == lrs[1] and lrs[0] != lrs[2]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ ray = pytest.importorskip("ray")
 
 from rlsched import compare, train  # noqa: E402
 from rlsched.config import load_config  # noqa: E402
-from rlsched.policy import load_policy  # noqa: E402
-from rlsched.harness import PolicyController, run_episode  # noqa: E402
 from rlsched.env import UNetLREnv, make_instances  # noqa: E402
+from rlsched.harness import PolicyController, run_episode  # noqa: E402
+from rlsched.policy import load_policy  # noqa: E402
 from rlsched.runs import read_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -194,3 +195,37 @@ def test_pbt_needs_the_ray_backend_and_two_members():
         compare.Settings(pbt_population=2)
     with pytest.raises(ValueError, match="at least 2 members"):
         compare.Settings(backend="ray", pbt_population=1)
+
+
+def test_pb2_explores_log10_lr_inside_the_initial_range(config):
+    """PB2 beside PBT: the same members, checkpoints and accounting; its GP bandit picks log10 LR within the
+    preset's initial-LR range, and the winner is reported under "pb2"."""
+    pytest.importorskip("GPy")
+    from rlsched.pbt import PBTSettings, run_pbt
+
+    three = load_config("fast", {**TINY, "env.epochs": 3})
+    instance = make_instances(three.env, "heldout")[0]
+    (result,), trained = run_pbt(three, [instance], PBTSettings(population=2, algorithm="pb2"))
+    assert result.method == "pb2" and result.epochs == 3 and 0 <= result.test_dice <= 1
+    assert trained >= 2 * 3  # every member's every step, plus what exploits retrain (that depends on timing)
+    env = three.env
+    assert all(env.initial_lr_min * 0.999 <= r["lr"] <= env.initial_lr_max * 1.001 for r in result.records)
+
+
+def test_a_dead_ray_actor_is_replaced_and_its_job_retried(config):
+    """Kill an episode actor while it runs a job: the job runs again on a new actor and every job finishes."""
+    from rlsched.harness import Job
+    from rlsched.jobs import _iter_ray
+
+    instance = make_instances(config.env, "heldout")[0]
+    jobs = [Job(f"constant@{k}", "schedule", "constant", instance, base_lr=0.05) for k in range(4)]
+    stream = _iter_ray(config, jobs, 2, 0.0, 3)
+    first = next(stream)
+    # Ray titles an actor's process after its class: "ray::EpisodeWorker" (".run" while it runs a job)
+    actors = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+              and (p / "cmdline").exists() and (p / "cmdline").read_bytes().startswith(b"ray::EpisodeWorker")]
+    os.kill(actors[0], signal.SIGKILL)
+    with pytest.warns(UserWarning, match="retrying, attempt 2 of 3"):
+        rest = list(stream)
+    outcomes = dict([first, *rest])
+    assert sorted(outcomes) == [0, 1, 2, 3] and all(o.final_dice == outcomes[0].final_dice for o in outcomes.values())

@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="local: a process pool; ray: Ray actors, a cluster with --address (needs the ray extra)")
     p.add_argument("--address", default=None, help="ray: Ray cluster address (default: start a local Ray)")
+    p.add_argument("--pb2-population", type=int, default=0, metavar="K",
+                   help="ray: add PB2 (PBT whose explore step is a GP bandit over log10 LR; needs GPy, in the ray "
+                        "extra) with K members per held-out instance (default: off)")
     p.add_argument("--pbt-population", type=int, default=0, metavar="K",
                    help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)")
     p.add_argument("--num-gpus-per-worker", type=float, default=defaults.gpus_per_worker, metavar="G",
@@ -81,6 +84,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         "the tuning-free optimizers need the tuningfree extra, optuna the search extra)")
     p.add_argument("--optuna-epochs", type=int, default=None, metavar="N",
                    help="Optuna's budget of trained epochs (default: what the first --agent's PPO training spent)")
+    p.add_argument("--sampled-rollouts", type=int, default=0, metavar="K",
+                   help="also evaluate each agent on sampled actions: K seeded rollouts per instance, averaged "
+                        "per instance (default: off; the agent's own row uses its most likely action)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
@@ -154,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                             tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
                             robustness=() if args.no_robustness else tuple(args.robustness),
                             dice_target=args.dice_target, workers=args.workers, backend=args.backend,
-                            pbt_population=args.pbt_population, gpus_per_worker=args.num_gpus_per_worker,
-                            baselines=tuple(args.baselines), optuna_epochs=args.optuna_epochs)
+                            pbt_population=args.pbt_population, pb2_population=args.pb2_population, gpus_per_worker=args.num_gpus_per_worker,
+                            baselines=tuple(args.baselines), optuna_epochs=args.optuna_epochs,
+                            sampled_rollouts=args.sampled_rollouts)
         overrides = dict(parse_override(o) for o in args.set)
         policies = [load_policy(path) for path in args.agent]
         if args.preset is None and policies:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import Config
 from ..env import Instance
@@ -48,7 +48,7 @@ class Settings:
 
     seeds: int | None = None  # held-out instances to evaluate on; None = all of the preset's
     schedules: tuple[str, ...] = tuple(SCHEDULES)
-    tune_instances: int = 2  # train instances of the base-LR grid search
+    tune_instances: int = 4  # train instances of the base-LR grid search (one or two make a noisy choice)
     grid_per_decade: int = 2
     robustness: tuple[float, ...] = (0.01, 0.1, 10.0, 100.0)  # initial LR = factor x best tuned constant LR
     dice_target: float = 0.8
@@ -56,10 +56,14 @@ class Settings:
     backend: str = "local"  # where episodes run: local processes or Ray actors
     gpus_per_worker: float = 0.0  # ray: GPU share of each actor / PBT member (0: Ray assigns none)
     pbt_population: int = 0  # > 0: add PBT (Ray Tune) with this population per held-out instance
+    pb2_population: int = 0  # > 0: add PB2 (PBT with a GP-bandit explore) with this population
     baselines: tuple[str, ...] = ()  # BASELINES (or BASELINE_GROUPS) to add
     optuna_epochs: int | None = None  # Optuna's budget (None: what the first learned agent's training spent)
+    sampled_rollouts: int = 0  # > 0: also each agent's sampled actions, this many rollouts per instance, averaged
 
     def __post_init__(self) -> None:
+        if self.sampled_rollouts < 0:
+            raise ValueError(f"--sampled-rollouts {self.sampled_rollouts}: a number of rollouts is >= 0")
         object.__setattr__(self, "baselines", expand_baselines(self.baselines))
         if self.optuna_epochs is not None and self.optuna_epochs < 1:
             raise ValueError(f"--optuna-epochs {self.optuna_epochs}: the search needs a budget of >= 1 epoch")
@@ -77,15 +81,16 @@ class Settings:
             raise ValueError(f"--dice-target {self.dice_target}: a Dice target lies in (0, 1]")
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.pbt_population and self.backend != "ray":
-            raise ValueError("--pbt-population runs PBT on Ray Tune: add --backend ray")
+        if (self.pbt_population or self.pb2_population) and self.backend != "ray":
+            raise ValueError("--pbt-population / --pb2-population run on Ray Tune: add --backend ray")
         if not (math.isfinite(self.gpus_per_worker) and self.gpus_per_worker >= 0):
             raise ValueError(f"--num-gpus-per-worker {self.gpus_per_worker}: a GPU share is a number >= 0")
         if self.gpus_per_worker and self.backend != "ray":
             raise ValueError("--num-gpus-per-worker places Ray actors: add --backend ray "
                              "(local workers see every GPU)")
-        if self.pbt_population < 0 or self.pbt_population == 1:
-            raise ValueError(f"--pbt-population {self.pbt_population}: a population needs at least 2 members")
+        for flag, population in (("--pbt-population", self.pbt_population), ("--pb2-population", self.pb2_population)):
+            if population < 0 or population == 1:
+                raise ValueError(f"{flag} {population}: a population needs at least 2 members")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Method:
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
     accounting: str = "nothing"  # how epochs_before was counted, for the report
     needs: str = ""  # what it needed from the user (default: by kind, NEEDS)
+    rollouts: int = 1  # episodes per instance ("policy_sample": sampled rollouts, averaged per instance)
 
     def __post_init__(self) -> None:
         if not self.needs:
@@ -109,23 +115,26 @@ class Method:
     def robust(self) -> bool:
         """Whether a forced initial LR means anything to it: the range test picks its own LR, the tuning-free
         optimizers and the nnU-Net recipe have theirs (and the constant initial LR would repeat constant)."""
-        return self.kind not in ("range_test", "optimizer", "nnunet") and self.name != CONSTANT_INITIAL
+        return (self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample")
+                and self.name != CONSTANT_INITIAL)
 
     @property
     def learned(self) -> bool:
-        return self.kind == "policy"
+        return self.kind in ("policy", "policy_sample")
 
     @property
     def tuned(self) -> bool:
         return self.kind in ("schedule", SCRIPTED) and self.base_lr is not None
 
-    def job(self, config: Config, instance: Instance, initial_lr: float | None = None) -> Job:
-        """Robustness runs (``initial_lr`` set) start every method, base LRs included, from that LR; the
-        scripted rule keeps steering towards its tuned target from there."""
+    def jobs(self, config: Config, instance: Instance, initial_lr: float | None = None) -> list[Job]:
+        """Its episodes on ``instance`` (one, or one per sampled rollout). Robustness runs (``initial_lr`` set)
+        start every method, base LRs included, from that LR; the scripted rule keeps steering towards its tuned
+        target from there."""
         if self.kind in KINDS:
-            return method_job(config, self.kind, self.arg, self.name, instance, self.base_lr, initial_lr)
+            return [method_job(config, self.kind, self.arg, self.name, instance, self.base_lr, initial_lr)]
         base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
-        return Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr)
+        return [Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr, rollout=k)
+                for k in range(self.rollouts)]
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,13 @@ def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
         methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs,
                               accounting=f"PPO training of {policy.path} ({source})"))
     return methods
+
+
+def sampled_methods(agents: list[Method], rollouts: int) -> list[Method]:
+    """Each agent again, acting on sampled rather than most likely actions: ``rollouts`` seeded episodes per
+    instance, averaged per instance (the policy is stochastic; its argmax is one way to use it)."""
+    return [replace(m, name=f"{m.name} (sampled, mean of {rollouts})", kind="policy_sample", rollouts=rollouts)
+            for m in agents if rollouts and m.kind == "policy"]
 
 
 def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:

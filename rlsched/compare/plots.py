@@ -14,7 +14,7 @@ import numpy as np
 from ..runs import atomic_write_bytes
 from ..stats import mean_ci
 from .methods import Comparison, Method
-from .summary import by_method, dice_curve, lr_curve
+from .summary import by_method, dice_curve, lr_curve, per_instance
 
 # tab10 without its red and grey, which mark learned policies and baselines
 SCHEDULE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -102,19 +102,20 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     cfg = comparison.config.env
     runs = by_method(comparison.results)
     style = styles(comparison.methods)
-    test_means = {name: float(np.mean([r.test_dice for r in rs])) for name, rs in runs.items()}
+    test_means = {name: float(np.mean(per_instance(rs, lambda r: r.test_dice))) for name, rs in runs.items()}
     order = sorted(runs, key=lambda name: -test_means[name])
     learned = [m.name for m in comparison.methods if m.learned]
     epochs = np.arange(cfg.steps + 1) * cfg.epochs_per_step
     where = f"preset {comparison.config.name}, {len(comparison.instances)} held-out instances"
 
-    dices = {name: np.array([dice_curve(r, cfg.steps) for r in rs]) for name, rs in runs.items()}
+    dices = {name: per_instance(rs, lambda r: dice_curve(r, cfg.steps)) for name, rs in runs.items()}
     fig = _small_multiples(dices, epochs, order, learned, style, test_means, log=False, ylabel="validation Dice",
                            ylim=(0.0, 1.0), title=f"Validation Dice vs epoch — {where}",
                            target=comparison.settings.dice_target)
     _save(fig, out_dir / "dice_vs_epoch.png")
     # the LR of step k holds from epoch k-1 to k: repeat the last one so steps-post reaches the budget's end
-    lrs = {name: np.array([np.append(c, c[-1]) for c in (lr_curve(r, cfg.steps) for r in rs)])
+    # (a method's rollouts on one instance: their geometric mean)
+    lrs = {name: 10 ** per_instance(rs, lambda r: np.log10(np.append(c := lr_curve(r, cfg.steps), c[-1])))
            for name, rs in runs.items()}
     fig = _small_multiples(lrs, epochs, order, learned, style, test_means, log=True, ylabel="learning rate",
                            ylim=(cfg.lr_min, cfg.lr_max),
@@ -125,7 +126,7 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
     for y, name in enumerate(reversed(order)):  # best on top
-        s, values = style[name], np.array([r.test_dice for r in runs[name]])
+        s, values = style[name], per_instance(runs[name], lambda r: r.test_dice)
         ci = mean_ci(values)
         ax.errorbar(ci.mean, y, xerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="D", color=s["color"],
                     ms=8, capsize=4, lw=1.5, alpha=0.55, zorder=2)
@@ -191,9 +192,8 @@ def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dic
         if not math.isfinite(method.epochs_before):
             unknown.append(method.name)
             continue
-        tests = [r.test_dice for r in runs[method.name]]
-        ci = mean_ci(tests)
-        cost = method.epochs_before + len(tests) * cfg.epochs
+        ci = mean_ci(per_instance(runs[method.name], lambda r: r.test_dice))
+        cost = method.epochs_before + len(runs[method.name]) * cfg.epochs
         s = style[method.name]
         ax.errorbar(cost, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="o", color=s["color"],
                     ms=9 if method.learned else 6, capsize=3, lw=1.2)

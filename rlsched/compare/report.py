@@ -58,7 +58,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
             f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} "
             f"| {_ci(r, 'test_dice')} | {_ci(r, 'final_dice')} | {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} "
             f"| {_ci(r, 'epochs_to_target', 1)} "
-            f"({r['reached_target']}/{r['n']}) | {r['diverged']}/{r['n']}{_failed(r)} | {_ci(r, 'seconds', 2)} |")
+            f"({r['reached_target']}/{r['runs']}) | {r['diverged']}/{r['runs']}{_failed(r)} | {_ci(r, 'seconds', 2)} |")
     if comparison.robustness:
         factors = list(comparison.robustness)
         source, reference = tuning.reference

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -20,7 +21,8 @@ from ..journal import Journal
 from ..methods import NNUNET_LR, method_job
 from ..schedules import lr_grid
 from ..tuningfree import OPTIMIZERS
-from .methods import BASELINES, NEEDS, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods
+from .methods import (BASELINES, NEEDS, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods,
+                      sampled_methods)
 from .summary import run_metrics
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -112,24 +114,25 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
         train = make_instances(env, "train")[: settings.tune_instances]
         tuning = tune_base_lrs(config, settings.schedules, grid, train, run)
         bar.set_description("baselines")
-        methods = agents + baseline_methods(tuning) + extra_methods(config, settings, agents, train, journal)
+        methods = (agents + sampled_methods(agents, settings.sampled_rollouts) + baseline_methods(tuning)
+                   + extra_methods(config, settings, agents, train, journal))
         _, reference = tuning.reference
-        robust_lrs = {f: min(max(f * reference, env.lr_min), env.lr_max) for f in settings.robustness}
-        robust_methods = [m for m in methods if m.robust]
-        jobs = [m.job(config, i) for m in methods for i in instances]
-        jobs += [m.job(config, i, lr) for lr in robust_lrs.values() for m in robust_methods for i in instances]
+        robust_lrs = robustness_lrs(settings.robustness, reference, env.lr_min, env.lr_max)
+        jobs = [job for m in methods for i in instances for job in m.jobs(config, i)]
+        jobs += [job for lr in robust_lrs.values() for m in methods if m.robust for i in instances
+                 for job in m.jobs(config, i, lr)]
         bar.total = tuning_jobs + len(jobs)
         bar.set_description("evaluating on held-out instances")
-        results = run(jobs)
-    main, rest = results[: len(methods) * len(instances)], results[len(methods) * len(instances):]
-    chunk = len(robust_methods) * len(instances)
-    robustness = {f: (lr, _episodes(rest[k * chunk:(k + 1) * chunk])) for k, (f, lr) in enumerate(robust_lrs.items())}
-    main = _episodes(main)
+        outcomes = run(jobs)
+    main = _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr is None])
+    robustness = {f: (lr, _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr == lr]))
+                  for f, lr in robust_lrs.items()}
     methods = [_count_sweeps(m, main) if m.kind == "range_test" else m for m in methods]
-    if settings.pbt_population:
-        method, runs = pbt_runs(config, instances, settings.pbt_population, journal, settings.gpus_per_worker)
-        methods.append(method)
-        main += runs
+    for algorithm, population in (("pbt", settings.pbt_population), ("pb2", settings.pb2_population)):
+        if population:
+            method, runs = pbt_runs(config, instances, population, journal, settings.gpus_per_worker, algorithm)
+            methods.append(method)
+            main += runs
     seconds = time.perf_counter() - start
     return Comparison(config, settings, methods, tuning, instances, main, robustness, seconds, run.failures,
                       run.reused)
@@ -204,22 +207,38 @@ def _count_sweeps(method: Method, results: list[EpisodeResult]) -> Method:
                    accounting=f"an LR sweep before each of {len(sweeps)} runs ({per_run:.2f} epochs each)")
 
 
+def robustness_lrs(factors: tuple[float, ...], reference: float, lr_min: float, lr_max: float) -> dict[float, float]:
+    """factor -> the initial LR it forces (clipped to the env's range); a factor that clips to the LR of an earlier
+    one would only repeat its runs, so it is dropped with a warning."""
+    lrs: dict[float, float] = {}
+    for factor in factors:
+        lr = min(max(factor * reference, lr_min), lr_max)
+        if lr in lrs.values():
+            warnings.warn(f"robustness factor {factor:g} clips to LR {lr:g} like an earlier factor: skipped",
+                          stacklevel=2)
+            continue
+        lrs[factor] = lr
+    return lrs
+
+
 def _episodes(outcomes: list[Outcome]) -> list[EpisodeResult]:
     """The runs that finished; failures are kept apart (``Comparison.failures``) and reported."""
     return [o for o in outcomes if isinstance(o, EpisodeResult)]
 
 
 def pbt_runs(config: Config, instances: list[Instance], population: int, journal: Journal,
-             gpus_per_member: float = 0.0) -> tuple[Method, list[EpisodeResult]]:
+             gpus_per_member: float = 0.0, algorithm: str = "pbt") -> tuple[Method, list[EpisodeResult]]:
     """PBT on every held-out instance, journaled per instance; its compute is the population's epochs beyond
     one evaluation run."""
     from ..pbt import PBTSettings, run_pbt
 
     runs, total = [], 0
     for instance in instances:
-        key = json.dumps({"method": "pbt", "population": population, "instance": asdict(instance)}, sort_keys=True)
+        key = json.dumps({"method": algorithm, "population": population, "instance": asdict(instance)},
+                         sort_keys=True)
         if key not in journal:
-            (result,), epochs = run_pbt(config, [instance], PBTSettings(population=population), gpus_per_member)
+            settings = PBTSettings(population=population, algorithm=algorithm)
+            (result,), epochs = run_pbt(config, [instance], settings, gpus_per_member)
             journal.add(key, {"result": result.to_dict(), "epochs": epochs})
         entry = journal.get(key)
         runs.append(EpisodeResult.from_dict(entry["result"]))
@@ -228,4 +247,5 @@ def pbt_runs(config: Config, instances: list[Instance], population: int, journal
     accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
                   f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
                   "the best member by validation Dice reported (its test Dice in the tables)")
-    return Method("pbt", "pbt", str(population), epochs_before=float(total - own), accounting=accounting), runs
+    method = Method(algorithm, "pbt", str(population), epochs_before=float(total - own), accounting=accounting)
+    return method, runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,8 +54,23 @@ def by_method(results: list[EpisodeResult]) -> dict[str, list[EpisodeResult]]:
     return {name: sorted(runs, key=lambda r: r.instance.index) for name, runs in grouped.items()}
 
 
+def per_instance(results: list[EpisodeResult], value: Callable[[EpisodeResult], Any]) -> np.ndarray:
+    """``value`` of each run averaged over the runs of the same instance, in instance order: a method with several
+    sampled rollouts per instance counts each instance once in a CI (its rollouts are not independent samples)."""
+    groups: dict[int, list[Any]] = {}
+    for result in results:
+        groups.setdefault(result.instance.index, []).append(value(result))
+    return np.array([np.mean(values, axis=0) for _, values in sorted(groups.items())])
+
+
+def _mean_finite(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def summarize(comparison: Comparison) -> list[dict[str, Any]]:
-    """One row per method (and robustness factor): mean and 95% CI of each metric, counts and accounting."""
+    """One row per method (and robustness factor): mean and 95% CI over instances of each metric (a method's
+    rollouts on one instance averaged first), counts over runs, and accounting."""
     cfg, target = comparison.config.env, comparison.settings.dice_target
     failed = Counter((f.method, f.job.initial_lr) for f in comparison.failures)
     rows = []
@@ -65,12 +80,16 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
             if method.name not in runs:
                 continue
             metrics = [run_metrics(r, cfg.steps, target) for r in runs[method.name]]
+            by_instance: dict[int, list[dict[str, float]]] = {}
+            for result, m in zip(runs[method.name], metrics):
+                by_instance.setdefault(result.instance.index, []).append(m)
+            means = [{key: _mean_finite([m[key] for m in ms]) for key in METRICS} for ms in by_instance.values()]
             row: dict[str, Any] = {
                 "method": method.name, "factor": factor, "initial_lr": initial_lr,
                 "base_lr": method.base_lr if factor is None else initial_lr,
-                "epochs_before_eval": method.epochs_before, "n": len(metrics)}
+                "epochs_before_eval": method.epochs_before, "n": len(means), "runs": len(metrics)}
             for key in METRICS:
-                ci = mean_ci([m[key] for m in metrics if math.isfinite(m[key])])
+                ci = mean_ci([m[key] for m in means if math.isfinite(m[key])])
                 row.update({f"{key}_mean": ci.mean, f"{key}_low": ci.low, f"{key}_high": ci.high})
             row["reached_target"] = sum(math.isfinite(m["epochs_to_target"]) for m in metrics)
             row["diverged"] = int(sum(m["diverged"] for m in metrics))
@@ -92,7 +111,8 @@ def best_fixed(comparison: Comparison) -> str:
 def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
     """Each learned policy minus the best fixed schedule, test Dice on the instances both finished (a failed
     job removes its instance from that pair only)."""
-    runs = {name: {r.instance.index: r.test_dice for r in rs} for name, rs in by_method(comparison.results).items()}
+    runs = {name: dict(zip(sorted({r.instance.index for r in rs}), per_instance(rs, lambda r: r.test_dice)))
+            for name, rs in by_method(comparison.results).items()}
     best = runs.get(best_fixed(comparison), {})
     tests = {}
     for m in comparison.methods:
