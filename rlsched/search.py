@@ -146,6 +146,7 @@ def search(config: Config, budget_epochs: int, instances: int | Sequence[Instanc
             trial.set_user_attr("epochs", used)
         return float(np.mean(finals))
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would drown the caller's progress bar
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=pruner or optuna.pruners.MedianPruner())
     while budget_epochs - spent >= cfg.epochs_per_step:
