@@ -212,6 +212,29 @@ def test_pb2_explores_log10_lr_inside_the_initial_range(config):
     assert all(env.initial_lr_min * 0.999 <= r["lr"] <= env.initial_lr_max * 1.001 for r in result.records)
 
 
+def processes() -> dict[int, bytes]:
+    """pid -> command line of every process we can read."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+def ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        chain.append(pid)
+    return chain
+
+
 def test_a_dead_ray_actor_is_replaced_and_its_job_retried(config):
     """Kill an episode actor while it runs a job: the job runs again on a new actor and every job finishes."""
     from rlsched.harness import Job
@@ -221,9 +244,10 @@ def test_a_dead_ray_actor_is_replaced_and_its_job_retried(config):
     jobs = [Job(f"constant@{k}", "schedule", "constant", instance, base_lr=0.05) for k in range(4)]
     stream = _iter_ray(config, jobs, 2, 0.0, 3)
     first = next(stream)
-    # Ray titles an actor's process after its class: "ray::EpisodeWorker" (".run" while it runs a job)
-    actors = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-              and (p / "cmdline").exists() and (p / "cmdline").read_bytes().startswith(b"ray::EpisodeWorker")]
+    # Ray titles an actor's process after its class ("ray::EpisodeWorker"); ours descend from this process (the
+    # raylet is its child), where another Ray session on the machine has actors of the same name
+    actors = [pid for pid, command in processes().items()
+              if command.startswith(b"ray::EpisodeWorker") and os.getpid() in ancestors(pid)]
     os.kill(actors[0], signal.SIGKILL)
     with pytest.warns(UserWarning, match="retrying, attempt 2 of 3"):
         rest = list(stream)
