@@ -150,6 +150,9 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
     with best.checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
     records = saved["records"]
+    if records[-1]["epoch"] < env.epochs:  # Tune stops an experiment on Ctrl-C and returns what it has
+        raise KeyboardInterrupt(f"PBT on {instance.split} instance {instance.index} was stopped at epoch "
+                                f"{records[-1]['epoch']} of {env.epochs}")
     dices = [counted_dice(r) for r in records]
     winner = Trainer(config, make_dataset(config.data, instance.data_seed), instance.init_seed)
     winner.load_state_dict(saved["trainer"])  # chosen above on validation; its test split is read only now
