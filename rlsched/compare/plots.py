@@ -22,7 +22,8 @@ LEARNED_COLOURS = ("#d62728", "#111111", "#8b0000", "#6a3d9a")
 
 
 def styles(methods: list[Method]) -> dict[str, dict[str, Any]]:
-    """Learned policies bold red/black on top; schedules in distinct colours; baselines grey and dashed."""
+    """Learned policies bold red/black on top; schedules in distinct colours, practitioners' alternatives (range
+    test, tuning-free optimizers, recipes) in the same cycle, dash-dotted; baselines grey and dashed."""
     learned, fixed = itertools.cycle(LEARNED_COLOURS), itertools.cycle(SCHEDULE_COLOURS)
     out = {}
     for m in methods:
@@ -30,6 +31,8 @@ def styles(methods: list[Method]) -> dict[str, dict[str, Any]]:
             out[m.name] = {"color": next(learned), "lw": 3.0, "ls": "-"}
         elif m.tuned or m.kind == "pbt":
             out[m.name] = {"color": next(fixed), "lw": 1.8, "ls": "-"}
+        elif m.kind in ("range_test", "optimizer", "nnunet"):
+            out[m.name] = {"color": next(fixed), "lw": 1.8, "ls": "-."}
         else:
             out[m.name] = {"color": "#7f7f7f" if m.kind == "random" else "#444444", "lw": 1.8,
                            "ls": "--" if m.kind == "random" else ":"}
@@ -185,7 +188,8 @@ def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dic
     cfg = comparison.config.env
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    unknown = []
+    unknown: list[str] = []
+    same_cost: dict[float, int] = {}  # methods already drawn at a cost: the next one is nudged right to stay legible
     for method in comparison.methods:
         if method.name not in runs:
             continue
@@ -194,6 +198,9 @@ def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dic
             continue
         ci = mean_ci(per_instance(runs[method.name], lambda r: r.test_dice))
         cost = method.epochs_before + len(runs[method.name]) * cfg.epochs
+        nudge = same_cost.get(cost, 0)
+        same_cost[cost] = nudge + 1
+        cost *= 1.04 ** nudge
         s = style[method.name]
         ax.errorbar(cost, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt="o", color=s["color"],
                     ms=9 if method.learned else 6, capsize=3, lw=1.2)
@@ -201,6 +208,7 @@ def _cost_quality(comparison: Comparison, runs: dict[str, list[Any]], style: dic
                     color=s["color"], fontweight="bold" if method.name in learned else "normal")
     note = f"\n(cost unknown, not shown: {', '.join(unknown)})" if unknown else ""
     ax.set(xscale="log", ylim=(0, 1), xlabel="UNet epochs spent (before evaluation + the evaluation runs)",
-           ylabel="test Dice (mean, 95% CI)", title=f"Cost vs quality — {where}{note}")
+           ylabel="test Dice (mean, 95% CI)",
+           title=f"Cost vs quality — {where}{note}\n(methods of equal cost are nudged right, 4 % each)")
     ax.grid(alpha=0.3, which="both")
     return fig
