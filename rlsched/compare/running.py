@@ -244,7 +244,7 @@ def pbt_runs(config: Config, instances: list[Instance], population: int, journal
         runs.append(EpisodeResult.from_dict(entry["result"]))
         total += int(entry["epochs"])
     own = len(instances) * config.env.epochs
-    accounting = (f"PBT: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
+    accounting = (f"{algorithm.upper()}: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
                   f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
                   "the best member by validation Dice reported (its test Dice in the tables)")
     method = Method(algorithm, "pbt", str(population), epochs_before=float(total - own), accounting=accounting)
