@@ -8,7 +8,6 @@ processes or on Ray actors (``run_jobs``), each holding one env.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ import torch
 from .config import EnvConfig
 from .control import decode_lr
 from .env import Instance, UNetLREnv
+from .journal import journal_key
 from .policy import Predictor
 from .schedules import FixedSchedule
 from .trainer import counted_dice
@@ -214,4 +214,4 @@ class Job:
     @property
     def key(self) -> str:
         """The job's full description as one string: what a journal of finished jobs is keyed by."""
-        return json.dumps(asdict(self), sort_keys=True)
+        return journal_key(asdict(self))

@@ -27,6 +27,11 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def journal_key(description: dict[str, Any]) -> str:
+    """A job's full description as one string (keys sorted): equal descriptions, equal keys, across runs."""
+    return json.dumps(description, sort_keys=True)
+
+
 class Journal:
     """Finished jobs by key; ``path=None`` keeps them in memory only (nothing to resume)."""
 

@@ -100,7 +100,7 @@ class RecipeController:
         return self._follow.act(env, obs, info)
 
 
-def _recipe(kind: str, arg: str) -> tuple[str, float, Overrides]:
+def recipe(kind: str, arg: str) -> tuple[str, float, Overrides]:
     """Schedule, default base LR and required config overrides of an ``optimizer`` or ``nnunet`` job."""
     if kind == "nnunet":
         return NNUNET_SCHEDULE, NNUNET_LR, NNUNET
@@ -133,7 +133,7 @@ def method_job(config: Config, kind: str, arg: str, method: str, instance: Insta
         return Job(method, kind, arg, instance, initial_lr=initial_lr)
     if kind not in KINDS:
         raise ValueError(f"unknown method kind {kind!r}: use one of {', '.join(KINDS)}")
-    _, default_lr, needs = _recipe(kind, arg)
+    _, default_lr, needs = recipe(kind, arg)
     lr = default_lr if base_lr is None else base_lr
     overrides = needs + _lr_range(config.env, lr)
     with_overrides(config, overrides)  # a missing package or a bad value fails now, not in a worker
@@ -144,5 +144,5 @@ def method_controller(job: Job) -> Controller:
     """The controller of a job whose kind is in ``KINDS`` (``jobs.make_controller`` comes here)."""
     if job.kind == "range_test":
         return RangeTestController(job.arg, name=job.method)
-    schedule, default_lr, needs = _recipe(job.kind, job.arg)
+    schedule, default_lr, needs = recipe(job.kind, job.arg)
     return RecipeController(schedule, default_lr if job.base_lr is None else job.base_lr, needs, job.method)

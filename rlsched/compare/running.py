@@ -3,7 +3,6 @@ held-out (and robustness) instances through the harness."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -17,10 +16,9 @@ from ..config import Config, ConfigError
 from ..env import Instance, make_instances
 from ..harness import EpisodeResult, Job
 from ..jobs import JobFailure, Outcome, run_journaled
-from ..journal import Journal
-from ..methods import NNUNET_LR, method_job
+from ..journal import Journal, journal_key
+from ..methods import method_job, recipe
 from ..schedules import lr_grid
-from ..tuningfree import OPTIMIZERS
 from .methods import (BASELINES, NEEDS, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods,
                       sampled_methods)
 from .summary import run_metrics
@@ -164,12 +162,11 @@ def extra_methods(config: Config, settings: Settings, agents: list[Method], trai
             methods.append(optuna_method(config, settings, agents, train, journal))
         elif kind == "range_test":
             methods.append(Method(name, kind, arg, accounting="the LR sweep in front of each run (counted below)"))
-        elif kind == "optimizer":
-            methods.append(Method(name, kind, arg, OPTIMIZERS[arg].lr, accounting=f"nothing: {arg} at its "
-                                  "recommended LR, constant"))
         else:
-            methods.append(Method(name, kind, arg, NNUNET_LR, accounting="nothing: nnU-Net's recipe (SGD, Nesterov "
-                                  "0.99, poly 0.9 from 1e-2)"))
+            schedule, lr, _ = recipe(kind, arg)
+            source = (f"{arg} at its recommended LR, {schedule}" if kind == "optimizer"
+                      else f"nnU-Net's recipe (SGD, Nesterov 0.99, {schedule} 0.9 from {lr:g})")
+            methods.append(Method(name, kind, arg, lr, accounting=f"nothing: {source}"))
     return methods
 
 
@@ -187,8 +184,7 @@ def optuna_method(config: Config, settings: Settings, agents: list[Method], trai
             raise ConfigError("--baselines optuna: give its budget with --optuna-epochs N (no learned agent whose "
                               "training epochs are known to match)")
         budget = int(spent[0])
-    key = json.dumps({"method": "optuna", "budget": budget, "instances": [asdict(i) for i in train]},
-                     sort_keys=True)
+    key = journal_key({"method": "optuna", "budget": budget, "instances": [asdict(i) for i in train]})
     if key not in journal:
         found = search(config, budget, instances=train, seed=0)
         journal.add(key, {"schedule": found.schedule, "base_lr": found.base_lr, "epochs": found.epochs_spent,
@@ -234,8 +230,7 @@ def pbt_runs(config: Config, instances: list[Instance], population: int, journal
 
     runs, total = [], 0
     for instance in instances:
-        key = json.dumps({"method": algorithm, "population": population, "instance": asdict(instance)},
-                         sort_keys=True)
+        key = journal_key({"method": algorithm, "population": population, "instance": asdict(instance)})
         if key not in journal:
             settings = PBTSettings(population=population, algorithm=algorithm)
             (result,), epochs = run_pbt(config, [instance], settings, gpus_per_member)
