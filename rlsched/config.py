@@ -183,6 +183,9 @@ class EnvConfig:
     max_log10_change: float = 0.301  # continuous: action 1 multiplies the LR by 10**this (2x)
     grid_points: int = 11  # absolute: action i sets the i-th of this many log-spaced LRs in [lr_min, lr_max]
     history: int = 2  # past (dice, log LR) pairs in the observation
+    # the relative weight change over one slice that the observation's suggested LR aims at (control.suggested_lr);
+    # 0.1 is where constant LRs train best on the demo tasks, for SGD and Adam alike
+    target_update_ratio: float = 0.1
     reward_scale: float = 10.0
     train_instances: int = 64
     heldout_instances: int = 16
@@ -205,6 +208,7 @@ class EnvConfig:
         _require(self.max_log10_change > 0, "[env] max_log10_change must be > 0")
         _require(self.grid_points >= 2, "[env] grid_points must be >= 2 (absolute actions need a choice)")
         _require(self.history >= 0, "[env] history must be >= 0")
+        _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")
         _require(self.train_instances >= 1 and self.heldout_instances >= 1,
                  "[env] train_instances and heldout_instances must be >= 1")
         _require(self.torch_threads >= 0, "[env] torch_threads must be >= 0 (0 = torch's default)")

@@ -29,6 +29,8 @@ OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset: see first_step)"),
     ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (0 at reset: see first_step)"),
     ("first_step", 0.0, 1.0, "1 before the first slice (no gradient or update measured yet), else 0"),
+    ("log_lr_suggested", -1.0, 1.0, "the LR the first slice's update size suggests (see suggested_lr), scaled "
+                                    "like log_lr; the current LR before the first slice"),
 )
 HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
 
@@ -38,6 +40,11 @@ def _bounds(history: int) -> tuple[np.ndarray, np.ndarray]:
     lows = [f[1] for f in OBS_FEATURES] + [h[1] for _ in range(history) for h in HISTORY_FEATURES]
     highs = [f[2] for f in OBS_FEATURES] + [h[2] for _ in range(history) for h in HISTORY_FEATURES]
     return np.array(lows, np.float32), np.array(highs, np.float32)
+
+
+def feature_index(name: str) -> int:
+    """Where feature ``name`` of ``OBS_FEATURES`` sits in an observation (rules that read raw observations)."""
+    return [f[0] for f in OBS_FEATURES].index(name)
 
 
 def observation_space(env: EnvConfig) -> spaces.Box:
@@ -91,8 +98,23 @@ def _log10_or_zero(x: float) -> float:
     return _ln(x) / math.log(10) if x != 0 else 0.0
 
 
+def suggested_lr(env: EnvConfig, first: Dynamics) -> float:
+    """The LR that would have moved the weights by ``env.target_update_ratio`` of their norm over the first slice,
+    extrapolated linearly from the update it made at its LR: ``lr * target / update_ratio``.
+
+    Why: the relative weight change of a slice measures how hard an LR pushes *this* model with *this*
+    optimizer (SGD's steps scale with the gradient, Adam's do not; small batches take more steps per epoch), so
+    it turns one slice at any sane LR into an instance-specific LR scale, where a tuned constant carries one
+    scale for every run. Measured once, on the first slice: later updates shrink as training converges.
+    A slice that moved nothing (or blew up) suggests nothing: the current LR is kept.
+    """
+    if not (math.isfinite(first.update_ratio) and first.update_ratio > 0):
+        return clip_lr(env, first.lr)
+    return clip_lr(env, first.lr * env.target_update_ratio / first.update_ratio)
+
+
 def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics,
-                      history: list[tuple[float, float]]) -> np.ndarray:
+                      history: list[tuple[float, float]], suggested: float | None = None) -> np.ndarray:
     """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
     low, high = _bounds(env.history)
 
@@ -108,6 +130,7 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
         _log10_or_zero(now.grad_norm) if step else 0.0,
         _log10_or_zero(now.update_ratio) if step else 0.0,
         0.0 if step else 1.0,
+        encode_lr(env, suggested if suggested is not None else now.lr),
     ]
     padded = history[-env.history:] if env.history else []
     padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
@@ -156,11 +179,14 @@ class ControlState:
         self.step = 0
         self.now = self.before = start
         self.history: list[tuple[float, float]] = []
+        self.suggested: float | None = None  # set by the first slice (``suggested_lr``)
 
     def advance(self, now: Dynamics) -> None:
         self.history.append((self.now.dice, self.now.lr))
         self.before, self.now = self.now, now
         self.step += 1
+        if self.step == 1:
+            self.suggested = suggested_lr(self.env, now)
 
     def observation(self) -> np.ndarray:
-        return build_observation(self.env, self.step, self.now, self.before, self.history)
+        return build_observation(self.env, self.step, self.now, self.before, self.history, self.suggested)

@@ -76,7 +76,8 @@ class UNetLREnv(gym.Env):
     | 8 | log_grad_norm | [-8, 8] | log10 mean gradient norm (before clipping) of the last slice; 0 at reset |
     | 9 | log_update_ratio | [-8, 2] | log10 of ||w_end - w_start|| / ||w_start|| over the last slice; 0 at reset |
     | 10 | first_step | {0, 1} | 1 at reset, where features 8 and 9 have not been measured yet |
-    | 11+2k, 12+2k | dice_lag{k+1}, log_lr_lag{k+1} | as above | the previous ``env.history`` steps |
+    | 11 | log_lr_suggested | [-1, 1] | scaled like log_lr: the LR that would have changed the weights by ``env.target_update_ratio`` of their norm over the first slice (``lr * target / update_ratio`` of that slice); the current LR before it |
+    | 12+2k, 13+2k | dice_lag{k+1}, log_lr_lag{k+1} | as above | the previous ``env.history`` steps |
 
     Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
     ``info``: ``lr``, ``epoch``, ``train_loss``, ``val_loss``, ``dice`` (per class), ``dice_mean``, ``iou``,

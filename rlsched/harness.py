@@ -16,12 +16,17 @@ import numpy as np
 import torch
 
 from .config import EnvConfig
-from .control import decode_lr
+from .control import absolute_lrs, decode_lr, feature_index
 from .env import Instance, UNetLREnv
 from .journal import journal_key
 from .policy import Predictor
 from .schedules import FixedSchedule
 from .trainer import counted_dice
+
+LOG_LR, FIRST_STEP, SUGGESTED = (feature_index(n) for n in ("log_lr", "first_step", "log_lr_suggested"))
+# the scripted rules, run as Job kind "scripted" with one of these as arg: steer to a tuned target LR, or probe
+# one slice at the tuned LR and then steer to the suggested LR
+SCRIPTED_RULES = ("scripted", "suggested")
 
 
 class Controller(Protocol):
@@ -78,40 +83,57 @@ class ScheduleController:
 
 @dataclass(frozen=True)
 class ScriptedRule:
-    """Steer the LR towards ``target``: the factor that brings log LR closest to log target, ties to the smaller
-    change. From below it climbs by the largest factor until the next step would overshoot, then holds; from
-    above it descends the same way. With relative actions, it is a constant LR at ``target`` reached as fast
-    as the factors allow: the floor a learned controller must clear (and a teacher to clone)."""
+    """Steer the LR towards ``target`` as fast as the actions allow, then hold it: the floor a learned
+    controller must clear with the same actions, and a teacher to clone.
+
+    Relative (discrete) actions: the factor that brings log LR closest to log target, ties to the smaller
+    change; from below it climbs by the largest factor until the next step would overshoot, then holds.
+    Absolute actions: the grid LR closest to the target, at once. With ``follow_suggestion`` the target is the
+    observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target``
+    is only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
+    """
 
     env: EnvConfig
     target: float
+    follow_suggestion: bool = False
 
     def __post_init__(self) -> None:
-        if self.env.action != "discrete" or 1.0 not in self.env.factors:
-            raise ValueError("the scripted rule needs env.action = 'discrete' with a factor of 1.0 among "
-                             f"env.factors (got action={self.env.action!r}, factors={self.env.factors})")
+        if self.env.action == "continuous" or (self.env.action == "discrete" and 1.0 not in self.env.factors):
+            raise ValueError("the scripted rule needs env.action = 'absolute', or 'discrete' with a factor of 1.0 "
+                             f"among env.factors (got action={self.env.action!r}, factors={self.env.factors})")
 
-    def action(self, lr: float) -> int:
-        gaps = [(abs(math.log(lr * f / self.target)), abs(math.log(f))) for f in self.env.factors]
+    def action(self, lr: float, target: float | None = None) -> int:
+        """The action from LR ``lr`` towards ``target`` (default: the rule's own)."""
+        target = self.target if target is None else target
+        if self.env.action == "absolute":
+            return int(np.argmin(np.abs(np.log(absolute_lrs(self.env) / target))))
+        gaps = [(abs(math.log(lr * f / target)), abs(math.log(f))) for f in self.env.factors]
         return min(range(len(gaps)), key=gaps.__getitem__)
 
     def actions(self, raw_obs: np.ndarray) -> np.ndarray:
-        """One action per row of raw (unnormalised) observations, from their log-LR feature."""
-        return np.array([self.action(decode_lr(self.env, float(row[0]))) for row in np.atleast_2d(raw_obs)])
+        """One action per row of raw (unnormalised) observations, from their LR features."""
+        return np.array([self.action(decode_lr(self.env, float(row[LOG_LR])), self._target(row))
+                         for row in np.atleast_2d(raw_obs)])
+
+    def _target(self, row: np.ndarray) -> float:
+        if self.follow_suggestion and row[FIRST_STEP] < 0.5:
+            return decode_lr(self.env, float(row[SUGGESTED]))
+        return self.target
 
 
 @dataclass
 class ScriptedController:
-    """The scripted rule as a controller: the floor a learned controller must clear with the same actions."""
+    """A scripted rule as a controller (``follow_suggestion``: the suggested-LR rule)."""
 
     target: float
     name: str = "scripted"
+    follow_suggestion: bool = False
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
-        self._rule = ScriptedRule(env.config.env, self.target)
+        self._rule = ScriptedRule(env.config.env, self.target, self.follow_suggestion)
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
-        return self._rule.action(info["lr"])
+        return int(self._rule.actions(obs)[0])
 
 
 @dataclass

@@ -119,7 +119,7 @@ class RLScheduler:
         state = self._state
         return {"ratios": self._ratios, "step": state.step if state else 0,
                 "now": vars(state.now) if state else None, "before": vars(state.before) if state else None,
-                "history": list(state.history) if state else []}
+                "history": list(state.history) if state else [], "suggested": state.suggested if state else None}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self._ratios = saved["ratios"]
@@ -129,3 +129,4 @@ class RLScheduler:
         self._state = ControlState(self.env, Dynamics(**saved["before"]))
         self._state.now = Dynamics(**saved["now"])
         self._state.step, self._state.history = saved["step"], [tuple(h) for h in saved["history"]]
+        self._state.suggested = saved.get("suggested")

@@ -26,6 +26,7 @@ from .agents.sb3 import PPOSettings
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
 from .data import check_dataset
 from .dataset import DatasetError
+from .harness import SCRIPTED_RULES
 from .runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 
 ALGOS = ("sb3", "reference")
@@ -57,9 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-range", type=float, default=defaults.clip_range)
     p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
     p.add_argument("--bc-episodes", type=int, default=0,
-                   help="sb3: first clone the scripted rule (--teacher-lr) from this many episodes per env")
+                   help="sb3: first clone a scripted rule (--teacher) from this many episodes per env")
+    p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SCRIPTED_RULES[0],
+                   help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
+                        "slice at --teacher-lr, then steer towards the LR its update size suggests)")
     p.add_argument("--teacher-lr", type=float, default=None,
-                   help="scripted rule: steer the LR towards this value as fast as the factors allow "
+                   help="the rule's target (scripted) or first-slice LR (suggested) "
                         "(default: grid-searched on --teacher-search-instances train instances)")
     p.add_argument("--teacher-search-instances", type=int, default=2,
                    help="train instances of the teacher's target-LR search (its epochs count as training)")
@@ -250,11 +254,12 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
 
     target = args.teacher_lr
     if target is None:
-        target, searched = search_target(config, args.teacher_search_instances, args.n_envs)
+        target, searched = search_target(config, args.teacher_search_instances, args.n_envs, args.teacher)
         append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
         print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
-    stats = behaviour_clone(model, ScriptedRule(config.env, target), args.bc_episodes)
-    print(f"behaviour cloning of the scripted rule (towards LR {target:g}): "
+    rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SCRIPTED_RULES[1])
+    stats = behaviour_clone(model, rule, args.bc_episodes)
+    print(f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
           f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
 
 

@@ -15,7 +15,8 @@ from rlsched.config import EnvConfig
 from gymnasium import spaces
 
 from rlsched.control import (ControlState, Dynamics, action_space, build_observation, clip_lr, decode_lr,
-                             encode_lr, next_lr, observation_names, observation_space)
+                             encode_lr, feature_index, next_lr, observation_names, observation_space,
+                             suggested_lr)
 from rlsched.scheduler import RLScheduler
 
 ENV = EnvConfig(epochs=12, lr_min=1e-4, lr_max=1.0, history=2)
@@ -23,6 +24,7 @@ STEP = 3
 NOW = Dynamics(lr=1e-3, train_loss=0.5, val_loss=0.8, dice=0.7, grad_norm=100.0, update_ratio=1e-3)
 BEFORE = Dynamics(lr=2e-3, train_loss=0.6, val_loss=0.7, dice=0.6, grad_norm=10.0, update_ratio=1e-2)
 HISTORY = [(0.5, 1.0), (0.6, 1e-4)]  # (dice, lr) of earlier steps, oldest first
+SUGGESTED = 3e-2  # the LR the first slice suggested
 
 
 def scaled(lr: float) -> float:
@@ -44,6 +46,7 @@ FEATURES = [
     ("log_grad_norm", -8.0, 8.0, 2.0),
     ("log_update_ratio", -8.0, 2.0, -3.0),
     ("first_step", 0.0, 1.0, 0.0),
+    ("log_lr_suggested", -1.0, 1.0, scaled(SUGGESTED)),
     ("dice_lag1", 0.0, 1.0, 0.6),  # the newest history entry comes first
     ("log_lr_lag1", -1.0, 1.0, -1.0),
     ("dice_lag2", 0.0, 1.0, 0.5),
@@ -66,7 +69,7 @@ def test_names_and_bounds_follow_the_feature_table():
 
 
 def test_each_feature_sits_at_its_index_with_its_value():
-    obs = build_observation(ENV, STEP, NOW, BEFORE, HISTORY)
+    obs = build_observation(ENV, STEP, NOW, BEFORE, HISTORY, SUGGESTED)
     assert obs.dtype == np.float32 and obs.shape == (len(FEATURES),)
     for i, (name, _, _, value) in enumerate(FEATURES):
         assert obs[i] == pytest.approx(value, abs=1e-6), name
@@ -185,3 +188,20 @@ def test_action_space_follows_the_action_mode():
 
 def test_clip_lr_keeps_the_lr_within_its_bounds():
     assert [clip_lr(ENV, lr) for lr in (1e-6, 0.01, 5.0)] == [1e-4, 0.01, 1.0]
+
+
+def test_the_first_slice_suggests_the_lr_that_would_have_moved_the_weights_by_the_target_ratio():
+    """lr * target / measured ratio, measured once: later (smaller) updates must not drag the suggestion up."""
+    env = EnvConfig(epochs=12, lr_min=1e-5, lr_max=1.0, target_update_ratio=0.1)
+    start = Dynamics(lr=1e-3, train_loss=1.0, val_loss=1.0, dice=0.2, grad_norm=0.0, update_ratio=0.0)
+    state = ControlState(env, start)
+    at = feature_index("log_lr_suggested")
+    assert state.observation()[at] == pytest.approx(encode_lr(env, 1e-3))  # nothing measured: the current LR
+    state.advance(Dynamics(1e-3, 0.9, 0.9, 0.3, 1.0, update_ratio=0.02))
+    assert state.suggested == pytest.approx(5e-3)
+    assert state.observation()[at] == pytest.approx(encode_lr(env, 5e-3), abs=1e-6)
+    state.advance(Dynamics(5e-3, 0.5, 0.5, 0.6, 1.0, update_ratio=0.001))
+    assert state.suggested == pytest.approx(5e-3)
+    assert suggested_lr(env, Dynamics(0.5, 1, 1, 0, 1, update_ratio=1e-4)) == 1.0  # clipped to lr_max
+    for moved_nothing_or_blew_up in (0.0, math.nan, math.inf):
+        assert suggested_lr(env, Dynamics(2e-3, 1, 1, 0, 1, moved_nothing_or_blew_up)) == 2e-3

@@ -9,7 +9,7 @@ from rlsched.agents.sb3 import PPOSettings, build_ppo, make_vec
 from rlsched.agents.teacher import behaviour_clone, search_target
 from rlsched.compare.running import search_grid
 from rlsched.config import load_config
-from rlsched.control import encode_lr
+from rlsched.control import absolute_lrs, encode_lr, feature_index, observation_names
 from rlsched.env import UNetLREnv
 from rlsched.harness import ScriptedController, ScriptedRule, run_episode
 
@@ -28,7 +28,36 @@ def test_rule_steers_towards_its_target_without_overshooting():
     raw[:, 0] = [encode_lr(env, 0.001), encode_lr(env, 0.3)]  # the rule reads the LR back from the log_lr feature
     assert rule.actions(raw).tolist() == [4, 0]
     with pytest.raises(ValueError, match="factor of 1.0"):
-        ScriptedRule(load_config("fast", {"env.action": "absolute"}).env, 0.05)
+        ScriptedRule(load_config("fast", {"env.action": "continuous"}).env, 0.05)
+
+
+def test_with_absolute_actions_the_rule_jumps_to_the_grid_lr_nearest_its_target():
+    env = load_config("fast", {"env.action": "absolute", "env.grid_points": 21}).env  # quarter decades, 1e-5..1
+    rule = ScriptedRule(env, target=0.05)
+    grid = absolute_lrs(env)
+    assert grid[rule.action(1e-4)] == pytest.approx(10 ** -1.25) == pytest.approx(grid[rule.action(0.9)])
+
+
+def test_the_suggestion_rule_probes_at_its_target_then_follows_the_suggested_lr():
+    env = load_config("fast", {"env.action": "absolute", "env.grid_points": 21}).env
+    rule = ScriptedRule(env, target=0.01, follow_suggestion=True)
+    raw = np.zeros((2, len(observation_names(env))), np.float32)
+    raw[:, feature_index("log_lr")] = encode_lr(env, 0.01)
+    raw[:, feature_index("log_lr_suggested")] = encode_lr(env, 1e-3)
+    raw[0, feature_index("first_step")] = 1.0  # before the first slice nothing is suggested yet: probe at 0.01
+    grid = absolute_lrs(env)
+    assert grid[rule.actions(raw)].tolist() == pytest.approx([1e-2, 1e-3])
+
+
+def test_the_suggestion_controller_trains_at_the_lr_the_first_slice_suggests():
+    config = load_config("fast", {**TINY, "env.action": "absolute", "env.grid_points": 21})
+    env = UNetLREnv(config=config)
+    episode = run_episode(env, ScriptedController(0.01, follow_suggestion=True), env.instances["heldout"][0])
+    lrs = [r["lr"] for r in episode.records[1:]]
+    first = episode.records[1]
+    suggested = first["lr"] * config.env.target_update_ratio / first["update_ratio"]
+    nearest = absolute_lrs(config.env)[np.argmin(np.abs(np.log(absolute_lrs(config.env) / suggested)))]
+    assert lrs[0] == pytest.approx(1e-2) and lrs[1:] == pytest.approx([nearest] * (len(lrs) - 1))
 
 
 def test_scripted_controller_climbs_to_the_target_then_holds():

@@ -1,7 +1,7 @@
-"""A behaviour-cloning warm start of the SB3 policy from the scripted LR rule (``harness.ScriptedRule``).
+"""A behaviour-cloning warm start of the SB3 policy from a scripted LR rule (``harness.ScriptedRule``).
 
-The rule is the simplest controller that works on SGD presets: steer the LR towards a target as fast as the
-factors allow, then hold it. PPO from a uniform policy needs many episodes to find it (reaching the good
+The rules are the simplest controllers that work: steer the LR towards a target as fast as the actions allow,
+then hold it (the target: a tuned LR, or the LR the first slice's update size suggests). PPO from a uniform policy needs many episodes to find it (reaching the good
 LR region from the bottom of the range takes several large steps in a row, each first rewarded negatively by the
 Dice dip); cloning it first costs a few episodes and leaves PPO to refine it.
 """
@@ -66,11 +66,11 @@ def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epoch
     return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss.detach())}
 
 
-def search_target(config: Config, instances: int, workers: int) -> tuple[float, list[EpisodeResult]]:
-    """The rule's target LR, grid-searched on the first ``instances`` *train* instances like a fixed
+def search_target(config: Config, instances: int, workers: int, rule: str = "scripted"
+                  ) -> tuple[float, list[EpisodeResult]]:
+    """The target LR of scripted rule ``rule`` (``harness.SCRIPTED_RULES``), grid-searched on the first ``instances`` *train* instances like a fixed
     schedule's base LR in ``rlsched.compare`` (one point per decade of the initial-LR range); returns the
     target and the episodes it cost."""
-    from ..compare.methods import SCRIPTED
     from ..compare.running import search_grid, tune_base_lrs
     from ..harness import Job
     from ..jobs import episodes, run_jobs
@@ -82,5 +82,5 @@ def search_target(config: Config, instances: int, workers: int) -> tuple[float, 
         return spent[-len(jobs):]
 
     train = make_instances(config.env, "train")[:instances]
-    tuning = tune_base_lrs(config, (SCRIPTED,), search_grid(config, 1), train, run)
-    return tuning.base_lrs[SCRIPTED], spent
+    tuning = tune_base_lrs(config, (rule,), search_grid(config, 1), train, run)
+    return tuning.base_lrs[rule], spent

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import Config
 from ..env import Instance
-from ..harness import EpisodeResult, Job
+from ..harness import SCRIPTED_RULES, EpisodeResult, Job
 from ..jobs import BACKENDS, JobFailure
 from ..methods import KINDS, method_job
 from ..policy import LoadedPolicy, check_compatible
@@ -18,8 +18,8 @@ from ..schedules import SCHEDULES
 from ..tuningfree import OPTIMIZERS
 
 CONSTANT_INITIAL = "constant (initial LR)"
-SCRIPTED = "scripted"  # the scripted rule (harness.ScriptedRule), its target LR tuned like a base LR
-TUNABLE = (*SCHEDULES, SCRIPTED)
+SCRIPTED = "scripted"  # Job kind of the scripted rules (harness.ScriptedRule), their target LR tuned like a base LR
+TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
 # what a practitioner runs instead of a learned schedule (rlsched.methods, rlsched.search): name -> (kind, arg)
 BASELINES = {"range_test+onecycle": ("range_test", "onecycle"), "range_test+cosine": ("range_test", "cosine"),
@@ -224,7 +224,7 @@ def baseline_methods(tuning: Tuning) -> list[Method]:
     """Tuned fixed schedules, the constant initial-LR baseline and the random policy."""
     search = (f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
               f"{tuning.epochs} epochs")
-    tuned = [Method(name, SCRIPTED if name == SCRIPTED else "schedule", name, lr, tuning.epochs_per_schedule,
+    tuned = [Method(name, SCRIPTED if name in SCRIPTED_RULES else "schedule", name, lr, tuning.epochs_per_schedule,
                     search) for name, lr in tuning.base_lrs.items()]
     return tuned + [Method(CONSTANT_INITIAL, "schedule", "constant"), Method("random", "random", "0")]
 
