@@ -113,11 +113,11 @@ class UNetLREnv(gym.Env):
     ## Starting State
     ``reset(seed=...)`` draws an instance from the train set (data seed, init seed, initial LR log-uniform in
     ``[initial_lr_min, initial_lr_max]``), builds a fresh network and optimizer, and validates once to get the
-    initial Dice. In a preset with a ``[family]`` table each instance also carries a variant, one option per axis
-    (optimizer, batch size, UNet width, data, task, ...), and trains under the preset with its variant applied
-    (``instance_config``; the env's ``pinned`` overrides, a method's own, apply last). Spaces and budget are shared:
-    a family sets no ``[env]`` key. ``reset(options={"split": "heldout", "instance": k})`` picks held-out instance ``k`` exactly;
-    ``options={"lr": x}`` overrides the initial LR.
+    initial Dice. ``reset(options={"split": "heldout", "instance": k})`` picks held-out instance ``k`` exactly;
+    ``options={"lr": x}`` overrides the initial LR. In a preset with a ``[family]`` table each instance also carries
+    a variant, one option per axis (optimizer, batch size, UNet width, data, task, ...), and trains under the preset
+    with its variant applied (``instance_config``; the env's ``pinned`` overrides, a method's own, apply last). The
+    spaces and the budget are shared: a family sets no ``[env]`` key.
 
     ## Episode End
     ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
@@ -129,7 +129,8 @@ class UNetLREnv(gym.Env):
 
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
-    are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``).
+    are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``). ``pinned`` (``(("optim.name",
+    '"sgd"'), ...)``) is applied after each instance's variant: how ``rlsched.jobs`` makes a method's overrides win.
     ``rlsched/UNetLR-fast-v0`` is the same with ``preset="fast"`` and needs no arguments.
 
     ## Version History
@@ -143,7 +144,7 @@ class UNetLREnv(gym.Env):
         self.config = config if config is not None else load_config(preset, overrides)
         if config is not None and (preset is not None or overrides):
             raise ValueError("pass either config=... or preset/overrides, not both")
-        self.pinned = pinned  # applied after each instance's variant (instance_config): a method's overrides win
+        self.pinned = tuple((str(k), str(v)) for k, v in pinned)  # applied after each instance's variant (instance_config): a method's overrides win
         cfg = self.config.env
         self.action_space: spaces.Space = action_space(cfg)
         self.observation_space = observation_space(cfg)
