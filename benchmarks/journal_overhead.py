@@ -30,7 +30,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for preset in args.presets:
         config = load_config(preset)
-        instance = make_instances(config.env, "heldout")[0]
+        instance = make_instances(config, "heldout")[0]
         job = Job("constant", "schedule", "constant", instance, base_lr=0.03)
         start = time.perf_counter()
         (result,) = episodes(run_jobs(config, [job]))

@@ -1,6 +1,7 @@
 """How much does the LR matter on each preset? Final validation Dice across a grid of constant LRs.
 
     python benchmarks/lr_sensitivity.py [--presets fast demo] [--instances 4] [--workers 2] [--journal DIR]
+                                        [--per-instance]
 
 With ``--journal DIR`` every finished episode is kept in ``DIR/<preset>.jsonl``: the same command run again
 (after Ctrl-C, a kill or a reboot) runs only the missing episodes.
@@ -8,23 +9,61 @@ With ``--journal DIR`` every finished episode is kept in ``DIR/<preset>.jsonl``:
 Each constant LR runs the full epoch budget on the same held-out instances (same data and initial weights).
 The spread between the best and the worst LR inside the preset's initial-LR range is the room a controller
 has; a preset where every LR ends at the same Dice cannot show that a schedule matters.
+
+``--per-instance`` adds each instance's best constant LR on the grid (and its variant, in a ``[family]`` preset)
+and how many decades the best LRs span: where they differ by a decade or more, one tuned constant cannot fit
+every instance and an adaptive controller has room to pay.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from rlsched.config import available_presets, config_to_toml, load_config
-from rlsched.env import make_instances
-from rlsched.harness import Job
+from rlsched.env import Instance, make_instances
+from rlsched.harness import EpisodeResult, Job
 from rlsched.jobs import episodes, run_journaled
 from rlsched.journal import Journal
 from rlsched.schedules import lr_grid
 from rlsched.stats import mean_ci
+
+SHORT = {"batch_size": "bs", "base_width": "w", "momentum": "mom"}
+LEARNED = 0.1  # an instance whose best final Dice stays below this learned nothing: its "best" LR is noise
+
+
+def variant_label(instance: Instance) -> str:
+    """``adam bs32 w4 noise0.35 multiclass classes2``: string values bare, others as key + value."""
+    parts = []
+    for key, value in instance.variant:
+        name = key.rpartition(".")[2]
+        parts.append(value.strip('"') if value.startswith('"') else f"{SHORT.get(name, name)}{value}")
+    return " ".join(parts) or "-"
+
+
+def per_instance(results: list[EpisodeResult], grid: list[float], instances: list[Instance]) -> None:
+    """Each instance's final Dice per LR, its best LR, and how many decades the best LRs span."""
+    print("\n| instance | variant | initial LR | " + " | ".join(f"{lr:g}" for lr in grid)
+          + " | best LR | best Dice |\n|---|---|---|" + "---|" * len(grid) + "---|---|")
+    bests, learned = [], []
+    for inst in instances:
+        finals = {r.method: r.final_dice for r in results if r.instance.index == inst.index}
+        dices = [finals[f"{lr:g}"] for lr in grid]
+        best = max(range(len(grid)), key=dices.__getitem__)
+        bests.append(grid[best])
+        if dices[best] >= LEARNED:
+            learned.append(grid[best])
+        print(f"| {inst.index} | {variant_label(inst)} | {inst.initial_lr:.2g} | "
+              + " | ".join(f"{d:.3f}" for d in dices) + f" | {grid[best]:g} | {dices[best]:.3f} |")
+    print(f"\nbest constant LRs span {math.log10(max(bests) / min(bests)):.1f} decades ({min(bests):g} .. "
+          f"{max(bests):g})")
+    if learned and len(learned) < len(bests):
+        print(f"{math.log10(max(learned) / min(learned)):.1f} decades ({min(learned):g} .. {max(learned):g}) over the "
+              f"{len(learned)} instances where some LR reaches Dice {LEARNED} (the others learned nothing)")
 
 
 def main() -> None:
@@ -35,12 +74,14 @@ def main() -> None:
     parser.add_argument("--per-decade", type=int, default=2)
     parser.add_argument("--journal", type=Path, default=None, metavar="DIR",
                         help="keep finished episodes in DIR/<preset>.jsonl and skip them when run again")
+    parser.add_argument("--per-instance", action="store_true",
+                        help="each instance's best constant LR (and variant), and the decades the best LRs span")
     args = parser.parse_args()
     for preset in args.presets:
         config = load_config(preset)
         env = config.env
         grid = lr_grid(env.initial_lr_min, env.initial_lr_max, args.per_decade)
-        instances = make_instances(env, "heldout")[: args.instances]
+        instances = make_instances(config, "heldout")[: args.instances]
         jobs = [Job(f"{lr:g}", "schedule", "constant", inst, base_lr=lr, initial_lr=lr)
                 for lr in grid for inst in instances]
         journal = Journal(args.journal / f"{preset}.jsonl" if args.journal else None)
@@ -50,6 +91,8 @@ def main() -> None:
         results = episodes(outcomes)
         seconds = time.perf_counter() - start
         optimizer = config.optim.name + (f" momentum={config.optim.momentum}" if config.optim.name == "sgd" else "")
+        if config.family:
+            optimizer = f"a family over {', '.join(axis.name for axis in config.family)}"
         print(f"\n## {preset}: {optimizer}, norm={config.model.norm}, "
               f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s"
               + (f" ({reused} episodes read back from {journal.path})" if reused else ""))
@@ -66,6 +109,8 @@ def main() -> None:
         print(f"\nspread inside the initial-LR range [{env.initial_lr_min:g}, {env.initial_lr_max:g}]: "
               f"{sane[best] - sane[worst]:.3f} Dice (best {best:g}: {sane[best]:.3f}, worst {worst:g}: "
               f"{sane[worst]:.3f})")
+        if args.per_instance:
+            per_instance(results, grid, instances)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A preset is a TOML file in ``envs/`` with the sections below; every key is optional and falls back to the
 embedded default (a CPU-sized synthetic binary task). Unknown sections or keys and badly typed values are
 rejected with an error that names the file, the key and the fix, because a silently ignored typo in a preset
-turns into a wrong experiment.
+turns into a wrong experiment. An optional ``[family]`` table makes instances differ in config (``rlsched.family``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .family import Axis, check_family, family_toml, merge, parse_family, toml_value
 from .tuningfree import OPTIMIZERS as TUNING_FREE
 from .tuningfree import require as require_optimizer
 
@@ -244,6 +245,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    # instance families: each instance trains under one option per axis, on top of the sections above
+    # (env.instance_config); () = every instance trains this config
+    family: tuple[Axis, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,16 +309,30 @@ def _build_section(cls: type, values: Mapping[str, Any], base: Any, where: str) 
 def config_from_dict(raw: Mapping[str, Any], base: Config | None = None, source: str = "config") -> Config:
     """Apply a nested mapping (a parsed TOML file or overrides) on top of ``base``."""
     config = base or Config()
-    valid = list(SECTIONS) + list(_TOP_LEVEL)
+    valid = list(SECTIONS) + list(_TOP_LEVEL) + ["family"]
     changes: dict[str, Any] = {}
     for key, value in raw.items():
         _require(key in valid, f"{source}: unknown section or key {key!r}.{_suggest(key, valid)}")
+        if key == "family":
+            try:
+                changes[key] = merge(config.family, parse_family(value, f"{source} [family]"))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            continue
         if key in _TOP_LEVEL:
             changes[key] = _coerce(value, str, f"{source} {key}")
             continue
         _require(isinstance(value, Mapping), f"{source}: [{key}] must be a table of settings, got {value!r}")
         changes[key] = _build_section(SECTIONS[key], value, getattr(config, key), f"{source} [{key}]")
-    return replace(config, **changes)
+    config = replace(config, **changes)
+    if config.family and raw:  # new options, or sections they now apply to: the config's checks judge them all
+        members = replace(config, family=())
+        try:
+            check_family(config.family, lambda overrides, where: with_overrides(members, overrides, where),
+                         f"{source} [family]")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return config
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -387,34 +405,25 @@ def load_config(preset: str | Path | None = None, overrides: Mapping[str, Any] |
     return config
 
 
-def with_overrides(config: Config, overrides: tuple[tuple[str, str], ...]) -> Config:
+def with_overrides(config: Config, overrides: tuple[tuple[str, str], ...], source: str = "job overrides") -> Config:
     """``config`` with ``("section.key", "TOML value")`` pairs applied, checked like ``--set section.key=value``
-    (how a harness job carries the config changes its method needs)."""
+    (how a harness job carries the config changes its method needs, and an instance its family options)."""
     if not overrides:
         return config
     flat = dict(parse_override(f"{key}={value}") for key, value in overrides)
-    return config_from_dict(nest_overrides(flat), config, source="job overrides")
+    return config_from_dict(nest_overrides(flat), config, source=source)
 
 
 def config_to_toml(config: Config) -> str:
-    """Serialise a config back to preset TOML, so a run directory records exactly what ran."""
-
-    def fmt(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(value, (list, tuple)):
-            return "[" + ", ".join(fmt(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{" + ", ".join(f"{fmt(str(k))} = {fmt(v)}" for k, v in value.items()) + "}"
-        return repr(value)
-
-    lines = [f"name = {fmt(config.name)}", f"description = {fmt(config.description)}"]
+    """Serialise a config back to preset TOML, so a run directory records exactly what ran (no family: no
+    ``[family]`` section)."""
+    lines = [f"name = {toml_value(config.name)}", f"description = {toml_value(config.description)}"]
     for section in SECTIONS:
         lines.append(f"\n[{section}]")
         for f in fields(getattr(config, section)):
-            lines.append(f"{f.name} = {fmt(getattr(getattr(config, section), f.name))}")
+            lines.append(f"{f.name} = {toml_value(getattr(getattr(config, section), f.name))}")
+    if config.family:
+        lines += family_toml(config.family)
     return "\n".join(lines) + "\n"
 
 

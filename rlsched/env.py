@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .config import Config, EnvConfig, load_config
+from .config import Config, DataConfig, load_config, with_overrides
 from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space
 from .data import make_dataset
 from .dataset import SegmentationData
+from .family import Overrides
 from .penalties import CombinedPenalty, Penalty, Transition
 from .trainer import Trainer, counted_dice
 
@@ -23,24 +24,43 @@ SPLITS = ("train", "heldout")
 
 @dataclass(frozen=True)
 class Instance:
-    """One training run to control: its data, its initial weights and its initial LR."""
+    """One training run to control: its data, its initial weights, its initial LR and, in a family preset, the
+    config overrides it trains under (one option per ``[family]`` axis; see ``instance_config``)."""
 
     split: str
     index: int
     data_seed: int
     init_seed: int
     initial_lr: float
+    variant: Overrides = ()
+
+    def __post_init__(self) -> None:  # JSON (journals, asdict round trips) gives lists back: keep it hashable
+        object.__setattr__(self, "variant", tuple((str(k), str(v)) for k, v in self.variant))
 
 
-def make_instances(env: EnvConfig, split: str) -> list[Instance]:
-    """The fixed instance set of a split; train and held-out seeds come from disjoint seed streams."""
+def make_instances(config: Config, split: str) -> list[Instance]:
+    """The fixed instance set of a split; train and held-out seeds come from disjoint seed streams. Variants come
+    from a stream of their own, so a preset's seeds and initial LRs do not depend on its family."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use 'train' or 'heldout'")
+    env = config.env
     count = env.train_instances if split == "train" else env.heldout_instances
     rng = np.random.default_rng([env.instance_seed, SPLITS.index(split), 0x5EED])
     seeds = rng.integers(0, 2**31 - 1, size=(count, 2))
     log_lrs = rng.uniform(math.log10(env.initial_lr_min), math.log10(env.initial_lr_max), size=count)
-    return [Instance(split, i, int(seeds[i, 0]), int(seeds[i, 1]), float(10 ** log_lrs[i])) for i in range(count)]
+    family_rng = np.random.default_rng([env.instance_seed, SPLITS.index(split), 0xFA3, 0x11])
+    picks = [family_rng.integers(len(axis.options), size=count) for axis in config.family]
+    variants = [tuple(pair for axis, pick in zip(config.family, picks) for pair in axis.options[pick[i]])
+                for i in range(count)]
+    return [Instance(split, i, int(seeds[i, 0]), int(seeds[i, 1]), float(10 ** log_lrs[i]), variants[i])
+            for i in range(count)]
+
+
+def instance_config(config: Config, instance: Instance, pinned: Overrides = ()) -> Config:
+    """The config ``instance`` trains under: ``config``, then the instance's variant, then ``pinned`` (a method's
+    own changes, e.g. the nnU-Net recipe's optimizer, win over the family's). Every trainer and dataset built for an
+    instance comes from here."""
+    return with_overrides(with_overrides(replace(config, family=()), instance.variant, "instance variant"), pinned)
 
 
 # --------------------------------------------------------------------------------------------- the env
@@ -95,7 +115,10 @@ class UNetLREnv(gym.Env):
     ``reset(seed=...)`` draws an instance from the train set (data seed, init seed, initial LR log-uniform in
     ``[initial_lr_min, initial_lr_max]``), builds a fresh network and optimizer, and validates once to get the
     initial Dice. ``reset(options={"split": "heldout", "instance": k})`` picks held-out instance ``k`` exactly;
-    ``options={"lr": x}`` overrides the initial LR.
+    ``options={"lr": x}`` overrides the initial LR. In a preset with a ``[family]`` table each instance also carries
+    a variant, one option per axis (optimizer, batch size, UNet width, data, task, ...), and trains under the preset
+    with its variant applied (``instance_config``; the env's ``pinned`` overrides, a method's own, apply last). The
+    spaces and the budget are shared: a family sets no ``[env]`` key.
 
     ## Episode End
     ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
@@ -107,7 +130,8 @@ class UNetLREnv(gym.Env):
 
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
-    are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``).
+    are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``). ``pinned`` (``(("optim.name",
+    '"sgd"'), ...)``) is applied after each instance's variant: how ``rlsched.jobs`` makes a method's overrides win.
     ``rlsched/UNetLR-fast-v0`` is the same with ``preset="fast"`` and needs no arguments.
 
     ## Version History
@@ -117,19 +141,20 @@ class UNetLREnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, preset: str | None = None, penalty: Penalty | None = None, config: Config | None = None,
-                 **overrides: Any) -> None:
+                 pinned: Overrides = (), **overrides: Any) -> None:
         self.config = config if config is not None else load_config(preset, overrides)
         if config is not None and (preset is not None or overrides):
             raise ValueError("pass either config=... or preset/overrides, not both")
+        self.pinned = tuple((str(k), str(v)) for k, v in pinned)  # applied after each instance's variant (instance_config): a method's overrides win
         cfg = self.config.env
         self.action_space: spaces.Space = action_space(cfg)
         self.observation_space = observation_space(cfg)
-        self.instances = {split: make_instances(cfg, split) for split in SPLITS}
+        self.instances = {split: make_instances(self.config, split) for split in SPLITS}
         self.penalty = CombinedPenalty(self.config.penalty, penalty)
         self.trainer: Trainer | None = None
         self.seconds = 0.0  # wall time of this episode's training and validation
         self.instance: Instance | None = None
-        self._data_cache: OrderedDict[int, SegmentationData] = OrderedDict()
+        self._data_cache: OrderedDict[tuple[int, str], SegmentationData] = OrderedDict()
         self._done = True
         self._diverged = False  # the episode ended by a divergence (its test Dice is 0)
         self._forced_lr: float | None = None  # set_lr's override of the next step's LR
@@ -153,13 +178,17 @@ class UNetLREnv(gym.Env):
             raise RuntimeError("call reset() before set_lr()")
         self._forced_lr = clip_lr(self.config.env, lr)
 
-    def _data(self, seed: int) -> SegmentationData:
-        if seed not in self._data_cache:
-            self._data_cache[seed] = make_dataset(self.config.data, seed)
+    def _data(self, seed: int, data: DataConfig | None = None) -> SegmentationData:
+        """The dataset of ``seed`` under ``data`` (default: the preset's), cached by both: family instances with
+        different data options never share a dataset. ``repr`` keys it because ``mask_map`` makes it unhashable."""
+        data = data if data is not None else self.config.data
+        key = (seed, repr(data))
+        if key not in self._data_cache:
+            self._data_cache[key] = make_dataset(data, seed)
             while len(self._data_cache) > 4:
                 self._data_cache.popitem(last=False)
-        self._data_cache.move_to_end(seed)
-        return self._data_cache[seed]
+        self._data_cache.move_to_end(key)
+        return self._data_cache[key]
 
     def _pick_instance(self, options: Mapping[str, Any]) -> Instance:
         unknown = set(options) - {"instance", "split", "lr"}
@@ -179,7 +208,7 @@ class UNetLREnv(gym.Env):
                 raise ValueError(f"instance {chosen} out of range: the {split} split has {len(pool)} instances")
             instance = pool[int(chosen)]
         if "lr" in options:
-            instance = Instance(**{**asdict(instance), "initial_lr": float(options["lr"])})
+            instance = replace(instance, initial_lr=float(options["lr"]))
         return instance
 
     def _info(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,7 +222,9 @@ class UNetLREnv(gym.Env):
         self.instance = self._pick_instance(options or {})
         self._lr = clip_lr(self.config.env, self.instance.initial_lr)
         self._forced_lr = None
-        self.trainer = Trainer(self.config, self._data(self.instance.data_seed), self.instance.init_seed, lr=self._lr)
+        config = instance_config(self.config, self.instance, self.pinned)
+        self.trainer = Trainer(config, self._data(self.instance.data_seed, config.data), self.instance.init_seed,
+                               lr=self._lr)
         evaluation = self.trainer.evaluate()
         record = evaluation.record(self._lr, 0)
         dice = counted_dice(record)

@@ -25,7 +25,7 @@ def evaluate_heldout(model_path: str | Path, config: Config | None = None, worke
     policy = load_policy(model_path)
     config = config or policy.config
     check_compatible(policy, config)
-    instances = make_instances(config.env, "heldout")
+    instances = make_instances(config, "heldout")
     jobs = [Job(name, kind, arg, instance) for instance in instances
             for name, kind, arg in (("learned", "policy", str(model_path)), ("constant", "schedule", "constant"))]
     names = ("learned", "constant")

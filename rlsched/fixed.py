@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.preset, dict(parse_override(o) for o in args.set))
+        if config.family:
+            raise ConfigError(f"preset {config.name!r} has a [family] (axes {', '.join(a.name for a in config.family)}): "
+                              "its instances train different configs and this command trains one; run fixed "
+                              "schedules on the family's instances with python -m rlsched.compare, or use a copy of "
+                              "the preset without [family]")
         data = make_dataset(config.data, args.seed)  # before the run directory: a bad dataset leaves none
     except (ConfigError, DatasetError, ImportError) as err:  # ImportError: the brain extra is missing
         parser.error(str(err))

@@ -108,10 +108,11 @@ def _terminated(signum: int, frame: Any) -> None:
 
 
 def _worker_env(overrides: tuple[tuple[str, str], ...]) -> UNetLREnv:
-    """The worker's env for a job's overrides, built on first use and kept for the next job that has them."""
+    """The worker's env for a job's overrides, built on first use and kept for the next job that has them. They
+    are pinned: in a family preset they apply after each instance's variant, so a method's optimizer wins."""
     assert _worker_config is not None, "worker not initialised"
     if overrides not in _worker_envs:
-        _worker_envs[overrides] = UNetLREnv(config=with_overrides(_worker_config, overrides))
+        _worker_envs[overrides] = UNetLREnv(config=with_overrides(_worker_config, overrides), pinned=overrides)
         while len(_worker_envs) > WORKER_ENVS:
             _worker_envs.popitem(last=False)
     _worker_envs.move_to_end(overrides)

@@ -24,7 +24,7 @@ import torch
 from .config import Config
 from .control import clip_lr
 from .data import make_dataset
-from .env import Instance
+from .env import Instance, instance_config
 from .harness import EpisodeResult
 from .trainer import Trainer, counted_dice
 
@@ -67,7 +67,8 @@ def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> N
     torch.set_num_threads(1)
     env = config.env
     lr = clip_lr(env, tune_config["lr"] if "lr" in tune_config else 10 ** tune_config["log10_lr"])
-    trainer = Trainer(config, make_dataset(config.data, instance.data_seed), instance.init_seed, lr=lr)
+    trained = instance_config(config, instance)
+    trainer = Trainer(trained, make_dataset(trained.data, instance.data_seed), instance.init_seed, lr=lr)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         evaluation = trainer.evaluate()
@@ -154,7 +155,8 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
         raise KeyboardInterrupt(f"PBT on {instance.split} instance {instance.index} was stopped at epoch "
                                 f"{records[-1]['epoch']} of {env.epochs}")
     dices = [counted_dice(r) for r in records]
-    winner = Trainer(config, make_dataset(config.data, instance.data_seed), instance.init_seed)
+    trained = instance_config(config, instance)
+    winner = Trainer(trained, make_dataset(trained.data, instance.data_seed), instance.init_seed)
     winner.load_state_dict(saved["trainer"])  # chosen above on validation; its test split is read only now
     # the lineage's starting LR stands in for the instance's initial LR in the reports
     lineage = replace(instance, initial_lr=float(records[0]["lr"]))

@@ -90,7 +90,7 @@ def _dice(value: float) -> float:
 
 
 def _train_instances(config: Config, instances: int | Sequence[Instance]) -> list[Instance]:
-    pool = make_instances(config.env, "train")
+    pool = make_instances(config, "train")
     if isinstance(instances, int):
         if not 1 <= instances <= len(pool):
             raise ValueError(f"instances={instances}: the train split has {len(pool)} (env.train_instances)")

@@ -323,7 +323,7 @@ def test_scripted_rule_is_tuned_on_train_instances_and_compared(tmp_path):
     assert float(rows["scripted"]["base_lr"]) == chosen["scripted"]
     episodes = [r for r in read_csv(out / "episodes.csv") if r["method"] == "scripted"]
     first_lrs = {r["instance"]: float(r["lr"]) for r in episodes if r["epoch"] == "1"}
-    heldout = {str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml").env,
+    heldout = {str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml"),
                                                                           "heldout")}
     for instance, lr in first_lrs.items():  # one rule step from the instance's initial LR towards the target
         assert any(lr / heldout[instance] == pytest.approx(f) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
@@ -393,7 +393,7 @@ def test_sampled_rollouts_are_reproducible_per_seed():
 
     config = load_config("fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 3})
     env = UNetLREnv(config=config)
-    instance = make_instances(config.env, "heldout")[0]
+    instance = make_instances(config, "heldout")[0]
     lrs = [[r["lr"] for r in run_episode(env, PolicyController(Sampler(), deterministic=False, seed=seed),
                                          instance).records] for seed in (0, 0, 1)]
     assert lrs[0] == lrs[1] and lrs[0] != lrs[2]

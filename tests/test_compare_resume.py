@@ -144,7 +144,7 @@ def test_journal_drops_a_torn_last_line_and_appends_on_a_clean_line(tmp_path):
 
 
 def test_retries_are_bounded_then_the_job_is_a_failure():
-    instance = make_instances(load_config("fast").env, "heldout")[0]
+    instance = make_instances(load_config("fast"), "heldout")[0]
     jobs = [Job("constant", "schedule", "constant", instance), Job("cosine", "schedule", "cosine", instance)]
     retries = Retries(jobs, attempts=2)
     with pytest.warns(UserWarning, match="retrying, attempt 2 of 2"):

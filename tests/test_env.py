@@ -227,8 +227,9 @@ def test_budget_end_is_terminal_not_truncated():
 
 def test_instance_sets_are_fixed_by_the_preset():
     """Every published comparison names its held-out instances by preset and index: they must not drift."""
-    cfg = UNetLREnv("fast").config.env
-    train, heldout = make_instances(cfg, "train"), make_instances(cfg, "heldout")
+    config = UNetLREnv("fast").config
+    cfg = config.env
+    train, heldout = make_instances(config, "train"), make_instances(config, "heldout")
     assert (len(train), len(heldout)) == (cfg.train_instances, cfg.heldout_instances) == (16, 4)
     assert heldout[:2] == [Instance("heldout", 0, 995326737, 880480477, pytest.approx(0.013209942215439344)),
                            Instance("heldout", 1, 613677793, 272165816, pytest.approx(0.2283595743595669))]
@@ -241,8 +242,8 @@ def test_instance_sets_are_fixed_by_the_preset():
 
 def test_heldout_instances_are_disjoint_and_selectable():
     env = UNetLREnv("fast", **SHORT)
-    train = make_instances(env.config.env, "train")
-    heldout = make_instances(env.config.env, "heldout")
+    train = make_instances(env.config, "train")
+    heldout = make_instances(env.config, "heldout")
     assert not {i.data_seed for i in train} & {i.data_seed for i in heldout}
     _, info = env.reset(options={"split": "heldout", "instance": 2})
     assert info["split"] == "heldout" and info["instance"] == 2 and info["initial_lr"] == heldout[2].initial_lr

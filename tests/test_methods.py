@@ -162,7 +162,7 @@ def test_range_test_episode_trains_like_the_schedule_from_the_suggestion_and_rep
 def test_each_tuning_free_optimizer_runs_an_episode_at_its_recommended_lr(config, name):
     spec = OPTIMIZERS[name]
     pytest.importorskip(spec.package)
-    instance = make_instances(config.env, "train")[0]
+    instance = make_instances(config, "train")[0]
     job = method_job(config, "optimizer", name, name, instance)
     (result,) = run_jobs(config, [job])
     assert result.method == name
@@ -177,7 +177,7 @@ def test_each_tuning_free_optimizer_runs_an_episode_at_its_recommended_lr(config
 def test_an_lr_beyond_the_env_range_is_widened_not_clipped(config):
     pytest.importorskip("prodigyopt")
     narrow = with_overrides(config, (("env.lr_max", "0.5"),))
-    job = method_job(narrow, "optimizer", "prodigy", "prodigy", make_instances(narrow.env, "train")[0])
+    job = method_job(narrow, "optimizer", "prodigy", "prodigy", make_instances(narrow, "train")[0])
     assert ("env.lr_max", "1.0") in job.overrides
     (result,) = run_jobs(narrow, [job])
     assert [r["lr"] for r in result.records[1:]] == [1.0, 1.0]
@@ -185,13 +185,13 @@ def test_an_lr_beyond_the_env_range_is_widened_not_clipped(config):
 
 def test_an_optimizer_job_without_its_overrides_is_refused(config):
     pytest.importorskip("prodigyopt")
-    job = Job("prodigy", "optimizer", "prodigy", make_instances(config.env, "train")[0])  # made by hand
+    job = Job("prodigy", "optimizer", "prodigy", make_instances(config, "train")[0])  # made by hand
     with pytest.raises(ValueError, match="method_job"):
         run_jobs(config, [job])
 
 
 def test_nnunet_job_trains_sgd_nesterov_099_with_poly_09_from_1e_2(config):
-    job = method_job(config, "nnunet", "", "nnU-Net", make_instances(config.env, "train")[0])
+    job = method_job(config, "nnunet", "", "nnU-Net", make_instances(config, "train")[0])
     (result,) = run_jobs(config, [job])
     optimizer = jobs._worker_env(job.overrides).trainer.optimizer
     group = optimizer.param_groups[0]
@@ -203,7 +203,7 @@ def test_nnunet_job_trains_sgd_nesterov_099_with_poly_09_from_1e_2(config):
 
 
 def test_jobs_with_different_overrides_train_in_different_envs(config):
-    instance = make_instances(config.env, "train")[0]
+    instance = make_instances(config, "train")[0]
     nnunet = method_job(config, "nnunet", "", "nnU-Net", instance)
     plain = Job("poly", "schedule", "poly", instance, base_lr=NNUNET_LR)
     a, b = run_jobs(config, [nnunet, plain])
@@ -217,10 +217,10 @@ def test_jobs_with_different_overrides_train_in_different_envs(config):
 def test_method_jobs_are_checked_before_anything_trains(monkeypatch, config):
     monkeypatch.setitem(sys.modules, "prodigyopt", None)
     with pytest.raises(ConfigError, match="tuningfree"):
-        method_job(config, "optimizer", "prodigy", "prodigy", make_instances(config.env, "train")[0])
+        method_job(config, "optimizer", "prodigy", "prodigy", make_instances(config, "train")[0])
     with pytest.raises(ValueError, match="unknown tuning-free optimizer 'adam'.*prodigy"):
-        method_job(config, "optimizer", "adam", "adam", make_instances(config.env, "train")[0])
-    instance = make_instances(config.env, "train")[0]
+        method_job(config, "optimizer", "adam", "adam", make_instances(config, "train")[0])
+    instance = make_instances(config, "train")[0]
     with pytest.raises(ValueError, match="chooses the base LR itself"):
         method_job(config, "range_test", "onecycle", "rt", instance, base_lr=0.1)
     with pytest.raises(ValueError, match="unknown schedule 'bogus'"):
@@ -284,7 +284,7 @@ def test_search_is_reproducible_and_refuses_held_out_instances(optuna, config):
     first, second = (search(config, budget_epochs=6, schedules=("cosine", "step"), seed=3) for _ in range(2))
     assert first == second and {t.schedule for t in first.trials} <= {"cosine", "step"}
     with pytest.raises(ValueError, match="train instances only"):
-        search(config, budget_epochs=6, instances=make_instances(config.env, "heldout")[:1])
+        search(config, budget_epochs=6, instances=make_instances(config, "heldout")[:1])
     with pytest.raises(ValueError, match="does not cover one trial"):
         search(config, budget_epochs=3, instances=2)
     with pytest.raises(ValueError, match="unknown schedule"):

@@ -92,7 +92,7 @@ def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
     batch, _ = policy.predictor.predict(np.stack([obs, obs]))
     assert batch.shape == (2,) and batch[0] == action
     env = UNetLREnv(config=policy.config)
-    result = run_episode(env, PolicyController(policy.predictor), make_instances(config.env, "heldout")[0])
+    result = run_episode(env, PolicyController(policy.predictor), make_instances(config, "heldout")[0])
     assert result.epochs == 2 and 0 <= result.final_dice <= 1
     (method,) = compare.agent_methods([policy], config)
     assert method.name == "learned-rllib" and method.epochs_before == sum(e["epochs"] for e in episodes)
@@ -185,7 +185,7 @@ def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
     from rlsched.harness import Job
     from rlsched.jobs import run_jobs
 
-    job = Job("constant", "schedule", "constant", make_instances(config.env, "heldout")[0])
+    job = Job("constant", "schedule", "constant", make_instances(config, "heldout")[0])
     with pytest.raises(ValueError, match="the Ray cluster has 1 GPU"):
         run_jobs(config, [job], backend="ray", gpus_per_worker=2.0)
 
@@ -204,7 +204,7 @@ def test_pb2_explores_log10_lr_inside_the_initial_range(config):
     from rlsched.pbt import PBTSettings, run_pbt
 
     three = load_config("fast", {**TINY, "env.epochs": 3})
-    instance = make_instances(three.env, "heldout")[0]
+    instance = make_instances(three, "heldout")[0]
     (result,), trained = run_pbt(three, [instance], PBTSettings(population=2, algorithm="pb2"))
     assert result.method == "pb2" and result.epochs == 3 and 0 <= result.test_dice <= 1
     assert trained >= 2 * 3  # every member's every step, plus what exploits retrain (that depends on timing)
@@ -240,7 +240,7 @@ def test_a_dead_ray_actor_is_replaced_and_its_job_retried(config):
     from rlsched.harness import Job
     from rlsched.jobs import _iter_ray
 
-    instance = make_instances(config.env, "heldout")[0]
+    instance = make_instances(config, "heldout")[0]
     jobs = [Job(f"constant@{k}", "schedule", "constant", instance, base_lr=0.05) for k in range(4)]
     stream = _iter_ray(config, jobs, 2, 0.0, 3)
     first = next(stream)

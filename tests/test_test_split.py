@@ -73,7 +73,7 @@ def episodes(config):
     controllers = [ScheduleController("plateau", 0.05), ScheduleController("cosine"), RandomController(seed=3),
                    ScriptedController(0.05), PolicyController(ObservationHash())]
     results = [run_episode(env, Watched(controller, seen), instance)
-               for instance in make_instances(config.env, "heldout") for controller in controllers]
+               for instance in make_instances(config, "heldout") for controller in controllers]
     return results, seen
 
 
@@ -122,7 +122,7 @@ def test_test_dice_is_scored_once_after_the_last_step(config, monkeypatch):
     env = UNetLREnv(config=config)
     with pytest.raises(RuntimeError, match="finished episode"):
         env.evaluate_test()  # no episode yet
-    instance = make_instances(config.env, "heldout")[0]
+    instance = make_instances(config, "heldout")[0]
     env.reset(options={"instance": instance})
     env.step(env.keep_action)
     with pytest.raises(RuntimeError, match="step until terminated first"):
@@ -143,7 +143,7 @@ def test_a_diverged_episode_scores_test_dice_zero_without_evaluating(config, mon
     evaluate = Trainer.evaluate
     monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val": reads.append(split) or evaluate(self, split))
     env = UNetLREnv(config=dataclasses.replace(config, env=dataclasses.replace(config.env, lr_max=1e4)))
-    result = run_episode(env, ScheduleController("constant", base_lr=1e4), make_instances(config.env, "heldout")[0])
+    result = run_episode(env, ScheduleController("constant", base_lr=1e4), make_instances(config, "heldout")[0])
     assert result.diverged and result.final_dice == 0.0 and result.test_dice == 0.0
     assert "test" not in reads
 
@@ -154,12 +154,12 @@ def test_undefined_test_dice_counts_as_zero(config, monkeypatch):
     monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val": dataclasses.replace(
         evaluate(self, split), dice_mean=math.nan) if split == "test" else evaluate(self, split))
     env = UNetLREnv(config=config)
-    result = run_episode(env, ScheduleController("constant"), make_instances(config.env, "heldout")[0])
+    result = run_episode(env, ScheduleController("constant"), make_instances(config, "heldout")[0])
     assert not result.diverged and result.final_dice > 0 and result.test_dice == 0.0
 
 
 def test_test_dice_round_trips_through_the_journal(config, tmp_path):
-    instance = make_instances(config.env, "heldout")[0]
+    instance = make_instances(config, "heldout")[0]
     jobs = [Job("constant", "schedule", "constant", instance, base_lr=0.05), Job("cosine", "schedule", "cosine",
                                                                                   instance)]
     journal = Journal(tmp_path / "jobs.jsonl")
@@ -172,7 +172,7 @@ def test_test_dice_round_trips_through_the_journal(config, tmp_path):
 
 def test_an_episode_saved_before_test_splits_existed_is_refused_naming_the_fix(config):
     env = UNetLREnv(config=config)
-    saved = run_episode(env, ScheduleController("constant"), make_instances(config.env, "heldout")[0]).to_dict()
+    saved = run_episode(env, ScheduleController("constant"), make_instances(config, "heldout")[0]).to_dict()
     del saved["test_dice"]
     with pytest.raises(ValueError, match=r"'constant' episode on heldout instance 0 was saved before test "
                                          r"splits existed and has no test Dice: start a new comparison"):

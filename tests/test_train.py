@@ -41,7 +41,7 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
     assert len(heldout["learned_final_dice"]) == len(heldout["constant_final_dice"]) == 2
     config = load_config(run_dir / "config.toml")  # the headline is test Dice: the constant's, recomputed
     env = UNetLREnv(config=config)
-    constant = [run_episode(env, ScheduleController("constant"), i) for i in make_instances(config.env, "heldout")]
+    constant = [run_episode(env, ScheduleController("constant"), i) for i in make_instances(config, "heldout")]
     assert heldout["constant_test_dice"] == pytest.approx([r.test_dice for r in constant])
     assert heldout["constant_final_dice"] == pytest.approx([r.final_dice for r in constant])
     learned = heldout["learned_test_dice"]

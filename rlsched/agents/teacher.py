@@ -81,6 +81,6 @@ def search_target(config: Config, instances: int, workers: int, rule: str = "scr
         spent.extend(episodes(run_jobs(config, jobs, workers)))
         return spent[-len(jobs):]
 
-    train = make_instances(config.env, "train")[:instances]
+    train = make_instances(config, "train")[:instances]
     tuning = tune_base_lrs(config, (rule,), search_grid(config, 1), train, run)
     return tuning.base_lrs[rule], spent

@@ -104,12 +104,12 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
     journal = journal if journal is not None else Journal(None)
     env = config.env
     start = time.perf_counter()
-    instances = make_instances(env, "heldout")[: settings.seeds]
+    instances = make_instances(config, "heldout")[: settings.seeds]
     grid = search_grid(config, settings.grid_per_decade)
     tuning_jobs = len(settings.schedules) * len(grid) * settings.tune_instances
     with tqdm(total=tuning_jobs, desc="tuning base LRs", unit="episode", disable=not progress) as bar:
         run = Runner(config, settings, journal, bar)
-        train = make_instances(env, "train")[: settings.tune_instances]
+        train = make_instances(config, "train")[: settings.tune_instances]
         tuning = tune_base_lrs(config, settings.schedules, grid, train, run)
         bar.set_description("baselines")
         methods = (agents + sampled_methods(agents, settings.sampled_rollouts) + baseline_methods(tuning)
@@ -149,7 +149,7 @@ def check_baselines(config: Config, settings: Settings, agents: list[Method]) ->
                 raise ConfigError("--baselines optuna: give its budget with --optuna-epochs N (no learned agent "
                                   "whose training epochs are known to match)")
         elif kind in ("optimizer", "nnunet"):
-            method_job(config, kind, arg, name, make_instances(config.env, "heldout")[0])
+            method_job(config, kind, arg, name, make_instances(config, "heldout")[0])
 
 
 def extra_methods(config: Config, settings: Settings, agents: list[Method], train: list[Instance],
