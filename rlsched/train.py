@@ -57,9 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gae-lambda", type=float, default=defaults.gae_lambda)
     p.add_argument("--clip-range", type=float, default=defaults.clip_range)
     p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
-    p.add_argument("--bc-episodes", type=int, default=0,
-                   help="sb3: first clone a scripted rule (--teacher) from this many episodes per env")
-    p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SCRIPTED_RULES[0],
+    p.add_argument("--bc-episodes", type=int, default=None,
+                   help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
+                        "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)")
+    p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SCRIPTED_RULES[1],
                    help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
                         "slice at --teacher-lr, then steer towards the LR its update size suggests)")
     p.add_argument("--teacher-lr", type=float, default=None,
@@ -75,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n_envs < 1:
         p.error("--n-envs must be >= 1")
+    if args.bc_episodes is None:
+        args.bc_episodes = 4 if (args.algo, args.backend) == ("sb3", "sb3") else 0
     if args.bc_episodes < 0 or args.teacher_search_instances < 1:
         p.error("--bc-episodes must be >= 0 and --teacher-search-instances >= 1")
     if args.bc_episodes and (args.backend != "sb3" or args.algo != "sb3"):
@@ -127,6 +130,9 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
         config = load_config(args.preset, dict(parse_override(o) for o in args.set))
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
+    if args.bc_episodes and config.env.action == "continuous":
+        raise SystemExit("error: the scripted rules the warm start clones pick discrete or absolute actions, and "
+                         "env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)")
     settings = settings_from(args)
     try:
         settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
