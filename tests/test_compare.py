@@ -34,9 +34,10 @@ def sets(overrides):
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
-    """An SB3 PPO after one tiny rollout (2 episodes of 2 epochs): untrained, but a real run directory."""
+    """An SB3 PPO after one tiny rollout (2 episodes of 2 epochs, no warm start): untrained, but a real run
+    directory."""
     root = tmp_path_factory.mktemp("agents")
-    assert train.main(["--preset", "fast", *sets(TINY), "--n-envs", "1", "--total-timesteps", "4",
+    assert train.main(["--preset", "fast", *sets(TINY), "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "0",
                        "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
     (model,) = root.glob("*/model.zip")
     return model

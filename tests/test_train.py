@@ -14,6 +14,7 @@ from rlsched.config import load_config
 from rlsched.env import UNetLREnv, make_instances
 from rlsched.harness import ScheduleController, run_episode
 from rlsched.runs import read_jsonl
+from rlsched.compare.running import search_grid
 from rlsched.train import main
 
 TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",
@@ -36,6 +37,10 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 32
     episodes = read_jsonl(run_dir / "episodes.jsonl")
     assert len(episodes) >= 6 and all(len(e["lrs"]) == 4 for e in episodes)  # NEXT_STEP autoreset: 5 calls/episode
+    if algo == "sb3":  # warm-started by default: the teacher's target search and the cloned episodes count too
+        searched = [e for e in episodes if e.get("phase") == "teacher-search"]
+        assert len(searched) == 2 * len(search_grid(load_config(run_dir / "config.toml"), 1))
+        assert len(episodes) >= len(searched) + 4 * 2
     assert any((run_dir / "tb").rglob("events.out.tfevents*"))
     heldout = json.loads((run_dir / "heldout.json").read_text())
     assert len(heldout["learned_final_dice"]) == len(heldout["constant_final_dice"]) == 2
@@ -82,7 +87,8 @@ def test_resume_after_kill_9_finishes_the_run(tmp_path):
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == target
     assert (run_dir / "model.zip").is_file()
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written is left behind
-    assert len(read_jsonl(run_dir / "episodes.jsonl")) == target // 4  # no episode of the discarded rollout kept
+    stepped = [e for e in read_jsonl(run_dir / "episodes.jsonl") if e.get("phase") != "teacher-search"]
+    assert len(stepped) == target // 4  # no episode of the discarded rollout kept (the search has no env steps)
 
 
 def test_resume_drops_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
@@ -104,7 +110,8 @@ def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normali
     from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
     from rlsched.policy import load_policy
 
-    assert main(TINY + ["--n-envs", "1", "--total-timesteps", "8", "--no-eval", "--runs-dir", str(tmp_path)]) == 0
+    assert main(TINY + ["--n-envs", "1", "--total-timesteps", "8", "--bc-episodes", "0", "--no-eval",
+                        "--runs-dir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path)
     assert main(["--resume", str(run_dir), "--total-timesteps", "16", "--no-eval"]) == 0
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 16
