@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-lr", type=float, default=None,
                    help="the rule's target (scripted) or first-slice LR (suggested) "
                         "(default: grid-searched on --teacher-search-instances train instances)")
-    p.add_argument("--teacher-search-instances", type=int, default=2,
+    p.add_argument("--teacher-search-instances", type=int, default=4,
                    help="train instances of the teacher's target-LR search (its epochs count as training)")
     p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
                    help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")

@@ -39,7 +39,7 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
     assert len(episodes) >= 6 and all(len(e["lrs"]) == 4 for e in episodes)  # NEXT_STEP autoreset: 5 calls/episode
     if algo == "sb3":  # warm-started by default: the teacher's target search and the cloned episodes count too
         searched = [e for e in episodes if e.get("phase") == "teacher-search"]
-        assert len(searched) == 2 * len(search_grid(load_config(run_dir / "config.toml"), 1))
+        assert len(searched) == 4 * len(search_grid(load_config(run_dir / "config.toml"), 1))
         assert len(episodes) >= len(searched) + 4 * 2
     assert any((run_dir / "tb").rglob("events.out.tfevents*"))
     heldout = json.loads((run_dir / "heldout.json").read_text())
