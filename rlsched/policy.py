@@ -38,16 +38,27 @@ class LoadedPolicy:
     path: Path
 
 
+def resolve_agent_path(text: str | Path) -> Path:
+    """An agent path as users write it: the word ``pretrained`` is the controller shipped in the package
+    (``rlsched.pretrained``), anything else a path."""
+    if str(text) == "pretrained":
+        from .pretrained import controller_path
+
+        return controller_path()
+    return Path(text)
+
+
 def load_policy(path: str | Path) -> LoadedPolicy:
     """``runs/<id>/model.zip`` (SB3 PPO), ``runs/<id>/model.pt`` (reference PPO) or ``runs/<id>/model.rllib``
-    (RLlib PPO, a directory) plus its ``config.toml``."""
-    path = Path(path)
+    (RLlib PPO, a directory) plus its ``config.toml``; or ``pretrained``, the shipped ``controller.zip`` plus
+    its ``controller.toml``."""
+    path = resolve_agent_path(path)
     if not (path.is_file() or (path.is_dir() and path.suffix == ".rllib")):
         raise FileNotFoundError(f"no policy at {path}: pass runs/<run-id>/model.zip (or model.pt, model.rllib) "
-                                "written by python -m rlsched.train")
-    config_path = path.parent / "config.toml"
-    if not config_path.is_file():
-        config_path = path.parent.parent / "config.toml"  # a checkpoint in runs/<id>/checkpoints/
+                                "written by python -m rlsched.train, or pretrained")
+    # <model>.toml: the shipped controller; config.toml: a run directory, or its checkpoints/ folder's parent
+    candidates = (path.with_suffix(".toml"), path.parent / "config.toml", path.parent.parent / "config.toml")
+    config_path = next((c for c in candidates if c.is_file()), candidates[-1])
     if not config_path.is_file():
         raise FileNotFoundError(f"{path}: no config.toml beside it, so its observation/action interface is "
                                 "unknown; keep the model inside its run directory")
