@@ -1,6 +1,6 @@
 """``RLScheduler``: a learned LR policy as a drop-in scheduler for any PyTorch training loop.
 
-    scheduler = RLScheduler.load("runs/<id>/model.zip", optimizer)
+    scheduler = RLScheduler.load("runs/<id>/model.zip", optimizer)   # or RLScheduler.pretrained(optimizer)
     for epoch in range(epochs):
         train_loss = train_one_epoch(...)
         val_loss, dice = validate(...)
@@ -69,6 +69,22 @@ class RLScheduler:
         """Load ``runs/<id>/model.zip`` (SB3) or ``model.pt`` (reference PPO) with the env config it learned on."""
         loaded = load_policy(path)
         return cls(loaded.predictor, optimizer, loaded.config.env, total_epochs)
+
+    @classmethod
+    def pretrained(cls, optimizer: torch.optim.Optimizer, total_epochs: int | None = None) -> "RLScheduler":
+        """The controller shipped in the package (``rlsched/pretrained/``), with its observation statistics.
+
+        It sees only training dynamics (LR, budget fraction, losses, a validation score, gradient norm, update
+        ratio), never the model, so any model and optimizer (SGD, Adam, ...) can use it; pass your validation
+        metric in [0, 1] as ``dice`` (it trained on Dice). What it trained on (preset, UNet epochs spent, source
+        run, commit) is in ``controller.json``: ``python -m rlsched.pretrained`` prints it. It trained on one
+        epoch budget (``env.epochs`` of ``controller.toml``): pass ``total_epochs=`` your loop's epoch count so
+        its budget fraction counts against your run; stepping past the budget warns once. Raises
+        ``FileNotFoundError``, saying how to export one, when no controller is shipped.
+        """
+        from .pretrained import controller_path
+
+        return cls.load(controller_path(), optimizer, total_epochs)
 
     def get_last_lr(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
