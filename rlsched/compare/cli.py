@@ -1,6 +1,7 @@
 """Learned LR controllers vs every fixed schedule and a random policy on the same held-out instances.
 
     python -m rlsched.compare --agent runs/<id>/model.zip [--agent runs/<id2>/model.pt] [--seeds N]
+    python -m rlsched.compare --agent pretrained --preset demo     # the controller shipped in the package
     python -m rlsched.compare --backend ray [--address ADDR] [--pbt-population K] [--num-gpus-per-worker G]
 
 Every method trains the same UNets (same data, initial weights and epoch budget) through the same harness, so
@@ -33,7 +34,7 @@ from ..config import ConfigError, config_from_dict, config_to_toml, load_config,
 from ..data import check_dataset
 from ..jobs import BACKENDS
 from ..journal import Journal
-from ..policy import load_policy
+from ..policy import load_policy, resolve_agent_path
 from ..runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 from ..schedules import SCHEDULES
 from .methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
@@ -50,7 +51,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
     p.add_argument("--agent", action="append", default=[], metavar="MODEL",
-                   help="runs/<id>/model.zip (SB3) or model.pt (reference PPO); repeat to compare several")
+                   help="runs/<id>/model.zip (SB3) or model.pt (reference PPO), or 'pretrained' (the controller "
+                        "shipped in the package); repeat to compare several")
     defaults = Settings()
     p.add_argument("--seeds", type=int, default=None, help="held-out instances to evaluate on (default: all)")
     p.add_argument("--schedules", nargs="+", default=list(defaults.schedules), metavar="NAME",
@@ -116,10 +118,10 @@ def _resumed_args(parser: argparse.ArgumentParser, argv: list[str] | None, run_d
     return args
 
 
-def _fingerprints(paths: list[str]) -> dict[str, str]:
+def _fingerprints(paths: list[Path]) -> dict[str, str]:
     """sha256 of each agent's model file (a folder: of its files): a resume must compare the same agents."""
     prints = {}
-    for path in map(Path, paths):
+    for path in paths:
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
         digest = hashlib.sha256()
         for file in files:
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                             baselines=tuple(args.baselines), optuna_epochs=args.optuna_epochs,
                             sampled_rollouts=args.sampled_rollouts)
         overrides = dict(parse_override(o) for o in args.set)
-        policies = [load_policy(path) for path in args.agent]
+        agent_paths = [resolve_agent_path(path) for path in args.agent]
+        policies = [load_policy(path) for path in agent_paths]
         if args.preset is None and policies:
             config = config_from_dict(nest_overrides(overrides), policies[0].config, source="overrides")
         else:
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             connect(args.address, "--backend ray")
         elif args.address:
             raise ValueError("--address applies to --backend ray")
-        fingerprints = _fingerprints(args.agent)
+        fingerprints = _fingerprints(agent_paths)
         if args.resume:
             _check_unchanged(Path(args.resume), config_to_toml(config), fingerprints)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:

@@ -13,6 +13,7 @@ from ..harness import SCRIPTED_RULES, EpisodeResult, Job
 from ..jobs import BACKENDS, JobFailure
 from ..methods import KINDS, method_job
 from ..policy import LoadedPolicy, check_compatible
+from ..pretrained import AGENT_NAME, PROVENANCE, read_provenance
 from ..runs import read_jsonl
 from ..schedules import SCHEDULES
 from ..tuningfree import OPTIMIZERS
@@ -190,11 +191,13 @@ def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
     methods: list[Method] = []
     for policy in policies:
         check_compatible(policy, config)
-        base = f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
+        shipped = read_provenance(policy.path) is not None
+        base = AGENT_NAME if shipped else f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
         name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
         epochs, source = training_epochs(policy)
         methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs,
-                              accounting=f"PPO training of {policy.path} ({source})"))
+                              accounting=f"PPO training of {'the shipped controller, ' if shipped else ''}"
+                                         f"{policy.path} ({source})"))
     return methods
 
 
@@ -206,7 +209,12 @@ def sampled_methods(agents: list[Method], rollouts: int) -> list[Method]:
 
 
 def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
-    """UNet training epochs the agent's PPO training consumed, from the run directory it was saved in."""
+    """UNet training epochs the agent's PPO training consumed, from the run directory it was saved in (the
+    shipped controller: from the provenance its export copied out of that run)."""
+    shipped = read_provenance(policy.path)
+    if shipped is not None:
+        return (float(shipped["training_epochs"]),
+                f"{shipped['training_episodes']} episodes of run {shipped['source_run']}, in {PROVENANCE}")
     for run_dir in (policy.path.parent, policy.path.parent.parent):
         episodes = run_dir / "episodes.jsonl"
         if episodes.is_file():
