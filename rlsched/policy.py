@@ -41,11 +41,9 @@ class LoadedPolicy:
 def resolve_agent_path(text: str | Path) -> Path:
     """An agent path as users write it: the word ``pretrained`` is the controller shipped in the package
     (``rlsched.pretrained``), anything else a path."""
-    if str(text) == "pretrained":
-        from .pretrained import controller_path
+    from .pretrained import AGENT_NAME, controller_path
 
-        return controller_path()
-    return Path(text)
+    return controller_path() if str(text) == AGENT_NAME else Path(text)
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:

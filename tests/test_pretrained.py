@@ -12,7 +12,8 @@ from stable_baselines3 import PPO
 from rlsched import compare, evaluate, train
 from rlsched.config import load_config
 from rlsched.policy import load_policy, resolve_agent_path
-from rlsched.pretrained import CONFIG, ENV_VAR, MODEL, NORM, PROVENANCE, __main__ as pretrained_cli, export
+from rlsched.pretrained import CONFIG, ENV_VAR, MODEL, NORM, PROVENANCE, export
+from rlsched.pretrained import __main__ as pretrained_cli
 from rlsched.runs import read_jsonl
 from rlsched.scheduler import RLScheduler
 

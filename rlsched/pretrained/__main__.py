@@ -29,11 +29,11 @@ def describe(model: Path) -> str:
         f"pretrained controller: {model}",
         f"  trained on: preset {shipped.get('preset')!r}{overrides} ({loaded.config.description})",
         f"  source run: {shipped.get('source_run')}, trained {shipped.get('trained')}",
-        f"  training: {shipped.get('training_episodes')} episodes, {shipped.get('training_epochs')} UNet epochs "
-        f"(--total-timesteps {args.get('total_timesteps')}, --seed {args.get('seed')}, "
-        f"--bc-episodes {args.get('bc_episodes')})",
-        f"  interface: {env.action} actions, LR in [{env.lr_min:g}, {env.lr_max:g}], a {env.epochs}-epoch budget "
-        f"({env.epochs_per_step} per step), observations normalised: {shipped.get('observations_normalised')}",
+        (f"  training: {shipped.get('training_episodes')} episodes, {shipped.get('training_epochs')} UNet epochs "
+         f"(--total-timesteps {args.get('total_timesteps')}, --seed {args.get('seed')}, "
+         f"--bc-episodes {args.get('bc_episodes')})"),
+        (f"  interface: {env.action} actions, LR in [{env.lr_min:g}, {env.lr_max:g}], a {env.epochs}-epoch budget "
+         f"({env.epochs_per_step} per step), observations normalised: {shipped.get('observations_normalised')}"),
         f"  exported {shipped.get('exported')} at commit {shipped.get('git_commit')}",
         "  loads and acts: ok",
     ])
