@@ -137,6 +137,15 @@ def test_export_refuses_what_is_not_a_finished_sb3_run(run_dir, tmp_path, missin
     assert not dest.exists()  # checked before anything is written
 
 
+def test_a_run_without_normalisation_leaves_no_stale_statistics(run_dir, shipped, tmp_path):
+    """load_policy applies any obs_norm file beside the model: a --no-normalize-obs export must remove the old."""
+    source = _copy_without(run_dir, tmp_path, "model.obs_norm.json")
+    args = json.loads((source / "args.json").read_text())
+    (source / "args.json").write_text(json.dumps({**args, "normalize_obs": False}))
+    assert export(source)["observations_normalised"] is False
+    assert not (shipped / NORM).exists() and (shipped / PROVENANCE).is_file()
+
+
 def test_export_cli_errors_name_the_folder(tmp_path, capsys):
     assert pretrained_cli.main(["--export", str(tmp_path / "nope"), "--dest", str(tmp_path / "d")]) == 1
     assert "no such folder" in capsys.readouterr().err
