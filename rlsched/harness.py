@@ -26,7 +26,8 @@ from .trainer import counted_dice
 LOG_LR, FIRST_STEP, SUGGESTED = (feature_index(n) for n in ("log_lr", "first_step", "log_lr_suggested"))
 # the scripted rules, run as Job kind "scripted" with one of these as arg: steer to a tuned target LR, or probe
 # one slice at the tuned LR and then steer to the suggested LR
-SCRIPTED_RULES = ("scripted", "suggested")
+SUGGESTED_RULE = "suggested"
+SCRIPTED_RULES = ("scripted", SUGGESTED_RULE)
 
 
 class Controller(Protocol):

@@ -27,7 +27,7 @@ import torch
 from .config import Config, with_overrides
 from .env import UNetLREnv
 from .harness import (Controller, EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
-                      SCRIPTED_RULES, ScriptedController, run_episode)
+                      SUGGESTED_RULE, ScriptedController, run_episode)
 from .journal import Journal
 from .methods import KINDS, method_controller
 from .policy import Predictor, load_policy
@@ -68,7 +68,7 @@ def make_controller(job: Job) -> Controller:
     if job.kind == "scripted":
         if job.base_lr is None:
             raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
-        return ScriptedController(job.base_lr, name=job.method, follow_suggestion=job.arg == SCRIPTED_RULES[1])
+        return ScriptedController(job.base_lr, name=job.method, follow_suggestion=job.arg == SUGGESTED_RULE)
     if job.kind in KINDS:
         return method_controller(job)
     raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random', 'scripted' or one of "

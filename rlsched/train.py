@@ -26,7 +26,7 @@ from .agents.sb3 import PPOSettings
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
 from .data import check_dataset
 from .dataset import DatasetError
-from .harness import SCRIPTED_RULES
+from .harness import SCRIPTED_RULES, SUGGESTED_RULE
 from .runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
 
 ALGOS = ("sb3", "reference")
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bc-episodes", type=int, default=None,
                    help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
                         "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)")
-    p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SCRIPTED_RULES[1],
+    p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SUGGESTED_RULE,
                    help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
                         "slice at --teacher-lr, then steer towards the LR its update size suggests)")
     p.add_argument("--teacher-lr", type=float, default=None,
@@ -263,7 +263,7 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
         target, searched = search_target(config, args.teacher_search_instances, args.n_envs, args.teacher)
         append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
         print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
-    rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SCRIPTED_RULES[1])
+    rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SUGGESTED_RULE)
     stats = behaviour_clone(model, rule, args.bc_episodes)
     print(f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
           f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")

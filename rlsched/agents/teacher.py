@@ -1,7 +1,8 @@
 """A behaviour-cloning warm start of the SB3 policy from a scripted LR rule (``harness.ScriptedRule``).
 
 The rules are the simplest controllers that work: steer the LR towards a target as fast as the actions allow,
-then hold it (the target: a tuned LR, or the LR the first slice's update size suggests). PPO from a uniform policy needs many episodes to find it (reaching the good
+then hold it (the target: a tuned LR, or the LR the first slice's update size suggests). PPO from a uniform
+policy needs many episodes to find it (reaching the good
 LR region from the bottom of the range takes several large steps in a row, each first rewarded negatively by the
 Dice dip); cloning it first costs a few episodes and leaves PPO to refine it.
 """
@@ -68,7 +69,8 @@ def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epoch
 
 def search_target(config: Config, instances: int, workers: int, rule: str = "scripted"
                   ) -> tuple[float, list[EpisodeResult]]:
-    """The target LR of scripted rule ``rule`` (``harness.SCRIPTED_RULES``), grid-searched on the first ``instances`` *train* instances like a fixed
+    """The target LR of scripted rule ``rule`` (``harness.SCRIPTED_RULES``), grid-searched on the first
+    ``instances`` *train* instances like a fixed
     schedule's base LR in ``rlsched.compare`` (one point per decade of the initial-LR range); returns the
     target and the episodes it cost."""
     from ..compare.running import search_grid, tune_base_lrs

@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--schedules", nargs="+", default=list(defaults.schedules), metavar="NAME",
                    help=f"fixed schedules to compare (default: all of {', '.join(SCHEDULES)}); add "
                         f"'{SCRIPTED}' for the scripted rule (steer towards a target LR tuned on the same grid), "
-                        "'suggested' for the suggested-LR rule (first slice at a tuned LR, then the LR its update size suggests)")
+                        "'suggested' for the suggested-LR rule (first slice at a tuned LR, then the LR its update "
+                        "size suggests)")
     p.add_argument("--tune-instances", type=int, default=defaults.tune_instances,
                    help="train instances of the base-LR grid search (default: %(default)s)")
     p.add_argument("--grid-per-decade", type=int, default=defaults.grid_per_decade,

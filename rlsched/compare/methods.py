@@ -21,6 +21,11 @@ from ..tuningfree import OPTIMIZERS
 CONSTANT_INITIAL = "constant (initial LR)"
 SCRIPTED = "scripted"  # Job kind of the scripted rules (harness.ScriptedRule), their target LR tuned like a base LR
 TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
+
+
+def tuned_kind(name: str) -> str:
+    """The harness Job kind that runs tunable method ``name``: a scripted rule or a fixed schedule."""
+    return SCRIPTED if name in SCRIPTED_RULES else "schedule"
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
 # what a practitioner runs instead of a learned schedule (rlsched.methods, rlsched.search): name -> (kind, arg)
 BASELINES = {"range_test+onecycle": ("range_test", "onecycle"), "range_test+cosine": ("range_test", "cosine"),
@@ -232,7 +237,7 @@ def baseline_methods(tuning: Tuning) -> list[Method]:
     """Tuned fixed schedules, the constant initial-LR baseline and the random policy."""
     search = (f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
               f"{tuning.epochs} epochs")
-    tuned = [Method(name, SCRIPTED if name in SCRIPTED_RULES else "schedule", name, lr, tuning.epochs_per_schedule,
+    tuned = [Method(name, tuned_kind(name), name, lr, tuning.epochs_per_schedule,
                     search) for name, lr in tuning.base_lrs.items()]
     return tuned + [Method(CONSTANT_INITIAL, "schedule", "constant"), Method("random", "random", "0")]
 

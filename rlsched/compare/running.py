@@ -14,13 +14,13 @@ from tqdm import tqdm
 
 from ..config import Config, ConfigError
 from ..env import Instance, make_instances
-from ..harness import SCRIPTED_RULES, EpisodeResult, Job
+from ..harness import EpisodeResult, Job
 from ..jobs import JobFailure, Outcome, run_journaled
 from ..journal import Journal, journal_key
 from ..methods import method_job, recipe
 from ..schedules import lr_grid
-from .methods import (BASELINES, NEEDS, SCRIPTED, Comparison, Method, Settings, Tuning, baseline_methods,
-                      sampled_methods)
+from .methods import (BASELINES, NEEDS, Comparison, Method, Settings, Tuning, baseline_methods, sampled_methods,
+                      tuned_kind)
 from .summary import run_metrics
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -60,7 +60,7 @@ def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float],
     """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on), by
     validation Dice: a choice, so never by test Dice. An LR whose every run failed (dead workers) scores -inf:
     it cannot be chosen."""
-    jobs = [Job(f"{name}@{lr:g}", SCRIPTED if name in SCRIPTED_RULES else "schedule", name, instance, base_lr=lr)
+    jobs = [Job(f"{name}@{lr:g}", tuned_kind(name), name, instance, base_lr=lr)
             for name in schedules for lr in grid for instance in instances]
     runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
     for job, result in zip(jobs, run(jobs)):
