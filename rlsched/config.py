@@ -29,7 +29,7 @@ else:  # pragma: no cover
 TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw", *TUNING_FREE)
-ACTIONS = ("discrete", "continuous", "absolute")
+ACTIONS = ("discrete", "continuous", "absolute", "residual")
 
 
 class ConfigError(ValueError):
@@ -179,10 +179,15 @@ class EnvConfig:
     lr_max: float = 1.0
     initial_lr_min: float = 1e-4  # initial LR drawn log-uniformly from [initial_lr_min, initial_lr_max]
     initial_lr_max: float = 0.5
-    action: str = "discrete"  # discrete (x a factor) | continuous (x 10**(a*max_log10_change)) | absolute (a grid LR)
+    # discrete (x a factor) | continuous (x 10**(a*max_log10_change)) | absolute (a grid LR) | residual (the
+    # suggested LR x 10**offset: doing nothing follows the suggestion)
+    action: str = "discrete"
     factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)  # discrete: LR multipliers
     max_log10_change: float = 0.301  # continuous: action 1 multiplies the LR by 10**this (2x)
     grid_points: int = 11  # absolute: action i sets the i-th of this many log-spaced LRs in [lr_min, lr_max]
+    # residual: action i sets the LR to base * 10**offsets[i], base = the suggested LR once the first slice measured
+    # it (control.suggested_lr), the current LR before; quarter decades from -3 to +1.5
+    offsets: tuple[float, ...] = tuple(q / 4 for q in range(-12, 7))
     history: int = 2  # past (dice, log LR) pairs in the observation
     # the relative weight change over one slice that the observation's suggested LR aims at (control.suggested_lr).
     # On demo's train instances (benchmarks/update_ratio_calibration.py) the ratio that points a first slice at
@@ -210,6 +215,8 @@ class EnvConfig:
         _require(len(self.factors) >= 2 and all(f > 0 for f in self.factors),
                  "[env] factors needs at least two positive LR multipliers")
         _require(self.max_log10_change > 0, "[env] max_log10_change must be > 0")
+        _require(len(self.offsets) >= 2 and all(math.isfinite(o) for o in self.offsets),
+                 "[env] offsets needs at least two finite log10 LR offsets (e.g. [-0.5, 0.0, 0.5])")
         _require(self.grid_points >= 2, "[env] grid_points must be >= 2 (absolute actions need a choice)")
         _require(self.history >= 0, "[env] history must be >= 0")
         _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")

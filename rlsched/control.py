@@ -144,7 +144,8 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
 def action_space(env: EnvConfig) -> spaces.Space:
     if env.action == "continuous":
         return spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-    return spaces.Discrete(env.grid_points if env.action == "absolute" else len(env.factors))
+    choices = {"absolute": env.grid_points, "residual": len(env.offsets)}.get(env.action, len(env.factors))
+    return spaces.Discrete(choices)
 
 
 def absolute_lrs(env: EnvConfig) -> np.ndarray:
@@ -152,11 +153,12 @@ def absolute_lrs(env: EnvConfig) -> np.ndarray:
     return np.logspace(math.log10(env.lr_min), math.log10(env.lr_max), env.grid_points)
 
 
-def next_lr(env: EnvConfig, lr: float, action: object) -> float:
+def next_lr(env: EnvConfig, lr: float, action: object, suggested: float | None = None) -> float:
     """The LR an action picks from the current one, clipped to ``[lr_min, lr_max]``.
 
     discrete: ``lr * factors[action]``; continuous: ``lr * 10 ** (a * max_log10_change)`` with ``a`` clipped
-    to [-1, 1]; absolute: the ``action``-th LR of ``absolute_lrs``, whatever the current one.
+    to [-1, 1]; absolute: the ``action``-th LR of ``absolute_lrs``, whatever the current one; residual:
+    ``residual_base(lr, suggested) * 10 ** offsets[action]``.
     """
     if env.action == "continuous":
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
@@ -164,7 +166,17 @@ def next_lr(env: EnvConfig, lr: float, action: object) -> float:
     index = int(np.asarray(action).reshape(-1)[0])
     if env.action == "absolute":
         return clip_lr(env, float(absolute_lrs(env)[index]))
+    if env.action == "residual":
+        return clip_lr(env, residual_base(lr, suggested) * 10 ** env.offsets[index])
     return clip_lr(env, lr * env.factors[index])
+
+
+def residual_base(lr: float, suggested: float | None) -> float:
+    """What a residual action's offset applies to: the suggested LR once the first slice measured it, the
+    current LR before. Why: the offset 0 then *is* the suggested-LR rule, so a policy starts from a sane
+    schedule and learns only corrections (a cloned policy's one-step error is a quarter decade off the
+    suggestion, not off an absolute grid it must hit per instance)."""
+    return suggested if suggested is not None else lr
 
 
 def clip_lr(env: EnvConfig, lr: float) -> float:

@@ -78,7 +78,9 @@ class UNetLREnv(gym.Env):
     ``factors[i]`` (default ``(0.5, 0.8, 1.0, 1.25, 2.0)``). ``"continuous"``: ``Box(-1, 1, (1,))``; action ``a``
     multiplies the LR by ``10 ** (a * max_log10_change)``. ``"absolute"``: ``Discrete(grid_points)``; action
     ``i`` sets the LR to the ``i``-th of ``grid_points`` log-spaced values in ``[lr_min, lr_max]`` (any LR is one
-    step away). The LR is always clipped to ``[lr_min, lr_max]``.
+    step away). ``"residual"``: ``Discrete(len(offsets))``; action ``i`` sets the LR to the suggested LR (feature
+    11; before the first slice, the current LR) times ``10 ** offsets[i]``, so the offset 0 follows the
+    suggestion. The LR is always clipped to ``[lr_min, lr_max]``.
 
     ## Observation Space
     ``Box(float32)`` of normalised training-dynamics features a real controller can compute:
@@ -166,8 +168,8 @@ class UNetLREnv(gym.Env):
         cfg = self.config.env
         if cfg.action == "continuous":
             return np.zeros(1, dtype=np.float32)
-        if cfg.action == "absolute":
-            return 0
+        if cfg.action in ("absolute", "residual"):
+            return 0  # set_lr ignores it; these modes have no action that keeps the LR as such
         if 1.0 not in cfg.factors:
             raise ValueError("env.factors has no 1.0, so no action keeps the LR; add 1.0 to the factors")
         return list(cfg.factors).index(1.0)
@@ -241,7 +243,7 @@ class UNetLREnv(gym.Env):
         if self._done or self.trainer is None:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         cfg = self.config.env
-        lr = self._forced_lr if self._forced_lr is not None else next_lr(cfg, self._lr, action)
+        lr = self._forced_lr if self._forced_lr is not None else next_lr(cfg, self._lr, action, self._control.suggested)
         self._forced_lr = None
         result = self.trainer.train_slice(lr, cfg.epochs_per_step)
         record = result.record()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import EnvConfig
-from .control import absolute_lrs, decode_lr, feature_index
+from .control import absolute_lrs, decode_lr, feature_index, residual_base
 from .env import Instance, UNetLREnv
 from .journal import journal_key
 from .policy import Predictor
@@ -89,7 +89,8 @@ class ScriptedRule:
 
     Relative (discrete) actions: the factor that brings log LR closest to log target, ties to the smaller
     change; from below it climbs by the largest factor until the next step would overshoot, then holds.
-    Absolute actions: the grid LR closest to the target, at once. With ``follow_suggestion`` the target is the
+    Absolute actions: the grid LR closest to the target, at once. Residual actions: the offset from the
+    suggested LR (the current LR before the first slice) closest to the target. With ``follow_suggestion`` the target is the
     observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target``
     is only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
     """
@@ -100,26 +101,36 @@ class ScriptedRule:
 
     def __post_init__(self) -> None:
         if self.env.action == "continuous" or (self.env.action == "discrete" and 1.0 not in self.env.factors):
-            raise ValueError("the scripted rule needs env.action = 'absolute', or 'discrete' with a factor of 1.0 "
-                             f"among env.factors (got action={self.env.action!r}, factors={self.env.factors})")
+            raise ValueError("the scripted rule needs env.action = 'absolute' or 'residual', or 'discrete' with a "
+                             f"factor of 1.0 among env.factors (got action={self.env.action!r}, "
+                             f"factors={self.env.factors})")
 
-    def action(self, lr: float, target: float | None = None) -> int:
-        """The action from LR ``lr`` towards ``target`` (default: the rule's own)."""
+    def action(self, lr: float, target: float | None = None, suggested: float | None = None) -> int:
+        """The action from LR ``lr`` towards ``target`` (default: the rule's own); ``suggested``: the suggested
+        LR once measured (residual actions are offsets from it)."""
         target = self.target if target is None else target
         if self.env.action == "absolute":
             return int(np.argmin(np.abs(np.log(absolute_lrs(self.env) / target))))
+        if self.env.action == "residual":
+            gap = math.log10(target / residual_base(lr, suggested))
+            return int(np.argmin(np.abs(np.asarray(self.env.offsets) - gap)))
         gaps = [(abs(math.log(lr * f / target)), abs(math.log(f))) for f in self.env.factors]
         return min(range(len(gaps)), key=gaps.__getitem__)
 
     def actions(self, raw_obs: np.ndarray) -> np.ndarray:
         """One action per row of raw (unnormalised) observations, from their LR features."""
-        return np.array([self.action(decode_lr(self.env, float(row[LOG_LR])), self._target(row))
+        residual = self.env.action == "residual"
+        return np.array([self.action(decode_lr(self.env, float(row[LOG_LR])), self._target(row),
+                                     self._suggested(row) if residual else None)
                          for row in np.atleast_2d(raw_obs)])
 
+    def _suggested(self, row: np.ndarray) -> float | None:
+        """The suggested LR once the first slice measured it (before, the feature holds the current LR)."""
+        return decode_lr(self.env, float(row[SUGGESTED])) if row[FIRST_STEP] < 0.5 else None
+
     def _target(self, row: np.ndarray) -> float:
-        if self.follow_suggestion and row[FIRST_STEP] < 0.5:
-            return decode_lr(self.env, float(row[SUGGESTED]))
-        return self.target
+        suggested = self._suggested(row) if self.follow_suggestion else None
+        return suggested if suggested is not None else self.target
 
 
 @dataclass

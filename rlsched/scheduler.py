@@ -122,7 +122,7 @@ class RLScheduler:
         assert self._state is not None
         action, _ = self.policy.predict(self._state.observation(), deterministic=True)
         self.last_action = action
-        new_lr = next_lr(self.env, lr, action)
+        new_lr = next_lr(self.env, lr, action, self._state.suggested)
         for group, ratio in zip(self.optimizer.param_groups, self._ratios):
             group["lr"] = new_lr * ratio
         return new_lr

@@ -131,7 +131,7 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     if args.bc_episodes and config.env.action == "continuous":
-        raise SystemExit("error: the scripted rules the warm start clones pick discrete or absolute actions, and "
+        raise SystemExit("error: the scripted rules the warm start clones pick discrete, absolute or residual actions, and "
                          "env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)")
     settings = settings_from(args)
     try:

@@ -169,6 +169,17 @@ def test_discrete_actions_pick_a_factor_continuous_ones_a_log_scale_change_absol
     assert next_lr(ENV, 0.8, 4) == 1.0  # x2 clipped to lr_max
 
 
+def test_residual_actions_offset_the_suggested_lr_and_the_current_lr_before_it_is_measured():
+    residual = EnvConfig(action="residual", offsets=(-1.0, -0.25, 0.0, 0.5), lr_min=1e-5, lr_max=1.0)
+    assert [next_lr(residual, 0.01, a) for a in range(4)] == pytest.approx([1e-3, 0.01 * 10 ** -0.25, 0.01,
+                                                                            0.01 * 10 ** 0.5])
+    assert [next_lr(residual, 0.01, a, suggested=0.2) for a in range(4)] == pytest.approx(
+        [0.02, 0.2 * 10 ** -0.25, 0.2, 0.2 * 10 ** 0.5])  # the offset 0 is the suggestion
+    assert next_lr(residual, 0.01, 3, suggested=0.5) == 1.0  # clipped to lr_max
+    assert action_space(residual) == spaces.Discrete(4)
+    assert 0.0 in EnvConfig().offsets and len(EnvConfig().offsets) == 19  # quarter decades, -3 .. +1.5
+
+
 def test_log_lr_feature_decodes_back_to_the_lr():
     """The scripted rule reads the LR back from an observation: decode_lr must invert encode_lr exactly."""
     assert decode_lr(ENV, -1.0) == pytest.approx(1e-4) and decode_lr(ENV, 1.0) == pytest.approx(1.0)
@@ -181,6 +192,7 @@ def test_log_lr_feature_decodes_back_to_the_lr():
 def test_action_space_follows_the_action_mode():
     assert action_space(ENV) == spaces.Discrete(len(ENV.factors))
     assert action_space(EnvConfig(action="absolute", grid_points=7)) == spaces.Discrete(7)
+    assert action_space(EnvConfig(action="residual", offsets=(-0.5, 0.0, 0.5))) == spaces.Discrete(3)
     box = action_space(EnvConfig(action="continuous"))
     assert isinstance(box, spaces.Box) and box.shape == (1,) and box.dtype == np.float32
     assert box.low.tolist() == [-1.0] and box.high.tolist() == [1.0]
