@@ -86,15 +86,18 @@ class _Scripted:
         return self.actions[len(self.seen) - 1], None
 
 
-def test_plain_loop_with_scheduler_sees_exactly_the_env_observations():
+@pytest.mark.parametrize(("actions_mode", "actions"), [
+    ({"env.factors": [0.5, 1.0, 2.0]}, [2, 2, 0, 1, 2, 1]),
+    ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 0.5]}, [2, 1, 0, 1, 0, 1])], ids=["discrete", "residual"])
+def test_plain_loop_with_scheduler_sees_exactly_the_env_observations(actions_mode, actions):
     """The same instance trained by the env and by a plain Trainer loop steered by RLScheduler (which measures
-    gradient norm and update ratio itself): identical observations at every epoch, hence identical LRs."""
+    gradient norm and update ratio itself): identical observations at every epoch, hence identical LRs
+    (residual actions: offsets from the suggested LR, which the loop measures itself too)."""
     from rlsched.trainer import Trainer
 
     # 4 batches per epoch: the mean gradient norm of an epoch differs from its last batch's
-    config = load_config("fast", {**OVERRIDES, "env.epochs": 5, "env.factors": [0.5, 1.0, 2.0],
-                                  "optim.batch_size": 4})
-    actions = [2, 2, 0, 1, 2, 1]  # the loop's last step also picks the LR of an epoch beyond the budget
+    config = load_config("fast", {**OVERRIDES, "env.epochs": 5, **actions_mode, "optim.batch_size": 4})
+    # the loop's last step also picks the LR of an epoch beyond the budget
     env_policy, loop_policy = _Scripted(actions), _Scripted(actions)
     env = UNetLREnv(config=config)
     instance = env.instances["heldout"][0]
