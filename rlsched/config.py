@@ -186,8 +186,12 @@ class EnvConfig:
     max_log10_change: float = 0.301  # continuous: action 1 multiplies the LR by 10**this (2x)
     grid_points: int = 11  # absolute: action i sets the i-th of this many log-spaced LRs in [lr_min, lr_max]
     # residual: action i sets the LR to base * 10**offsets[i], base = the suggested LR once the first slice measured
-    # it (control.suggested_lr), the current LR before; quarter decades from -3 to +1.5
+    # it (control.suggested_lr), probe_lr before; quarter decades from -3 to +1.5
     offsets: tuple[float, ...] = tuple(q / 4 for q in range(-12, 7))
+    # residual: the base of the first action. A fixed LR, not the run's initial one, so the first action means the
+    # same in every run (a policy learns one probe, not a map from every initial LR to it); 1e-3 is safe for
+    # SGD+momentum and Adam alike, and the first slice only has to measure the update size
+    probe_lr: float = 1e-3
     history: int = 2  # past (dice, log LR) pairs in the observation
     # the relative weight change over one slice that the observation's suggested LR aims at (control.suggested_lr).
     # On demo's train instances (benchmarks/update_ratio_calibration.py) the ratio that points a first slice at
@@ -217,6 +221,7 @@ class EnvConfig:
         _require(self.max_log10_change > 0, "[env] max_log10_change must be > 0")
         _require(len(self.offsets) >= 2 and all(math.isfinite(o) for o in self.offsets),
                  "[env] offsets needs at least two finite log10 LR offsets (e.g. [-0.5, 0.0, 0.5])")
+        _require(self.lr_min <= self.probe_lr <= self.lr_max, "[env] need lr_min <= probe_lr <= lr_max")
         _require(self.grid_points >= 2, "[env] grid_points must be >= 2 (absolute actions need a choice)")
         _require(self.history >= 0, "[env] history must be >= 0")
         _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")

@@ -158,7 +158,7 @@ def next_lr(env: EnvConfig, lr: float, action: object, suggested: float | None =
 
     discrete: ``lr * factors[action]``; continuous: ``lr * 10 ** (a * max_log10_change)`` with ``a`` clipped
     to [-1, 1]; absolute: the ``action``-th LR of ``absolute_lrs``, whatever the current one; residual:
-    ``residual_base(lr, suggested) * 10 ** offsets[action]``.
+    ``residual_base(env, suggested) * 10 ** offsets[action]``.
     """
     if env.action == "continuous":
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
@@ -167,16 +167,16 @@ def next_lr(env: EnvConfig, lr: float, action: object, suggested: float | None =
     if env.action == "absolute":
         return clip_lr(env, float(absolute_lrs(env)[index]))
     if env.action == "residual":
-        return clip_lr(env, residual_base(lr, suggested) * 10 ** env.offsets[index])
+        return clip_lr(env, residual_base(env, suggested) * 10 ** env.offsets[index])
     return clip_lr(env, lr * env.factors[index])
 
 
-def residual_base(lr: float, suggested: float | None) -> float:
-    """What a residual action's offset applies to: the suggested LR once the first slice measured it, the
-    current LR before. Why: the offset 0 then *is* the suggested-LR rule, so a policy starts from a sane
-    schedule and learns only corrections (a cloned policy's one-step error is a quarter decade off the
-    suggestion, not off an absolute grid it must hit per instance)."""
-    return suggested if suggested is not None else lr
+def residual_base(env: EnvConfig, suggested: float | None) -> float:
+    """What a residual action's offset applies to: the suggested LR once the first slice measured it,
+    ``env.probe_lr`` before. Why: the offset 0 then *is* the suggested-LR rule (probing at ``probe_lr``), so a
+    policy starts from a sane schedule and learns only corrections, each a quarter decade from a sane LR rather
+    than a grid LR it must hit per instance."""
+    return suggested if suggested is not None else env.probe_lr
 
 
 def clip_lr(env: EnvConfig, lr: float) -> float:

@@ -79,8 +79,8 @@ class UNetLREnv(gym.Env):
     multiplies the LR by ``10 ** (a * max_log10_change)``. ``"absolute"``: ``Discrete(grid_points)``; action
     ``i`` sets the LR to the ``i``-th of ``grid_points`` log-spaced values in ``[lr_min, lr_max]`` (any LR is one
     step away). ``"residual"``: ``Discrete(len(offsets))``; action ``i`` sets the LR to the suggested LR (feature
-    11; before the first slice, the current LR) times ``10 ** offsets[i]``, so the offset 0 follows the
-    suggestion. The LR is always clipped to ``[lr_min, lr_max]``.
+    11; before the first slice, ``probe_lr``) times ``10 ** offsets[i]``, so the offset 0 follows the
+    suggestion and the initial LR plays no part. The LR is always clipped to ``[lr_min, lr_max]``.
 
     ## Observation Space
     ``Box(float32)`` of normalised training-dynamics features a real controller can compute:

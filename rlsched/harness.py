@@ -90,7 +90,7 @@ class ScriptedRule:
     Relative (discrete) actions: the factor that brings log LR closest to log target, ties to the smaller
     change; from below it climbs by the largest factor until the next step would overshoot, then holds.
     Absolute actions: the grid LR closest to the target, at once. Residual actions: the offset from the
-    suggested LR (the current LR before the first slice) closest to the target. With ``follow_suggestion`` the target is the
+    suggested LR (``env.probe_lr`` before the first slice) closest to the target. With ``follow_suggestion`` the target is the
     observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target``
     is only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
     """
@@ -112,7 +112,7 @@ class ScriptedRule:
         if self.env.action == "absolute":
             return int(np.argmin(np.abs(np.log(absolute_lrs(self.env) / target))))
         if self.env.action == "residual":
-            gap = math.log10(target / residual_base(lr, suggested))
+            gap = math.log10(target / residual_base(self.env, suggested))
             return int(np.argmin(np.abs(np.asarray(self.env.offsets) - gap)))
         gaps = [(abs(math.log(lr * f / target)), abs(math.log(f))) for f in self.env.factors]
         return min(range(len(gaps)), key=gaps.__getitem__)

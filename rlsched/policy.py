@@ -19,7 +19,7 @@ from .control import observation_space
 
 # env settings that define what a policy sees and does: they must match between training and use
 # (epochs_per_step: what one action spans; the epoch budget only rescales budget_used, so it is a warning)
-INTERFACE_KEYS = ("action", "factors", "max_log10_change", "grid_points", "offsets", "history", "lr_min", "lr_max",
+INTERFACE_KEYS = ("action", "factors", "max_log10_change", "grid_points", "offsets", "probe_lr", "history", "lr_min", "lr_max",
                   "epochs_per_step", "target_update_ratio")
 
 

@@ -169,10 +169,11 @@ def test_discrete_actions_pick_a_factor_continuous_ones_a_log_scale_change_absol
     assert next_lr(ENV, 0.8, 4) == 1.0  # x2 clipped to lr_max
 
 
-def test_residual_actions_offset_the_suggested_lr_and_the_current_lr_before_it_is_measured():
-    residual = EnvConfig(action="residual", offsets=(-1.0, -0.25, 0.0, 0.5), lr_min=1e-5, lr_max=1.0)
-    assert [next_lr(residual, 0.01, a) for a in range(4)] == pytest.approx([1e-3, 0.01 * 10 ** -0.25, 0.01,
-                                                                            0.01 * 10 ** 0.5])
+def test_residual_actions_offset_the_suggested_lr_and_the_probe_lr_before_it_is_measured():
+    residual = EnvConfig(action="residual", offsets=(-1.0, -0.25, 0.0, 0.5), probe_lr=1e-3, lr_min=1e-5, lr_max=1.0)
+    expected_probes = [1e-4, 1e-3 * 10 ** -0.25, 1e-3, 1e-3 * 10 ** 0.5]
+    assert [next_lr(residual, 0.01, a) for a in range(4)] == pytest.approx(expected_probes)  # whatever the LR
+    assert [next_lr(residual, 0.3, a) for a in range(4)] == pytest.approx(expected_probes)
     assert [next_lr(residual, 0.01, a, suggested=0.2) for a in range(4)] == pytest.approx(
         [0.02, 0.2 * 10 ** -0.25, 0.2, 0.2 * 10 ** 0.5])  # the offset 0 is the suggestion
     assert next_lr(residual, 0.01, 3, suggested=0.5) == 1.0  # clipped to lr_max

@@ -61,16 +61,16 @@ def test_the_suggestion_controller_trains_at_the_lr_the_first_slice_suggests():
 
 
 def test_with_residual_actions_the_suggestion_rule_is_the_offset_zero_after_its_probe():
-    """Residual actions offset the suggested LR: the rule probes at its target (an offset from the current LR),
-    then does nothing, and the env trains at exactly the suggested LR."""
+    """Residual actions offset the suggested LR: the rule probes at its target (an offset from env.probe_lr,
+    whatever the initial LR), then does nothing, and the env trains at exactly the suggested LR."""
     config = load_config("fast", {**TINY, "env.action": "residual"})
     env = UNetLREnv(config=config)
     episode = run_episode(env, ScriptedController(0.01, follow_suggestion=True), env.instances["heldout"][0],
-                          initial_lr=0.001)
+                          initial_lr=0.2)
     lrs = [r["lr"] for r in episode.records[1:]]
     first = episode.records[1]
     suggested = first["lr"] * config.env.target_update_ratio / first["update_ratio"]
-    assert lrs[0] == pytest.approx(1e-2)  # +1 decade from the initial 1e-3
+    assert lrs[0] == pytest.approx(1e-2)  # +1 decade from probe_lr 1e-3
     assert lrs[1:] == pytest.approx([min(suggested, config.env.lr_max)] * (len(lrs) - 1), rel=1e-5)
     rule = ScriptedRule(config.env, target=0.01, follow_suggestion=True)
     zero = list(config.env.offsets).index(0.0)
