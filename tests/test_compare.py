@@ -330,6 +330,26 @@ def test_scripted_rule_is_tuned_on_train_instances_and_compared(tmp_path):
         assert any(lr / heldout[instance] == pytest.approx(f) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
 
 
+def test_schedules_at_the_initial_lr_run_untuned_and_only_in_the_main_runs(tmp_path):
+    """--at-initial-lr: what a user who does not tune gets, e.g. cosine from each instance's own initial LR (the
+    zero-shot comparisons need it); a forced initial LR would repeat the tuned schedule's robustness run."""
+    with pytest.raises(ValueError, match="--at-initial-lr 'suggested': not a fixed schedule"):
+        compare.Settings(at_initial_lr=("constant", "suggested"))
+    assert compare.main(["--preset", "fast", *sets(COMPARE), "--schedules", "constant", "--at-initial-lr",
+                         "constant", "cosine", "--tune-instances", "1", "--grid-per-decade", "1", "--robustness",
+                         "10", "--workers", "1", "--runs-dir", str(tmp_path)]) == 0
+    (out,) = tmp_path.iterdir()
+    rows = main_rows(out)
+    assert rows["cosine (initial LR)"]["base_lr"] == "" and rows[compare.CONSTANT_INITIAL]["base_lr"] == ""
+    episodes = read_csv(out / "episodes.csv")
+    heldout = {str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml"), "heldout")}
+    first = {r["instance"]: float(r["lr"]) for r in episodes
+             if r["method"] == "cosine (initial LR)" and r["epoch"] == "1" and not r["factor"]}
+    assert first == pytest.approx(heldout)  # cosine's first epoch runs at the instance's own LR
+    robust = {r["method"] for r in episodes if r["factor"]}
+    assert "constant" in robust and not robust & {"cosine (initial LR)", compare.CONSTANT_INITIAL}
+
+
 def test_practitioners_baselines_run_end_to_end_with_their_cost(agent, tmp_path):
     """--baselines all: LR range test (+ one-cycle, + cosine), the tuning-free optimizers, the nnU-Net recipe and
     Optuna run through the same harness on the same held-out instances, each with what it needed and spent."""

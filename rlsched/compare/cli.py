@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         f"'{SCRIPTED}' for the scripted rule (steer towards a target LR tuned on the same grid), "
                         "'suggested' for the suggested-LR rule (first slice at a tuned LR, then the LR its update "
                         "size suggests)")
+    p.add_argument("--at-initial-lr", nargs="+", default=list(defaults.at_initial_lr), metavar="NAME",
+                   help="fixed schedules also run untuned, from each instance's own initial LR: what a user who "
+                        "does not tune gets (default: %(default)s)")
     p.add_argument("--tune-instances", type=int, default=defaults.tune_instances,
                    help="train instances of the base-LR grid search (default: %(default)s)")
     p.add_argument("--grid-per-decade", type=int, default=defaults.grid_per_decade,
@@ -164,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                             tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
                             robustness=() if args.no_robustness else tuple(args.robustness),
                             dice_target=args.dice_target, workers=args.workers, backend=args.backend,
-                            pbt_population=args.pbt_population, pb2_population=args.pb2_population, gpus_per_worker=args.num_gpus_per_worker,
+                            pbt_population=args.pbt_population, pb2_population=args.pb2_population,
+                            gpus_per_worker=args.num_gpus_per_worker,
                             baselines=tuple(args.baselines), optuna_epochs=args.optuna_epochs,
-                            sampled_rollouts=args.sampled_rollouts)
+                            sampled_rollouts=args.sampled_rollouts, at_initial_lr=tuple(args.at_initial_lr))
         overrides = dict(parse_override(o) for o in args.set)
         agent_paths = [resolve_agent_path(path) for path in args.agent]
         policies = [load_policy(path) for path in agent_paths]

@@ -18,7 +18,7 @@ from ..runs import read_jsonl
 from ..schedules import SCHEDULES
 from ..tuningfree import OPTIMIZERS
 
-CONSTANT_INITIAL = "constant (initial LR)"
+CONSTANT_INITIAL = "constant (initial LR)"  # initial_lr_name("constant")
 SCRIPTED = "scripted"  # Job kind of the scripted rules (harness.ScriptedRule), their target LR tuned like a base LR
 TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
 
@@ -66,6 +66,7 @@ class Settings:
     baselines: tuple[str, ...] = ()  # BASELINES (or BASELINE_GROUPS) to add
     optuna_epochs: int | None = None  # Optuna's budget (None: what the first learned agent's training spent)
     sampled_rollouts: int = 0  # > 0: also each agent's sampled actions, this many rollouts per instance, averaged
+    at_initial_lr: tuple[str, ...] = ("constant",)  # schedules also run untuned, from each instance's initial LR
 
     def __post_init__(self) -> None:
         if self.sampled_rollouts < 0:
@@ -77,6 +78,10 @@ class Settings:
         if unknown or not self.schedules:
             raise ValueError(f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "
                              f"{', '.join(TUNABLE)}" if unknown else "no schedules: pass at least one")
+        untunable = [s for s in self.at_initial_lr if s not in SCHEDULES]
+        if untunable:
+            raise ValueError(f"--at-initial-lr {', '.join(map(repr, untunable))}: not a fixed schedule; choose from: "
+                             f"{', '.join(SCHEDULES)}")
         if self.seeds is not None and self.seeds < 1:
             raise ValueError(f"--seeds {self.seeds}: evaluate on at least 1 held-out instance")
         if self.tune_instances < 1 or self.grid_per_decade < 1 or self.workers < 1:
@@ -120,9 +125,15 @@ class Method:
     @property
     def robust(self) -> bool:
         """Whether a forced initial LR means anything to it: the range test picks its own LR, the tuning-free
-        optimizers and the nnU-Net recipe have theirs (and the constant initial LR would repeat constant)."""
+        optimizers and the nnU-Net recipe have theirs (and a schedule at the initial LR would repeat the tuned
+        schedule's robustness run)."""
         return (self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample")
-                and self.name != CONSTANT_INITIAL)
+                and not self.at_initial_lr)
+
+    @property
+    def at_initial_lr(self) -> bool:
+        """A fixed schedule run untuned, from each instance's initial LR (what a user who does not tune gets)."""
+        return self.kind == "schedule" and self.base_lr is None
 
     @property
     def learned(self) -> bool:
@@ -233,11 +244,17 @@ def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
     return math.nan, "unknown: no episodes.jsonl or checkpoints/last.json beside the model"
 
 
-def baseline_methods(tuning: Tuning) -> list[Method]:
-    """Tuned fixed schedules, the constant initial-LR baseline and the random policy."""
+def initial_lr_name(schedule: str) -> str:
+    """How a schedule run from each instance's initial LR is reported (``CONSTANT_INITIAL`` for constant)."""
+    return f"{schedule} (initial LR)"
+
+
+def baseline_methods(tuning: Tuning, at_initial_lr: tuple[str, ...] = ("constant",)) -> list[Method]:
+    """Tuned fixed schedules, the schedules run from the instance's initial LR and the random policy."""
     search = (f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
               f"{tuning.epochs} epochs")
     tuned = [Method(name, tuned_kind(name), name, lr, tuning.epochs_per_schedule,
                     search) for name, lr in tuning.base_lrs.items()]
-    return tuned + [Method(CONSTANT_INITIAL, "schedule", "constant"), Method("random", "random", "0")]
+    untuned = [Method(initial_lr_name(name), "schedule", name) for name in at_initial_lr]
+    return tuned + untuned + [Method("random", "random", "0")]
 

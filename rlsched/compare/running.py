@@ -112,7 +112,8 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
         train = make_instances(config, "train")[: settings.tune_instances]
         tuning = tune_base_lrs(config, settings.schedules, grid, train, run)
         bar.set_description("baselines")
-        methods = (agents + sampled_methods(agents, settings.sampled_rollouts) + baseline_methods(tuning)
+        methods = (agents + sampled_methods(agents, settings.sampled_rollouts)
+                   + baseline_methods(tuning, settings.at_initial_lr)
                    + extra_methods(config, settings, agents, train, journal))
         _, reference = tuning.reference
         robust_lrs = robustness_lrs(settings.robustness, reference, env.lr_min, env.lr_max)
