@@ -14,13 +14,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, EnvConfig, load_config
 from .control import observation_space
 
 # env settings that define what a policy sees and does: they must match between training and use
 # (epochs_per_step: what one action spans; the epoch budget only rescales budget_used, so it is a warning)
-INTERFACE_KEYS = ("action", "factors", "max_log10_change", "grid_points", "offsets", "probe_lr", "history", "lr_min", "lr_max",
-                  "epochs_per_step", "target_update_ratio")
+INTERFACE_KEYS = ("action", "history", "lr_min", "lr_max", "epochs_per_step", "target_update_ratio")
+# what an action means, per action mode: only the chosen mode's keys are part of the interface
+ACTION_KEYS = {"discrete": ("factors",), "continuous": ("max_log10_change",), "absolute": ("grid_points",),
+               "residual": ("offsets", "probe_lr")}
+
+
+def interface_keys(env: EnvConfig) -> tuple[str, ...]:
+    """The env keys a policy trained with ``env`` needs unchanged."""
+    return INTERFACE_KEYS + ACTION_KEYS[env.action]
 
 
 class Predictor(Protocol):
@@ -85,9 +92,10 @@ def load_policy(path: str | Path) -> LoadedPolicy:
 
 def check_compatible(policy: LoadedPolicy, config: Config) -> None:
     """A policy only works on envs with the observation and action interface it was trained on."""
-    mismatched = [k for k in INTERFACE_KEYS if getattr(policy.config.env, k) != getattr(config.env, k)]
+    trained, used = policy.config.env, config.env
+    mismatched = [k for k in interface_keys(trained) if getattr(trained, k) != getattr(used, k)]
     if mismatched:
-        details = "; ".join(f"env.{k}: policy {getattr(policy.config.env, k)!r} vs env {getattr(config.env, k)!r}"
+        details = "; ".join(f"env.{k}: policy {getattr(trained, k)!r} vs env {getattr(used, k)!r}"
                             for k in mismatched)
         raise ConfigError(f"{policy.path} was trained with a different observation/action interface ({details}); "
                           "use the preset it was trained on or override these keys to match")

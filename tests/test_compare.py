@@ -294,6 +294,10 @@ def test_agent_trained_on_another_interface_is_refused(agent):
     config = load_config("fast", {"env.history": 3})
     with pytest.raises(ConfigError, match=r"env\.history: policy 2 vs env 3"):
         compare.agent_methods([load_policy(agent)], config)
+    policy = load_policy(agent)  # discrete actions: their factors are interface, another mode's keys are not
+    assert compare.agent_methods([policy], load_config("fast", {"env.grid_points": 7, "env.probe_lr": 0.01}))
+    with pytest.raises(ConfigError, match=r"env\.factors: policy"):
+        compare.agent_methods([policy], load_config("fast", {"env.factors": [0.5, 1.0, 3.0]}))
 
 
 def test_unknown_schedule_lists_the_choices(capsys):
