@@ -128,6 +128,25 @@ def _layout(plane: str) -> _Layout:
     return _Layout(tuple(int(i) for i in slices), int(top), int(left), size)
 
 
+def tissue_labels(gm: torch.Tensor, wm: torch.Tensor) -> torch.Tensor:
+    """uint8 labels (0 background, 1 grey, 2 white matter) from GM and WM probabilities in [0, 1]: the most
+    probable of the three, with P(background) = 1 - P(GM) - P(WM). One rule for every user of the template."""
+    return torch.stack([1 - gm - wm, gm, wm], dim=1).argmax(dim=1).to(torch.uint8)
+
+
+def full_slices(plane: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """A plane's kept slices at the template's own 1 mm resolution, uncropped and unaugmented: slice indices,
+    T1 (N, H, W) uint8 and ``tissue_labels`` (N, H, W) uint8, upright. For exporting the template's slices as
+    they are (``rlsched.brain_folder``), rather than as an environment instance sees them."""
+    if plane not in PLANES:
+        raise ValueError(f"plane {plane!r}: use one of {list(PLANES)} (sagittal slices of the symmetric "
+                         "template come in mirror-twin pairs)")
+    slices = _layout(plane).slices
+    stack = _plane_stack(load_template(), plane)[list(slices)]
+    gm, wm = torch.from_numpy(stack[:, 1:3].astype(np.float32) / 255).unbind(1)
+    return slices, stack[:, 0].copy(), tissue_labels(gm, wm).numpy()
+
+
 def _check(cfg: DataConfig) -> None:
     """Refuse settings the template cannot serve, with the fix in the message."""
     if cfg.task != "multiclass" or cfg.classes != 2:
@@ -259,7 +278,7 @@ def _render(volumes: np.ndarray, slices: tuple[Slice, ...], image_size: int, ign
         maps.append(F.interpolate(torch.from_numpy(windows).float().div_(255), size=(image_size, image_size),
                                   mode="bilinear", antialias=True, align_corners=False))
     t1, gm, wm, blocked = torch.cat(maps).unbind(1)
-    masks = torch.stack([1 - gm - wm, gm, wm], dim=1).argmax(dim=1).to(torch.uint8)
+    masks = tissue_labels(gm, wm)
     masks[blocked > 0] = ignore_index
 
     n = len(t1)
@@ -312,5 +331,5 @@ def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     )
 
 
-__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "blocked_template", "brain_split", "load_template",
-           "make_brain_dataset", "select_slices"]
+__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "blocked_template", "brain_split", "full_slices",
+           "load_template", "make_brain_dataset", "select_slices", "tissue_labels"]
