@@ -56,7 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=defaults.gamma)
     p.add_argument("--gae-lambda", type=float, default=defaults.gae_lambda)
     p.add_argument("--clip-range", type=float, default=defaults.clip_range)
-    p.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
+    p.add_argument("--ent-coef", type=float, default=None,
+                   help=f"entropy bonus (default: 0 after the warm start, whose clone already spreads its actions: "
+                        f"a bonus drags the cloned policy towards uniform over every offset; else "
+                        f"{defaults.ent_coef})")
     p.add_argument("--bc-episodes", type=int, default=None,
                    help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
                         "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)")
@@ -78,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--n-envs must be >= 1")
     if args.bc_episodes is None:
         args.bc_episodes = 4 if (args.algo, args.backend) == ("sb3", "sb3") else 0
+    if args.ent_coef is None:
+        args.ent_coef = 0.0 if args.bc_episodes else PPOSettings().ent_coef
     if args.bc_episodes < 0 or args.teacher_search_instances < 1:
         p.error("--bc-episodes must be >= 0 and --teacher-search-instances >= 1")
     if args.bc_episodes and (args.backend != "sb3" or args.algo != "sb3"):

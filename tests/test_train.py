@@ -159,6 +159,17 @@ def test_warm_start_flags_are_checked_before_anything_starts(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_the_warm_started_default_has_no_entropy_bonus():
+    """After cloning, an entropy bonus drags the policy towards uniform over every offset (one seed's PPO moved
+    a held-out run to offsets that collapsed it); without the warm start PPO needs the bonus to explore."""
+    from rlsched.train import parse_args
+
+    assert parse_args([]).ent_coef == 0.0 and parse_args([]).bc_episodes == 4
+    assert parse_args(["--bc-episodes", "0"]).ent_coef == 0.01
+    assert parse_args(["--algo", "reference"]).ent_coef == 0.01
+    assert parse_args(["--ent-coef", "0.02"]).ent_coef == 0.02
+
+
 def test_resume_without_a_checkpoint_starts_over_and_drops_every_episode_record(tmp_path):
     from rlsched.agents.episodes import EpisodeLog
     from rlsched.train import _drop_discarded_episodes
