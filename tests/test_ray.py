@@ -109,12 +109,19 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
                "--no-eval", "--address", address, "--runs-dir", str(tmp_path)]
     proc = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("*/checkpoints/last.json")):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=60)[0]
+    try:  # a loaded machine can take minutes to the first checkpoint; a failed wait must not leave the run going
+        deadline = time.time() + 600
+        while not list(tmp_path.glob("*/checkpoints/last.json")):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()  # reading the output of a live process would block until it ends (100000 steps)
+                pytest.fail(f"no checkpoint before the run ended or 600 s passed:\n{proc.communicate()[0][-3000:]}")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     (run_dir,) = tmp_path.iterdir()
     assert proc.returncode == 130 and f"--resume {run_dir}" in out
     done = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
