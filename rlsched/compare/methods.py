@@ -18,7 +18,13 @@ from ..runs import read_jsonl
 from ..schedules import SCHEDULES
 from ..tuningfree import OPTIMIZERS
 
-CONSTANT_INITIAL = "constant (initial LR)"  # initial_lr_name("constant")
+
+def initial_lr_name(schedule: str) -> str:
+    """How a schedule run untuned from each instance's initial LR is reported."""
+    return f"{schedule} (initial LR)"
+
+
+CONSTANT_INITIAL = initial_lr_name("constant")
 SCRIPTED = "scripted"  # Job kind of the scripted rules (harness.ScriptedRule), their target LR tuned like a base LR
 TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
 
@@ -242,11 +248,6 @@ def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
             per_step = policy.config.env.epochs_per_step
             return float(steps * per_step), f"{steps} env steps x {per_step} epochs in checkpoints/last.json"
     return math.nan, "unknown: no episodes.jsonl or checkpoints/last.json beside the model"
-
-
-def initial_lr_name(schedule: str) -> str:
-    """How a schedule run from each instance's initial LR is reported (``CONSTANT_INITIAL`` for constant)."""
-    return f"{schedule} (initial LR)"
 
 
 def baseline_methods(tuning: Tuning, at_initial_lr: tuple[str, ...] = ("constant",)) -> list[Method]:
