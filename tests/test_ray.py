@@ -214,7 +214,9 @@ def test_pb2_explores_log10_lr_inside_the_initial_range(config):
     instance = make_instances(three, "heldout")[0]
     (result,), trained = run_pbt(three, [instance], PBTSettings(population=2, algorithm="pb2"))
     assert result.method == "pb2" and result.epochs == 3 and 0 <= result.test_dice <= 1
-    assert trained >= 2 * 3  # every member's every step, plus what exploits retrain (that depends on timing)
+    # the winner's 3 steps and at least the first step of the other member: a member that copies one ahead of it
+    # continues from that member's epoch and skips the steps between (5 seen on a fresh run), one behind retrains
+    assert trained >= 3 + 1
     env = three.env
     assert all(env.initial_lr_min * 0.999 <= r["lr"] <= env.initial_lr_max * 1.001 for r in result.records)
 
