@@ -243,7 +243,9 @@ class UNetLREnv(gym.Env):
         if self._done or self.trainer is None:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         cfg = self.config.env
-        lr = self._forced_lr if self._forced_lr is not None else next_lr(cfg, self._lr, action, self._control.suggested)
+        lr = self._forced_lr
+        if lr is None:
+            lr = next_lr(cfg, self._lr, action, self._control.suggested)
         self._forced_lr = None
         result = self.trainer.train_slice(lr, cfg.epochs_per_step)
         record = result.record()

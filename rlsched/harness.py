@@ -89,10 +89,10 @@ class ScriptedRule:
 
     Relative (discrete) actions: the factor that brings log LR closest to log target, ties to the smaller
     change; from below it climbs by the largest factor until the next step would overshoot, then holds.
-    Absolute actions: the grid LR closest to the target, at once. Residual actions: the offset from the
-    suggested LR (``env.probe_lr`` before the first slice) closest to the target. With ``follow_suggestion`` the target is the
-    observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target``
-    is only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
+    Absolute actions: the grid LR closest to the target, at once. Residual actions: the offset from the suggested LR
+    (``env.probe_lr`` before the first slice) closest to the target. With ``follow_suggestion`` the target is the
+    observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target`` is
+    only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
     """
 
     env: EnvConfig

@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bc_episodes is None:
         args.bc_episodes = 4 if (args.algo, args.backend) == ("sb3", "sb3") else 0
     if args.ent_coef is None:
-        args.ent_coef = 0.0 if args.bc_episodes else PPOSettings().ent_coef
+        args.ent_coef = 0.0 if args.bc_episodes else defaults.ent_coef
     if args.bc_episodes < 0 or args.teacher_search_instances < 1:
         p.error("--bc-episodes must be >= 0 and --teacher-search-instances >= 1")
     if args.bc_episodes and (args.backend != "sb3" or args.algo != "sb3"):
@@ -136,8 +136,8 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     if args.bc_episodes and config.env.action == "continuous":
-        raise SystemExit("error: the scripted rules the warm start clones pick discrete, absolute or residual actions, and "
-                         "env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)")
+        raise SystemExit("error: the scripted rules the warm start clones pick discrete, absolute or residual "
+                         "actions, and env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)")
     settings = settings_from(args)
     try:
         settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
