@@ -30,6 +30,7 @@ TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw", *TUNING_FREE)
 ACTIONS = ("discrete", "continuous", "absolute", "residual")
+ON_DIVERGENCE = ("end", "rollback")
 
 
 class ConfigError(ValueError):
@@ -199,6 +200,12 @@ class EnvConfig:
     # divergence, so the suggestion aims at ~2/3 of it: with 0.15, PPO's exploring policy collapsed 17 of 70
     # training episodes, with 0.1 8 of 65
     target_update_ratio: float = 0.1
+    # a slice whose loss blows up (NaN/inf): "end" the episode there (Dice 0 from then on), or "rollback": undo
+    # the slice (its epochs stay spent), lower the suggested LR to min(suggested, the LR that blew up) x
+    # 10**-backoff_decades, and go on. Why: near the edge of stability one too-high LR should cost an epoch, not
+    # the run, and the controller's "follow the suggestion" action then steps back below what blew up
+    on_divergence: str = "end"
+    backoff_decades: float = 0.5
     reward_scale: float = 10.0
     train_instances: int = 64
     heldout_instances: int = 16
@@ -225,6 +232,10 @@ class EnvConfig:
         _require(self.grid_points >= 2, "[env] grid_points must be >= 2 (absolute actions need a choice)")
         _require(self.history >= 0, "[env] history must be >= 0")
         _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")
+        _require(self.on_divergence in ON_DIVERGENCE,
+                 f"[env] on_divergence={self.on_divergence!r}: use one of {ON_DIVERGENCE}")
+        _require(self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: a blow-up divides the "
+                                           "suggested LR by about 3)")
         _require(self.train_instances >= 1 and self.heldout_instances >= 1,
                  "[env] train_instances and heldout_instances must be >= 1")
         _require(self.torch_threads >= 0, "[env] torch_threads must be >= 0 (0 = torch's default)")

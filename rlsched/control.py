@@ -29,8 +29,9 @@ OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset: see first_step)"),
     ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (0 at reset: see first_step)"),
     ("first_step", 0.0, 1.0, "1 before the first slice (no gradient or update measured yet), else 0"),
-    ("log_lr_suggested", -1.0, 1.0, "the LR the first slice's update size suggests (see suggested_lr), scaled "
-                                    "like log_lr; the current LR before the first slice"),
+    ("log_lr_suggested", -1.0, 1.0, "the LR the first slice's update size suggests (see suggested_lr), lowered "
+                                    "after each undone blow-up (backed_off_lr), scaled like log_lr; the current "
+                                    "LR before the first slice"),
 )
 HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
 
@@ -69,6 +70,13 @@ class Dynamics:
     dice: float
     grad_norm: float
     update_ratio: float
+
+
+def undone(lr: float, restored: Dynamics) -> Dynamics:
+    """What a controller sees after a slice at ``lr`` blew up and was undone (``env.on_divergence``): the
+    restored network's validation, and NaN (reported at the bounds) for what the failed slice measured. One
+    definition for the env and ``RLScheduler``, whose plain loop has no finite train loss to offer there."""
+    return Dynamics(lr, math.nan, restored.val_loss, restored.dice, math.nan, math.nan)
 
 
 def _log_range(env: EnvConfig) -> float:
@@ -111,6 +119,12 @@ def suggested_lr(env: EnvConfig, first: Dynamics) -> float:
     if not (math.isfinite(first.update_ratio) and first.update_ratio > 0):
         return clip_lr(env, first.lr)
     return clip_lr(env, first.lr * env.target_update_ratio / first.update_ratio)
+
+
+def backed_off_lr(env: EnvConfig, suggested: float, blown_up_at: float) -> float:
+    """The suggested LR after a slice at ``blown_up_at`` blew up and was undone: ``env.backoff_decades`` below
+    the lower of the two, so following the suggestion never retries an LR that is known to blow up."""
+    return clip_lr(env, min(suggested, blown_up_at) * 10 ** -env.backoff_decades)
 
 
 def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics,
@@ -193,11 +207,14 @@ class ControlState:
         self.history: list[tuple[float, float]] = []
         self.suggested: float | None = None  # set by the first slice (``suggested_lr``)
 
-    def advance(self, now: Dynamics) -> None:
+    def advance(self, now: Dynamics, rolled_back: bool = False) -> None:
+        """One slice done; ``rolled_back``: it blew up at ``now.lr`` and was undone (``env.on_divergence``)."""
         self.history.append((self.now.dice, self.now.lr))
         self.before, self.now = self.now, now
         self.step += 1
-        if self.step == 1:
+        if rolled_back:
+            self.suggested = backed_off_lr(self.env, residual_base(self.env, self.suggested), now.lr)
+        elif self.step == 1:
             self.suggested = suggested_lr(self.env, now)
 
     def observation(self) -> np.ndarray:

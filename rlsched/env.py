@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .config import Config, DataConfig, load_config, with_overrides
-from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space
+from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space, undone
 from .data import make_dataset
 from .dataset import SegmentationData
 from .family import Overrides
@@ -125,7 +125,11 @@ class UNetLREnv(gym.Env):
     ## Episode End
     ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
     true terminal state and must not be bootstrapped) or when training diverged (NaN/inf loss; the divergence
-    penalty applies). ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing raises
+    penalty applies). With ``env.on_divergence = "rollback"`` a blown-up slice is undone instead and the episode
+    goes on: its epochs stay spent, the network is the one from before the slice (its validation is the step's
+    Dice, so the reward is 0 minus the divergence penalty), ``info["rolled_back"]`` is True, the train loss,
+    gradient norm and update ratio of the failed slice (NaN) show at their bounds, and the suggested LR drops
+    ``backoff_decades`` below the LR that blew up. ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing raises
     on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the instance's
     test split (held out like validation, same distribution): the number comparisons report. Observations,
     rewards and ``info`` read validation only, and RL training never calls it.
@@ -247,16 +251,18 @@ class UNetLREnv(gym.Env):
         if lr is None:
             lr = next_lr(cfg, self._lr, action, self._control.suggested)
         self._forced_lr = None
-        result = self.trainer.train_slice(lr, cfg.epochs_per_step)
+        result = self.trainer.train_slice(lr, cfg.epochs_per_step, undo_divergence=cfg.on_divergence == "rollback")
         record = result.record()
         del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
         self.seconds += result.seconds
         dice = result.counted_dice
-        self._control.advance(Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
-                                       record["update_ratio"]))
+        now = (undone(lr, self._control.now) if result.rolled_back else
+               Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"], record["update_ratio"]))
+        self._control.advance(now, rolled_back=result.rolled_back)
         before = self._control.before
         transition = Transition(before.lr, lr, before.dice, dice, before.val_loss, record["val_loss"],
-                                result.diverged, self._control.step, cfg.steps, result.seconds)
+                                result.diverged or result.rolled_back, self._control.step, cfg.steps,
+                                result.seconds)
         penalty, parts = self.penalty(transition)
         reward = (dice - before.dice) * cfg.reward_scale - penalty
         terminated = result.diverged or self._control.step >= cfg.steps

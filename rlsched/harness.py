@@ -178,6 +178,11 @@ class EpisodeResult:
         return bool(self.records[-1].get("diverged", False))
 
     @property
+    def rollbacks(self) -> int:
+        """Slices that blew up and were undone (``env.on_divergence = "rollback"``): the run went on after each."""
+        return sum(bool(r.get("rolled_back", False)) for r in self.records)
+
+    @property
     def dices(self) -> list[float]:
         """The Dice that counts after the reset and after every step (``trainer.counted_dice``)."""
         return [counted_dice(r) for r in self.records]

@@ -12,10 +12,16 @@ by the same code as the env's (``rlsched.control``), from the numbers you pass i
 update-to-weight ratio are measured as the env measures them when you don't pass them: the mean global gradient
 norm over the epoch's optimizer steps (a hook on ``optimizer.step``; pass ``grad_norm`` yourself if you clip
 gradients, since the env reports the norm before clipping) and ``||w_end - w_start|| / ||w_start||``.
+
+A policy trained with ``env.on_divergence = "rollback"`` gets the same safety net here: when an epoch blows up
+(a non-finite loss or weight), ``step`` puts back the parameters and optimizer state from before that epoch (and
+the model's buffers, e.g. BatchNorm statistics, when you passed ``model=``), sets ``rolled_back``, and the policy
+sees the blow-up exactly as in training (the suggested LR drops below the LR that blew up).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import replace
@@ -25,7 +31,7 @@ from typing import Any
 import torch
 
 from .config import EnvConfig
-from .control import ControlState, Dynamics, clip_lr, next_lr
+from .control import ControlState, Dynamics, clip_lr, next_lr, undone
 from .policy import Predictor, load_policy
 
 
@@ -36,13 +42,17 @@ class RLScheduler:
     """
 
     def __init__(self, policy: Predictor, optimizer: torch.optim.Optimizer, env: EnvConfig,
-                 total_epochs: int | None = None) -> None:
+                 total_epochs: int | None = None, model: torch.nn.Module | None = None) -> None:
         # the observation's budget fraction counts against the run this scheduler steers
-        self.policy, self.optimizer = policy, optimizer
+        self.policy, self.optimizer, self.model = policy, optimizer, model
         self.env = replace(env, epochs=total_epochs) if total_epochs else env
         self._ratios = [g["lr"] / optimizer.param_groups[0]["lr"] for g in optimizer.param_groups]
         self._state: ControlState | None = None
         self._previous_weights = self._weights()
+        self.rolled_back = False  # the last step undid a blown-up epoch (env.on_divergence = "rollback")
+        self.rollbacks = 0
+        self._before: tuple[dict[str, Any], list[torch.Tensor]] | None = None
+        self._keep_state()
         self.last_action: Any = None
         self._grad_norm_sum: torch.Tensor | None = None  # on the parameters' device: no host sync per batch
         self._grad_steps = 0
@@ -64,14 +74,16 @@ class RLScheduler:
         return mean
 
     @classmethod
-    def load(cls, path: str | Path, optimizer: torch.optim.Optimizer, total_epochs: int | None = None
-             ) -> "RLScheduler":
-        """Load ``runs/<id>/model.zip`` (SB3) or ``model.pt`` (reference PPO) with the env config it learned on."""
+    def load(cls, path: str | Path, optimizer: torch.optim.Optimizer, total_epochs: int | None = None,
+             model: torch.nn.Module | None = None) -> "RLScheduler":
+        """Load ``runs/<id>/model.zip`` (SB3) or ``model.pt`` (reference PPO) with the env config it learned on;
+        ``model``: also put its buffers back when an epoch blows up (rollback policies)."""
         loaded = load_policy(path)
-        return cls(loaded.predictor, optimizer, loaded.config.env, total_epochs)
+        return cls(loaded.predictor, optimizer, loaded.config.env, total_epochs, model)
 
     @classmethod
-    def pretrained(cls, optimizer: torch.optim.Optimizer, total_epochs: int | None = None) -> "RLScheduler":
+    def pretrained(cls, optimizer: torch.optim.Optimizer, total_epochs: int | None = None,
+                   model: torch.nn.Module | None = None) -> "RLScheduler":
         """The controller shipped in the package (``rlsched/pretrained/``), with its observation statistics.
 
         It sees only training dynamics (LR, budget fraction, losses, a validation score, gradient norm, update
@@ -84,7 +96,7 @@ class RLScheduler:
         """
         from .pretrained import controller_path
 
-        return cls.load(controller_path(), optimizer, total_epochs)
+        return cls.load(controller_path(), optimizer, total_epochs, model)
 
     def get_last_lr(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
@@ -105,12 +117,22 @@ class RLScheduler:
         measured = self._epoch_grad_norm()
         if grad_norm is None:
             grad_norm = measured
-        self._previous_weights = weights
         lr = clip_lr(self.env, self.get_last_lr()[0])
-        now = Dynamics(lr, train_loss, val_loss, dice if math.isfinite(dice) else 0.0, grad_norm, update_ratio)
+        blew_up = not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(weights.isfinite().all()))
+        self.rolled_back = blew_up and self._before is not None
+        if self.rolled_back:
+            self._restore()
+            self.rollbacks += 1
+            # the network is the one before the epoch again: so are its validation numbers
+            restored = self._state.now if self._state else Dynamics(lr, math.nan, math.nan, 0.0, 0.0, 0.0)
+            now = undone(lr, restored)
+        else:
+            self._previous_weights = weights
+            self._keep_state()
+            now = Dynamics(lr, train_loss, val_loss, dice if math.isfinite(dice) else 0.0, grad_norm, update_ratio)
         if self._state is None:
             self._state = ControlState(self.env, now)
-        self._state.advance(now)
+        self._state.advance(now, rolled_back=self.rolled_back)
         if self._state.step > self.env.steps and not self._warned_budget:
             self._warned_budget = True
             warnings.warn(f"RLScheduler stepped past its budget of {self.env.epochs} epochs: the policy only saw "
@@ -126,6 +148,25 @@ class RLScheduler:
         for group, ratio in zip(self.optimizer.param_groups, self._ratios):
             group["lr"] = new_lr * ratio
         return new_lr
+
+    def _keep_state(self) -> None:
+        """What a blown-up epoch is undone to (rollback policies only: it costs a copy of the optimizer state)."""
+        if self.env.on_divergence != "rollback":
+            return
+        buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
+        self._before = (copy.deepcopy(self.optimizer.state_dict()), buffers)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        assert self._before is not None
+        optimizer_state, buffers = self._before
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for param, saved in zip(params, self._previous_weights.split([p.numel() for p in params])):
+            param.copy_(saved.view_as(param))
+        self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+        if self.model is not None:
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
 
     def _weights(self) -> torch.Tensor:
         return torch.cat([p.detach().flatten().float().cpu() for g in self.optimizer.param_groups

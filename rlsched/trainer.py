@@ -57,7 +57,7 @@ class EvalStats:
     def record(self, lr: float, epoch: int) -> dict[str, Any]:
         """A validation without training before it (a run's start), in the keys of ``SliceResult.record``."""
         return {"lr": lr, "epoch": epoch, "val_loss": self.loss, "dice_mean": self.dice_mean,
-                "dice": self.dice, "diverged": False}
+                "dice": self.dice, "diverged": False, "rolled_back": False}
 
 
 def counted_dice(record: Mapping[str, Any]) -> float:
@@ -72,8 +72,10 @@ class SliceResult:
     """A slice of training (one or more epochs at one LR) and the validation after it."""
 
     epochs: list[EpochStats]
-    evaluation: EvalStats | None  # None when the slice diverged: a dead run is not validated
-    epoch: int  # epochs completed after the slice
+    # None when the slice diverged: a dead run is not validated; after an undone blow-up, the restored network's
+    evaluation: EvalStats | None
+    epoch: int  # epochs spent after the slice (an undone slice's included)
+    rolled_back: bool = False  # the slice blew up and was undone (train_slice's undo_divergence)
 
     @property
     def diverged(self) -> bool:
@@ -104,6 +106,7 @@ class SliceResult:
             "iou_mean": ev.iou_mean if ev else nan,
             "iou": ev.iou if ev else [],
             "diverged": self.diverged,
+            "rolled_back": self.rolled_back,
             "seconds": self.seconds,
         }
 
@@ -148,13 +151,10 @@ class Trainer:
     """Trains a UNet on a ``SegmentationData`` with the LR its caller sets.
 
     ``seed`` fixes the initial weights and the batch order/augmentation stream, so two trainers built with the
-    same (config, data, seed, lr) train identically on CPU. ``keep_last_good`` snapshots the whole state
-    before every epoch for ``restore_last_good``; off by default because the copy doubles the memory of model
-    and optimizer and nothing on the env's path rolls back (a diverged episode ends).
+    same (config, data, seed, lr) train identically on CPU.
     """
 
-    def __init__(self, config: Config, data: SegmentationData, seed: int, lr: float | None = None,
-                 keep_last_good: bool = False) -> None:
+    def __init__(self, config: Config, data: SegmentationData, seed: int, lr: float | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.optim.device)
         on_cuda = self.device.type == "cuda"
@@ -185,8 +185,6 @@ class Trainer:
         self.test_masks = data.test_masks.to(self.device)
         self.metrics = SegmentationMetrics(data.task, data.classes, data.ignore_index)
         self.epoch = 0
-        self.keep_last_good = keep_last_good
-        self._last_good: dict[str, Any] | None = None
         self._diverged = False  # the last epoch diverged: skip training until a state is loaded
 
     # ----------------------------------------------------------------------------------------------- LR
@@ -249,14 +247,12 @@ class Trainer:
         Loss, gradient norm and finiteness stay on the device and are read back once, at the end: stopping at
         the first bad batch would cost a host sync per batch. So the batches after a bad one still run (on
         non-finite weights), the stats cover the batches before it, and a diverged trainer skips later epochs
-        until a state is loaded (``load_state_dict`` / ``restore_last_good``).
+        until a state is loaded (``load_state_dict``; ``train_slice(..., undo_divergence=True)`` does it).
         """
         start = time.perf_counter()
         if self._diverged:
             self.epoch += 1
             return EpochStats(math.nan, math.nan, math.nan, time.perf_counter() - start, 0, True, self.lr)
-        if self.keep_last_good:
-            self._last_good = self.state_dict()
         self.model.train()
         w_start = _flat_params(self.params)
         if self._has_modes:
@@ -304,18 +300,32 @@ class Trainer:
             lr=self.lr,
         )
 
-    def train_slice(self, lr: float, epochs: int) -> SliceResult:
-        """Set the LR to ``lr``, train ``epochs`` epochs, then validate; stop at the first diverged epoch."""
+    def train_slice(self, lr: float, epochs: int, undo_divergence: bool = False) -> SliceResult:
+        """Set the LR to ``lr``, train ``epochs`` epochs, then validate; stop at the first diverged epoch.
+
+        ``undo_divergence``: a slice that blows up is undone, so one LR that was too high costs its epochs, not
+        the run. Weights and optimizer state from before the slice come back; the epochs stay counted as spent
+        and the batch stream goes on (as a plain loop's data loader would: ``RLScheduler`` undoes an epoch the
+        same way); the result is ``rolled_back`` with the restored network's validation. The copy taken before
+        the slice doubles the memory of model and optimizer, hence off by default.
+        """
+        before = self.state_dict() if undo_divergence else None
         self.set_lr(lr)
         done = []
         for _ in range(epochs):
             done.append(self.train_epoch())
             if done[-1].diverged:
-                return SliceResult(done, None, self.epoch)
-        evaluation = self.evaluate()
-        if not math.isfinite(evaluation.loss):
+                break
+        evaluation = None if done[-1].diverged else self.evaluate()
+        if evaluation is not None and math.isfinite(evaluation.loss):
+            return SliceResult(done, evaluation, self.epoch)
+        if before is None:
             return SliceResult(done, None, self.epoch)
-        return SliceResult(done, evaluation, self.epoch)
+        spent, batches = self.epoch, self.generator.get_state()
+        self.load_state_dict(before)
+        self.epoch = spent
+        self.generator.set_state(batches)
+        return SliceResult(done, self.evaluate(), self.epoch, rolled_back=True)
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> EvalStats:
@@ -372,11 +382,3 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self._diverged = False
 
-    def restore_last_good(self) -> None:
-        """Roll back to the state before the last epoch that trained (use after ``diverged``); needs
-        ``keep_last_good=True``."""
-        if not self.keep_last_good:
-            raise RuntimeError("restore_last_good needs a Trainer built with keep_last_good=True")
-        if self._last_good is None:
-            raise RuntimeError("no epoch has run yet, so there is no earlier state to restore")
-        self.load_state_dict(self._last_good)

@@ -422,3 +422,17 @@ def test_sampled_rollouts_are_reproducible_per_seed():
     lrs = [[r["lr"] for r in run_episode(env, PolicyController(Sampler(), deterministic=False, seed=seed),
                                          instance).records] for seed in (0, 0, 1)]
     assert lrs[0] == lrs[1] and lrs[0] != lrs[2]
+
+
+def test_undone_blow_ups_are_counted_apart_from_diverged_runs():
+    undone = episode([0.2, 0.5, 0.5, 0.7])
+    undone.records[2]["rolled_back"] = True  # epoch 2 blew up and was rolled back; the run went on
+    dead = episode([0.2, 0.6, math.nan], diverged_at=2, index=1)
+    for run in (undone, dead):
+        run.method = "constant"
+    tuning = compare.Tuning((0.1,), 1, 2, {"constant": {0.1: (0.9, 0.5)}})
+    comparison = compare.Comparison(load_config("fast", {"env.epochs": 3}), compare.Settings(),
+                                    [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
+                                    [undone.instance, dead.instance], [undone, dead])
+    (row,) = compare.summarize(comparison)
+    assert row["diverged"] == 1 and row["rollbacks"] == 1 and undone.rollbacks == 1 and not undone.diverged

@@ -50,6 +50,8 @@ def test_unknown_section_is_rejected(tmp_path):
     ("optim", "name", "rmsprop", "name='rmsprop'"),
     ("model", "norm", "layer", "norm='layer'"),
     ("penalty", "divergence", -1.0, "divergence must be >= 0"),
+    ("env", "on_divergence", "retry", r"on_divergence='retry': use one of \('end', 'rollback'\)"),
+    ("env", "backoff_decades", 0.0, "backoff_decades must be > 0"),
 ])
 def test_bad_values_are_rejected_with_the_key(section, key, value, message):
     overrides = {section: {key: value}}

@@ -6,6 +6,7 @@ contract: adding a feature means adding its row (and a value for the inputs belo
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,9 +15,9 @@ import torch
 from rlsched.config import EnvConfig
 from gymnasium import spaces
 
-from rlsched.control import (ControlState, Dynamics, action_space, build_observation, clip_lr, decode_lr,
-                             encode_lr, feature_index, next_lr, observation_names, observation_space,
-                             suggested_lr)
+from rlsched.control import (ControlState, Dynamics, action_space, backed_off_lr, build_observation, clip_lr,
+                             decode_lr, encode_lr, feature_index, next_lr, observation_names, observation_space,
+                             suggested_lr, undone)
 from rlsched.scheduler import RLScheduler
 
 ENV = EnvConfig(epochs=12, lr_min=1e-4, lr_max=1.0, history=2)
@@ -132,6 +133,19 @@ def test_control_state_remembers_the_previous_step_and_the_history():
     assert state.history == [(0.5, 1.0), (0.6, 1e-4), (0.6, 2e-3)]
     lags = state.observation()[INDEX["dice_lag1"]:]
     np.testing.assert_allclose(lags, [0.6, scaled(2e-3), 0.6, -1.0], atol=1e-6)
+
+
+def test_an_undone_blow_up_backs_the_suggestion_off_below_what_blew_up():
+    env = replace(ENV, action="residual", backoff_decades=0.5)
+    start = Dynamics(lr=1e-3, train_loss=0.9, val_loss=0.9, dice=0.2, grad_norm=0.0, update_ratio=0.0)
+    state = ControlState(env, start)
+    state.advance(undone(0.3, start), rolled_back=True)  # the first slice blew up: probe_lr is the base
+    assert state.suggested == pytest.approx(min(env.probe_lr, 0.3) * 10 ** -0.5)
+    state.suggested = 0.1
+    state.advance(undone(0.05, state.now), rolled_back=True)  # below the suggestion: back off from there
+    assert state.suggested == pytest.approx(0.05 * 10 ** -0.5)
+    assert state.now.val_loss == 0.9 and state.now.dice == 0.2 and math.isnan(state.now.train_loss)
+    assert backed_off_lr(env, 1e-5, 1.0) == env.lr_min  # clipped like any LR
 
 
 def test_rl_scheduler_passes_each_number_to_its_feature():

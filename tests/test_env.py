@@ -212,6 +212,25 @@ def test_divergence_terminates_with_penalty_and_never_raises():
         env.step(env.keep_action)
 
 
+def test_a_rolled_back_blow_up_costs_its_epoch_not_the_episode():
+    env = UNetLREnv("fast", **{"env.lr_max": 1e4, "env.epochs": 3, "env.action": "residual",
+                               "env.offsets": [0.0, 6.0], "env.on_divergence": "rollback"})
+    _, start = env.reset(seed=0)
+    first = env.step(0)
+    measured = env._control.suggested
+    obs, reward, terminated, truncated, info = env.step(1)  # 1e6 x the suggestion: blows up
+    assert info["rolled_back"] and not info["diverged"] and not terminated and not truncated
+    assert info["dice_mean"] == first[4]["dice_mean"] and info["val_loss"] == pytest.approx(first[4]["val_loss"])
+    assert reward == -info["penalty/divergence"] < 0 and env.observation_space.contains(obs)
+    names = [f[0] for f in OBS_FEATURES]
+    assert obs[names.index("log_train_loss")] == 5.0 and obs[names.index("log_update_ratio")] == 2.0
+    suggested = env._control.suggested
+    assert suggested == pytest.approx(measured * 10 ** -0.5)  # half a decade below the suggestion that blew up
+    obs, reward, terminated, _, info = env.step(0)  # the suggestion: trains again
+    assert terminated and not info["rolled_back"] and info["lr"] == pytest.approx(suggested)
+    assert math.isfinite(info["val_loss"]) and 0.0 <= env.evaluate_test() <= 1.0
+
+
 def test_budget_end_is_terminal_not_truncated():
     """The observation carries the budget spent, so its end is a true terminal state: never bootstrapped."""
     env = UNetLREnv("fast", **SHORT)

@@ -88,7 +88,10 @@ class _Scripted:
 
 @pytest.mark.parametrize(("actions_mode", "actions"), [
     ({"env.factors": [0.5, 1.0, 2.0]}, [2, 2, 0, 1, 2, 1]),
-    ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 0.5]}, [2, 1, 0, 1, 0, 1])], ids=["discrete", "residual"])
+    ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 0.5]}, [2, 1, 0, 1, 0, 1]),
+    # offset 6 blows up: the env undoes that slice, the scheduler that epoch, and both back off the suggestion
+    ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 6.0], "env.lr_max": 1e4, "env.on_divergence": "rollback"},
+     [1, 2, 1, 2, 0, 1])], ids=["discrete", "residual", "rollback"])
 def test_plain_loop_with_scheduler_sees_exactly_the_env_observations(actions_mode, actions):
     """The same instance trained by the env and by a plain Trainer loop steered by RLScheduler (which measures
     gradient norm and update ratio itself): identical observations at every epoch, hence identical LRs
@@ -113,7 +116,11 @@ def test_plain_loop_with_scheduler_sees_exactly_the_env_observations(actions_mod
         loop_lrs.append(epoch.lr)
         evaluation = trainer.evaluate()
         scheduler.step(train_loss=epoch.loss, val_loss=evaluation.loss, dice=evaluation.dice_mean)
+        trainer._diverged = False  # a plain loop has no such flag: the scheduler put its weights back
     assert len(env_policy.seen) == config.env.epochs and len(loop_policy.seen) == config.env.epochs + 1
+    rolled_back = [r["rolled_back"] for r in episode.records[1:]]
+    assert rolled_back == [a == 2 and "env.on_divergence" in actions_mode for a in actions[:config.env.epochs]]
+    assert scheduler.rollbacks == sum(rolled_back)
     for step, (from_env, from_loop) in enumerate(zip(env_policy.seen, loop_policy.seen)):
         assert from_loop == pytest.approx(from_env, abs=1e-5), f"observation {step} differs"
     assert loop_lrs == pytest.approx([r["lr"] for r in episode.records[1:]])
@@ -128,3 +135,35 @@ def test_stepping_past_the_budget_warns_once():
     scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.1)
     with pytest.warns(UserWarning, match="past its budget of 2 epochs"):
         scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.1)
+
+
+def test_a_blown_up_epoch_in_a_plain_loop_is_undone_buffers_too():
+    """Any model: parameters, optimizer state and (with ``model=``) buffers come back, the next LR backs off."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
+                                  "env.on_divergence": "rollback"})
+    scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env, model=model)
+    x = torch.randn(64, 4)
+
+    def epoch(lr: float) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for xb in x.split(16):
+            optimizer.zero_grad()
+            loss = (model(xb) ** 2).mean()  # at lr 1e20 the weights overflow within the epoch
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    scheduler.step(train_loss=epoch(0.01), val_loss=1.0, dice=0.5)
+    assert not scheduler.rolled_back
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = [s["momentum_buffer"].clone() for s in optimizer.state.values()]
+    lr_before = scheduler.get_last_lr()[0]
+    lr = scheduler.step(train_loss=epoch(1e20), val_loss=float("nan"), dice=0.0)
+    assert scheduler.rolled_back and scheduler.rollbacks == 1
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(s["momentum_buffer"], m) for s, m in zip(optimizer.state.values(), momentum))
+    assert lr == pytest.approx(min(lr_before, 1.0) * 10 ** -config.env.backoff_decades)

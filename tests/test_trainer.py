@@ -85,21 +85,34 @@ def test_resume_from_state_dict_is_bit_for_bit(fast_config, data):
 
 
 def test_too_large_lr_is_reported_as_diverged_not_raised(fast_config, data):
-    trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
-    trainer.train_epoch()
-    good = params(trainer).clone()
-    result = trainer.train_slice(1e4, 2)
-    assert result.diverged and result.evaluation is None and result.record()["diverged"]
-    trainer.restore_last_good()
-    assert torch.equal(params(trainer), good)
-
-
-def test_no_snapshot_unless_asked(fast_config, data):
     trainer = Trainer(fast_config, data, seed=0, lr=0.05)
     trainer.train_epoch()
-    assert trainer._last_good is None  # no per-epoch copy of model and optimizer by default
-    with pytest.raises(RuntimeError, match="keep_last_good=True"):
-        trainer.restore_last_good()
+    result = trainer.train_slice(1e4, 2)
+    assert result.diverged and result.evaluation is None and result.record()["diverged"]
+    assert not result.rolled_back and not torch.isfinite(params(trainer)).all()
+
+
+def test_an_undone_blow_up_restores_weights_and_optimizer_but_spends_its_epochs(fast_config, data):
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
+    trainer.train_epoch()
+    good, momentum = params(trainer).clone(), trainer.state_dict()["optimizer"]
+    result = trainer.train_slice(1e4, 2, undo_divergence=True)
+    assert result.rolled_back and not result.diverged and result.record()["rolled_back"]
+    assert torch.equal(params(trainer), good) and trainer.epoch == 1 + len(result.epochs)
+    assert result.evaluation.loss == pytest.approx(trainer.evaluate().loss) and math.isfinite(result.evaluation.loss)
+    restored = trainer.state_dict()["optimizer"]["state"]
+    assert all(torch.equal(restored[k]["momentum_buffer"], v["momentum_buffer"])
+               for k, v in momentum["state"].items())
+    # alive again: the next slice trains, at a sane LR, like any other
+    assert not trainer.train_slice(0.05, 1).diverged and not torch.equal(params(trainer), good)
+
+
+def test_a_healthy_slice_is_the_same_with_or_without_undo(fast_config, data):
+    plain, guarded = (Trainer(fast_config, data, seed=0, lr=0.05) for _ in range(2))
+    records = [trainer.train_slice(0.05, 2, undo_divergence=undo).record() for trainer, undo in
+               ((plain, False), (guarded, True))]
+    assert records[0] | {"seconds": 0} == records[1] | {"seconds": 0}  # wall time aside
+    assert torch.equal(params(plain), params(guarded))
 
 
 def test_a_bad_batch_mid_epoch_is_found_at_the_end_and_the_trainer_stops_until_reloaded(fast_config, data,
@@ -182,14 +195,14 @@ def test_a_non_finite_gradient_diverges_unless_loss_scaling_skips_it(fast_config
 def test_the_global_rng_is_left_alone(fast_config, data):
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    trainer = Trainer(fast_config, data, seed=0, lr=0.05, keep_last_good=True)
+    trainer = Trainer(fast_config, data, seed=0, lr=0.05)
     trainer.train_slice(0.05, 1)
     assert torch.equal(torch.get_rng_state(), before)
     state = trainer.state_dict()
     torch.rand(1)  # the caller draws from it meanwhile: loading a state must not rewind that
     before = torch.get_rng_state()
     trainer.load_state_dict(state)
-    trainer.restore_last_good()
+    trainer.train_slice(1e4, 1, undo_divergence=True)
     assert torch.equal(torch.get_rng_state(), before)
 
 

@@ -43,8 +43,9 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         "once after the last epoch; no decision reads it. Every other Dice is validation Dice: what the "
         "controllers observed and were rewarded on and what base-LR tuning, reduce-on-plateau and PBT selected "
         f"on, so it flatters them. AUC = mean validation Dice over the {cfg.epochs} epochs (diverged = 0 from "
-        f"then on). Epochs to validation Dice {target:g}: mean over the runs that reached it. Wall time: training "
-        f"and validation per run. {_duration(comparison)}",
+        f"then on). Epochs to validation Dice {target:g}: mean over the runs that reached it. Diverged: runs that "
+        "ended blown up; \"+k undone\": epochs that blew up and were rolled back (env.on_divergence), the run going "
+        f"on. Wall time: training and validation per run. {_duration(comparison)}",
         "",
         f"| method | needs from the user | base LR | epochs before eval | test Dice | final val Dice "
         f"| best val Dice | AUC val Dice | epochs to val {target:g} (reached) | diverged | s / run |",
@@ -58,7 +59,8 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
             f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} "
             f"| {_ci(r, 'test_dice')} | {_ci(r, 'final_dice')} | {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} "
             f"| {_ci(r, 'epochs_to_target', 1)} "
-            f"({r['reached_target']}/{r['runs']}) | {r['diverged']}/{r['runs']}{_failed(r)} | {_ci(r, 'seconds', 2)} |")
+            f"({r['reached_target']}/{r['runs']}) | {r['diverged']}/{r['runs']}{_undone(r)}{_failed(r)} "
+            f"| {_ci(r, 'seconds', 2)} |")
     if comparison.robustness:
         factors = list(comparison.robustness)
         source, reference = tuning.reference
@@ -124,6 +126,10 @@ def _duration(comparison: Comparison) -> str:
             f"{comparison.seconds:.0f} s {workers}.")
 
 
+def _undone(row: dict[str, Any]) -> str:
+    return f" (+{row['rollbacks']} undone)" if row.get("rollbacks") else ""
+
+
 def _failed(row: dict[str, Any]) -> str:
     return f" ({row['failed']} failed)" if row.get("failed") else ""
 
@@ -144,6 +150,7 @@ def episode_rows(comparison: Comparison) -> list[dict[str, Any]]:
                              "lr": record["lr"] if record["epoch"] else None,  # epoch 0: nothing trained yet
                              "train_loss": record.get("train_loss"), "val_loss": record["val_loss"],
                              "dice": dice, "diverged": record["diverged"],
+                             "rolled_back": record.get("rolled_back", False),
                              "test_dice": result.test_dice if step == last else None})
     return rows
 

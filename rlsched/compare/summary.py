@@ -93,6 +93,7 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
                 row.update({f"{key}_mean": ci.mean, f"{key}_low": ci.low, f"{key}_high": ci.high})
             row["reached_target"] = sum(math.isfinite(m["epochs_to_target"]) for m in metrics)
             row["diverged"] = int(sum(m["diverged"] for m in metrics))
+            row["rollbacks"] = sum(r.rollbacks for r in runs[method.name])
             row["failed"] = failed[method.name, initial_lr]  # worker died on every attempt: not in n
             rows.append(row)
     return rows
