@@ -129,8 +129,8 @@ class UNetLREnv(gym.Env):
     goes on: its epochs stay spent, the network is the one from before the slice (its validation is the step's
     Dice, so the reward is 0 minus the divergence penalty), ``info["rolled_back"]`` is True, the train loss,
     gradient norm and update ratio of the failed slice (NaN) show at their bounds, and the suggested LR drops
-    ``backoff_decades`` below the LR that blew up. ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing raises
-    on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the instance's
+    ``backoff_decades`` below the LR that blew up. ``truncated`` is always False: only an outer ``TimeLimit``
+    may truncate. Nothing raises on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the instance's
     test split (held out like validation, same distribution): the number comparisons report. Observations,
     rewards and ``info`` read validation only, and RL training never calls it.
 
