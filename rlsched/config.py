@@ -206,6 +206,11 @@ class EnvConfig:
     # the run, and the controller's "follow the suggestion" action then steps back below what blew up
     on_divergence: str = "end"
     backoff_decades: float = 0.5
+    # rollback: a slice whose mean training loss rises above loss_spike x that of the last healthy slice (before
+    # the first: the untrained network's validation loss) counts as blown up too, 0 = only NaN/inf. Why: an LR a
+    # little too high often throws SGD off without a NaN (loss x5, then stuck at "all background" for the rest
+    # of the budget); a healthy epoch's mean loss does not double
+    loss_spike: float = 2.0
     reward_scale: float = 10.0
     train_instances: int = 64
     heldout_instances: int = 16
@@ -234,6 +239,8 @@ class EnvConfig:
         _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")
         _require(self.on_divergence in ON_DIVERGENCE,
                  f"[env] on_divergence={self.on_divergence!r}: use one of {ON_DIVERGENCE}")
+        _require(self.loss_spike == 0 or self.loss_spike > 1,
+                 "[env] loss_spike must be 0 (off) or > 1 (e.g. 2: a slice whose training loss doubles is undone)")
         _require(self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: a blow-up divides the "
                                            "suggested LR by about 3)")
         _require(self.train_instances >= 1 and self.heldout_instances >= 1,

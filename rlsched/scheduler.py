@@ -14,7 +14,7 @@ norm over the epoch's optimizer steps (a hook on ``optimizer.step``; pass ``grad
 gradients, since the env reports the norm before clipping) and ``||w_end - w_start|| / ||w_start||``.
 
 A policy trained with ``env.on_divergence = "rollback"`` gets the same safety net here: when an epoch blows up
-(a non-finite loss or weight), ``step`` puts back the parameters and optimizer state from before that epoch (and
+(a non-finite loss or weight, or a train loss above ``env.loss_spike`` x the last healthy epoch's), ``step`` puts back the parameters and optimizer state from before that epoch (and
 the model's buffers, e.g. BatchNorm statistics, when you passed ``model=``), sets ``rolled_back``, and the policy
 sees the blow-up exactly as in training (the suggested LR drops below the LR that blew up).
 """
@@ -119,6 +119,7 @@ class RLScheduler:
             grad_norm = measured
         lr = clip_lr(self.env, self.get_last_lr()[0])
         blew_up = not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(weights.isfinite().all()))
+        blew_up = blew_up or (self._state is not None and train_loss > self._state.loss_limit())
         self.rolled_back = blew_up and self._before is not None
         if self.rolled_back:
             self._restore()

@@ -300,11 +300,13 @@ class Trainer:
             lr=self.lr,
         )
 
-    def train_slice(self, lr: float, epochs: int, undo_divergence: bool = False) -> SliceResult:
+    def train_slice(self, lr: float, epochs: int, undo_divergence: bool = False,
+                    loss_limit: float = math.inf) -> SliceResult:
         """Set the LR to ``lr``, train ``epochs`` epochs, then validate; stop at the first diverged epoch.
 
         ``undo_divergence``: a slice that blows up is undone, so one LR that was too high costs its epochs, not
-        the run. Weights and optimizer state from before the slice come back; the epochs stay counted as spent
+        the run; so is one whose mean training loss of an epoch exceeds ``loss_limit`` (a spike: finite, yet
+        the run is thrown off). Weights and optimizer state from before the slice come back; the epochs stay counted as spent
         and the batch stream goes on (as a plain loop's data loader would: ``RLScheduler`` undoes an epoch the
         same way); the result is ``rolled_back`` with the restored network's validation. The copy taken before
         the slice doubles the memory of model and optimizer, hence off by default.
@@ -317,7 +319,8 @@ class Trainer:
             if done[-1].diverged:
                 break
         evaluation = None if done[-1].diverged else self.evaluate()
-        if evaluation is not None and math.isfinite(evaluation.loss):
+        spiked = undo_divergence and any(e.loss > loss_limit for e in done)
+        if evaluation is not None and math.isfinite(evaluation.loss) and not spiked:
             return SliceResult(done, evaluation, self.epoch)
         if before is None:
             return SliceResult(done, None, self.epoch)

@@ -52,6 +52,7 @@ def test_unknown_section_is_rejected(tmp_path):
     ("penalty", "divergence", -1.0, "divergence must be >= 0"),
     ("env", "on_divergence", "retry", r"on_divergence='retry': use one of \('end', 'rollback'\)"),
     ("env", "backoff_decades", 0.0, "backoff_decades must be > 0"),
+    ("env", "loss_spike", 1.0, r"loss_spike must be 0 \(off\) or > 1"),
 ])
 def test_bad_values_are_rejected_with_the_key(section, key, value, message):
     overrides = {section: {key: value}}

@@ -225,3 +225,11 @@ def test_training_works_when_the_caller_disabled_gradients(fast_config, data):
     with torch.no_grad():  # as an RL agent's rollout collection does around env.step
         stats = trainer.train_epoch()
     assert not stats.diverged and not torch.equal(params(trainer), before)
+
+
+def test_a_loss_spike_is_undone_like_a_blow_up_only_when_undoing(fast_config, data):
+    guarded, plain = (Trainer(fast_config, data, seed=0, lr=0.05) for _ in range(2))
+    start = params(guarded).clone()
+    spiked = guarded.train_slice(0.05, 1, undo_divergence=True, loss_limit=0.0)  # every finite loss is above 0
+    assert spiked.rolled_back and torch.equal(params(guarded), start) and guarded.epoch == 1
+    assert not plain.train_slice(0.05, 1, loss_limit=0.0).rolled_back  # the limit is part of undoing
