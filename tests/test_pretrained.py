@@ -175,3 +175,30 @@ def test_compare_and_evaluate_take_pretrained(shipped, tmp_path):
     (heldout,) = (tmp_path / "heldout").iterdir()  # not into the package's controller folder
     assert (heldout / "heldout.json").is_file() and not (shipped / "heldout.json").exists()
 
+
+@pytest.mark.parametrize("make_optimizer", [lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9),
+                                            lambda p: torch.optim.Adam(p, lr=1e-4)], ids=["sgd", "adam"])
+def test_the_shipped_controller_steers_a_plain_loop(make_optimizer, monkeypatch):
+    """The controller in the package itself (no $RLSCHED_PRETRAINED_DIR), in the loop a user writes, with a model
+    that is not a UNet: after the first epoch (the user's LR) it sets an LR from that epoch's update size."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    model = _SmallCNN()
+    optimizer = make_optimizer(model.parameters())
+    user_lr = optimizer.param_groups[0]["lr"]
+    scheduler = RLScheduler.pretrained(optimizer, total_epochs=5)
+    lrs = []
+    for _ in range(5):
+        for xb, yb in zip(x.split(16), y.split(16)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+        with torch.no_grad():
+            logits = model(x)
+        val_loss = torch.nn.functional.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(1) == y).float().mean().item()
+        lrs.append(scheduler.step(train_loss=val_loss, val_loss=val_loss, dice=accuracy))
+    env = load_config(resolve_agent_path("pretrained").with_name(CONFIG)).env
+    assert all(env.lr_min <= lr <= env.lr_max for lr in lrs) and optimizer.param_groups[0]["lr"] == lrs[-1]
+    assert lrs[0] != user_lr and scheduler.last_action is not None
