@@ -206,7 +206,7 @@ class ControlState:
         self.now = self.before = start
         self.history: list[tuple[float, float]] = []
         self.suggested: float | None = None  # set by the first slice (``suggested_lr``)
-        self._healthy_loss = start.val_loss  # the last training loss a slice ended with unharmed
+        self.healthy_loss = start.val_loss  # the last training loss a slice ended with unharmed
 
     def advance(self, now: Dynamics, rolled_back: bool = False) -> None:
         """One slice done; ``rolled_back``: it blew up at ``now.lr`` and was undone (``env.on_divergence``)."""
@@ -217,7 +217,7 @@ class ControlState:
             self.suggested = backed_off_lr(self.env, residual_base(self.env, self.suggested), now.lr)
             return
         if math.isfinite(now.train_loss):
-            self._healthy_loss = now.train_loss
+            self.healthy_loss = now.train_loss
         if self.step == 1:
             self.suggested = suggested_lr(self.env, now)
 
@@ -226,7 +226,7 @@ class ControlState:
         slice's; before the first, the untrained network's validation loss); inf unless rollbacks are on."""
         if self.env.on_divergence != "rollback" or not self.env.loss_spike:
             return math.inf
-        return self.env.loss_spike * self._healthy_loss
+        return self.env.loss_spike * self.healthy_loss
 
     def observation(self) -> np.ndarray:
         return build_observation(self.env, self.step, self.now, self.before, self.history, self.suggested)

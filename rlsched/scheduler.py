@@ -14,9 +14,10 @@ norm over the epoch's optimizer steps (a hook on ``optimizer.step``; pass ``grad
 gradients, since the env reports the norm before clipping) and ``||w_end - w_start|| / ||w_start||``.
 
 A policy trained with ``env.on_divergence = "rollback"`` gets the same safety net here: when an epoch blows up
-(a non-finite loss or weight, or a train loss above ``env.loss_spike`` x the last healthy epoch's), ``step`` puts back the parameters and optimizer state from before that epoch (and
-the model's buffers, e.g. BatchNorm statistics, when you passed ``model=``), sets ``rolled_back``, and the policy
-sees the blow-up exactly as in training (the suggested LR drops below the LR that blew up).
+(a non-finite loss or weight, or a train loss above ``env.loss_spike`` x the last healthy epoch's), ``step``
+puts back the parameters and optimizer state from before that epoch (and the model's buffers, e.g. BatchNorm
+statistics, when you passed ``model=``), sets ``rolled_back``, and the policy sees the blow-up exactly as in
+training (the suggested LR drops below the LR that blew up).
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ class RLScheduler:
         state = self._state
         return {"ratios": self._ratios, "step": state.step if state else 0,
                 "now": vars(state.now) if state else None, "before": vars(state.before) if state else None,
-                "history": list(state.history) if state else [], "suggested": state.suggested if state else None}
+                "history": list(state.history) if state else [], "suggested": state.suggested if state else None,
+                "healthy_loss": state.healthy_loss if state else None, "rollbacks": self.rollbacks}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self._ratios = saved["ratios"]
@@ -188,3 +190,6 @@ class RLScheduler:
         self._state.now = Dynamics(**saved["now"])
         self._state.step, self._state.history = saved["step"], [tuple(h) for h in saved["history"]]
         self._state.suggested = saved.get("suggested")
+        if saved.get("healthy_loss") is not None:
+            self._state.healthy_loss = saved["healthy_loss"]
+        self.rollbacks = saved.get("rollbacks", 0)
