@@ -103,8 +103,9 @@ class UNetLREnv(gym.Env):
 
     Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
     ``info``: ``lr``, ``epoch``, ``train_loss``, ``val_loss``, ``dice`` (per class), ``dice_mean``, ``iou``,
-    ``grad_norm``, ``update_ratio``, ``diverged``, ``penalty`` and one ``penalty/<name>`` per term. Wall time is
-    kept out of ``info`` (which must be deterministic) in ``env.unwrapped.seconds`` (this episode, so far).
+    ``grad_norm``, ``update_ratio``, ``diverged``, ``rolled_back``, ``penalty`` and one ``penalty/<name>`` per
+    term. Wall time is kept out of ``info`` (which must be deterministic) in ``env.unwrapped.seconds`` (this
+    episode, so far).
 
     ## Rewards
     ``reward = (dice_after - dice_before) * env.reward_scale - penalty``, with Dice = 0 after a diverged slice.
