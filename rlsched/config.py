@@ -53,8 +53,7 @@ class DataConfig:
     channels: int = 1
     n_train: int = 256
     n_val: int = 64
-    # a held-out test split per instance, same distribution: reported in the comparison tables, never read by a
-    # decision (observation, reward, tuning, plateau, PBT), which all use validation; default = n_val's default
+    # held-out test split per instance: reported, never read by a decision (those all use validation)
     n_test: int = 64
     # synthetic generator
     noise: float = 0.35
@@ -180,43 +179,29 @@ class EnvConfig:
     lr_max: float = 1.0
     initial_lr_min: float = 1e-4  # initial LR drawn log-uniformly from [initial_lr_min, initial_lr_max]
     initial_lr_max: float = 0.5
-    # discrete (x a factor) | continuous (x 10**(a*max_log10_change)) | absolute (a grid LR) | residual (the
-    # suggested LR x 10**offset: doing nothing follows the suggestion)
+    # discrete (x a factor) | continuous (x 10**(a*max_log10_change)) | absolute (a grid LR) | residual (offsets)
     action: str = "discrete"
     factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)  # discrete: LR multipliers
     max_log10_change: float = 0.301  # continuous: action 1 multiplies the LR by 10**this (2x)
     grid_points: int = 11  # absolute: action i sets the i-th of this many log-spaced LRs in [lr_min, lr_max]
-    # residual: action i sets the LR to base * 10**offsets[i], base = the suggested LR once the first slice measured
-    # it (control.suggested_lr), probe_lr before; quarter decades from -3 to +1.5
+    # residual: action i sets the LR to base * 10**offsets[i] (base: the suggested LR, probe_lr until measured)
     offsets: tuple[float, ...] = tuple(q / 4 for q in range(-12, 7))
-    # residual: the base of the first action. A fixed LR, not the run's initial one, so the first action means the
-    # same in every run (a policy learns one probe, not a map from every initial LR to it); 1e-3 is safe for
-    # SGD+momentum and Adam alike, and the first slice only has to measure the update size
+    # residual: the first slice's base, fixed (not the initial LR) so the first action means the same in every run
     probe_lr: float = 1e-3
     history: int = 2  # past (dice, log LR) pairs in the observation
-    # the relative weight change over one slice that the observation's suggested LR aims at (control.suggested_lr).
-    # On demo's train instances (benchmarks/update_ratio_calibration.py) the ratio that points a first slice at
-    # the best constant LR is 0.14 for SGD+momentum and 0.19 for Adam; the best constant sits within 3x of
-    # divergence, so the suggestion aims at ~2/3 of it: with 0.15, PPO's exploring policy collapsed 17 of 70
-    # training episodes, with 0.1 8 of 65
+    # weight change per slice the suggested LR aims at: 0.14 (SGD) / 0.19 (Adam) hit demo's best constant, which
+    # sits within 3x of divergence, so 0.1 aims below (benchmarks/update_ratio_calibration.py; README)
     target_update_ratio: float = 0.1
-    # a slice whose loss blows up (NaN/inf): "end" the episode there (Dice 0 from then on), or "rollback": undo
-    # the slice (its epochs stay spent), lower the suggested LR to min(suggested, the LR that blew up) x
-    # 10**-backoff_decades, and go on. Why: near the edge of stability one too-high LR should cost an epoch, not
-    # the run, and the controller's "follow the suggestion" action then steps back below what blew up
+    # a blow-up (NaN/inf; with rollback also a training loss > loss_spike x the last healthy one, 0 = off) "end"s
+    # the episode, or "rollback" undoes it and backs the suggestion off by backoff_decades (README, "Blow-ups")
     on_divergence: str = "end"
     backoff_decades: float = 0.5
-    # rollback: a slice whose mean training loss rises above loss_spike x that of the last healthy slice (before
-    # the first: the untrained network's validation loss) counts as blown up too, 0 = only NaN/inf. Why: an LR a
-    # little too high often throws SGD off without a NaN (loss x5, then stuck at "all background" for the rest
-    # of the budget); a healthy epoch's mean loss does not double
     loss_spike: float = 2.0
     reward_scale: float = 10.0
     train_instances: int = 64
     heldout_instances: int = 16
     instance_seed: int = 0
-    # torch threads that rlsched's in-process runners (one env, one worker) set; worker processes take their
-    # share of the cores. The env itself never changes them. 0 = torch's default.
+    # torch threads rlsched's in-process runners set (workers take their share; the env sets none); 0 = default
     torch_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -241,8 +226,7 @@ class EnvConfig:
                  f"[env] on_divergence={self.on_divergence!r}: use one of {ON_DIVERGENCE}")
         _require(self.loss_spike == 0 or self.loss_spike > 1,
                  "[env] loss_spike must be 0 (off) or > 1 (e.g. 2: a slice whose training loss doubles is undone)")
-        _require(self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: a blow-up divides the "
-                                           "suggested LR by about 3)")
+        _require(self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: LR / 3 after a blow-up)")
         _require(self.train_instances >= 1 and self.heldout_instances >= 1,
                  "[env] train_instances and heldout_instances must be >= 1")
         _require(self.torch_threads >= 0, "[env] torch_threads must be >= 0 (0 = torch's default)")
@@ -278,8 +262,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
-    # instance families: each instance trains under one option per axis, on top of the sections above
-    # (env.instance_config); () = every instance trains this config
+    # instance families: one option per axis on top of the sections above (env.instance_config); () = none
     family: tuple[Axis, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
