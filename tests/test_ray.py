@@ -123,7 +123,7 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
             proc.kill()
             proc.communicate()
     (run_dir,) = tmp_path.iterdir()
-    assert proc.returncode == 130 and f"--resume {run_dir}" in out
+    assert proc.returncode == 130 and f"--resume {run_dir}" in out, out[-3000:]  # the run's own words if not
     done = json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"]
     assert 0 < done < 100000
     target = done + 8  # four more iterations of one 2-step episode
