@@ -127,13 +127,14 @@ class UNetLREnv(gym.Env):
     ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
     true terminal state and must not be bootstrapped) or when training diverged (NaN/inf loss; the divergence
     penalty applies). With ``env.on_divergence = "rollback"`` a blown-up slice (NaN/inf, or a mean training loss
-    above ``env.loss_spike`` x the last healthy slice's) is undone instead and the episode goes on: its epochs stay spent, the network is the one from before the slice (its validation is the step's
-    Dice, so the reward is 0 minus the divergence penalty), ``info["rolled_back"]`` is True, the train loss,
-    gradient norm and update ratio of the failed slice (NaN) show at their bounds, and the suggested LR drops
-    ``backoff_decades`` below the LR that blew up. ``truncated`` is always False: only an outer ``TimeLimit``
-    may truncate. Nothing raises on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the instance's
-    test split (held out like validation, same distribution): the number comparisons report. Observations,
-    rewards and ``info`` read validation only, and RL training never calls it.
+    above ``env.loss_spike`` x the last healthy slice's) is undone instead and the episode goes on: its epochs
+    stay spent, the network is the one from before the slice (its validation is the step's Dice, so the reward
+    is 0 minus the divergence penalty), ``info["rolled_back"]`` is True, the train loss, gradient norm and
+    update ratio of the failed slice (NaN) show at their bounds, and the suggested LR drops ``backoff_decades``
+    below the LR that blew up. ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing
+    raises on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the
+    instance's test split (held out like validation, same distribution): the number comparisons report.
+    Observations, rewards and ``info`` read validation only, and RL training never calls it.
 
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
@@ -258,8 +259,9 @@ class UNetLREnv(gym.Env):
         del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
         self.seconds += result.seconds
         dice = result.counted_dice
-        now = (undone(lr, self._control.now) if result.rolled_back else
-               Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"], record["update_ratio"]))
+        measured = Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
+                            record["update_ratio"])
+        now = undone(lr, self._control.now) if result.rolled_back else measured
         self._control.advance(now, rolled_back=result.rolled_back)
         before = self._control.before
         transition = Transition(before.lr, lr, before.dice, dice, before.val_loss, record["val_loss"],
