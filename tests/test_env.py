@@ -231,6 +231,16 @@ def test_a_rolled_back_blow_up_costs_its_epoch_not_the_episode():
     assert math.isfinite(info["val_loss"]) and 0.0 <= env.evaluate_test() <= 1.0
 
 
+def test_the_env_undoes_a_loss_spike_it_is_given_the_limit_of(monkeypatch):
+    from rlsched.control import ControlState
+
+    monkeypatch.setattr(ControlState, "loss_limit", lambda self: 0.0)  # every finite training loss is a spike
+    env = UNetLREnv("fast", **{"env.epochs": 2, "env.on_divergence": "rollback"})
+    env.reset(seed=0)
+    *_, info = env.step(env.keep_action)
+    assert info["rolled_back"] and math.isfinite(info["train_loss"]) and not info["diverged"]
+
+
 def test_budget_end_is_terminal_not_truncated():
     """The observation carries the budget spent, so its end is a true terminal state: never bootstrapped."""
     env = UNetLREnv("fast", **SHORT)

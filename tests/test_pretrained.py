@@ -65,16 +65,17 @@ class _SmallCNN(torch.nn.Sequential):
                          torch.nn.Flatten(), torch.nn.Linear(16, 3))
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-                                            lambda p: torch.optim.Adam(p, lr=1e-3)], ids=["sgd", "adam"])
-def test_pretrained_steers_a_plain_loop_of_any_model(shipped, make_optimizer):
+def _plain_loop(make_optimizer, epochs: int) -> tuple[RLScheduler, list[float], float]:
+    """The loop a user writes around ``RLScheduler.pretrained`` for a small CNN: train, validate, step.
+    Returns the scheduler, the LRs it set and the optimizer's own LR before it."""
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
     model = _SmallCNN()
     optimizer = make_optimizer(model.parameters())
-    scheduler = RLScheduler.pretrained(optimizer, total_epochs=6)
+    user_lr = optimizer.param_groups[0]["lr"]
+    scheduler = RLScheduler.pretrained(optimizer, total_epochs=epochs)
     lrs = []
-    for _ in range(6):  # the plain loop a user writes: train, validate, step
+    for _ in range(epochs):
         for xb, yb in zip(x.split(16), y.split(16)):
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(xb), yb)
@@ -85,6 +86,13 @@ def test_pretrained_steers_a_plain_loop_of_any_model(shipped, make_optimizer):
         accuracy = (logits.argmax(1) == y).float().mean().item()
         val_loss = torch.nn.functional.cross_entropy(logits, y).item()
         lrs.append(scheduler.step(train_loss=loss.item(), val_loss=val_loss, dice=accuracy))
+    return scheduler, lrs, user_lr
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+                                            lambda p: torch.optim.Adam(p, lr=1e-3)], ids=["sgd", "adam"])
+def test_pretrained_steers_a_plain_loop_of_any_model(shipped, make_optimizer):
+    scheduler, lrs, _ = _plain_loop(make_optimizer, epochs=6)
     env = load_config(shipped / CONFIG).env
     assert len(set(lrs)) > 1, lrs
     assert all(env.lr_min <= lr <= env.lr_max for lr in lrs) and scheduler.get_last_lr() == [lrs[-1]]
@@ -182,23 +190,8 @@ def test_the_shipped_controller_steers_a_plain_loop(make_optimizer, monkeypatch)
     """The controller in the package itself (no $RLSCHED_PRETRAINED_DIR), in the loop a user writes, with a model
     that is not a UNet: after the first epoch (the user's LR) it sets an LR from that epoch's update size."""
     monkeypatch.delenv(ENV_VAR, raising=False)
-    torch.manual_seed(0)
-    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
-    model = _SmallCNN()
-    optimizer = make_optimizer(model.parameters())
-    user_lr = optimizer.param_groups[0]["lr"]
-    scheduler = RLScheduler.pretrained(optimizer, total_epochs=5)
-    lrs = []
-    for _ in range(5):
-        for xb, yb in zip(x.split(16), y.split(16)):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(xb), yb).backward()
-            optimizer.step()
-        with torch.no_grad():
-            logits = model(x)
-        val_loss = torch.nn.functional.cross_entropy(logits, y).item()
-        accuracy = (logits.argmax(1) == y).float().mean().item()
-        lrs.append(scheduler.step(train_loss=val_loss, val_loss=val_loss, dice=accuracy))
+    scheduler, lrs, user_lr = _plain_loop(make_optimizer, epochs=5)
     env = load_config(resolve_agent_path("pretrained").with_name(CONFIG)).env
-    assert all(env.lr_min <= lr <= env.lr_max for lr in lrs) and optimizer.param_groups[0]["lr"] == lrs[-1]
+    assert all(env.lr_min <= lr <= env.lr_max for lr in lrs)
+    assert scheduler.optimizer.param_groups[0]["lr"] == lrs[-1]
     assert lrs[0] != user_lr and scheduler.last_action is not None
