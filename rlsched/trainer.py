@@ -306,10 +306,10 @@ class Trainer:
 
         ``undo_divergence``: a slice that blows up is undone, so one LR that was too high costs its epochs, not
         the run; so is one whose mean training loss of an epoch exceeds ``loss_limit`` (a spike: finite, yet
-        the run is thrown off). Weights and optimizer state from before the slice come back; the epochs stay counted as spent
-        and the batch stream goes on (as a plain loop's data loader would: ``RLScheduler`` undoes an epoch the
-        same way); the result is ``rolled_back`` with the restored network's validation. The copy taken before
-        the slice doubles the memory of model and optimizer, hence off by default.
+        the run is thrown off). Weights and optimizer state from before the slice come back; the epochs stay
+        counted as spent and the batch stream goes on (as a plain loop's data loader would: ``RLScheduler``
+        undoes an epoch the same way); the result is ``rolled_back`` with the restored network's validation.
+        The copy taken before the slice doubles the memory of model and optimizer, hence off by default.
         """
         before = self.state_dict() if undo_divergence else None
         self.set_lr(lr)
@@ -318,9 +318,9 @@ class Trainer:
             done.append(self.train_epoch())
             if done[-1].diverged:
                 break
-        evaluation = None if done[-1].diverged else self.evaluate()
         spiked = undo_divergence and any(e.loss > loss_limit for e in done)
-        if evaluation is not None and math.isfinite(evaluation.loss) and not spiked:
+        evaluation = None if done[-1].diverged or spiked else self.evaluate()  # a spiked net is not worth one
+        if evaluation is not None and math.isfinite(evaluation.loss):
             return SliceResult(done, evaluation, self.epoch)
         if before is None:
             return SliceResult(done, None, self.epoch)
