@@ -151,28 +151,31 @@ class RLScheduler:
             group["lr"] = new_lr * ratio
         return new_lr
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _undoable(self) -> list[torch.Tensor]:
+        """What an undone epoch puts back besides the optimizer state: parameters, and the model's buffers."""
+        return [*self._params(), *(self.model.buffers() if self.model is not None else ())]
+
     def _keep_state(self) -> None:
-        """What a blown-up epoch is undone to (rollback policies only: it costs a copy of the optimizer state)."""
+        """What a blown-up epoch is undone to, in each tensor's own dtype and device (rollback policies only:
+        it costs a copy of the parameters and of the optimizer state)."""
         if self.env.on_divergence != "rollback":
             return
-        buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
-        self._before = (copy.deepcopy(self.optimizer.state_dict()), buffers)
+        kept = [t.detach().clone() for t in self._undoable()]
+        self._before = (copy.deepcopy(self.optimizer.state_dict()), kept)
 
     @torch.no_grad()
     def _restore(self) -> None:
         assert self._before is not None
-        optimizer_state, buffers = self._before
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for param, saved in zip(params, self._previous_weights.split([p.numel() for p in params])):
-            param.copy_(saved.view_as(param))
+        optimizer_state, saved = self._before
+        for tensor, kept in zip(self._undoable(), saved):
+            tensor.copy_(kept)
         self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
-        if self.model is not None:
-            for buffer, saved in zip(self.model.buffers(), buffers):
-                buffer.copy_(saved)
 
     def _weights(self) -> torch.Tensor:
-        return torch.cat([p.detach().flatten().float().cpu() for g in self.optimizer.param_groups
-                          for p in g["params"]])
+        return torch.cat([p.detach().flatten().float().cpu() for p in self._params()])
 
     def state_dict(self) -> dict[str, Any]:
         state = self._state

@@ -167,3 +167,16 @@ def test_a_blown_up_epoch_in_a_plain_loop_is_undone_buffers_too():
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(s["momentum_buffer"], m) for s, m in zip(optimizer.state.values(), momentum))
     assert lr == pytest.approx(min(lr_before, 1.0) * 10 ** -config.env.backoff_decades)
+
+
+def test_an_undone_epoch_puts_float64_weights_back_exactly():
+    weight = torch.nn.Parameter(torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))  # not representable in float32
+    optimizer = torch.optim.SGD([weight], lr=0.01)
+    config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
+                                  "env.on_divergence": "rollback"})
+    scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    scheduler.step(train_loss=float("nan"), val_loss=float("nan"), dice=0.0)
+    assert scheduler.rolled_back and torch.equal(weight.detach(), kept)
