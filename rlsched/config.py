@@ -186,17 +186,16 @@ class EnvConfig:
     grid_points: int = 11  # absolute: action i sets the i-th of this many log-spaced LRs in [lr_min, lr_max]
     # residual: action i sets the LR to base * 10**offsets[i] (base: the suggested LR, probe_lr until measured)
     offsets: tuple[float, ...] = tuple(q / 4 for q in range(-12, 7))
-    # residual: the first slice's base, fixed (not the initial LR) so the first action means the same in every run
-    probe_lr: float = 1e-3
+    probe_lr: float = 1e-3  # residual: the first slice's base (fixed, so the first action means the same)
     history: int = 2  # past (dice, log LR) pairs in the observation
-    # weight change per slice the suggested LR aims at: 0.14 (SGD) / 0.19 (Adam) hit demo's best constant, which
-    # sits within 3x of divergence, so 0.1 aims below (benchmarks/update_ratio_calibration.py; README)
+    # weight change per slice the suggested LR aims at: 0.14 (SGD) / 0.19 (Adam) hit demo's best constant, 3x
+    # from divergence, so 0.1 aims below (benchmarks/update_ratio_calibration.py)
     target_update_ratio: float = 0.1
-    # a blow-up (NaN/inf; with rollback also a training loss > loss_spike x the last healthy one, 0 = off) "end"s
-    # the episode, or "rollback" undoes it and backs the suggestion off by backoff_decades (README, "Blow-ups")
-    on_divergence: str = "end"
+    # a blow-up (NaN/inf; with rollback a train / val loss > loss_spike / val_spike x the last healthy one, 0 = off)
+    on_divergence: str = "end"  # "end"s the episode, or "rollback" undoes it and backs off (README, "Blow-ups")
     backoff_decades: float = 0.5
     loss_spike: float = 2.0
+    val_spike: float = 0.0
     reward_scale: float = 10.0
     train_instances: int = 64
     heldout_instances: int = 16
@@ -224,8 +223,9 @@ class EnvConfig:
         _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")
         _require(self.on_divergence in ON_DIVERGENCE,
                  f"[env] on_divergence={self.on_divergence!r}: use one of {ON_DIVERGENCE}")
-        _require(self.loss_spike == 0 or self.loss_spike > 1,
-                 "[env] loss_spike must be 0 (off) or > 1 (e.g. 2: a slice whose training loss doubles is undone)")
+        for key, loss in (("loss_spike", "training"), ("val_spike", "validation")):
+            _require(getattr(self, key) == 0 or getattr(self, key) > 1,
+                     f"[env] {key} must be 0 (off) or > 1 (e.g. 2: a slice whose {loss} loss doubles is undone)")
         _require(self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: LR / 3 after a blow-up)")
         _require(self.train_instances >= 1 and self.heldout_instances >= 1,
                  "[env] train_instances and heldout_instances must be >= 1")

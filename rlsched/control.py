@@ -207,6 +207,7 @@ class ControlState:
         self.history: list[tuple[float, float]] = []
         self.suggested: float | None = None  # set by the first slice (``suggested_lr``)
         self.healthy_loss = start.val_loss  # the last training loss a slice ended with unharmed
+        self.healthy_val_loss = start.val_loss  # and the last validation loss
 
     def advance(self, now: Dynamics, rolled_back: bool = False) -> None:
         """One slice done; ``rolled_back``: it blew up at ``now.lr`` and was undone (``env.on_divergence``)."""
@@ -218,15 +219,19 @@ class ControlState:
             return
         if math.isfinite(now.train_loss):
             self.healthy_loss = now.train_loss
+        if math.isfinite(now.val_loss):
+            self.healthy_val_loss = now.val_loss
         if self.step == 1:
             self.suggested = suggested_lr(self.env, now)
 
-    def loss_limit(self) -> float:
-        """The training loss above which the next slice counts as blown up (``env.loss_spike`` x the last healthy
-        slice's; before the first, the untrained network's validation loss); inf unless rollbacks are on."""
-        if self.env.on_divergence != "rollback" or not self.env.loss_spike:
-            return math.inf
-        return self.env.loss_spike * self.healthy_loss
+    def loss_limits(self) -> tuple[float, float]:
+        """The training and validation losses above which the next slice counts as blown up (``env.loss_spike``
+        and ``env.val_spike`` x the last healthy slice's; before the first, the untrained network's validation
+        loss); inf where the factor is 0 or rollbacks are off."""
+        def limit(factor: float, healthy: float) -> float:
+            return factor * healthy if factor and self.env.on_divergence == "rollback" else math.inf
+
+        return limit(self.env.loss_spike, self.healthy_loss), limit(self.env.val_spike, self.healthy_val_loss)
 
     def observation(self) -> np.ndarray:
         return build_observation(self.env, self.step, self.now, self.before, self.history, self.suggested)

@@ -126,14 +126,15 @@ class UNetLREnv(gym.Env):
     ## Episode End
     ``terminated=True`` when the epoch budget is spent (the observation carries ``budget_used``, so this is a
     true terminal state and must not be bootstrapped) or when training diverged (NaN/inf loss; the divergence
-    penalty applies). With ``env.on_divergence = "rollback"`` a blown-up slice (NaN/inf, or a mean training loss
-    above ``env.loss_spike`` x the last healthy slice's) is undone instead and the episode goes on: its epochs
-    stay spent, the network is the one from before the slice (its validation is the step's Dice, so the reward
-    is 0 minus the divergence penalty), ``info["rolled_back"]`` is True, the train loss, gradient norm and
-    update ratio of the failed slice (NaN) show at their bounds, and the suggested LR drops ``backoff_decades``
-    below the LR that blew up. ``truncated`` is always False: only an outer ``TimeLimit`` may truncate. Nothing
-    raises on divergence. Once the episode is over, ``evaluate_test()`` scores the trained network on the
-    instance's test split (held out like validation, same distribution): the number comparisons report.
+    penalty applies). With ``env.on_divergence = "rollback"`` a blown-up slice (NaN/inf, or a mean training /
+    validation loss above ``env.loss_spike`` / ``env.val_spike`` x the last healthy slice's) is undone instead and
+    the episode goes on: its epochs stay spent, the network is the one from before the slice (its validation is
+    the step's Dice, so the reward is 0 minus the divergence penalty), ``info["rolled_back"]`` is True, the train
+    loss, gradient norm and update ratio of the failed slice (NaN) show at their bounds, and the suggested LR
+    drops ``backoff_decades`` below the LR that blew up. ``truncated`` is always False: only an outer
+    ``TimeLimit`` may truncate. Nothing raises on divergence. Once the episode is over, ``evaluate_test()``
+    scores the trained network on the instance's test split (held out like validation, same distribution): the
+    number comparisons report.
     Observations, rewards and ``info`` read validation only, and RL training never calls it.
 
     ## Arguments
@@ -253,8 +254,9 @@ class UNetLREnv(gym.Env):
         if lr is None:
             lr = next_lr(cfg, self._lr, action, self._control.suggested)
         self._forced_lr = None
-        result = self.trainer.train_slice(lr, cfg.epochs_per_step, undo_divergence=cfg.on_divergence == "rollback",
-                                          loss_limit=self._control.loss_limit())
+        loss_limit, val_loss_limit = self._control.loss_limits()
+        result = self.trainer.train_slice(lr, cfg.epochs_per_step, cfg.on_divergence == "rollback", loss_limit,
+                                          val_loss_limit)
         record = result.record()
         del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
         self.seconds += result.seconds

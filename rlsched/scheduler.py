@@ -14,10 +14,10 @@ norm over the epoch's optimizer steps (a hook on ``optimizer.step``; pass ``grad
 gradients, since the env reports the norm before clipping) and ``||w_end - w_start|| / ||w_start||``.
 
 A policy trained with ``env.on_divergence = "rollback"`` gets the same safety net here: when an epoch blows up
-(a non-finite loss or weight, or a train loss above ``env.loss_spike`` x the last healthy epoch's), ``step``
-puts back the parameters and optimizer state from before that epoch (and the model's buffers, e.g. BatchNorm
-statistics, when you passed ``model=``), sets ``rolled_back``, and the policy sees the blow-up exactly as in
-training (the suggested LR drops below the LR that blew up).
+(a non-finite loss or weight, or a train / validation loss above ``env.loss_spike`` / ``env.val_spike`` x the
+last healthy epoch's), ``step`` puts back the parameters and optimizer state from before that epoch (and the
+model's buffers, e.g. BatchNorm statistics, when you passed ``model=``), sets ``rolled_back``, and the policy
+sees the blow-up exactly as in training (the suggested LR drops below the LR that blew up).
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ class RLScheduler:
             grad_norm = measured
         lr = clip_lr(self.env, self.get_last_lr()[0])
         blew_up = not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(weights.isfinite().all()))
-        blew_up = blew_up or (self._state is not None and train_loss > self._state.loss_limit())
+        if self._state is not None:
+            loss_limit, val_loss_limit = self._state.loss_limits()
+            blew_up = blew_up or train_loss > loss_limit or val_loss > val_loss_limit
         self.rolled_back = blew_up and self._before is not None
         if self.rolled_back:
             self._restore()
@@ -182,7 +184,8 @@ class RLScheduler:
         return {"ratios": self._ratios, "step": state.step if state else 0,
                 "now": vars(state.now) if state else None, "before": vars(state.before) if state else None,
                 "history": list(state.history) if state else [], "suggested": state.suggested if state else None,
-                "healthy_loss": state.healthy_loss if state else None, "rollbacks": self.rollbacks}
+                "healthy_loss": state.healthy_loss if state else None,
+                "healthy_val_loss": state.healthy_val_loss if state else None, "rollbacks": self.rollbacks}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self._ratios = saved["ratios"]
@@ -193,6 +196,7 @@ class RLScheduler:
         self._state.now = Dynamics(**saved["now"])
         self._state.step, self._state.history = saved["step"], [tuple(h) for h in saved["history"]]
         self._state.suggested = saved.get("suggested")
-        if saved.get("healthy_loss") is not None:
-            self._state.healthy_loss = saved["healthy_loss"]
+        for key in ("healthy_loss", "healthy_val_loss"):
+            if saved.get(key) is not None:
+                setattr(self._state, key, saved[key])
         self.rollbacks = saved.get("rollbacks", 0)

@@ -301,12 +301,13 @@ class Trainer:
         )
 
     def train_slice(self, lr: float, epochs: int, undo_divergence: bool = False,
-                    loss_limit: float = math.inf) -> SliceResult:
+                    loss_limit: float = math.inf, val_loss_limit: float = math.inf) -> SliceResult:
         """Set the LR to ``lr``, train ``epochs`` epochs, then validate; stop at the first diverged epoch.
 
         ``undo_divergence``: a slice that blows up is undone, so one LR that was too high costs its epochs, not
         the run; so is one whose mean training loss of an epoch exceeds ``loss_limit`` (a spike: finite, yet
-        the run is thrown off). Weights and optimizer state from before the slice come back; the epochs stay
+        the run is thrown off), or whose validation loss exceeds ``val_loss_limit`` (the net was thrown off
+        though its training loss looked sane). Weights and optimizer state from before the slice come back; the epochs stay
         counted as spent and the batch stream goes on (as a plain loop's data loader would: ``RLScheduler``
         undoes an epoch the same way); the result is ``rolled_back`` with the restored network's validation.
         The copy taken before the slice doubles the memory of model and optimizer, hence off by default.
@@ -320,7 +321,8 @@ class Trainer:
                 break
         spiked = undo_divergence and any(e.loss > loss_limit for e in done)
         evaluation = None if done[-1].diverged or spiked else self.evaluate()  # a spiked net is not worth one
-        if evaluation is not None and math.isfinite(evaluation.loss):
+        healthy = evaluation is not None and math.isfinite(evaluation.loss)
+        if healthy and not (undo_divergence and evaluation.loss > val_loss_limit):
             return SliceResult(done, evaluation, self.epoch)
         if before is None:
             return SliceResult(done, None, self.epoch)

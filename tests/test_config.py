@@ -53,6 +53,7 @@ def test_unknown_section_is_rejected(tmp_path):
     ("env", "on_divergence", "retry", r"on_divergence='retry': use one of \('end', 'rollback'\)"),
     ("env", "backoff_decades", 0.0, "backoff_decades must be > 0"),
     ("env", "loss_spike", 1.0, r"loss_spike must be 0 \(off\) or > 1"),
+    ("env", "val_spike", 0.5, r"val_spike must be 0 \(off\) or > 1"),
 ])
 def test_bad_values_are_rejected_with_the_key(section, key, value, message):
     overrides = {section: {key: value}}

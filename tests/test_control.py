@@ -148,17 +148,17 @@ def test_an_undone_blow_up_backs_the_suggestion_off_below_what_blew_up():
     assert backed_off_lr(env, 1e-5, 1.0) == env.lr_min  # clipped like any LR
 
 
-def test_the_loss_spike_limit_follows_the_last_healthy_slice():
-    env = replace(ENV, on_divergence="rollback", loss_spike=2.0)
+def test_the_loss_spike_limits_follow_the_last_healthy_slice():
+    env = replace(ENV, on_divergence="rollback", loss_spike=2.0, val_spike=3.0)
     start = Dynamics(lr=1e-3, train_loss=0.9, val_loss=0.9, dice=0.2, grad_norm=0.0, update_ratio=0.0)
     state = ControlState(env, start)
-    assert state.loss_limit() == pytest.approx(1.8)  # before the first slice: the untrained net's val loss
+    assert state.loss_limits() == pytest.approx((1.8, 2.7))  # before the first slice: the untrained net's val loss
     state.advance(Dynamics(1e-3, 0.5, 0.6, 0.3, 1.0, 0.01))
-    assert state.loss_limit() == pytest.approx(1.0)
-    state.advance(undone(0.1, state.now), rolled_back=True)  # an undone slice leaves the reference alone
-    assert state.loss_limit() == pytest.approx(1.0)
-    assert ControlState(replace(env, loss_spike=0.0), start).loss_limit() == math.inf
-    assert ControlState(replace(env, on_divergence="end"), start).loss_limit() == math.inf
+    assert state.loss_limits() == pytest.approx((1.0, 1.8))  # training and validation loss, each its own factor
+    state.advance(undone(0.1, state.now), rolled_back=True)  # an undone slice leaves the references alone
+    assert state.loss_limits() == pytest.approx((1.0, 1.8))
+    assert ControlState(replace(env, loss_spike=0.0, val_spike=0.0), start).loss_limits() == (math.inf, math.inf)
+    assert ControlState(replace(env, on_divergence="end"), start).loss_limits() == (math.inf, math.inf)
 
 
 def test_rl_scheduler_passes_each_number_to_its_feature():

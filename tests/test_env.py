@@ -231,10 +231,11 @@ def test_a_rolled_back_blow_up_costs_its_epoch_not_the_episode():
     assert math.isfinite(info["val_loss"]) and 0.0 <= env.evaluate_test() <= 1.0
 
 
-def test_the_env_undoes_a_loss_spike_it_is_given_the_limit_of(monkeypatch):
+@pytest.mark.parametrize("limits", [(0.0, math.inf), (math.inf, 0.0)], ids=["train", "val"])
+def test_the_env_undoes_a_loss_spike_it_is_given_the_limits_of(monkeypatch, limits):
     from rlsched.control import ControlState
 
-    monkeypatch.setattr(ControlState, "loss_limit", lambda self: 0.0)  # every finite training loss is a spike
+    monkeypatch.setattr(ControlState, "loss_limits", lambda self: limits)  # every finite loss of one kind spikes
     env = UNetLREnv("fast", **{"env.epochs": 2, "env.on_divergence": "rollback"})
     env.reset(seed=0)
     *_, info = env.step(env.keep_action)

@@ -180,3 +180,22 @@ def test_an_undone_epoch_puts_float64_weights_back_exactly():
         weight.fill_(float("nan"))
     scheduler.step(train_loss=float("nan"), val_loss=float("nan"), dice=0.0)
     assert scheduler.rolled_back and torch.equal(weight.detach(), kept)
+
+
+@pytest.mark.parametrize("val_spike, undone", [(2.0, True), (0.0, False)])
+def test_a_validation_loss_spike_in_a_plain_loop_is_undone_when_the_policy_was_trained_so(val_spike, undone):
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.01)
+    config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
+                                  "env.on_divergence": "rollback", "env.val_spike": val_spike})
+    scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
+    scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.5)
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    scheduler.step(train_loss=0.9, val_loss=2.5, dice=0.1)  # training loss fine, validation loss x2.5
+    assert scheduler.rolled_back is undone
+    assert torch.equal(weight.detach(), kept) is undone
+    restored = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored._state.loss_limits() == scheduler._state.loss_limits()

@@ -233,3 +233,15 @@ def test_a_loss_spike_is_undone_like_a_blow_up_only_when_undoing(fast_config, da
     spiked = guarded.train_slice(0.05, 1, undo_divergence=True, loss_limit=0.0)  # every finite loss is above 0
     assert spiked.rolled_back and torch.equal(params(guarded), start) and guarded.epoch == 1
     assert not plain.train_slice(0.05, 1, loss_limit=0.0).rolled_back  # the limit is part of undoing
+
+
+def test_a_validation_loss_spike_is_undone_and_the_restored_net_validated(fast_config, data):
+    """A slice whose training loss looks sane but whose validation loss blew up (the net was thrown off) is
+    undone too: the result carries the restored network's validation, not the thrown-off one's."""
+    guarded = Trainer(fast_config, data, seed=0, lr=0.05)
+    start, untrained = params(guarded).clone(), guarded.evaluate()
+    result = guarded.train_slice(0.05, 1, undo_divergence=True, val_loss_limit=0.0)
+    assert result.rolled_back and torch.equal(params(guarded), start) and guarded.epoch == 1
+    assert result.evaluation.loss == pytest.approx(untrained.loss)
+    assert math.isfinite(result.epochs[0].loss)  # the training loss was fine: only the validation spiked
+    assert not guarded.train_slice(0.05, 1, undo_divergence=True, val_loss_limit=math.inf).rolled_back
