@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bc-episodes", type=int, default=None,
                    help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
                         "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)")
+    p.add_argument("--bc-explore", type=float, default=0.0,
+                   help="probability that a warm-start step takes a random action, still labelled with the rule's "
+                        "(so the clone learns what the rule does off its path, e.g. after an undone epoch)")
     p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SUGGESTED_RULE,
                    help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
                         "slice at --teacher-lr, then steer towards the LR its update size suggests)")
@@ -83,8 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.bc_episodes = 4 if (args.algo, args.backend) == ("sb3", "sb3") else 0
     if args.ent_coef is None:
         args.ent_coef = 0.0 if args.bc_episodes else defaults.ent_coef
-    if args.bc_episodes < 0 or args.teacher_search_instances < 1:
-        p.error("--bc-episodes must be >= 0 and --teacher-search-instances >= 1")
+    if args.bc_episodes < 0 or args.teacher_search_instances < 1 or not 0 <= args.bc_explore <= 1:
+        p.error("--bc-episodes must be >= 0, --teacher-search-instances >= 1 and --bc-explore in [0, 1]")
     if args.bc_episodes and (args.backend != "sb3" or args.algo != "sb3"):
         p.error("--bc-episodes warm-starts the SB3 agent: drop it, or use --algo sb3 --backend sb3")
     if args.backend == "rllib":
@@ -269,7 +272,7 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
         append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
         print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
     rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SUGGESTED_RULE)
-    stats = behaviour_clone(model, rule, args.bc_episodes)
+    stats = behaviour_clone(model, rule, args.bc_episodes, explore=args.bc_explore, seed=args.seed)
     print(f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
           f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
 

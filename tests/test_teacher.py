@@ -114,3 +114,26 @@ def test_the_teacher_target_is_grid_searched_on_train_instances():
     grid = search_grid(config, 1)
     assert target in grid and len(episodes) == len(grid)
     assert all(e.instance.split == "train" and e.method.startswith("scripted@") for e in episodes)
+
+
+
+def test_exploring_warm_start_steps_off_the_rule_yet_labels_with_it(tmp_path, monkeypatch):
+    """With ``explore=1`` every step takes a random action, while the cloned labels stay the rule's."""
+    config = load_config("fast", TINY)
+    vec = make_vec(config, 1, None, normalize_obs=True)
+    model = build_ppo(config, PPOSettings(episodes_per_rollout=1), vec, seed=0, tensorboard_dir=tmp_path)
+    taken, rules, fitted = [], [], []
+
+    class RecordedRule(ScriptedRule):
+        def actions(self, raw_obs):
+            rules.append(int(super().actions(raw_obs)[0]))
+            return super().actions(raw_obs)
+
+    rule = RecordedRule(config.env, target=0.02)
+    step, evaluate = vec.step, model.policy.evaluate_actions
+    monkeypatch.setattr(vec, "step", lambda a: (taken.append(int(a[0])), step(a))[1])
+    monkeypatch.setattr(model.policy, "evaluate_actions", lambda x, a: (fitted.append(a.tolist()), evaluate(x, a))[1])
+    behaviour_clone(model, rule, episodes_per_env=2, epochs=1, explore=1.0, seed=3)
+    assert len(taken) == len(rules) == 2 * config.env.steps
+    assert taken != rules and len(set(taken)) > 1  # random actions were taken ...
+    assert fitted == [rules]  # ... and the policy was fitted to the rule's

@@ -152,10 +152,10 @@ def test_batch_size_must_divide_the_rollout(tmp_path):
 
 
 def test_warm_start_flags_are_checked_before_anything_starts(tmp_path, capsys):
-    for bad in (["--bc-episodes", "2", "--algo", "reference"], ["--bc-episodes", "-1"]):
+    for bad in (["--bc-episodes", "2", "--algo", "reference"], ["--bc-episodes", "-1"], ["--bc-explore", "1.5"]):
         with pytest.raises(SystemExit):
             main(TINY + bad + ["--runs-dir", str(tmp_path)])
-        assert "--bc-episodes" in capsys.readouterr().err
+        assert bad[0] in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

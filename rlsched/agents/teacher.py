@@ -19,24 +19,30 @@ from ..env import make_instances
 from ..harness import EpisodeResult, ScriptedRule
 
 
-def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200
-                    ) -> dict[str, float]:
+def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200,
+                    explore: float = 0.0, seed: int = 0) -> dict[str, float]:
     """Run the rule for whole episodes on ``model``'s vector env, then fit the policy to its actions
     (cross-entropy) and the value head to the returns that followed (so PPO's first advantages are sane).
 
-    Observations go through the env's ``VecNormalize`` as in PPO, which also warms up its statistics.
-    Returns the final imitation accuracy and value loss.
+    ``explore``: each step takes a uniformly random action with this probability, yet is labelled with the
+    rule's action (DAgger's idea). Why: the rule's own episodes rarely blow up, so a clone of them has never seen
+    the state after an undone slice and answers it arbitrarily off its training family; with exploration it
+    learns what the rule does there too. Observations go through the env's ``VecNormalize`` as in PPO, which
+    also warms up its statistics. Returns the final imitation accuracy and value loss.
     """
     venv: VecEnv = model.get_env()
     obs = venv.reset()
     steps = episodes_per_env * rule.env.steps
+    rng = np.random.default_rng(seed)
     observations, actions, rewards, dones = [], [], [], []
     for _ in range(steps):
         raw = venv.get_original_obs() if isinstance(venv, VecNormalize) else obs
         action = rule.actions(raw)
         observations.append(obs.copy())
         actions.append(action)
-        obs, reward, done, _ = venv.step(action)
+        explored = rng.random(len(action)) < explore
+        taken = np.where(explored, rng.integers(venv.action_space.n, size=len(action)), action)
+        obs, reward, done, _ = venv.step(taken)
         rewards.append(reward)
         dones.append(done)
     # every env has just finished an episode and auto-reset: PPO's first rollout starts from these observations
