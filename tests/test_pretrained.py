@@ -118,7 +118,7 @@ def test_the_cli_exports_and_describes_what_is_shipped(run_dir, tmp_path, capsys
     assert pretrained_cli.main(["--export", str(run_dir), "--dest", str(dest)]) == 0
     out = capsys.readouterr().out
     assert str(dest / MODEL) in out and run_dir.name in out and "loads and acts: ok" in out
-    assert "absolute actions" in out and "UNet epochs" in out
+    assert "absolute actions" in out and "UNet epochs" in out and "--bc-explore 0.0" in out
     assert pretrained_cli.main(["--dest", str(dest)]) == 0 and run_dir.name in capsys.readouterr().out
 
 

@@ -31,7 +31,8 @@ def describe(model: Path) -> str:
         f"  source run: {shipped.get('source_run')}, trained {shipped.get('trained')}",
         (f"  training: {shipped.get('training_episodes')} episodes, {shipped.get('training_epochs')} UNet epochs "
          f"(--total-timesteps {args.get('total_timesteps')}, --seed {args.get('seed')}, "
-         f"--bc-episodes {args.get('bc_episodes')})"),
+         f"--bc-episodes {args.get('bc_episodes')}, --bc-explore {args.get('bc_explore', 0.0)}, "
+         f"--learning-rate {args.get('learning_rate')})"),
         (f"  interface: {env.action} actions, LR in [{env.lr_min:g}, {env.lr_max:g}], a {env.epochs}-epoch budget "
          f"({env.epochs_per_step} per step), observations normalised: {shipped.get('observations_normalised')}"),
         f"  exported {shipped.get('exported')} at commit {shipped.get('git_commit')}",
