@@ -134,8 +134,8 @@ class UNetLREnv(gym.Env):
     drops ``backoff_decades`` below the LR that blew up. ``truncated`` is always False: only an outer
     ``TimeLimit`` may truncate. Nothing raises on divergence. Once the episode is over, ``evaluate_test()``
     scores the trained network on the instance's test split (held out like validation, same distribution): the
-    number comparisons report.
-    Observations, rewards and ``info`` read validation only, and RL training never calls it.
+    number comparisons report. Observations, rewards and ``info`` read validation only, and RL training never
+    calls it.
 
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides

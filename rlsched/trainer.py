@@ -307,9 +307,10 @@ class Trainer:
         ``undo_divergence``: a slice that blows up is undone, so one LR that was too high costs its epochs, not
         the run; so is one whose mean training loss of an epoch exceeds ``loss_limit`` (a spike: finite, yet
         the run is thrown off), or whose validation loss exceeds ``val_loss_limit`` (the net was thrown off
-        though its training loss looked sane). Weights and optimizer state from before the slice come back; the epochs stay
-        counted as spent and the batch stream goes on (as a plain loop's data loader would: ``RLScheduler``
-        undoes an epoch the same way); the result is ``rolled_back`` with the restored network's validation.
+        though its training loss looked sane). Weights and optimizer state from before the slice come back; the
+        epochs stay counted as spent and the batch stream goes on (as a plain loop's data loader would:
+        ``RLScheduler`` undoes an epoch the same way); the result is ``rolled_back`` with the restored network's
+        validation.
         The copy taken before the slice doubles the memory of model and optimizer, hence off by default.
         """
         before = self.state_dict() if undo_divergence else None
