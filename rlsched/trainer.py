@@ -310,8 +310,8 @@ class Trainer:
         though its training loss looked sane). Weights and optimizer state from before the slice come back; the
         epochs stay counted as spent and the batch stream goes on (as a plain loop's data loader would:
         ``RLScheduler`` undoes an epoch the same way); the result is ``rolled_back`` with the restored network's
-        validation.
-        The copy taken before the slice doubles the memory of model and optimizer, hence off by default.
+        validation. The copy taken before the slice doubles the memory of model and optimizer, hence off by
+        default.
         """
         before = self.state_dict() if undo_divergence else None
         self.set_lr(lr)

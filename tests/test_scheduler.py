@@ -189,13 +189,15 @@ def test_a_validation_loss_spike_in_a_plain_loop_is_undone_when_the_policy_was_t
     config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
                                   "env.on_divergence": "rollback", "env.val_spike": val_spike})
     scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
-    scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.5)
+    scheduler.step(train_loss=1.0, val_loss=1.2, dice=0.5)
     kept = weight.detach().clone()
     with torch.no_grad():
         weight.add_(1.0)
-    scheduler.step(train_loss=0.9, val_loss=2.5, dice=0.1)  # training loss fine, validation loss x2.5
+    scheduler.step(train_loss=0.9, val_loss=3.0, dice=0.1)  # training loss fine, validation loss x2.5
     assert scheduler.rolled_back is undone
     assert torch.equal(weight.detach(), kept) is undone
     restored = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
-    restored.load_state_dict(scheduler.state_dict())
+    restored.load_state_dict(scheduler.state_dict())  # the healthy references travel (they differ from `before`)
+    assert (restored._state.healthy_loss, restored._state.healthy_val_loss) == (
+        scheduler._state.healthy_loss, scheduler._state.healthy_val_loss)
     assert restored._state.loss_limits() == scheduler._state.loss_limits()

@@ -116,7 +116,6 @@ def test_the_teacher_target_is_grid_searched_on_train_instances():
     assert all(e.instance.split == "train" and e.method.startswith("scripted@") for e in episodes)
 
 
-
 def test_exploring_warm_start_steps_off_the_rule_yet_labels_with_it(tmp_path, monkeypatch):
     """With ``explore=1`` every step takes a random action, while the cloned labels stay the rule's."""
     config = load_config("fast", TINY)
