@@ -188,11 +188,10 @@ class EnvConfig:
     offsets: tuple[float, ...] = tuple(q / 4 for q in range(-12, 7))
     probe_lr: float = 1e-3  # residual: the first slice's base (fixed, so the first action means the same)
     history: int = 2  # past (dice, log LR) pairs in the observation
-    # weight change per slice the suggested LR aims at: 0.14 (SGD) / 0.19 (Adam) hit demo's best constant, 3x
-    # from divergence, so 0.1 aims below (benchmarks/update_ratio_calibration.py)
+    # weight change per slice the suggested LR aims at (calibrated by benchmarks/update_ratio_calibration.py)
     target_update_ratio: float = 0.1
     # a blow-up (NaN/inf; with rollback a train / val loss > loss_spike / val_spike x the last healthy one, 0 = off)
-    on_divergence: str = "end"  # "end"s the episode, or "rollback" undoes it and backs off (README, "Blow-ups")
+    on_divergence: str = "end"  # "end"s the episode, or "rollback" undoes it and backs off (docs/env.md)
     backoff_decades: float = 0.5
     loss_spike: float = 2.0
     val_spike: float = 0.0

@@ -83,23 +83,9 @@ class UNetLREnv(gym.Env):
     suggestion and the initial LR plays no part. The LR is always clipped to ``[lr_min, lr_max]``.
 
     ## Observation Space
-    ``Box(float32)`` of normalised training-dynamics features a real controller can compute:
-
-    | index | name | range | meaning |
-    |---|---|---|---|
-    | 0 | log_lr | [-1, 1] | log10 LR scaled so lr_min -> -1, lr_max -> +1 |
-    | 1 | budget_used | [0, 1] | fraction of the epoch budget spent |
-    | 2 | log_train_loss | [-10, 5] | ln(training loss of the last slice); at reset ln(val loss) |
-    | 3 | log_val_loss | [-10, 5] | ln(validation loss) |
-    | 4 | d_log_train_loss | [-5, 5] | change of log_train_loss over the last step |
-    | 5 | d_log_val_loss | [-5, 5] | change of log_val_loss over the last step |
-    | 6 | dice | [0, 1] | validation Dice (mean over foreground classes) |
-    | 7 | d_dice | [-1, 1] | change of Dice over the last step |
-    | 8 | log_grad_norm | [-8, 8] | log10 mean gradient norm (before clipping) of the last slice; 0 at reset |
-    | 9 | log_update_ratio | [-8, 2] | log10 of ||w_end - w_start|| / ||w_start|| over the last slice; 0 at reset |
-    | 10 | first_step | {0, 1} | 1 at reset, where features 8 and 9 have not been measured yet |
-    | 11 | log_lr_suggested | [-1, 1] | scaled like log_lr: the LR that would have changed the weights by ``env.target_update_ratio`` of their norm over the first slice (``lr * target / update_ratio`` of that slice); the current LR before it |
-    | 12+2k, 13+2k | dice_lag{k+1}, log_lr_lag{k+1} | as above | the previous ``env.history`` steps |
+    ``Box(float32)`` of normalised training-dynamics features a real controller can compute, in the order of
+    ``rlsched.control.OBS_FEATURES`` (name, range, meaning; ``docs/env.md`` lists them), then ``env.history``
+    past (Dice, log LR) pairs (``HISTORY_FEATURES``).
 
     Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
     ``info``: ``lr``, ``epoch``, ``train_loss``, ``val_loss``, ``dice`` (per class), ``dice_mean``, ``iou``,
