@@ -132,20 +132,21 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
     """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
     low, high = _bounds(env.history)
 
-    values = [
-        encode_lr(env, now.lr),
-        step / env.steps,
-        _ln(now.train_loss),
-        _ln(now.val_loss),
-        _ln(now.train_loss) - _ln(before.train_loss),
-        _ln(now.val_loss) - _ln(before.val_loss),
-        now.dice,
-        now.dice - before.dice,
-        _log10_or_zero(now.grad_norm) if step else 0.0,
-        _log10_or_zero(now.update_ratio) if step else 0.0,
-        0.0 if step else 1.0,
-        encode_lr(env, suggested if suggested is not None else now.lr),
-    ]
+    features = {  # by name: the order is OBS_FEATURES' alone, so the two cannot disagree
+        "log_lr": encode_lr(env, now.lr),
+        "budget_used": step / env.steps,
+        "log_train_loss": _ln(now.train_loss),
+        "log_val_loss": _ln(now.val_loss),
+        "d_log_train_loss": _ln(now.train_loss) - _ln(before.train_loss),
+        "d_log_val_loss": _ln(now.val_loss) - _ln(before.val_loss),
+        "dice": now.dice,
+        "d_dice": now.dice - before.dice,
+        "log_grad_norm": _log10_or_zero(now.grad_norm) if step else 0.0,
+        "log_update_ratio": _log10_or_zero(now.update_ratio) if step else 0.0,
+        "first_step": 0.0 if step else 1.0,
+        "log_lr_suggested": encode_lr(env, suggested if suggested is not None else now.lr),
+    }
+    values = [features[name] for name, *_ in OBS_FEATURES]
     padded = history[-env.history:] if env.history else []
     padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
     for dice, lr in reversed(padded):

@@ -76,6 +76,23 @@ def test_each_feature_sits_at_its_index_with_its_value():
         assert obs[i] == pytest.approx(value, abs=1e-6), name
 
 
+def test_the_observation_order_is_the_feature_table_alone(monkeypatch):
+    """The builder fills features by name: reordering ``OBS_FEATURES`` reorders the values with the names (a
+    second, positional list would keep the old order under the new names)."""
+    import rlsched.control as control
+
+    reordered = tuple(reversed(control.OBS_FEATURES))
+    monkeypatch.setattr(control, "OBS_FEATURES", reordered)
+    control._bounds.cache_clear()
+    try:
+        obs = build_observation(ENV, STEP, NOW, BEFORE, HISTORY, SUGGESTED)
+    finally:
+        control._bounds.cache_clear()
+    expected = {name: value for name, _, _, value in FEATURES}
+    for i, (name, *_rest) in enumerate(reordered):
+        assert obs[i] == pytest.approx(expected[name], abs=1e-6), name
+
+
 def test_short_history_is_padded_with_its_oldest_entry():
     env = EnvConfig(epochs=12, lr_min=1e-4, lr_max=1.0, history=3)
     lags = build_observation(env, STEP, NOW, BEFORE, [(0.4, 1e-2), (0.45, 1e-3)])[-6:]
