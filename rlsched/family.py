@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import tomli_w
+
 Overrides = tuple[tuple[str, str], ...]  # ("section.key", "TOML value") pairs, applied in order
 FORBIDDEN = "env"  # the section no option may set
 
@@ -30,16 +32,13 @@ class Axis:
 
 
 def toml_value(value: Any) -> str:
-    """A TOML value as text (what a preset file or ``--set section.key=...`` would hold)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML value as text on one line (what a preset file or ``--set section.key=...`` would hold): tomli-w
+    writes the scalars (escapes, unicode, inf), containers stay inline so a value fits in an override pair."""
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
 
 
 def _option(raw: Any, where: str) -> Overrides:

@@ -11,6 +11,15 @@ def test_default_config_is_valid_and_roundtrips_through_toml():
     assert config_from_dict(tomllib.loads(config_to_toml(config))) == config
 
 
+@pytest.mark.parametrize("text", ["two\nlines", 'a "quoted" \\ back\tslash', "ünïcödé ✓ 画像", "\x7f control"])
+def test_strings_with_newlines_quotes_and_unicode_roundtrip_through_toml(text, tmp_path):
+    config = Config(description=text, family=load_config("family").family)
+    path = tmp_path / "config.toml"
+    path.write_text(config_to_toml(config), encoding="utf-8")
+    assert load_config(path) == config
+    assert config_from_dict(tomllib.loads(config_to_toml(config))) == config
+
+
 @pytest.mark.parametrize("name", available_presets())
 def test_every_shipped_preset_loads_and_roundtrips(name):
     config = load_config(name)
