@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import sys
+import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,10 +21,6 @@ from .family import Axis, check_family, family_toml, merge, parse_family, toml_v
 from .tuningfree import OPTIMIZERS as TUNING_FREE
 from .tuningfree import require as require_optimizer
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
