@@ -8,7 +8,6 @@ turns into a wrong experiment. An optional ``[family]`` table makes instances di
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import tomllib
@@ -259,9 +258,6 @@ class Config:
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     # instance families: one option per axis on top of the sections above (env.instance_config); () = none
     family: tuple[Axis, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 SECTIONS: dict[str, type] = {
