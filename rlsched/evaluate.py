@@ -1,5 +1,7 @@
-"""Score a trained policy on the held-out instances against the constant initial-LR baseline (the end of
-``python -m rlsched.train``): ``heldout.json`` / ``heldout.md`` beside the model.
+"""Score a trained policy on the held-out instances against what a user would run instead (the end of
+``python -m rlsched.train``): its teacher rule (the rule it was cloned from, at the probe LR its training
+searched), Schedule-Free AdamW at its defaults (the strongest zero-tuning alternative) and the constant
+initial LR. ``heldout.json`` / ``heldout.md`` beside the model.
 
     python -m rlsched.evaluate runs/<id>/model.zip [--preset P] [--set SECTION.KEY=VALUE] [--workers N]
     python -m rlsched.evaluate pretrained --preset demo      # the shipped controller: a new runs/ folder
@@ -8,54 +10,109 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
-from .env import make_instances
-from .harness import Job
+from .env import Instance, make_instances
+from .harness import SCRIPTED_RULES, Job
 from .jobs import episodes, run_jobs
+from .methods import method_job
 from .policy import check_compatible, load_policy
 from .pretrained import read_provenance
 from .runs import atomic_write_json, atomic_write_text, new_run_dir
 from .stats import mean_ci, paired_test
 
+TEACHER_FILE = "teacher.json"  # written by train's warm start: {"rule": ..., "lr": ...}
+SCHEDULE_FREE = "schedulefree_adamw"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method of the held-out table and how to make its job on an instance."""
+
+    name: str  # key in heldout.json
+    label: str  # what heldout.md calls it
+    job: Callable[[Instance], Job]
+
+
+def read_teacher(model_path: Path) -> tuple[str, float] | None:
+    """The rule a policy was cloned from and its probe / target LR, from its run directory (None: not cloned,
+    or a model from before this record)."""
+    path = model_path.parent / TEACHER_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        rule, lr = str(saved["rule"]), float(saved["lr"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); delete it to evaluate without the teacher row") from None
+    if rule not in SCRIPTED_RULES or not lr > 0:
+        raise ValueError(f"{path}: rule {rule!r} at LR {lr!r} is no teacher this version knows; delete the file")
+    return rule, lr
+
+
+def heldout_rows(config: Config, model_path: Path, teacher: tuple[str, float] | None) -> list[Row]:
+    """Learned first; the teacher rule only when known; Schedule-Free with the overrides it needs."""
+    rows = [Row("learned", "learned policy", lambda i: Job("learned", "policy", str(model_path), i))]
+    if teacher is not None:
+        rule, lr = teacher
+        rows.append(Row("rule", f"its teacher rule ({rule}, LR {lr:g}), no learning",
+                        lambda i: Job("rule", "scripted", rule, i, base_lr=lr)))
+    rows.append(Row(SCHEDULE_FREE, "Schedule-Free AdamW, its defaults",
+                    lambda i: method_job(config, "optimizer", SCHEDULE_FREE, SCHEDULE_FREE, i)))
+    rows.append(Row("constant", "constant initial LR", lambda i: Job("constant", "schedule", "constant", i)))
+    return rows
+
 
 def evaluate_heldout(model_path: str | Path, config: Config | None = None, workers: int = 1,
-                     out_dir: str | Path | None = None) -> str:
-    """Learned policy vs constant initial LR on every held-out instance; writes heldout.json/.md into
-    ``out_dir`` (default: beside the model).
+                     out_dir: str | Path | None = None, teacher: tuple[str, float] | None = None) -> str:
+    """Learned policy vs its teacher rule, Schedule-Free AdamW and the constant initial LR on every held-out
+    instance; writes heldout.json/.md into ``out_dir`` (default: beside the model). ``teacher``: (rule, LR),
+    default: the run directory's ``teacher.json``.
 
-    The headline and the paired test are on test Dice (each instance's test split, scored once after the last
+    The headline and the paired tests are on test Dice (each instance's test split, scored once after the last
     step); the final validation Dice, which the policy observed and was rewarded on, stands beside it.
     """
     policy = load_policy(model_path)
     config = config or policy.config
     check_compatible(policy, config)
+    teacher = teacher or read_teacher(policy.path)
     instances = make_instances(config, "heldout")
-    jobs = [Job(name, kind, arg, instance) for instance in instances
-            for name, kind, arg in (("learned", "policy", str(policy.path)), ("constant", "schedule", "constant"))]
-    names = ("learned", "constant")
-    tests: dict[str, list[float]] = {name: [] for name in names}
-    finals: dict[str, list[float]] = {name: [] for name in names}
-    diverged = {name: 0 for name in names}
+    rows = heldout_rows(config, policy.path, teacher)
+    jobs = [row.job(instance) for instance in instances for row in rows]
+    tests: dict[str, list[float]] = {row.name: [] for row in rows}
+    finals: dict[str, list[float]] = {row.name: [] for row in rows}
+    diverged = {row.name: 0 for row in rows}
     with tqdm(total=len(jobs), desc="held-out evaluation", unit="episode") as bar:
-        for result in episodes(run_jobs(config, jobs, workers, on_result=lambda *_: bar.update())):
-            tests[result.method].append(result.test_dice)
-            finals[result.method].append(result.final_dice)
-            diverged[result.method] += result.diverged
-    test = paired_test(tests["learned"], tests["constant"])
-    summary = {"instances": len(instances), "epochs_per_episode": config.env.epochs}
-    for name in names:
-        for kind, values in (("test_dice", tests[name]), ("final_dice", finals[name])):
+        results = sorted(episodes(run_jobs(config, jobs, workers, on_result=lambda *_: bar.update())),
+                         key=lambda r: r.instance.index)
+    for result in results:
+        tests[result.method].append(result.test_dice)
+        finals[result.method].append(result.final_dice)
+        diverged[result.method] += result.diverged
+    summary: dict = {"instances": len(instances), "epochs_per_episode": config.env.epochs,
+                     "teacher": {"rule": teacher[0], "lr": teacher[1]} if teacher else None}
+    for row in rows:
+        for kind, values in (("test_dice", tests[row.name]), ("final_dice", finals[row.name])):
             ci = mean_ci(values)
-            summary.update({f"{name}_{kind}": values, f"{name}_{kind}_mean": ci.mean,
-                            f"{name}_{kind}_ci95": [ci.low, ci.high]})
-        summary[f"{name}_diverged"] = diverged[name]
-    summary.update({"test_difference_mean": test.mean_difference, "test_difference_ci95": [test.ci.low, test.ci.high],
-                    "paired_t_pvalue": test.t_pvalue, "wilcoxon_pvalue": test.wilcoxon_pvalue})
+            summary.update({f"{row.name}_{kind}": values, f"{row.name}_{kind}_mean": ci.mean,
+                            f"{row.name}_{kind}_ci95": [ci.low, ci.high]})
+        summary[f"{row.name}_diverged"] = diverged[row.name]
+    differences = {}
+    for row in rows[1:]:
+        test = paired_test(tests["learned"], tests[row.name])
+        differences[row.name] = {"mean": test.mean_difference, "ci95": [test.ci.low, test.ci.high],
+                                 "paired_t_pvalue": test.t_pvalue, "wilcoxon_pvalue": test.wilcoxon_pvalue}
+    summary["learned_minus"] = differences
+    constant = differences["constant"]  # the keys of earlier heldout.json files
+    summary.update({"test_difference_mean": constant["mean"], "test_difference_ci95": constant["ci95"],
+                    "paired_t_pvalue": constant["paired_t_pvalue"], "wilcoxon_pvalue": constant["wilcoxon_pvalue"]})
     run_dir = Path(out_dir) if out_dir else policy.path.parent
     atomic_write_json(run_dir / "heldout.json", summary)
     lines = [
@@ -65,12 +122,15 @@ def evaluate_heldout(model_path: str | Path, config: Config | None = None, worke
         "",
         "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |",
         "|---|---|---|---|",
-        *(f"| {label} | {mean_ci(tests[name])} | {mean_ci(finals[name])} | {diverged[name]} |"
-          for name, label in (("learned", "learned policy"), ("constant", "constant initial LR"))),
+        *(f"| {row.label} | {mean_ci(tests[row.name])} | {mean_ci(finals[row.name])} | {diverged[row.name]} |"
+          for row in rows),
         "",
-        f"learned - constant, test Dice: {test.mean_difference:+.3f} (95% CI {test.ci.low:+.3f} .. "
-        f"{test.ci.high:+.3f}, paired t p={test.t_pvalue:.3g}, Wilcoxon p={test.wilcoxon_pvalue:.3g})",
+        *(f"learned - {row.label}, test Dice: {d['mean']:+.3f} (95% CI {d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, "
+          f"paired t p={d['paired_t_pvalue']:.3g}, Wilcoxon p={d['wilcoxon_pvalue']:.3g})"
+          for row in rows[1:] for d in (differences[row.name],)),
     ]
+    if teacher is None:
+        lines += ["", "No teacher row: the policy's run directory has no teacher.json (not cloned from a rule)."]
     report = "\n".join(lines)
     atomic_write_text(run_dir / "heldout.md", report + "\n")
     return report

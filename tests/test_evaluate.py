@@ -1,0 +1,66 @@
+"""The main command's held-out table: the learned policy against its teacher rule, Schedule-Free AdamW at its
+defaults and the constant initial LR, on the same held-out instances."""
+
+import json
+
+import pytest
+
+from rlsched import evaluate, train
+from rlsched.config import load_config
+from rlsched.env import UNetLREnv, make_instances
+from rlsched.harness import ScriptedController, run_episode
+from rlsched.jobs import episodes, run_jobs
+from rlsched.methods import method_job
+
+TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2", 'env.action="residual"',
+        "env.heldout_instances=2", "env.train_instances=2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    sets = [arg for o in TINY for arg in ("--set", o)]
+    assert train.main(["--preset", "fast", *sets, "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "1",
+                       "--teacher-lr", "0.01", "--episodes-per-rollout", "2", "--no-eval",
+                       "--runs-dir", str(root)]) == 0
+    (run,) = root.iterdir()
+    return run
+
+
+def test_the_held_out_table_has_the_teacher_rule_and_schedule_free_beside_the_policy(run_dir):
+    assert json.loads((run_dir / evaluate.TEACHER_FILE).read_text()) == {"rule": "suggested", "lr": 0.01}
+    report = evaluate.evaluate_heldout(run_dir / "model.zip")
+    summary = json.loads((run_dir / "heldout.json").read_text())
+    assert summary["teacher"] == {"rule": "suggested", "lr": 0.01}
+    config = load_config(run_dir / "config.toml")
+    instances = make_instances(config, "heldout")
+    env = UNetLREnv(config=config)
+    rule = [run_episode(env, ScriptedController(0.01, follow_suggestion=True), i) for i in instances]
+    assert summary["rule_test_dice"] == pytest.approx([r.test_dice for r in rule])
+    free = episodes(run_jobs(config, [method_job(config, "optimizer", "schedulefree_adamw", "sf", i)
+                                      for i in instances], 1))
+    assert summary["schedulefree_adamw_test_dice"] == pytest.approx(
+        [r.test_dice for r in sorted(free, key=lambda r: r.instance.index)])
+    learned = summary["learned_test_dice"]
+    for name in ("rule", "schedulefree_adamw", "constant"):
+        expected = sum(learned) / 2 - sum(summary[f"{name}_test_dice"]) / 2
+        assert summary["learned_minus"][name]["mean"] == pytest.approx(expected)
+    assert "its teacher rule (suggested, LR 0.01)" in report and "Schedule-Free AdamW, its defaults" in report
+
+
+def test_without_a_teacher_record_the_table_says_so(run_dir, tmp_path):
+    (run_dir / evaluate.TEACHER_FILE).rename(tmp_path / "kept.json")
+    try:
+        report = evaluate.evaluate_heldout(run_dir / "model.zip", out_dir=tmp_path)
+    finally:
+        (tmp_path / "kept.json").rename(run_dir / evaluate.TEACHER_FILE)
+    summary = json.loads((tmp_path / "heldout.json").read_text())
+    assert summary["teacher"] is None and "rule" not in summary["learned_minus"]
+    assert "No teacher row" in report
+
+
+def test_a_corrupt_teacher_record_is_an_error_that_names_the_file(run_dir, tmp_path):
+    model = tmp_path / "model.zip"
+    (tmp_path / evaluate.TEACHER_FILE).write_text('{"rule": "suggested"')
+    with pytest.raises(ValueError, match="teacher.json: unreadable"):
+        evaluate.read_teacher(model)
