@@ -9,10 +9,15 @@ bit-identical tensors, which is what makes an LR-schedule "instance" reproducibl
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
+
 from .config import DataConfig
-from .dataset import DatasetError, SegmentationData
+from .dataset import DatasetError, SegmentationData, check_memory, summary
 from .folder import make_folder_dataset
 from .synthetic import make_synthetic_dataset
+
+_announced: set[str] = set()  # the data configs this process has printed a summary of
 
 
 def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
@@ -20,18 +25,28 @@ def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
 
     ``seed`` draws the synthetic images. Folder datasets ignore it: their split is fixed by ``cfg.split_seed``
     so that every training instance sees the same files.
+
+    The first build of each data config prints ``dataset.summary`` to stderr (in the main process only: env
+    workers rebuild the same datasets, and instances differ only by seed, so one line per config is enough).
     """
     labels = cfg.classes if cfg.task == "multiclass" else 1
     if cfg.ignore_index <= labels:
         raise DatasetError(f"[data] ignore_index={cfg.ignore_index} collides with the labels 0..{labels} of "
                            f"task={cfg.task!r}: set ignore_index above {labels}, e.g. 255")
     if cfg.source == "synthetic":
-        return make_synthetic_dataset(cfg, seed)
-    if cfg.source == "folder":
-        return make_folder_dataset(cfg)
-    from .brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
+        check_memory(cfg, cfg.n_train + cfg.n_val + cfg.n_test, "data.n_train / n_val / n_test")
+        data = make_synthetic_dataset(cfg, seed)
+    elif cfg.source == "folder":
+        data = make_folder_dataset(cfg)  # checks memory itself, once it has counted the files
+    else:
+        from .brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
 
-    return make_brain_dataset(cfg, seed)
+        check_memory(cfg, cfg.n_train + cfg.n_val + cfg.n_test, "data.n_train / n_val / n_test")
+        data = make_brain_dataset(cfg, seed)
+    if repr(cfg) not in _announced and multiprocessing.parent_process() is None:
+        _announced.add(repr(cfg))
+        print(summary(cfg, data), file=sys.stderr)
+    return data
 
 
 def check_dataset(cfg: DataConfig) -> None:

@@ -166,10 +166,11 @@ def test_rejects_bad_generator_settings_and_clashing_ignore_index():
 
 
 def test_brain_source_is_dispatched_lazily(monkeypatch):
+    calls, stand_in = [], synthetic()
     module = types.ModuleType("rlsched.brain")
-    module.make_brain_dataset = lambda cfg, seed: ("brain", cfg.source, seed)
+    module.make_brain_dataset = lambda cfg, seed: calls.append((cfg.source, seed)) or stand_in
     monkeypatch.setitem(sys.modules, "rlsched.brain", module)
-    assert make_dataset(DataConfig(source="brain"), 7) == ("brain", "brain", 7)
+    assert make_dataset(DataConfig(source="brain"), 7) is stand_in and calls == [("brain", 7)]
 
 
 # -------------------------------------------------------------------------------------------------- folders
