@@ -198,6 +198,11 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     for masks). The split shuffles the sorted stems with ``cfg.split_seed`` and sends the first
     ``round(val_fraction * n)`` pairs to validation, the next ``round(test_fraction * n)`` to test (at least 1
     each, leaving at least 1 to train on); ``cfg.n_train``, ``cfg.n_val`` and ``cfg.n_test`` are not used.
+
+    Every image is put on the 8-bit scale (a 16-bit file divided by 257) before the shared normalisation, so a
+    folder may mix bit depths. Files that would train on nothing stop with an error naming the fix: content
+    only in alpha, only constant images, float beside 8/16-bit images, masks whose implicit mapping ignores
+    more pixels than it labels foreground, a class no mask holds.
     """
     if cfg.task == "multilabel":
         raise DatasetError("[data] source='folder' supports only task='binary' or 'multiclass' (one label "
