@@ -228,9 +228,11 @@ class ControlState:
     def loss_limits(self) -> tuple[float, float]:
         """The training and validation losses above which the next slice counts as blown up (``env.loss_spike``
         and ``env.val_spike`` x the last healthy slice's; before the first, the untrained network's validation
-        loss); inf where the factor is 0 or rollbacks are off."""
+        loss); inf where the factor is 0, rollbacks are off, or the healthy loss is not > 0 (a perfect or an
+        undefined fit gives no scale to call a spike against: ``factor x 0`` would undo every later slice)."""
         def limit(factor: float, healthy: float) -> float:
-            return factor * healthy if factor and self.env.on_divergence == "rollback" else math.inf
+            on = factor and healthy > 0 and self.env.on_divergence == "rollback"
+            return factor * healthy if on else math.inf
 
         return limit(self.env.loss_spike, self.healthy_loss), limit(self.env.val_spike, self.healthy_val_loss)
 

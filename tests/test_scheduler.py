@@ -1,5 +1,9 @@
 """RLScheduler: a learned policy steers a plain PyTorch loop exactly as it steers the env."""
 
+import copy
+import math
+import warnings
+
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -162,7 +166,8 @@ def test_a_blown_up_epoch_in_a_plain_loop_is_undone_buffers_too():
     kept = {k: v.clone() for k, v in model.state_dict().items()}
     momentum = [s["momentum_buffer"].clone() for s in optimizer.state.values()]
     lr_before = scheduler.get_last_lr()[0]
-    lr = scheduler.step(train_loss=epoch(1e20), val_loss=float("nan"), dice=0.0)
+    with pytest.warns(UserWarning, match="LR changed"):  # set by hand here, to blow the epoch up
+        lr = scheduler.step(train_loss=epoch(1e20), val_loss=float("nan"), dice=0.0)
     assert scheduler.rolled_back and scheduler.rollbacks == 1
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(s["momentum_buffer"], m) for s, m in zip(optimizer.state.values(), momentum))
@@ -201,3 +206,155 @@ def test_a_validation_loss_spike_in_a_plain_loop_is_undone_when_the_policy_was_t
     assert (restored._state.healthy_loss, restored._state.healthy_val_loss) == (
         scheduler._state.healthy_loss, scheduler._state.healthy_val_loss)
     assert restored._state.loss_limits() == scheduler._state.loss_limits()
+
+
+ROLLBACK = {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
+            "env.on_divergence": "rollback"}
+
+
+def _scheduler(weight: torch.nn.Parameter, policy: _Scripted | None = None) -> RLScheduler:
+    """A rollback policy stand-in steering SGD on one parameter."""
+    optimizer = torch.optim.SGD([weight], lr=0.01)
+    return RLScheduler(policy or _Scripted([0] * 5), optimizer, load_config("fast", ROLLBACK).env)
+
+
+def _one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> float:
+    """One epoch of a plain loop that leaves the LR to the scheduler (NaN inputs make it blow up)."""
+    for xb in x.split(16):
+        optimizer.zero_grad()
+        loss = (model(xb) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+def test_a_negative_loss_is_refused_and_a_zero_loss_sets_no_spike_limit():
+    scheduler = _scheduler(torch.nn.Parameter(torch.ones(2)))
+    for loss in ({"train_loss": -0.5, "val_loss": 1.0}, {"train_loss": 1.0, "val_loss": -0.5}):
+        with pytest.raises(ValueError, match="is negative: .*>= 0.*1 - accuracy"):
+            scheduler.step(**loss, dice=0.5)
+    assert scheduler.state_dict()["step"] == 0  # refused before anything moved
+    scheduler.step(train_loss=0.0, val_loss=0.0, dice=0.5)  # a perfect fit: no scale to call a spike against
+    scheduler.step(train_loss=0.01, val_loss=0.01, dice=0.5)
+    assert not scheduler.rolled_back and scheduler.rollbacks == 0
+
+
+@pytest.mark.parametrize(("dice", "error", "match"), [
+    (85.0, ValueError, r"dice=85.0 is outside \[0, 1\]: .*percentage"),
+    (1.5, ValueError, r"outside \[0, 1\]"), (-0.1, ValueError, r"outside \[0, 1\]"),
+    (None, TypeError, "dice=None: pass a number")])
+def test_a_dice_outside_zero_one_is_a_clear_error(dice, error, match):
+    scheduler = _scheduler(torch.nn.Parameter(torch.ones(2)))
+    with pytest.raises(error, match=match):
+        scheduler.step(train_loss=1.0, val_loss=1.0, dice=dice)
+    with pytest.raises(error, match=match):
+        scheduler.start(val_loss=1.0, dice=dice)
+    assert scheduler.state_dict()["step"] == 0
+
+
+def test_a_nan_dice_keeps_the_last_finite_one():
+    """A class absent everywhere scores NaN (metrics.py): the policy goes on seeing the last Dice it saw."""
+    from rlsched.control import feature_index
+
+    policy = _Scripted([0] * 5)
+    scheduler = _scheduler(torch.nn.Parameter(torch.ones(2)), policy)
+    scheduler.step(train_loss=1.0, val_loss=1.0, dice=0.4)
+    scheduler.step(train_loss=0.9, val_loss=0.9, dice=float("nan"))
+    assert [seen[feature_index("dice")] for seen in policy.seen] == pytest.approx([0.4, 0.4])
+
+
+def _bn_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+
+
+def test_a_scheduler_built_before_the_checkpoint_is_loaded_undoes_to_the_loaded_state():
+    """The usual resume order (build model, optimizer, scheduler, then load all three): a blown-up first epoch
+    comes back to the loaded weights, buffers and optimizer state, not to the freshly built ones (nor to the
+    state a forward pass saw before the load)."""
+    torch.manual_seed(0)
+    env = load_config("fast", ROLLBACK).env
+    x = torch.randn(64, 4)
+    model = _bn_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = RLScheduler(_Scripted([0] * 5), optimizer, env, model=model)
+    scheduler.step(train_loss=_one_epoch(model, optimizer, x), val_loss=1.0, dice=0.5)
+    checkpoint = [copy.deepcopy(s.state_dict()) for s in (model, optimizer, scheduler)]
+
+    model = _bn_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = RLScheduler(_Scripted([0] * 5), optimizer, env, model=model)
+    model(torch.zeros(2, 4))  # a shape check before loading: the load, not this forward, starts the epoch
+    for part, state in zip((model, optimizer, scheduler), checkpoint):
+        part.load_state_dict(copy.deepcopy(state))  # as from a file (the optimizer keeps the tensors it gets)
+    loss = _one_epoch(model, optimizer, torch.full((64, 4), float("nan")))
+    scheduler.step(train_loss=loss, val_loss=float("nan"), dice=0.0)
+    assert scheduler.rolled_back
+    assert all(torch.equal(v, checkpoint[0][k]) for k, v in model.state_dict().items())
+    momentum = [s["momentum_buffer"] for s in checkpoint[1]["state"].values()]
+    assert all(torch.equal(s["momentum_buffer"], m) for s, m in zip(optimizer.state.values(), momentum))
+
+
+def test_the_update_ratio_counts_from_weights_loaded_after_the_scheduler_was_built():
+    from rlsched.control import feature_index
+
+    torch.manual_seed(0)
+    model, pretrained = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        pretrained.weight.mul_(100)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    policy = _Scripted([0] * 5)
+    scheduler = RLScheduler(policy, optimizer, load_config("fast", ROLLBACK).env)  # no model=: optimizer hook
+    model.load_state_dict(pretrained.state_dict())  # fine-tuning: weights loaded once the scheduler is built
+    start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    scheduler.step(train_loss=_one_epoch(model, optimizer, torch.randn(64, 4)), val_loss=1.0, dice=0.5)
+    end = torch.cat([p.detach().flatten() for p in model.parameters()])
+    ratio = float((end - start).norm() / start.norm())
+    assert policy.seen[0][feature_index("log_update_ratio")] == pytest.approx(math.log10(ratio), abs=1e-4)
+
+
+def test_a_state_saved_with_another_optimizer_is_refused():
+    env = load_config("fast", ROLLBACK).env
+    weight, bias = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))
+    saved = RLScheduler(_Scripted([0]), torch.optim.SGD([weight], lr=0.1), env)
+    saved.step(train_loss=1.0, val_loss=1.0, dice=0.5)
+    state = saved.state_dict()
+    groups = [{"params": [weight]}, {"params": [bias], "lr": 0.01}]
+    two_groups = RLScheduler(_Scripted([0]), torch.optim.SGD(groups, lr=0.1), env)
+    with pytest.raises(ValueError, match="1 param group.*this optimizer has 2"):
+        two_groups.load_state_dict(state)
+    unchanged = two_groups.state_dict()
+    assert unchanged["ratios"] == pytest.approx([1.0, 0.1]) and unchanged["step"] == 0
+    with pytest.raises(ValueError, match="SGD.*this optimizer is AdamW"):
+        RLScheduler(_Scripted([0]), torch.optim.AdamW([weight], lr=0.1), env).load_state_dict(state)
+    # a state saved before the optimizer was recorded loads where its group count matches
+    legacy = {k: v for k, v in state.items() if k not in ("groups", "optimizer")}
+    RLScheduler(_Scripted([0]), torch.optim.SGD([weight], lr=0.1), env).load_state_dict(legacy)
+    with pytest.raises(ValueError, match="1 param group.*this optimizer has 2"):
+        two_groups.load_state_dict(legacy)
+
+
+def test_an_lr_set_by_something_else_between_steps_warns():
+    torch.manual_seed(0)
+    env = load_config("fast", ROLLBACK).env
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = RLScheduler(_Scripted([0] * 5), optimizer, env)
+    x = torch.randn(64, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # alone, the scheduler's own LR changes do not warn
+        for _ in range(2):
+            scheduler.step(train_loss=_one_epoch(model, optimizer, x), val_loss=1.0, dice=0.5)
+    torch_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
+    loss = _one_epoch(model, optimizer, x)
+    torch_scheduler.step()
+    with pytest.warns(UserWarning, match="LR changed from .* since RLScheduler set it"):
+        scheduler.step(train_loss=loss, val_loss=1.0, dice=0.5)
+
+
+@pytest.mark.parametrize(("lr", "total_epochs", "match"), [
+    (0.0, None, "first param group's LR is 0.0: .*positive LR first"), (0.1, 0, "total_epochs=0: pass")],
+    ids=["lr-0", "total-epochs-0"])
+def test_a_zero_first_lr_or_epoch_budget_is_a_clear_error(lr, total_epochs, match):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=lr)
+    with pytest.raises(ValueError, match=match):
+        RLScheduler(_Scripted([0]), optimizer, load_config("fast", ROLLBACK).env, total_epochs=total_epochs)
