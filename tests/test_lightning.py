@@ -1,6 +1,10 @@
 """RLSchedulerCallback: the controller steers a real lightning.Trainer (CPU, a tiny conv net, 4 batches)."""
 
 import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +12,9 @@ import torch.nn.functional as F
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from rlsched.config import load_config  # noqa: E402
-from rlsched.integrations.lightning import LR_METRIC, ROLLED_BACK_METRIC, RLSchedulerCallback  # noqa: E402
-from rlsched.scheduler import RLScheduler  # noqa: E402
+from rlsched.config import load_config
+from rlsched.integrations.lightning import LR_METRIC, ROLLED_BACK_METRIC, RLSchedulerCallback
+from rlsched.scheduler import RLScheduler
 
 LR = 0.05
 
@@ -20,16 +24,19 @@ def _data(n: int, seed: int) -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 8, 8, generator=g)
     y = (F.avg_pool2d(x, 3, stride=1, padding=1) > 0).float()
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)  # no shuffle: resumable
+    # no shuffling: a resumed run sees the batches an uninterrupted one sees
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
 
 
 class Tiny(pl.LightningModule):
     """BatchNorm: buffers an undone epoch must put back. Two param groups: their LR ratio must stay."""
 
-    def __init__(self, train_log: dict | None = None, lr_scheduler: bool = False, blow_up_epoch: int = -1) -> None:
+    def __init__(self, train_log: dict | None = None, lr_scheduler: bool = False,
+                 blow_up_epoch: int = -1) -> None:
         super().__init__()
         torch.manual_seed(0)  # the same initial weights in every run
-        self.conv, self.norm, self.head = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1)
+        self.conv, self.norm = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Conv2d(4, 1, 1)
         self.train_log = {"on_step": False, "on_epoch": True} if train_log is None else train_log
         self.lr_scheduler, self.blow_up_epoch = lr_scheduler, blow_up_epoch
         self.epoch_lrs: list[list[float]] = []  # the param groups' LRs each epoch trained with
@@ -59,8 +66,8 @@ class Tiny(pl.LightningModule):
         self.log("val_dice", 2 * (pred * y).sum() / (pred.sum() + y.sum()).clamp_min(1))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD([{"params": self.conv.parameters()},
-                                     {"params": [*self.norm.parameters(), *self.head.parameters()], "lr": LR / 2}],
+        rest = [*self.norm.parameters(), *self.head.parameters()]
+        optimizer = torch.optim.SGD([{"params": self.conv.parameters()}, {"params": rest, "lr": LR / 2}],
                                     lr=LR, momentum=0.9)
         if self.lr_scheduler:
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1)}
@@ -90,7 +97,8 @@ class Recording(RLScheduler):
 def _scripted(actions: list[int], **env) -> RLSchedulerCallback:
     config = load_config("fast", {"env.epochs": 3, **{f"env.{k}": v for k, v in env.items()}})
     policy = Scripted(actions)
-    return RLSchedulerCallback(controller=lambda opt, total, module: Recording(policy, opt, config.env, total, module))
+    return RLSchedulerCallback(
+        controller=lambda optimizer, total, module: Recording(policy, optimizer, config.env, total, module))
 
 
 def _fit(module: pl.LightningModule, callback: RLSchedulerCallback, epochs: int, tmp_path=None,
@@ -99,7 +107,7 @@ def _fit(module: pl.LightningModule, callback: RLSchedulerCallback, epochs: int,
              "default_root_dir": tmp_path} if tmp_path else {"logger": False, "enable_checkpointing": False}
     trainer_args.setdefault("callbacks", [callback])
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, **extra, **trainer_args)
+                         enable_model_summary=False, log_every_n_steps=1, **extra, **trainer_args)
     trainer.fit(module, _data(32, 0), _data(16, 1), ckpt_path=ckpt_path)
     return trainer
 
@@ -161,7 +169,8 @@ def test_resuming_from_a_checkpoint_continues_the_controller_exactly(tmp_path):
 
 
 def test_a_missing_metric_name_lists_the_logged_ones():
-    with pytest.raises(ValueError, match=r"no logged metric 'val_iou'; logged: train_loss, val_dice, val_loss"):
+    logged = "train_loss, val_dice, val_loss"
+    with pytest.raises(ValueError, match=f"no logged metric 'val_iou'; logged: {logged}: pass the names"):
         _fit(Tiny(), RLSchedulerCallback(score="val_iou"), 1)
 
 
@@ -174,7 +183,8 @@ class TwoOptimizers(Tiny):
         return None
 
     def configure_optimizers(self):
-        return [torch.optim.SGD(self.conv.parameters(), lr=LR), torch.optim.SGD(self.head.parameters(), lr=LR)]
+        return [torch.optim.SGD(self.conv.parameters(), lr=LR),
+                torch.optim.SGD(self.head.parameters(), lr=LR)]
 
 
 @pytest.mark.parametrize(("module", "trainer_args", "error"), [
@@ -187,3 +197,18 @@ class TwoOptimizers(Tiny):
 def test_what_the_callback_cannot_steer_is_refused(module, trainer_args, error):
     with pytest.raises(ValueError, match=error):
         _fit(module(), RLSchedulerCallback(), 1, **trainer_args)
+
+
+@pytest.mark.slow
+def test_the_lightning_monai_example_runs(tmp_path):
+    """Tiny settings, in a fresh folder: the example exports the brain-folder slices itself (brain extra)."""
+    pytest.importorskip("monai")
+    pytest.importorskip("nilearn")
+    script = Path(__file__).resolve().parent.parent / "examples" / "lightning_monai.py"
+    done = subprocess.run([sys.executable, str(script), "--epochs", "2", "--images", "8"], check=False,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dices = re.findall(r"^(rlsched controller|constant LR): test Dice (\d\.\d+)$", done.stdout, re.MULTILINE)
+    assert [name for name, _ in dices] == ["rlsched controller", "constant LR"], done.stdout
+    assert all(0 <= float(dice) <= 1 for _, dice in dices)
+    assert (tmp_path / "runs" / "brain-axial-folder" / "images").is_dir()
