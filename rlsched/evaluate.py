@@ -57,9 +57,12 @@ def read_teacher(model_path: Path) -> tuple[str, float] | None:
     return rule, lr
 
 
-def heldout_rows(config: Config, model_path: Path, teacher: tuple[str, float] | None) -> list[Row]:
-    """Learned first; the teacher rule only when known; Schedule-Free with the overrides it needs."""
-    rows = [Row("learned", "learned policy", lambda i: Job("learned", "policy", str(model_path), i))]
+def heldout_rows(config: Config, model_path: Path, teacher: tuple[str, float] | None,
+                 trust: bool = False) -> list[Row]:
+    """Learned first (``trust``: its workers load it with trust=True); the teacher rule only when known;
+    Schedule-Free with the overrides it needs."""
+    rows = [Row("learned", "learned policy",
+                lambda i: Job("learned", "policy", str(model_path), i, trust=trust))]
     if teacher is not None:
         rule, lr = teacher
         rows.append(Row("rule", f"its teacher rule ({rule}, LR {lr:g}), no learning",
@@ -71,20 +74,21 @@ def heldout_rows(config: Config, model_path: Path, teacher: tuple[str, float] | 
 
 
 def evaluate_heldout(model_path: str | Path, config: Config | None = None, workers: int = 1,
-                     out_dir: str | Path | None = None, teacher: tuple[str, float] | None = None) -> str:
+                     out_dir: str | Path | None = None, teacher: tuple[str, float] | None = None,
+                     trust: bool = False) -> str:
     """Learned policy vs its teacher rule, Schedule-Free AdamW and the constant initial LR on every held-out
     instance; writes heldout.json/.md into ``out_dir`` (default: beside the model). ``teacher``: (rule, LR),
-    default: the run directory's ``teacher.json``.
+    default: the run directory's ``teacher.json``. ``trust``: load the policy with ``load_policy(trust=True)``.
 
     The headline and the paired tests are on test Dice (each instance's test split, scored once after the last
     step); the final validation Dice, which the policy observed and was rewarded on, stands beside it.
     """
-    policy = load_policy(model_path)
+    policy = load_policy(model_path, trust=trust)
     config = config or policy.config
     check_compatible(policy, config)
     teacher = teacher or read_teacher(policy.path)
     instances = make_instances(config, "heldout")
-    rows = heldout_rows(config, policy.path, teacher)
+    rows = heldout_rows(config, policy.path, teacher, trust)
     jobs = [row.job(instance) for instance in instances for row in rows]
     tests: dict[str, list[float]] = {row.name: [] for row in rows}
     finals: dict[str, list[float]] = {row.name: [] for row in rows}
@@ -149,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for heldout.json/.md (default: beside the model; the shipped controller, whose "
                         "folder belongs to the package: a new <runs-dir>/<preset>__heldout__<time>/)")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow loading the model by unpickling (SB3's full load, RLlib checkpoints), which can run "
+                        "any code: only for a model from a source you trust (default: weights and plain data only)")
     args = p.parse_args(argv)
     try:
-        policy = load_policy(args.model)
+        policy = load_policy(args.model, trust=args.trust_model)
         overrides = dict(parse_override(o) for o in args.set)
         config = (load_config(args.preset, overrides) if args.preset else
                   config_from_dict(nest_overrides(overrides), policy.config, source="overrides"))
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     if out is None and read_provenance(policy.path) is not None:
         out = new_run_dir(config.name, "heldout", root=args.runs_dir)
-    print(evaluate_heldout(policy.path, config, args.workers, out))
+    print(evaluate_heldout(policy.path, config, args.workers, out, trust=args.trust_model))
     print(f"results: {Path(out) if out else policy.path.parent}")
     return 0
 

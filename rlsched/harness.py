@@ -249,8 +249,10 @@ class Job:
     # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.methods makes them)
     overrides: tuple[tuple[str, str], ...] = ()
     rollout: int = 0  # "policy_sample": which stochastic rollout of the policy (seeds its action sampling)
+    trust: bool = False  # policies: load with trust=True (the user allowed unpickling it); how, not what, it runs
 
     @property
     def key(self) -> str:
-        """The job's full description as one string: what a journal of finished jobs is keyed by."""
-        return journal_key(asdict(self))
+        """The job's full description as one string: what a journal of finished jobs is keyed by (not how its
+        policy is loaded)."""
+        return journal_key({k: v for k, v in asdict(self).items() if k != "trust"})

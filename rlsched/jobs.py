@@ -53,14 +53,15 @@ Outcome = EpisodeResult | JobFailure
 
 
 @functools.lru_cache(maxsize=8)
-def _policy(path: str) -> Predictor:
-    return load_policy(path).predictor
+def _policy(path: str, trust: bool) -> Predictor:
+    return load_policy(path, trust=trust).predictor
 
 
 def make_controller(job: Job) -> Controller:
     if job.kind in ("policy", "policy_sample"):
         sampled = job.kind == "policy_sample"
-        return PolicyController(_policy(job.arg), name=job.method, deterministic=not sampled, seed=job.rollout)
+        return PolicyController(_policy(job.arg, job.trust), name=job.method, deterministic=not sampled,
+                                seed=job.rollout)
     if job.kind == "schedule":
         return ScheduleController(job.arg, job.base_lr, name=job.method)
     if job.kind == "random":

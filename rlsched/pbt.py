@@ -58,6 +58,17 @@ def member_lrs(config: Config, population: int) -> list[float]:
     return [float(lr) for lr in np.geomspace(env.initial_lr_min, env.initial_lr_max, population)]
 
 
+def save_member(folder: Path, trainer: Trainer, records: list[dict[str, Any]], seconds: float) -> None:
+    """A member's checkpoint: the Trainer's state dict (tensors, numbers), its records and time, all plain."""
+    torch.save({"trainer": trainer.state_dict(), "records": records, "seconds": seconds}, folder / CHECKPOINT)
+
+
+def load_member(folder: Path) -> dict[str, Any]:
+    """What ``save_member`` wrote, read as tensors and plain data only (``weights_only``: a file put in Tune's
+    storage in its place runs nothing)."""
+    return torch.load(folder / CHECKPOINT, weights_only=True)
+
+
 def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> None:
     """One population member (a Tune function trainable): trains ``instance`` step by step at its LR, reporting
     Dice with a Trainer checkpoint after every step; starts from a better member's checkpoint after an exploit.
@@ -75,7 +86,7 @@ def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> N
         records, seconds = [evaluation.record(lr, 0)], evaluation.seconds
     else:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
+            saved = load_member(Path(folder))
         trainer.load_state_dict(saved["trainer"])
         records, seconds = saved["records"], saved["seconds"]
     while trainer.epoch < env.epochs:
@@ -85,8 +96,7 @@ def member(tune_config: dict[str, Any], config: Config, instance: Instance) -> N
         records.append(record)
         dice = result.counted_dice
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"trainer": trainer.state_dict(), "records": records, "seconds": seconds},
-                       Path(folder) / CHECKPOINT)
+            save_member(Path(folder), trainer, records, seconds)
             tune.report({"dice": dice, "epoch": trainer.epoch},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -149,7 +159,7 @@ def run_instance(config: Config, instance: Instance, settings: PBTSettings, stor
         raise RuntimeError(f"PBT on {instance.split} instance {instance.index} failed: {results.errors[0]}")
     best = results.get_best_result(metric="dice", mode="max", scope="last")
     with best.checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / CHECKPOINT, weights_only=False)
+        saved = load_member(Path(folder))
     records = saved["records"]
     if records[-1]["epoch"] < env.epochs:  # Tune stops an experiment on Ctrl-C and returns what it has
         raise KeyboardInterrupt(f"PBT on {instance.split} instance {instance.index} was stopped at epoch "

@@ -126,10 +126,11 @@ class RLScheduler:
 
     @classmethod
     def load(cls, path: str | Path, optimizer: torch.optim.Optimizer, total_epochs: int | None = None,
-             model: torch.nn.Module | None = None) -> "RLScheduler":
+             model: torch.nn.Module | None = None, trust: bool = False) -> "RLScheduler":
         """Load ``runs/<id>/model.zip`` (SB3) or ``model.pt`` (reference PPO) with the env config it learned on;
-        ``model``: also put its buffers back when an epoch blows up (rollback policies)."""
-        loaded = load_policy(path)
+        ``model``: also put its buffers back when an epoch blows up (rollback policies). Nothing in the files
+        runs; ``trust=True`` allows unpickling (``policy.load_policy``): only for a file you trust."""
+        loaded = load_policy(path, trust=trust)
         return cls(loaded.predictor, optimizer, loaded.config.env, total_epochs, model)
 
     @classmethod

@@ -160,11 +160,10 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
 
 
 def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
-    from stable_baselines3 import PPO
-
     from .agents.episodes import EpisodeLog
     from .agents.normalize import ObsNorm, norm_path
     from .agents.sb3 import RunCallback, build_ppo, make_vec, save_atomic
+    from .agents.sb3_safe import load_resumable
 
     settings = settings_from(args)
     checkpoint = run_dir / "checkpoints" / "last.zip"
@@ -178,7 +177,7 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
             norm = ObsNorm.load(norm_path(checkpoint))
     env = make_vec(config, args.n_envs, run_dir / "episodes.jsonl", settings.normalize_obs, norm)
     if resuming:
-        model = PPO.load(checkpoint, env=env, device="cpu", tensorboard_log=str(run_dir / "tb"))
+        model = load_resumable(checkpoint, env, settings.clip_range, str(run_dir / "tb"))  # no unpickling
         model.set_random_seed(args.seed + model.num_timesteps)  # seeds the vector env too, not only torch
     else:
         model = build_ppo(config, settings, env, args.seed, run_dir / "tb")
@@ -195,7 +194,7 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
         _close_quietly(env)
         raise
     callback.checkpoint()
-    save_atomic(model, run_dir / "model.zip")
+    save_atomic(model, run_dir / "model.zip", config.env)
     env.close()
     return run_dir / "model.zip"
 
@@ -205,6 +204,7 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     from torch.utils.tensorboard import SummaryWriter
 
     from .agents.episodes import EpisodeLog
+    from .agents.policy_meta import write_meta
     from .agents.ppo import PPOConfig, ReferencePPO
     from .agents.workers import env_factory, start_method
 
@@ -254,6 +254,7 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     finally:
         bar.close()
         writer.close()
+    write_meta(run_dir / "model.pt", config.env, normalize_obs=False)
     agent.save(run_dir / "model.pt")
     envs.close()
     return run_dir / "model.pt"
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_eval:
         from .evaluate import evaluate_heldout
 
-        report = evaluate_heldout(model_path, config, workers=n_workers(args))
+        # trust: the model this process just wrote (an RLlib one loads no other way)
+        report = evaluate_heldout(model_path, config, workers=n_workers(args), trust=True)
         print(report)
     print(f"results: {run_dir}")
     return 0

@@ -12,7 +12,7 @@ from stable_baselines3 import PPO
 from rlsched import compare, evaluate, train
 from rlsched.config import load_config
 from rlsched.policy import load_policy, resolve_agent_path
-from rlsched.pretrained import CONFIG, ENV_VAR, MODEL, NORM, PROVENANCE, export
+from rlsched.pretrained import CONFIG, ENV_VAR, META, MODEL, NORM, PROVENANCE, export
 from rlsched.pretrained import __main__ as pretrained_cli
 from rlsched.runs import read_jsonl
 from rlsched.scheduler import RLScheduler
@@ -47,8 +47,9 @@ def shipped(run_dir, tmp_path, monkeypatch):
 
 
 def test_export_copies_the_run_with_its_provenance(run_dir, shipped):
-    assert sorted(p.name for p in shipped.iterdir()) == sorted([MODEL, NORM, CONFIG, PROVENANCE])  # no temp files
+    assert sorted(p.name for p in shipped.iterdir()) == sorted([MODEL, NORM, CONFIG, PROVENANCE, META])  # no temps
     assert (shipped / MODEL).read_bytes() == (run_dir / "model.zip").read_bytes()
+    assert (shipped / META).read_bytes() == (run_dir / "model.policy.json").read_bytes()
     assert (shipped / NORM).read_bytes() == (run_dir / "model.obs_norm.json").read_bytes()
     assert load_config(shipped / CONFIG) == load_config(run_dir / "config.toml")
     provenance = json.loads((shipped / PROVENANCE).read_text())

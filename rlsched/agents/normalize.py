@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..runs import atomic_write_json
+from .policy_meta import PolicyError
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,18 @@ class ObsNorm:
 
     @classmethod
     def load(cls, path: Path) -> "ObsNorm":
-        return cls(**json.loads(Path(path).read_text()))
+        """The statistics of ``path``; a truncated or foreign file raises ``PolicyError`` naming it."""
+        try:
+            norm = cls(**json.loads(Path(path).read_text()))
+            consistent = (len(norm.mean) == len(norm.var) > 0 and np.all(np.isfinite(norm.mean))
+                          and np.all(np.asarray(norm.var) >= 0) and norm.count > 0)
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+            raise PolicyError(f"{path}: unreadable observation statistics ({err}); the file is truncated or "
+                              "corrupt: restore it from where the policy was trained") from None
+        if not consistent:
+            raise PolicyError(f"{path}: not observation statistics (mean and var must be equally long, finite, "
+                              "var >= 0, count > 0); restore it from where the policy was trained")
+        return norm
 
 
 def norm_path(model_path: Path | str) -> Path:
@@ -64,6 +76,7 @@ class NormalizedPredictor:
     def __init__(self, policy: Any, norm: ObsNorm) -> None:
         self.policy, self.norm = policy, norm
         self.observation_space = getattr(policy, "observation_space", None)
+        self.action_space = getattr(policy, "action_space", None)
 
     def predict(self, observation: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, Any]:
         return self.policy.predict(self.norm(observation), deterministic=deterministic)

@@ -13,10 +13,11 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-from ..config import Config
+from ..config import Config, EnvConfig
 from ..runs import atomic_write, atomic_write_json
 from .episodes import EpisodeLog
 from .normalize import ObsNorm, norm_path
+from .policy_meta import write_meta
 from .workers import env_factory, start_method
 
 
@@ -98,11 +99,16 @@ class RunCallback(BaseCallback):
                           {"num_timesteps": self.num_timesteps, "episodes": self.episodes.count()})
 
 
-def save_atomic(model: PPO, path: Path) -> None:
-    """The model, then the observation statistics it needs (if it trained on normalised observations)."""
+def save_atomic(model: PPO, path: Path, env: EnvConfig | None = None) -> None:
+    """The observation statistics the model needs (if it trained on normalised observations), with ``env``
+    the interface it was trained on (``<model>.policy.json``: its observation features, in order), then the
+    model, so a model on disk always has them beside it."""
     vec = model.get_env()
-    if isinstance(vec, VecNormalize):
+    normalised = isinstance(vec, VecNormalize)
+    if normalised:
         ObsNorm.from_vecnormalize(vec).save(norm_path(path))
+    if env is not None:
+        write_meta(path, env, normalised)
     atomic_write(path, model.save)
 
 

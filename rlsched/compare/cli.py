@@ -94,6 +94,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--sampled-rollouts", type=int, default=0, metavar="K",
                    help="also evaluate each agent on sampled actions: K seeded rollouts per instance, averaged "
                         "per instance (default: off; the agent's own row uses its most likely action)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow loading --agent models by unpickling (SB3's full load, RLlib checkpoints), "
+                        "which can run any code: only for models from a source you trust (default: weights "
+                        "and plain data only)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                             sampled_rollouts=args.sampled_rollouts, at_initial_lr=tuple(args.at_initial_lr))
         overrides = dict(parse_override(o) for o in args.set)
         agent_paths = [resolve_agent_path(path) for path in args.agent]
-        policies = [load_policy(path) for path in agent_paths]
+        policies = [load_policy(path, trust=args.trust_model) for path in agent_paths]
         if args.preset is None and policies:
             config = config_from_dict(nest_overrides(overrides), policies[0].config, source="overrides")
         else:

@@ -122,6 +122,7 @@ class Method:
     accounting: str = "nothing"  # how epochs_before was counted, for the report
     needs: str = ""  # what it needed from the user (default: by kind, NEEDS)
     rollouts: int = 1  # episodes per instance ("policy_sample": sampled rollouts, averaged per instance)
+    trust: bool = False  # policies: loaded with trust=True (--trust-model), so their workers load them so too
 
     def __post_init__(self) -> None:
         if not self.needs:
@@ -156,8 +157,8 @@ class Method:
         if self.kind in KINDS:
             return [method_job(config, self.kind, self.arg, self.name, instance, self.base_lr, initial_lr)]
         base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
-        return [Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr, rollout=k)
-                for k in range(self.rollouts)]
+        return [Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr, rollout=k,
+                    trust=self.trust) for k in range(self.rollouts)]
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
         base = AGENT_NAME if shipped else f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
         name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
         epochs, source = training_epochs(policy)
-        methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs,
+        methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs, trust=policy.trusted,
                               accounting=f"PPO training of {'the shipped controller, ' if shipped else ''}"
                                          f"{policy.path} ({source})"))
     return methods

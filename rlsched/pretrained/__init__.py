@@ -3,11 +3,13 @@
 
 This folder holds one exported SB3 run under fixed names: ``controller.zip`` (the policy),
 ``controller.obs_norm.json`` (its observation statistics; absent only for a ``--no-normalize-obs`` run),
-``controller.toml`` (the config it trained on: its ``[env]`` is the policy's interface) and ``controller.json``
-(provenance: the run's arguments, the UNet epochs its training spent, commit, dates). ``python -m
-rlsched.pretrained --export runs/<id>`` writes them, each atomically; ``controller.json`` is removed first and
-written last, so an interrupted export reads as "none shipped", never as one run's policy with another's
-statistics.
+``controller.toml`` (the config it trained on: its ``[env]`` is the policy's interface),
+``controller.policy.json`` (the observation features it sees, in order, and whether they are normalised:
+``agents.policy_meta``) and ``controller.json`` (provenance: the run's arguments, the UNet epochs its training
+spent, commit, dates). ``load_policy`` reads the weights without unpickling anything
+(``agents.sb3_safe``). ``python -m rlsched.pretrained --export runs/<id>`` writes them, each atomically;
+``controller.json`` is removed first and written last, so an interrupted export reads as "none shipped", never
+as one run's policy with another's statistics.
 
 ``$RLSCHED_PRETRAINED_DIR`` moves the folder for every reader and the export (tests; trying a controller
 before shipping it).
@@ -24,12 +26,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..agents.policy_meta import meta_path
 from ..config import load_config
 from ..runs import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 
 ENV_VAR = "RLSCHED_PRETRAINED_DIR"
 AGENT_NAME = "pretrained"  # what --agent and load_policy take for the shipped controller
 MODEL, NORM, CONFIG, PROVENANCE = "controller.zip", "controller.obs_norm.json", "controller.toml", "controller.json"
+META = "controller.policy.json"  # agents.policy_meta.meta_path of MODEL
 HOW_TO_EXPORT = "python -m rlsched.pretrained --export runs/<run-id>"
 
 
@@ -84,6 +88,10 @@ def export(run_dir: Path | str, dest: Path | str | None = None) -> dict[str, Any
         atomic_write_bytes(dest / NORM, (run_dir / "model.obs_norm.json").read_bytes())
     else:  # load_policy applies any statistics it finds: none may be left from an earlier export
         (dest / NORM).unlink(missing_ok=True)
+    if meta_path(model).is_file():
+        atomic_write_bytes(dest / META, meta_path(model).read_bytes())
+    else:  # a run saved before the metadata: its features are unknown, so none may remain from an earlier export
+        (dest / META).unlink(missing_ok=True)
     atomic_write_text(dest / CONFIG, (run_dir / "config.toml").read_text())
     atomic_write_json(dest / PROVENANCE, provenance)
     return provenance
