@@ -83,11 +83,16 @@ WORKER_ENVS = 4  # each env keeps its own data cache: bound the memory
 _markers: Path | None = None  # where a pool worker notes the job it is running (see _iter_pool)
 
 
-def init_worker(config: Config, threads: int, markers: str | None = None) -> None:
+def init_worker(config: Config, threads: int, markers: str | None = None, parent: int | None = None) -> None:
     """Set this worker's torch threads (the env leaves them alone) and build its env. In a pool (``markers``
     set) the parent handles Ctrl-C, and a worker the pool terminates clears its marker on the way out, so the
-    only marker left after a crash is the dead worker's."""
+    only marker left after a crash is the dead worker's. With ``parent`` (the pool's owner) the worker exits
+    when that process dies, a kill -9 included."""
     global _worker_config, _markers
+    if parent is not None:
+        from .agents.workers import die_with
+
+        die_with(parent)
     torch.set_num_threads(threads)
     _worker_config = config
     _worker_envs.clear()
@@ -244,7 +249,8 @@ def _iter_pool(config: Config, retries: Retries, workers: int, context: Any, mar
     """Run the pending jobs in one pool until they are done or a worker dies (then the caller starts a new
     pool for the rest). The pool's workers are terminated on every way out, a Ctrl-C included."""
     before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(config, 1, markers))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
+                               initargs=(config, 1, markers, os.getpid()))
     finished = False
     try:
         futures = {pool.submit(_run_marked, index, job): index for index, job in retries.pending.items()}

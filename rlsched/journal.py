@@ -9,12 +9,11 @@ float exactly: a resumed comparison computes the same numbers as an uninterrupte
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .runs import atomic_write_text
+from .runs import append_text, atomic_write_text, refuse_links
 
 
 CONTEXT = "__context__"  # the key of the entry that ties a journal to its settings
@@ -33,14 +32,17 @@ def journal_key(description: dict[str, Any]) -> str:
 
 
 class Journal:
-    """Finished jobs by key; ``path=None`` keeps them in memory only (nothing to resume)."""
+    """Finished jobs by key; ``path=None`` keeps them in memory only (nothing to resume). A symbolic link at
+    ``path`` is refused (``ValueError``): appending would write wherever it points."""
 
     def __init__(self, path: Path | str | None) -> None:
         self.path = Path(path) if path is not None else None
         self.entries: dict[str, dict[str, Any]] = {}
         self.dropped = 0  # unreadable lines found (and removed) when opening
-        if self.path is not None and self.path.exists():
-            self._load(self.path)
+        if self.path is not None:
+            refuse_links(self.path.parent, self.path.name)
+            if self.path.exists():
+                self._load(self.path)
 
     def _load(self, path: Path) -> None:
         kept = []
@@ -86,8 +88,4 @@ class Journal:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, default=_plain) + "\n"
-        with open(self.path, "a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_text(self.path, json.dumps(entry, default=_plain) + "\n")

@@ -6,6 +6,7 @@ Every file a run keeps is written to a temporary file in the same folder and mov
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
-
-import torch
 
 RUNS_ROOT = Path("runs")
 
@@ -85,10 +84,6 @@ def atomic_write_json(path: Path | str, data: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")
 
 
-def atomic_torch_save(path: Path | str, obj: Any) -> None:
-    atomic_write(path, lambda h: torch.save(obj, h), "wb")
-
-
 def to_jsonable(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null so files stay valid JSON for any reader."""
     if isinstance(value, float):
@@ -102,13 +97,42 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def append_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> None:
-    """Append whole lines; a reader skips a torn last line (see ``read_jsonl``)."""
-    with open(path, "a") as handle:
-        for record in records:
-            handle.write(json.dumps(to_jsonable(record)) + "\n")
+def _link_error(path: Path) -> ValueError:
+    return ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): a run keeps its files inside its "
+                      "own folder, and writing through the link would change a file elsewhere; replace the link "
+                      "by a copy of the file (or remove it)")
+
+
+def refuse_links(run_dir: Path | str, *names: str) -> None:
+    """Refuse the run's files (and the folders on the way to them) that a symbolic link sends out of
+    ``run_dir``, before anything appends to them: appends follow links (``atomic_write``'s rename replaces
+    one)."""
+    for name in names:
+        path = Path(run_dir)
+        for part in Path(name).parts:
+            path = path / part
+            if path.is_symlink():
+                raise _link_error(path)
+
+
+def append_text(path: Path | str, text: str) -> None:
+    """Append ``text`` and fsync it; a symbolic link at ``path`` is refused rather than followed
+    (``O_NOFOLLOW``), so an append never writes outside the folder the path names."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _link_error(Path(path)) from None
+        raise
+    with os.fdopen(fd, "a") as handle:
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def append_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> None:
+    """Append whole lines; a reader skips a torn last line (see ``read_jsonl``)."""
+    append_text(path, "".join(json.dumps(to_jsonable(record)) + "\n" for record in records))
 
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:

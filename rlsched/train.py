@@ -5,10 +5,13 @@
 
 Writes ``runs/<preset>__ppo-<algo>__s<seed>__<time>/``: ``config.toml`` and ``args.json`` (what ran),
 ``tb/`` (TensorBoard: PPO diagnostics and per-episode final Dice, LR trajectory, penalties),
-``episodes.jsonl`` (every training episode), ``checkpoints/last.*`` (after every update, atomic),
-``model.zip`` (SB3) or ``model.pt`` (reference PPO), and ``heldout.json`` / ``heldout.md``: the learned
-policy against the constant initial-LR baseline on the held-out instances.
-Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume runs/<id>`` continues from it.
+``episodes.jsonl`` (every training episode), ``checkpoints/`` (after every update: the parts, then the
+manifest ``last.json`` naming them, see ``rlsched/checkpoint.py``), ``model.zip`` (SB3) or ``model.pt``
+(reference PPO), and ``heldout.json`` / ``heldout.md``: the learned policy against the constant initial-LR
+baseline on the held-out instances.
+Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume runs/<id>`` continues from the last complete one
+(or, with none, starts over and says why); the episode records of the training it repeats move from
+``episodes.jsonl`` to ``episodes.discarded.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ from typing import Any
 from tqdm import tqdm
 
 from .agents.sb3 import PPOSettings
+from .checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
 from .data import check_dataset
 from .dataset import DatasetError
 from .harness import SCRIPTED_RULES, SUGGESTED_RULE
-from .runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
+from .runs import (Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir,
+                   refuse_links)
 
 ALGOS = ("sb3", "reference")
 BACKENDS = ("sb3", "rllib")  # sb3: local processes (--algo picks the agent); rllib: RLlib PPO on Ray
+DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume threw away (see _resume_point)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -161,23 +167,18 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
 
 def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
     from .agents.episodes import EpisodeLog
-    from .agents.normalize import ObsNorm, norm_path
+    from .agents.normalize import ObsNorm
     from .agents.sb3 import RunCallback, build_ppo, make_vec, save_atomic
     from .agents.sb3_safe import load_resumable
 
     settings = settings_from(args)
-    checkpoint = run_dir / "checkpoints" / "last.zip"
-    resuming = bool(args.resume) and checkpoint.is_file()
     episodes = EpisodeLog(run_dir / "episodes.jsonl")
-    if args.resume:
-        _drop_discarded_episodes(run_dir, episodes)
-    norm = None
-    if resuming:
-        if norm_path(checkpoint).is_file():
-            norm = ObsNorm.load(norm_path(checkpoint))
+    checkpoint = _resume_point(run_dir, episodes) if args.resume else None
+    parts = checkpoint.parts if checkpoint else {}
+    norm = ObsNorm.load(parts["obs_norm"]) if "obs_norm" in parts else None
     env = make_vec(config, args.n_envs, run_dir / "episodes.jsonl", settings.normalize_obs, norm)
-    if resuming:
-        model = load_resumable(checkpoint, env, settings.clip_range, str(run_dir / "tb"))  # no unpickling
+    if checkpoint:
+        model = load_resumable(parts["model"], env, settings.clip_range, str(run_dir / "tb"))  # no unpickling
         model.set_random_seed(args.seed + model.num_timesteps)  # seeds the vector env too, not only torch
     else:
         model = build_ppo(config, settings, env, args.seed, run_dir / "tb")
@@ -222,11 +223,9 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
             writer.add_scalar(key, value, step)
         writer.flush()
 
-    checkpoint = run_dir / "checkpoints" / "last.pt"
-    if args.resume:
-        _drop_discarded_episodes(run_dir, episodes)
-    if args.resume and checkpoint.is_file():
-        agent = ReferencePPO.load(checkpoint, envs=envs, log_fn=log)
+    checkpoint = _resume_point(run_dir, episodes) if args.resume else None
+    if checkpoint:
+        agent = ReferencePPO.load(checkpoint.parts["model"], envs=envs, log_fn=log)
     else:
         ppo_config = PPOConfig(
             n_steps=settings.n_steps(config), batch_size=settings.minibatch(config, args.n_envs),
@@ -236,10 +235,15 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
         agent = ReferencePPO(envs, ppo_config, seed=args.seed, log_fn=log)
     bar = tqdm(total=args.total_timesteps, initial=agent.num_timesteps, desc="reference PPO", unit="step")
 
+    def save() -> None:
+        def write(prefix: Path) -> dict[str, Path]:
+            agent.save(prefix.with_suffix(".pt"))
+            return {"model": prefix.with_suffix(".pt")}
+
+        save_checkpoint(run_dir / "checkpoints", write, agent.num_timesteps, episodes.count())
+
     def after_update(agent: ReferencePPO) -> bool:
-        agent.save(checkpoint)
-        atomic_write_json(run_dir / "checkpoints" / "last.json",
-                          {"num_timesteps": agent.num_timesteps, "episodes": episodes.count()})
+        save()
         bar.update(agent.num_timesteps - bar.n)
         return True
 
@@ -248,7 +252,7 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     try:
         agent.learn(args.total_timesteps, callback=after_update)
     except (KeyboardInterrupt, Interrupted):
-        agent.save(checkpoint)
+        save()
         _close_quietly(envs)
         raise
     finally:
@@ -278,15 +282,26 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
           f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
 
 
-def _drop_discarded_episodes(run_dir: Path, episodes: Any) -> None:
-    """Episodes recorded after the last checkpoint belong to a rollout the kill threw away: the resumed run
-    collects them again, so keeping them would count their epochs twice."""
-    last = run_dir / "checkpoints" / "last.json"
-    saved = json.loads(last.read_text()) if last.is_file() else {"episodes": 0}  # no checkpoint: starts over
-    if "episodes" in saved:  # (runs from before this record have no count to go by)
-        dropped = episodes.keep_first(int(saved["episodes"]))
-        if dropped:
-            print(f"dropped {dropped} episode record(s) of the rollout the interruption discarded")
+def _resume_point(run_dir: Path, episodes: Any) -> Checkpoint | None:
+    """The complete checkpoint ``--resume`` continues from; ``None`` (training starts over, saying why) when
+    there is none. Episodes recorded after those the checkpoint accounts for (all of them when starting over)
+    belong to training the kill threw away and that runs again: they move to ``episodes.discarded.jsonl``, so
+    episodes.jsonl counts each epoch of the policy's training once and no record is lost."""
+    checkpoint, problem = load_checkpoint(run_dir / "checkpoints")
+    if problem:
+        print(f"{problem}; no complete checkpoint to continue from: training starts over")
+    moved = episodes.set_aside(checkpoint.episodes if checkpoint else 0, run_dir / DISCARDED)
+    if moved:
+        print(f"moved {moved} episode record(s) of discarded training from episodes.jsonl to {DISCARDED}")
+    return checkpoint
+
+
+def _refuse_links(run_dir: Path) -> None:
+    """A resumed run appends to its files: refuse a symbolic link that would send writes out of the run."""
+    try:
+        refuse_links(run_dir, "episodes.jsonl", DISCARDED, "progress.jsonl", f"checkpoints/{MANIFEST}")
+    except ValueError as err:
+        raise SystemExit(f"error: --resume {run_dir}: {err}") from None
 
 
 def _close_quietly(env: Any) -> None:
@@ -299,6 +314,8 @@ def _close_quietly(env: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir, args, config = _open_run(args)
+    if args.resume:
+        _refuse_links(run_dir)
     interrupt_on_sigterm()
     start = time.perf_counter()
     try:

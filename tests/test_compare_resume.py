@@ -143,6 +143,22 @@ def test_journal_drops_a_torn_last_line_and_appends_on_a_clean_line(tmp_path):
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
 
 
+def test_resume_refuses_a_journal_that_is_a_symbolic_link(reference, tmp_path, capsys):
+    """A dangling jobs.jsonl link: appending would create and fill the file it points to, outside the run."""
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere" / "jobs.jsonl"
+    run_dir.mkdir()
+    elsewhere.parent.mkdir()
+    for name in ("args.json", "inputs.json", "config.toml"):
+        (run_dir / name).write_text((reference / name).read_text())
+    (run_dir / "jobs.jsonl").symlink_to(elsewhere)
+    with pytest.raises(SystemExit):
+        compare.main(["--resume", str(run_dir)])
+    assert "jobs.jsonl is a symbolic link" in capsys.readouterr().err
+    assert not elsewhere.exists()
+    with pytest.raises(ValueError, match="symbolic link"):
+        Journal(run_dir / "jobs.jsonl")
+
+
 def test_retries_are_bounded_then_the_job_is_a_failure():
     instance = make_instances(load_config("fast"), "heldout")[0]
     jobs = [Job("constant", "schedule", "constant", instance), Job("cosine", "schedule", "cosine", instance)]

@@ -5,10 +5,9 @@ import stat
 import time
 
 import pytest
-import torch
 
-from rlsched.runs import (append_jsonl, atomic_torch_save, atomic_write, atomic_write_bytes,
-                          atomic_write_json, atomic_write_text, new_run_dir, read_jsonl)
+from rlsched.runs import (append_jsonl, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                          new_run_dir, read_jsonl, refuse_links)
 
 
 def test_run_dirs_are_unique_and_named(tmp_path, monkeypatch):
@@ -59,9 +58,20 @@ def test_the_new_file_appears_only_by_rename(tmp_path, monkeypatch):
     assert path.read_bytes() == b"new"
 
 
-def test_torch_checkpoints_are_written_whole(tmp_path):
-    atomic_torch_save(tmp_path / "w.pt", {"w": torch.arange(3)})
-    assert torch.equal(torch.load(tmp_path / "w.pt")["w"], torch.arange(3))
+def test_appends_refuse_a_symbolic_link_rather_than_write_where_it_points(tmp_path):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    elsewhere.mkdir()
+    (run_dir / "episodes.jsonl").symlink_to(elsewhere / "file.jsonl")  # dangling: an append would create it
+    with pytest.raises(ValueError, match="episodes.jsonl is a symbolic link .* replace the link"):
+        append_jsonl(run_dir / "episodes.jsonl", [{"epoch": 1}])
+    assert list(elsewhere.iterdir()) == []
+    with pytest.raises(ValueError, match="episodes.jsonl is a symbolic link"):
+        refuse_links(run_dir, "metrics.jsonl", "episodes.jsonl")
+    (run_dir / "checkpoints").symlink_to(elsewhere, target_is_directory=True)  # a folder on the way counts too
+    with pytest.raises(ValueError, match="checkpoints is a symbolic link"):
+        refuse_links(run_dir, "checkpoints/last.json")
+    refuse_links(run_dir, "metrics.jsonl", "tb/events")  # absent files are fine: they will be created inside
 
 
 def test_jsonl_reader_skips_a_torn_last_line(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rlsched.checkpoint import load_checkpoint
 from rlsched.config import load_config
 from rlsched.env import UNetLREnv, make_instances
 from rlsched.harness import ScheduleController, run_episode
@@ -91,16 +92,23 @@ def test_resume_after_kill_9_finishes_the_run(tmp_path):
     assert len(stepped) == target // 4  # no episode of the discarded rollout kept (the search has no env steps)
 
 
-def test_resume_drops_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
+def test_resume_sets_aside_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
     from rlsched.agents.episodes import EpisodeLog
-    from rlsched.train import _drop_discarded_episodes
+    from rlsched.checkpoint import save_checkpoint
+    from rlsched.train import _resume_point
 
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.json").write_text(json.dumps({"num_timesteps": 8, "episodes": 2}))
-    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps({"final_dice": i}) + "\n" for i in range(5)))
-    _drop_discarded_episodes(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl"))
+    def write(prefix):
+        prefix.with_suffix(".pt").write_bytes(b"weights")
+        return {"model": prefix.with_suffix(".pt")}
+
+    save_checkpoint(tmp_path / "checkpoints", write, num_timesteps=8, episodes=2)
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps({"final_dice": i}) + "\n" for i in range(5))
+                                             + '{"final_dice": 5, "li')  # and a line a kill cut off
+    assert _resume_point(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl")).num_timesteps == 8
     assert [r["final_dice"] for r in read_jsonl(tmp_path / "episodes.jsonl")] == [0, 1]
-    assert "dropped 3 episode record(s)" in capsys.readouterr().out
+    assert (tmp_path / "episodes.jsonl").read_text().endswith("\n")  # the next record starts on its own line
+    assert [r["final_dice"] for r in read_jsonl(tmp_path / "episodes.discarded.jsonl")] == [2, 3, 4]
+    assert "moved 3 episode record(s)" in capsys.readouterr().out
 
 
 def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normalisation(tmp_path):
@@ -137,7 +145,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "--resume" in out
-    assert (run_dir / "checkpoints" / "last.zip").is_file()
+    assert load_checkpoint(run_dir / "checkpoints")[0] is not None
 
 
 def test_bad_preset_key_is_a_clear_error(tmp_path):
@@ -170,10 +178,11 @@ def test_the_warm_started_default_has_no_entropy_bonus():
     assert parse_args(["--ent-coef", "0.02"]).ent_coef == 0.02
 
 
-def test_resume_without_a_checkpoint_starts_over_and_drops_every_episode_record(tmp_path):
+def test_resume_without_a_checkpoint_starts_over_and_sets_every_episode_record_aside(tmp_path):
     from rlsched.agents.episodes import EpisodeLog
-    from rlsched.train import _drop_discarded_episodes
+    from rlsched.train import _resume_point
 
     (tmp_path / "episodes.jsonl").write_text("".join(json.dumps({"final_dice": i}) + "\n" for i in range(3)))
-    _drop_discarded_episodes(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl"))
+    assert _resume_point(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl")) is None
     assert read_jsonl(tmp_path / "episodes.jsonl") == []
+    assert [r["final_dice"] for r in read_jsonl(tmp_path / "episodes.discarded.jsonl")] == [0, 1, 2]

@@ -63,18 +63,23 @@ class EpisodeLog:
         self._seen = len(read_jsonl(self.path)) if self.path.exists() else 0
 
     def count(self) -> int:
-        """Episodes recorded so far (a checkpoint stores it, so a resume can drop later, discarded ones)."""
+        """Episodes recorded so far (a checkpoint stores it: a resume sets later, discarded ones aside)."""
         return len(read_jsonl(self.path)) if self.path.exists() else 0
 
-    def keep_first(self, count: int) -> int:
-        """Drop the records after the first ``count`` (episodes of a rollout that a kill discarded); returns
-        how many were dropped. The file is rewritten atomically."""
-        records = read_jsonl(self.path) if self.path.exists() else []
-        if len(records) <= count:
+    def set_aside(self, count: int, archive: Path) -> int:
+        """Keep the first ``count`` records and move the later ones (episodes of training a kill discarded) to
+        the end of ``archive``; returns how many moved. They reach ``archive`` before the log is rewritten
+        (atomically), so a kill in between duplicates them there rather than losing them. A line cut off by a
+        kill is removed too, so the next record starts on a line of its own."""
+        text = self.path.read_text() if self.path.exists() else ""
+        records = read_jsonl(self.path) if text else []
+        if len(records) <= count and (not text or text.endswith("\n")):
             return 0
+        if records[count:]:
+            append_jsonl(archive, records[count:])
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records[:count]))
         self._seen = min(self._seen, count)
-        return len(records) - count
+        return max(0, len(records) - count)
 
     def new_means(self) -> dict[str, float]:
         if not self.path.exists():

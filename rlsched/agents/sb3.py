@@ -13,8 +13,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
+from ..checkpoint import save_checkpoint
 from ..config import Config, EnvConfig
-from ..runs import atomic_write, atomic_write_json
+from ..runs import atomic_write
 from .episodes import EpisodeLog
 from .normalize import ObsNorm, norm_path
 from .policy_meta import write_meta
@@ -94,9 +95,16 @@ class RunCallback(BaseCallback):
             self.logger.record(key, value)
 
     def checkpoint(self) -> None:
-        save_atomic(self.model, self.run_dir / "checkpoints" / "last.zip")
-        atomic_write_json(self.run_dir / "checkpoints" / "last.json",
-                          {"num_timesteps": self.num_timesteps, "episodes": self.episodes.count()})
+        """The model and its observation statistics as one checkpoint (``rlsched.checkpoint``), with the env
+        steps and episode records it accounts for."""
+
+        def write(prefix: Path) -> dict[str, Path]:
+            model = prefix.with_suffix(".zip")
+            save_atomic(self.model, model)
+            normalised = isinstance(self.model.get_env(), VecNormalize)
+            return {"model": model, "obs_norm": norm_path(model)} if normalised else {"model": model}
+
+        save_checkpoint(self.run_dir / "checkpoints", write, self.num_timesteps, self.episodes.count())
 
 
 def save_atomic(model: PPO, path: Path, env: EnvConfig | None = None) -> None:

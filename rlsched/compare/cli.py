@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(run_dir / "config.toml", config_to_toml(config))
         atomic_write_json(run_dir / "args.json", vars(args))
         atomic_write_json(run_dir / "inputs.json", fingerprints)
-    journal = Journal(run_dir / JOURNAL)
+    try:
+        journal = Journal(run_dir / JOURNAL)
+    except ValueError as err:  # a symbolic link in the journal's place
+        parser.error(str(err))
     interrupt_on_sigterm()
     try:
         comparison = run_comparison(config, agents, settings, journal=journal)

@@ -106,7 +106,7 @@ def _check_run(run_dir: Path) -> dict[str, Any]:
         if (run_dir / "model.pt").is_file() or (run_dir / "model.rllib").is_dir():
             raise ValueError(f"{run_dir}: a reference-PPO or RLlib run; only SB3 policies (model.zip) are shipped: "
                              "train one with python -m rlsched.train (--algo sb3, --backend sb3: the defaults)")
-        if (run_dir / "checkpoints" / "last.zip").is_file():
+        if (run_dir / "checkpoints" / "last.json").is_file():
             raise FileNotFoundError(f"{run_dir}: the run has not finished (no model.zip, only a checkpoint); "
                                     f"finish it with python -m rlsched.train --resume {run_dir}")
         raise FileNotFoundError(f"{run_dir}: no model.zip; pass a finished run directory of python -m rlsched.train")
