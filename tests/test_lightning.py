@@ -41,6 +41,7 @@ class Tiny(pl.LightningModule):
         self.lr_scheduler, self.blow_up_epoch = lr_scheduler, blow_up_epoch
         self.epoch_lrs: list[list[float]] = []  # the param groups' LRs each epoch trained with
         self.grad_norms: list[float] = []  # global gradient norm at each optimizer step
+        self.losses: list[float] = []  # each training batch's loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.norm(self.conv(x))))
@@ -52,6 +53,7 @@ class Tiny(pl.LightningModule):
         x, y = batch
         loss = F.binary_cross_entropy_with_logits(self(x), y)
         self.log("train_loss", loss, **self.train_log)
+        self.losses.append(float(loss))
         return loss * (1e6 if self.current_epoch == self.blow_up_epoch else 1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -166,6 +168,14 @@ def test_resuming_from_a_checkpoint_continues_the_controller_exactly(tmp_path):
          or trainer.checkpoint_callback.best_model_path)
     assert [e[0] for e in resumed_module.epoch_lrs] == lrs[2:]
     assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
+
+
+@pytest.mark.parametrize("on_step", [False, True], ids=["on_epoch", "on_step-too"])
+def test_the_controller_reads_the_epochs_mean_training_loss(on_step):
+    callback, module = _scripted([1, 1], factors=[0.5, 1.0, 2.0]), Tiny({"on_epoch": True, "on_step": on_step})
+    _fit(module, callback, 2)
+    fed = [numbers["train_loss"] for numbers, _ in callback.scheduler.calls]
+    assert fed == pytest.approx([sum(module.losses[:4]) / 4, sum(module.losses[4:]) / 4])
 
 
 def test_a_missing_metric_name_lists_the_logged_ones():
