@@ -172,7 +172,8 @@ def test_resuming_from_a_checkpoint_continues_the_controller_exactly(tmp_path):
 
 @pytest.mark.parametrize("on_step", [False, True], ids=["on_epoch", "on_step-too"])
 def test_the_controller_reads_the_epochs_mean_training_loss(on_step):
-    callback, module = _scripted([1, 1], factors=[0.5, 1.0, 2.0]), Tiny({"on_epoch": True, "on_step": on_step})
+    callback = _scripted([1, 1], factors=[0.5, 1.0, 2.0])
+    module = Tiny({"on_epoch": True, "on_step": on_step})
     _fit(module, callback, 2)
     fed = [numbers["train_loss"] for numbers, _ in callback.scheduler.calls]
     assert fed == pytest.approx([sum(module.losses[:4]) / 4, sum(module.losses[4:]) / 4])
