@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import rlsched.pretrained
 from rlsched import compare, evaluate
@@ -235,7 +235,7 @@ def test_trust_travels_to_the_workers_without_changing_journal_keys():
 
 def test_resume_unpickles_nothing_and_restores_the_checkpoint(tmp_path):
     config = load_config("fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 2})
-    env = DummyVecEnv([lambda: UNetLREnv(config=config)])
+    env = VecNormalize(DummyVecEnv([lambda: UNetLREnv(config=config)]), norm_reward=False)  # as train's
     model = PPO("MlpPolicy", env, n_steps=4, batch_size=4, seed=0, device="cpu", policy_kwargs={"net_arch": [8]})
     model.learn(4)
     path, marker = tmp_path / "ckpt.zip", tmp_path / "ran"

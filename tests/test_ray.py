@@ -85,7 +85,7 @@ def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
     assert len(episodes) >= 4 and all(len(e["lrs"]) == 2 for e in episodes)
     assert {e["worker"] for e in episodes} == {1, 2}  # both env runners trained UNets
 
-    policy = load_policy(run_dir / "model.rllib")
+    policy = load_policy(run_dir / "model.rllib", trust=True)  # RLlib unpickles; this test wrote it
     obs = UNetLREnv(config=config).observation_space.sample()
     action, state = policy.predictor.predict(obs, deterministic=True)
     assert state is None and action.shape == () and 0 <= int(action) < len(config.env.factors)

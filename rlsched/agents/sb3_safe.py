@@ -80,8 +80,8 @@ def load_resumable(path: Path, env: VecEnv, clip_range: float, tensorboard_log: 
     pickled = {k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
     rebuilt = {"policy_class": ActorCriticPolicy, "observation_space": env.observation_space,
                "action_space": env.action_space, "clip_range": clip_range, "lr_schedule": None,
-               "rollout_buffer_class": None, "_last_obs": None, "_last_episode_starts": None,
-               "ep_info_buffer": None, "ep_success_buffer": None}
+               "rollout_buffer_class": None, "_last_obs": None, "_last_original_obs": None,
+               "_last_episode_starts": None, "ep_info_buffer": None, "ep_success_buffer": None}
     if pickled - set(rebuilt):
         raise PolicyError(f"{path}: its data holds pickled {', '.join(sorted(pickled - set(rebuilt)))}, which "
                           "no checkpoint of rlsched holds; nothing was unpickled: resume from a run's own "
