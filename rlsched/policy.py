@@ -97,15 +97,17 @@ def load_policy(path: str | Path, trust: bool = False) -> LoadedPolicy:
         try:
             predictor = ReferencePPO.load(path)
         except pickle.UnpicklingError as err:
-            raise PolicyError(f"{path}: holds more than tensors and plain data, which the safe loader refuses "
-                              f"({str(err).splitlines()[0]}); not a reference-PPO checkpoint of rlsched") from None
+            raise PolicyError(f"{path}: holds more than tensors and plain data, which the safe loader "
+                              f"refuses ({str(err).splitlines()[0]}); not a reference-PPO checkpoint of "
+                              "rlsched") from None
         except (RuntimeError, EOFError, ValueError, KeyError) as err:
             raise PolicyError(f"{path}: not a readable reference-PPO checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0]}); the file is truncated or corrupt: retrain") from None
+                              f"{str(err).splitlines()[0]}); the file is truncated or corrupt: "
+                              "retrain") from None
     elif path.suffix == ".rllib":
         if not trust:
-            raise PolicyError(f"{path}: an RLlib checkpoint, which RLlib restores by unpickling Python objects "
-                              f"(no safe way exists); {TRUST_HINT}")
+            raise PolicyError(f"{path}: an RLlib checkpoint, which RLlib restores by unpickling Python "
+                              f"objects (no safe way exists); {TRUST_HINT}")
         from .agents.rllib import RLlibPolicy
 
         predictor = RLlibPolicy.load(path)
@@ -127,18 +129,19 @@ def _normalised(path: Path, policy: Any, meta: dict[str, Any] | None) -> Any:
     normalised, source = _trained_normalised(path, meta)
     norm_file = norm_path(path)
     if normalised and not norm_file.is_file():
-        raise PolicyError(f"{norm_file} is missing, and {path} trained on normalised observations ({source}): "
-                          "without its statistics it would act on features at the wrong scale; restore the "
-                          "file from where the policy was trained")
+        raise PolicyError(f"{norm_file} is missing, and {path} trained on normalised observations "
+                          f"({source}): without its statistics it would act on features at the wrong scale; "
+                          "restore the file from where the policy was trained")
     if normalised is False and norm_file.is_file():
-        raise PolicyError(f"{norm_file}: observation statistics beside {path}, which trained on raw observations "
-                          f"({source}), so they belong to another run; remove the file")
+        raise PolicyError(f"{norm_file}: observation statistics beside {path}, which trained on raw "
+                          f"observations ({source}), so they belong to another run; remove the file")
     if not norm_file.is_file():
         return policy
     norm = ObsNorm.load(norm_file)
     if len(norm.mean) != policy.observation_space.shape[0]:
         raise PolicyError(f"{norm_file}: statistics of {len(norm.mean)} features, but the policy takes "
-                          f"{policy.observation_space.shape[0]}; they belong to another run: restore this one's")
+                          f"{policy.observation_space.shape[0]}; they belong to another run: restore this "
+                          "one's")
     return NormalizedPredictor(policy, norm)
 
 
@@ -155,8 +158,8 @@ def _trained_normalised(path: Path, meta: dict[str, Any] | None) -> tuple[bool |
             try:
                 args = json.loads(args_file.read_text())
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise PolicyError(f"{args_file}: unreadable ({err}); it says how {path} was trained: restore it "
-                                  "from where the run was trained") from None
+                raise PolicyError(f"{args_file}: unreadable ({err}); it says how {path} was trained: "
+                                  "restore it from where the run was trained") from None
             if isinstance(args, dict) and isinstance(args.get("normalize_obs"), bool):
                 return args["normalize_obs"], f"{args_file} normalize_obs={args['normalize_obs']}"
     return None, "unknown"

@@ -31,6 +31,7 @@ from rlsched.scheduler import RLScheduler
 from rlsched.trainer import Trainer
 
 SHIPPED = Path(rlsched.pretrained.__file__).parent
+TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8}
 
 
 class _Payload:
@@ -114,11 +115,13 @@ def test_the_shipped_controller_acts_exactly_as_sb3_loads_it(tmp_path):
     def lrs(scheduler: RLScheduler) -> list[float]:
         out = [scheduler.start(val_loss=0.7, dice=0.1)]
         for k in range(loaded.config.env.epochs):
-            out.append(scheduler.step(train_loss=0.6 / (k + 1), val_loss=0.65 / (k + 1), dice=min(0.9, 0.1 * k),
-                                      grad_norm=1.0 + k, update_ratio=0.05 * (k + 1)))
+            out.append(scheduler.step(train_loss=0.6 / (k + 1), val_loss=0.65 / (k + 1),
+                                      dice=min(0.9, 0.1 * k), grad_norm=1.0 + k, update_ratio=0.05 * (k + 1)))
         return out
 
-    optimizer = lambda: torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.01)  # noqa: E731
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.01)
+
     full = RLScheduler(NormalizedPredictor(raw, norm), optimizer(), loaded.config.env)
     assert lrs(RLScheduler.pretrained(optimizer())) == lrs(full)
 
@@ -137,8 +140,8 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     sets = [a for o in ("data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2",
                         "env.heldout_instances=1", "env.train_instances=1") for a in ("--set", o)]
-    assert train.main(["--preset", "fast", *sets, "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "0",
-                       "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
+    assert train.main(["--preset", "fast", *sets, "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes",
+                       "0", "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
     (run,) = root.iterdir()
     return run
 
@@ -166,8 +169,8 @@ def test_a_policy_saved_with_other_feature_names_is_refused_naming_the_differenc
     path = _shipped_copy(tmp_path / "c")
     meta = json.loads((tmp_path / "c" / META).read_text())
     names = meta["observation_features"]
-    for saved, difference in ((names[1::-1] + names[2:], "reordered: feature 0 is budget_used in the policy, "
-                                                         "log_lr now"),
+    reordered = "reordered: feature 0 is budget_used in the policy, log_lr now"
+    for saved, difference in ((names[1::-1] + names[2:], reordered),
                               (names[:-1] + ["log_lr_lag9"], "missing: log_lr_lag2; extra: log_lr_lag9"),
                               (names[1:] + ["grad_norm_raw"], "missing: log_lr; extra: grad_norm_raw")):
         (tmp_path / "c" / META).write_text(json.dumps({**meta, "observation_features": saved}))
@@ -234,9 +237,10 @@ def test_trust_travels_to_the_workers_without_changing_journal_keys():
 
 
 def test_resume_unpickles_nothing_and_restores_the_checkpoint(tmp_path):
-    config = load_config("fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 2})
+    config = load_config("fast", {**TINY, "env.epochs": 2})
     env = VecNormalize(DummyVecEnv([lambda: UNetLREnv(config=config)]), norm_reward=False)  # as train's
-    model = PPO("MlpPolicy", env, n_steps=4, batch_size=4, seed=0, device="cpu", policy_kwargs={"net_arch": [8]})
+    model = PPO("MlpPolicy", env, n_steps=4, batch_size=4, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [8]})
     model.learn(4)
     path, marker = tmp_path / "ckpt.zip", tmp_path / "ran"
     model.save(path)
@@ -258,7 +262,7 @@ def test_resume_unpickles_nothing_and_restores_the_checkpoint(tmp_path):
 
 
 def test_pbt_member_checkpoints_load_as_plain_data_only(tmp_path):
-    config = load_config("fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8})
+    config = load_config("fast", TINY)
     trainer = Trainer(config, make_dataset(config.data, 0), 0, lr=0.01)
     result = trainer.train_slice(0.01, 1)
     save_member(tmp_path, trainer, [result.record()], 1.5)

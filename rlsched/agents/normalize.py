@@ -59,8 +59,8 @@ class ObsNorm:
             raise PolicyError(f"{path}: unreadable observation statistics ({err}); the file is truncated or "
                               "corrupt: restore it from where the policy was trained") from None
         if not consistent:
-            raise PolicyError(f"{path}: not observation statistics (mean and var must be equally long, finite, "
-                              "var >= 0, count > 0); restore it from where the policy was trained")
+            raise PolicyError(f"{path}: not observation statistics (mean and var must be equally long, "
+                              "finite, var >= 0, count > 0); restore it from where the policy was trained")
         return norm
 
 

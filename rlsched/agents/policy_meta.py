@@ -81,9 +81,9 @@ def feature_difference(saved: list[str], current: list[str]) -> str:
 def check_features(model_path: Path, meta: dict[str, Any], env: EnvConfig) -> None:
     difference = feature_difference(meta["observation_features"], observation_names(env))
     if difference:
-        raise PolicyError(f"{meta_path(model_path)}: the policy was trained on other observation features than "
-                          f"this rlsched builds ({difference}); it would act on numbers that mean something "
-                          "else: retrain it, or use it with the rlsched version it was trained with")
+        raise PolicyError(f"{meta_path(model_path)}: the policy was trained on other observation features "
+                          f"than this rlsched builds ({difference}); it would act on numbers that mean "
+                          "something else: retrain it, or use it with the rlsched version that trained it")
 
 
 def action_size(space: spaces.Space) -> int:
@@ -95,12 +95,12 @@ def check_dims(model_path: Path, config_path: Path, env: EnvConfig, obs_dim: int
     want_obs, want_actions = observation_space(env).shape[0], action_size(action_space(env))
     problems = []
     if obs_dim != want_obs:
-        problems.append(f"it takes {obs_dim} observation features, the config gives {want_obs} "
-                        f"({len(OBS_FEATURES)} + {len(HISTORY_FEATURES)} per lag of env.history={env.history})")
+        lags = f"{len(OBS_FEATURES)} + {len(HISTORY_FEATURES)} per lag of env.history={env.history}"
+        problems.append(f"it takes {obs_dim} observation features, the config gives {want_obs} ({lags})")
     if n_actions != want_actions:
         keys = ", ".join(f"env.{k}={getattr(env, k)!r}" for k in ACTION_KEYS[env.action])
-        problems.append(f"it has {n_actions} actions, the config's env.action={env.action!r} has {want_actions} "
-                        f"({keys}), so its action indices would mean other LRs")
+        problems.append(f"it has {n_actions} actions, the config's env.action={env.action!r} has "
+                        f"{want_actions} ({keys}), so its action indices would mean other LRs")
     if problems:
-        raise PolicyError(f"{model_path} does not fit {config_path}: {'; '.join(problems)}; use the config.toml "
-                          "it was trained with, or retrain")
+        raise PolicyError(f"{model_path} does not fit {config_path}: {'; '.join(problems)}; use the "
+                          "config.toml it was trained with, or retrain")

@@ -1,8 +1,8 @@
 """An SB3 PPO ``model.zip`` loaded for acting without unpickling anything.
 
-``PPO.load`` unpickles (cloudpickle) the ``:serialized:`` entries of the zip's ``data`` (the policy class, the
-spaces, the LR and clip-range schedules, ...), so a crafted file runs code when it is loaded. Acting needs none
-of them: the network is SB3's ``ActorCriticPolicy`` on the spaces the policy's config defines
+``PPO.load`` unpickles (cloudpickle) the ``:serialized:`` entries of the zip's ``data`` (the policy class,
+the spaces, the LR and clip-range schedules, ...), so a crafted file runs code when it is loaded. Acting needs
+none of them: the network is SB3's ``ActorCriticPolicy`` on the spaces the policy's config defines
 (``control.observation_space`` / ``action_space``), shaped by the ``policy_kwargs`` SB3 keeps as plain JSON in
 ``data``, and its weights are ``policy.pth``, read with ``torch.load(weights_only=True)``. ``trust=True``
 keeps SB3's full ``PPO.load`` for a file whose source is trusted (a custom policy class, say). Resuming a
@@ -52,8 +52,7 @@ def load_sb3(path: Path, config_path: Path, env: EnvConfig, trust: bool = False)
         try:
             return SB3Policy(PPO.load(path, device="cpu").policy)
         except UNREADABLE as err:
-            raise PolicyError(f"{path}: not a readable SB3 model ({type(err).__name__}: {err}); the file is "
-                              "truncated or corrupt: copy it again, or retrain") from None
+            raise _unreadable(path, err) from None
     data, weights = _read(path)
     obs_dim, n_actions = _dims(path, weights)
     check_dims(path, config_path, env, obs_dim, n_actions)
@@ -62,8 +61,8 @@ def load_sb3(path: Path, config_path: Path, env: EnvConfig, trust: bool = False)
                                    use_sde=data.get("use_sde") is True, **_policy_kwargs(path, data))
         policy.load_state_dict(weights, strict=True)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise PolicyError(f"{path}: its weights are not those of an SB3 MlpPolicy built from its policy_kwargs "
-                          f"({str(err).splitlines()[0]}); {TRUST_HINT}") from None
+        raise PolicyError(f"{path}: its weights are not those of an SB3 MlpPolicy built from its "
+                          f"policy_kwargs ({str(err).splitlines()[0]}); {TRUST_HINT}") from None
     policy.set_training_mode(False)
     return SB3Policy(policy)
 
@@ -83,9 +82,9 @@ def load_resumable(path: Path, env: VecEnv, clip_range: float, tensorboard_log: 
                "rollout_buffer_class": None, "_last_obs": None, "_last_original_obs": None,
                "_last_episode_starts": None, "ep_info_buffer": None, "ep_success_buffer": None}
     if pickled - set(rebuilt):
-        raise PolicyError(f"{path}: its data holds pickled {', '.join(sorted(pickled - set(rebuilt)))}, which "
-                          "no checkpoint of rlsched holds; nothing was unpickled: resume from a run's own "
-                          "checkpoint, or start a new run")
+        raise PolicyError(f"{path}: its data holds pickled {', '.join(sorted(pickled - set(rebuilt)))}, "
+                          "which no checkpoint of rlsched holds; nothing was unpickled: resume from a run's "
+                          "own checkpoint, or start a new run")
     try:
         return PPO.load(io.BytesIO(raw), env=env, device="cpu", custom_objects=rebuilt,
                         tensorboard_log=tensorboard_log)
@@ -102,8 +101,7 @@ def _read(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], dict[st
             data = json.loads(archive.read("data"))
             files = {name: archive.read(name) for name in archive.namelist() if name.endswith(".pth")}
     except UNREADABLE as err:
-        raise PolicyError(f"{path}: not a readable SB3 model ({type(err).__name__}: {err}); the file is truncated "
-                          "or corrupt: copy it again, or retrain") from None
+        raise _unreadable(path, err) from None
     if "policy.pth" not in files or not isinstance(data, dict):
         raise PolicyError(f"{path}: not an SB3 model (no policy.pth, or its data is no JSON object)")
     loaded = {name: _weights_only(path, name, content) for name, content in files.items()}
@@ -112,6 +110,11 @@ def _read(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], dict[st
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
         raise PolicyError(f"{path}: its policy.pth is no state dict of tensors: not an SB3 model")
     return data, weights
+
+
+def _unreadable(path: Path, err: Exception) -> PolicyError:
+    return PolicyError(f"{path}: not a readable SB3 model ({type(err).__name__}: {err}); the file is "
+                       "truncated or corrupt: copy it again, or retrain")
 
 
 def _weights_only(path: Path, name: str, content: bytes) -> Any:
@@ -138,8 +141,8 @@ def _dims(path: Path, weights: dict[str, torch.Tensor]) -> tuple[int, int]:
 def _policy_kwargs(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     kwargs = data.get("policy_kwargs", {})
     if not isinstance(kwargs, dict) or ":serialized:" in kwargs:
-        raise PolicyError(f"{path}: its policy_kwargs are pickled Python objects (a custom network), which the "
-                          f"safe loader does not unpickle; {TRUST_HINT}")
+        raise PolicyError(f"{path}: its policy_kwargs are pickled Python objects (a custom network), which "
+                          f"the safe loader does not unpickle; {TRUST_HINT}")
     other = sorted(set(kwargs) - set(PLAIN_KWARGS))
     if other:
         raise PolicyError(f"{path}: its policy_kwargs set {', '.join(other)}, which rlsched never sets; "
