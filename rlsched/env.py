@@ -167,6 +167,22 @@ class UNetLREnv(gym.Env):
             raise ValueError("env.factors has no 1.0, so no action keeps the LR; add 1.0 to the factors")
         return list(cfg.factors).index(1.0)
 
+    def _check_action(self, action: Any) -> None:
+        """Refuse an action outside the action space, as ``Discrete.contains`` / ``Box.contains`` would (a
+        one-element array counts as its element): indexing the factors would take -1 as the last one and fail
+        on 7, and a continuous action would be clipped silently."""
+        space, value = self.action_space, np.asarray(action)
+        if isinstance(space, spaces.Discrete):
+            ok = value.size == 1 and np.issubdtype(value.dtype, np.integer) and space.contains(int(value.flat[0]))
+            expected = f"an integer in {space.start}..{space.start + space.n - 1}"
+        else:
+            ok = (value.size == int(np.prod(space.shape)) and np.issubdtype(value.dtype, np.number)
+                  and space.contains(value.reshape(space.shape).astype(space.dtype)))
+            expected = f"{space.shape[0]} float(s) in [{space.low.min():g}, {space.high.max():g}]"
+        if not ok:
+            raise ValueError(f"action {action!r} is outside the action space {space} (env.action = "
+                             f"{self.config.env.action!r}): pass {expected}")
+
     def set_lr(self, lr: float) -> None:
         """The next step trains at ``lr`` whatever its action: how fixed schedules drive the env."""
         if self.trainer is None:
@@ -235,6 +251,7 @@ class UNetLREnv(gym.Env):
     def step(self, action):
         if self._done or self.trainer is None:
             raise RuntimeError("the episode is over (or never started): call reset() first")
+        self._check_action(action)
         cfg = self.config.env
         lr = self._forced_lr
         if lr is None:

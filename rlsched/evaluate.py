@@ -25,8 +25,8 @@ from .jobs import episodes, run_jobs
 from .methods import method_job
 from .policy import check_compatible, load_policy
 from .pretrained import read_provenance
-from .runs import atomic_write_json, atomic_write_text, new_run_dir
-from .stats import mean_ci, paired_test
+from .runs import RunDirError, atomic_write_json, atomic_write_text, new_run_dir
+from .stats import DIFFERENCE, UNIT, clipped_note, mean_ci, paired_test
 
 TEACHER_FILE = "teacher.json"  # written by train's warm start: {"rule": ..., "lr": ...}
 SCHEDULE_FREE = "schedulefree_adamw"
@@ -108,11 +108,10 @@ def evaluate_heldout(model_path: str | Path, config: Config | None = None, worke
             summary.update({f"{row.name}_{kind}": values, f"{row.name}_{kind}_mean": ci.mean,
                             f"{row.name}_{kind}_ci95": [ci.low, ci.high]})
         summary[f"{row.name}_diverged"] = diverged[row.name]
-    differences = {}
-    for row in rows[1:]:
-        test = paired_test(tests["learned"], tests[row.name])
-        differences[row.name] = {"mean": test.mean_difference, "ci95": [test.ci.low, test.ci.high],
-                                 "paired_t_pvalue": test.t_pvalue, "wilcoxon_pvalue": test.wilcoxon_pvalue}
+    paired = {row.name: paired_test(tests["learned"], tests[row.name]) for row in rows[1:]}
+    differences = {name: {"mean": test.mean_difference, "ci95": [test.ci.low, test.ci.high],
+                          "paired_t_pvalue": test.t_pvalue, "wilcoxon_pvalue": test.wilcoxon_pvalue}
+                   for name, test in paired.items()}
     summary["learned_minus"] = differences
     constant = differences["constant"]  # the keys of earlier heldout.json files
     summary.update({"test_difference_mean": constant["mean"], "test_difference_ci95": constant["ci95"],
@@ -126,13 +125,18 @@ def evaluate_heldout(model_path: str | Path, config: Config | None = None, worke
         "",
         "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |",
         "|---|---|---|---|",
-        *(f"| {row.label} | {mean_ci(tests[row.name])} | {mean_ci(finals[row.name])} | {diverged[row.name]} |"
-          for row in rows),
+        *(f"| {row.label} | {mean_ci(tests[row.name]).text(bounds=UNIT)} "
+          f"| {mean_ci(finals[row.name]).text(bounds=UNIT)} | {diverged[row.name]} |" for row in rows),
         "",
-        *(f"learned - {row.label}, test Dice: {d['mean']:+.3f} (95% CI {d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, "
-          f"paired t p={d['paired_t_pvalue']:.3g}, Wilcoxon p={d['wilcoxon_pvalue']:.3g})"
-          for row in rows[1:] for d in (differences[row.name],)),
+        *(f"learned - {row.label}, test Dice: {t.mean_difference:+.3f} (95% CI {t.ci.span(DIFFERENCE)}, "
+          f"paired t p={t.t_pvalue:.3g}, Wilcoxon p={t.wilcoxon_pvalue:.3g})"
+          for row in rows[1:] for t in (paired[row.name],)),
     ]
+    note = clipped_note([(mean_ci(v), UNIT) for v in (*tests.values(), *finals.values())]
+                        + [(t.ci, DIFFERENCE) for t in paired.values()],
+                        "evaluate on more held-out instances (--set env.heldout_instances=N)")
+    if note:
+        lines += ["", note]
     if teacher is None:
         lines += ["", "No teacher row: the policy's run directory has no teacher.json (not cloned from a rule)."]
     report = "\n".join(lines)
@@ -167,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     out = args.out
     if out is None and read_provenance(policy.path) is not None:
-        out = new_run_dir(config.name, "heldout", root=args.runs_dir)
+        try:
+            out = new_run_dir(config.name, "heldout", root=args.runs_dir)
+        except RunDirError as err:
+            p.error(str(err))
     print(evaluate_heldout(policy.path, config, args.workers, out, trust=args.trust_model))
     print(f"results: {Path(out) if out else policy.path.parent}")
     return 0

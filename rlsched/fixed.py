@@ -7,16 +7,17 @@ epochs) over the preset's budget ``env.epochs``, the same granularity the RL con
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Iterator
 
 from tqdm import tqdm
 
+from .arguments import Parser, ranged
 from .config import Config, ConfigError, load_config, config_to_toml, parse_override
 from .data import make_dataset
 from .dataset import DatasetError, SegmentationData
-from .runs import append_jsonl, atomic_write_json, atomic_write_text, new_run_dir
+from .runs import (RunDirError, append_jsonl, atomic_write_json, atomic_write_text, new_run_dir,
+                   removed_if_unstarted)
 from .schedules import SCHEDULES, FixedSchedule
 from .trainer import Trainer, counted_dice
 
@@ -45,11 +46,13 @@ def summarize(records: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlsched.fixed", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m rlsched.fixed", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="demo", help="preset name in envs/ or path to a .toml (default: demo)")
     parser.add_argument("--schedule", default="cosine", choices=sorted(SCHEDULES))
-    parser.add_argument("--lr", type=float, default=None, help="base LR (default: the preset's optim.lr)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the data and the initial weights")
+    parser.add_argument("--lr", type=ranged(float, 0, above=True), default=None,
+                        help="base LR (default: the preset's optim.lr)")
+    parser.add_argument("--seed", type=ranged(int, 0, 2**32 - 1), default=0,
+                        help="seeds the data and the initial weights")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a preset value, e.g. --set env.epochs=20 (repeatable)")
     parser.add_argument("--runs-dir", default="runs")
@@ -67,10 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     base_lr = args.lr if args.lr is not None else config.optim.lr
     schedule = FixedSchedule(args.schedule, base_lr, config.env.steps)
 
-    run_dir = new_run_dir(config.name, f"fixed-{args.schedule}", f"s{args.seed}", root=args.runs_dir)
+    try:
+        run_dir = new_run_dir(config.name, f"fixed-{args.schedule}", f"s{args.seed}", root=args.runs_dir)
+    except RunDirError as err:
+        parser.error(str(err))
     atomic_write_text(run_dir / "config.toml", config_to_toml(config))
     records = []
-    with tqdm(total=config.env.epochs, desc=f"{args.schedule} lr={base_lr:g}", unit="epoch") as bar:
+    with (removed_if_unstarted(run_dir, fresh=True, started=("config.toml",)),
+          tqdm(total=config.env.epochs, desc=f"{args.schedule} lr={base_lr:g}", unit="epoch") as bar):
         for record in run_schedule(config, schedule, data, args.seed):
             records.append(record)
             append_jsonl(run_dir / "metrics.jsonl", [record])

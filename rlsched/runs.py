@@ -11,11 +11,13 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Iterator
 
 RUNS_ROOT = Path("runs")
 
@@ -34,16 +36,58 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
+class RunDirError(ValueError):
+    """No run directory can be made under the runs folder (``--runs-dir``): it is a file, or not writable."""
+
+
 def new_run_dir(*parts: str, root: Path | str = RUNS_ROOT) -> Path:
-    """``runs/<part1>__<part2>__...__<YYYYmmdd-HHMMSS>``; a numeric suffix keeps two runs in one second apart."""
+    """``runs/<part1>__<part2>__...__<YYYYmmdd-HHMMSS>``; a numeric suffix keeps two runs in one second apart.
+    A runs folder that cannot hold it raises ``RunDirError``, one line naming ``--runs-dir``."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"--runs-dir {root} is a file, not a folder: pass a folder for the run directories")
     stem = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", p) for p in parts if p)
-    base = Path(root) / f"{stem}__{time.strftime('%Y%m%d-%H%M%S')}"
+    base = root / f"{stem}__{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise RunDirError(f"--runs-dir {root}: cannot create a run directory in it ({err.strerror or err}); "
+                          "pass a folder you can write to") from None
     return path
+
+
+def remove_unstarted(run_dir: Path, started: Iterable[str]) -> bool:
+    """Remove ``run_dir`` if it holds nothing but what a run's start wrote (the names in ``started``, a folder
+    standing for all it holds), empty files and empty folders: a run that failed before its first episode
+    leaves no directory behind. Anything else in it (an episode record, a checkpoint) keeps it. True if
+    removed."""
+    allowed = set(started)
+    for path in run_dir.rglob("*"):
+        empty = path.is_file() and path.stat().st_size == 0
+        if not (path.relative_to(run_dir).parts[0] in allowed or empty
+                or (path.is_dir() and not path.is_symlink())):
+            return False
+    shutil.rmtree(run_dir)
+    return True
+
+
+@contextmanager
+def removed_if_unstarted(run_dir: Path, fresh: bool, started: Iterable[str]) -> Iterator[None]:
+    """On an error inside, ``remove_unstarted(run_dir, started)`` when this process just created ``run_dir``
+    (``fresh``; a resumed run's directory is never touched). Ctrl-C and SIGTERM keep it: they promise a
+    resume."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except (Exception, SystemExit):
+        if fresh:
+            remove_unstarted(run_dir, started)
+        raise
 
 
 def _umask() -> int:

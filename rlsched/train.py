@@ -26,81 +26,90 @@ from typing import Any
 from tqdm import tqdm
 
 from .agents.sb3 import PPOSettings
+from .arguments import Parser, given_flags, ranged
 from .checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_to_toml, load_config, parse_override
 from .data import check_dataset
 from .dataset import DatasetError
 from .harness import SCRIPTED_RULES, SUGGESTED_RULE
-from .runs import (Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir,
-                   refuse_links)
+from .runs import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
+                   new_run_dir, refuse_links, removed_if_unstarted)
 
 ALGOS = ("sb3", "reference")
 BACKENDS = ("sb3", "rllib")  # sb3: local processes (--algo picks the agent); rllib: RLlib PPO on Ray
 DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume threw away (see _resume_point)
 
 
+RESUMABLE = ("resume", "total_timesteps", "no_eval")  # what a resumed run takes from its command line
+STARTED = ("config.toml", "args.json", "tb")  # what a start writes before its first episode (see main)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rlsched.train", description=__doc__.split("\n")[0])
+    """The flags, each checked against its range here: a bad value would otherwise crash the run after its
+    episodes ran (--n-epochs 0), or train nonsense without a word (--gamma 2, --total-timesteps -5)."""
+    p = Parser(prog="python -m rlsched.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", help="preset name in envs/ or a .toml path (default: demo)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
     p.add_argument("--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO")
-    p.add_argument("--n-envs", type=int, default=2, help="parallel env workers (subprocesses when > 1)")
+    p.add_argument("--n-envs", type=ranged(int, 1), default=2,
+                   help="parallel env workers (subprocesses when > 1)")
     p.add_argument("--backend", choices=BACKENDS, default="sb3",
                    help="sb3: local env processes; rllib: RLlib PPO with Ray env runners (needs the ray extra)")
-    p.add_argument("--num-env-runners", type=int, default=2, help="rllib: Ray env runners (0 = in the driver)")
-    p.add_argument("--num-gpus-per-env-runner", type=float, default=0.0, help="rllib: GPU share per env runner")
+    p.add_argument("--num-env-runners", type=ranged(int, 0), default=2,
+                   help="rllib: Ray env runners (0 = in the driver)")
+    p.add_argument("--num-gpus-per-env-runner", type=ranged(float, 0), default=0.0,
+                   help="rllib: GPU share per env runner")
     p.add_argument("--address", default=None, help="rllib: Ray cluster address (default: start a local Ray)")
-    p.add_argument("--total-timesteps", type=int, default=0,
+    p.add_argument("--total-timesteps", type=ranged(int, 0), default=0,
                    help="env steps (= training slices) to train for; 0 = 16 rollouts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=ranged(int, 0, 2**32 - 1), default=0)
     defaults = PPOSettings()
-    p.add_argument("--episodes-per-rollout", type=int, default=defaults.episodes_per_rollout)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="0 = half a rollout")
-    p.add_argument("--n-epochs", type=int, default=defaults.n_epochs)
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--gamma", type=float, default=defaults.gamma)
-    p.add_argument("--gae-lambda", type=float, default=defaults.gae_lambda)
-    p.add_argument("--clip-range", type=float, default=defaults.clip_range)
-    p.add_argument("--ent-coef", type=float, default=None,
+    p.add_argument("--episodes-per-rollout", type=ranged(int, 1), default=defaults.episodes_per_rollout)
+    p.add_argument("--batch-size", type=ranged(int, 2, or_zero=True), default=defaults.batch_size,
+                   help="0 = half a rollout (a minibatch of 1 cannot normalise its advantages)")
+    p.add_argument("--n-epochs", type=ranged(int, 1), default=defaults.n_epochs)
+    p.add_argument("--learning-rate", type=ranged(float, 0, above=True), default=defaults.learning_rate)
+    p.add_argument("--gamma", type=ranged(float, 0, 1), default=defaults.gamma)
+    p.add_argument("--gae-lambda", type=ranged(float, 0, 1), default=defaults.gae_lambda)
+    p.add_argument("--clip-range", type=ranged(float, 0, above=True), default=defaults.clip_range)
+    p.add_argument("--ent-coef", type=ranged(float, 0), default=None,
                    help=f"entropy bonus (default: 0 after the warm start, whose clone already spreads its actions: "
                         f"a bonus drags the cloned policy towards uniform over every offset; else "
                         f"{defaults.ent_coef})")
-    p.add_argument("--bc-episodes", type=int, default=None,
+    p.add_argument("--bc-episodes", type=ranged(int, 0), default=None,
                    help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
                         "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)")
-    p.add_argument("--bc-explore", type=float, default=0.0,
+    p.add_argument("--bc-explore", type=ranged(float, 0, 1), default=0.0,
                    help="probability that a warm-start step takes a random action, still labelled with the rule's "
                         "(so the clone learns what the rule does off its path, e.g. after an undone epoch)")
     p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SUGGESTED_RULE,
                    help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
                         "slice at --teacher-lr, then steer towards the LR its update size suggests)")
-    p.add_argument("--teacher-lr", type=float, default=None,
+    p.add_argument("--teacher-lr", type=ranged(float, 0, above=True), default=None,
                    help="the rule's target (scripted) or first-slice LR (suggested) "
                         "(default: grid-searched on --teacher-search-instances train instances)")
-    p.add_argument("--teacher-search-instances", type=int, default=4,
+    p.add_argument("--teacher-search-instances", type=ranged(int, 1), default=4,
                    help="train instances of the teacher's target-LR search (its epochs count as training)")
     p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
                    help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint, with the flags it started with "
+                        "(only --total-timesteps and --no-eval may be given with it)")
     args = p.parse_args(argv)
-    if args.n_envs < 1:
-        p.error("--n-envs must be >= 1")
+    if args.resume:
+        _check_resume_flags(p, argv, Path(args.resume))
     if args.bc_episodes is None:
         args.bc_episodes = 4 if (args.algo, args.backend) == ("sb3", "sb3") else 0
     if args.ent_coef is None:
         args.ent_coef = 0.0 if args.bc_episodes else defaults.ent_coef
-    if args.bc_episodes < 0 or args.teacher_search_instances < 1 or not 0 <= args.bc_explore <= 1:
-        p.error("--bc-episodes must be >= 0, --teacher-search-instances >= 1 and --bc-explore in [0, 1]")
     if args.bc_episodes and (args.backend != "sb3" or args.algo != "sb3"):
         p.error("--bc-episodes warm-starts the SB3 agent: drop it, or use --algo sb3 --backend sb3")
     if args.backend == "rllib":
         if args.algo != "sb3":
             p.error(f"--algo {args.algo} runs locally; drop --backend rllib")
-        if args.num_env_runners < 0 or args.num_gpus_per_env_runner < 0:
-            p.error("--num-env-runners and --num-gpus-per-env-runner must be >= 0")
         from .ray_backend import require_ray
 
         try:
@@ -110,6 +119,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.address or args.num_gpus_per_env_runner:
         p.error("--address and --num-gpus-per-env-runner apply to --backend rllib")
     return args
+
+
+def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None, run_dir: Path) -> None:
+    """A resumed run trains on with the flags saved in its args.json: a flag given with --resume that differs
+    from them is refused, naming it, rather than ignored (options added since the run started, absent from its
+    args.json, do apply)."""
+    saved_file = run_dir / "args.json"
+    if not saved_file.is_file():
+        return  # _open_run says that this is not a training run
+    saved = json.loads(saved_file.read_text())
+    given = parser.parse_args(argv)
+    changed = [f"--{dest.replace('_', '-')} {getattr(given, dest)!r} (the run used {saved[dest]!r})"
+               for dest in sorted(given_flags(parser, argv) - set(RESUMABLE))
+               if dest in saved and getattr(given, dest) != saved[dest]]
+    if changed:
+        parser.error(f"--resume {run_dir} continues the run with the flags it started with; these differ: "
+                     f"{', '.join(changed)}. Drop them (only --total-timesteps and --no-eval change a resumed "
+                     "run), or start a new run to change them")
 
 
 def n_workers(args: argparse.Namespace) -> int:
@@ -154,12 +181,19 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
         raise SystemExit(f"error: {err}") from None
     try:
         check_dataset(config.data)  # here, in one line, rather than as a traceback from every env worker
-    except (ConfigError, DatasetError, ImportError) as err:  # ImportError: the brain extra is missing
+        if args.backend == "sb3":  # local env processes train on this machine (Ray's runners may have GPUs)
+            from .trainer import resolve_device
+
+            resolve_device(config.optim.device)
+    except (ConfigError, DatasetError, ImportError, RuntimeError) as err:  # no brain extra; no such device
         raise SystemExit(f"error: {err}") from None
     if not args.total_timesteps:
         args.total_timesteps = 16 * settings.n_steps(config) * n_workers(args)
     agent = "rllib" if args.backend == "rllib" else args.algo
-    run_dir = new_run_dir(config.name, f"ppo-{agent}", f"s{args.seed}", root=args.runs_dir)
+    try:
+        run_dir = new_run_dir(config.name, f"ppo-{agent}", f"s{args.seed}", root=args.runs_dir)
+    except RunDirError as err:
+        raise SystemExit(f"error: {err}") from None
     atomic_write_text(run_dir / "config.toml", config_to_toml(config))
     atomic_write_json(run_dir / "args.json", {k: v for k, v in vars(args).items() if k != "resume"})
     return run_dir, args, config
@@ -319,15 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     interrupt_on_sigterm()
     start = time.perf_counter()
     try:
-        if args.backend == "rllib":
-            from .agents.rllib import train_rllib
+        with removed_if_unstarted(run_dir, fresh=not args.resume, started=STARTED):
+            if args.backend == "rllib":
+                from .agents.rllib import train_rllib
 
-            model_path = train_rllib(run_dir, args, config, settings_from(args))
-        else:
-            model_path = (train_sb3 if args.algo == "sb3" else train_reference)(run_dir, args, config)
+                model_path = train_rllib(run_dir, args, config, settings_from(args))
+            else:
+                model_path = (train_sb3 if args.algo == "sb3" else train_reference)(run_dir, args, config)
     except (KeyboardInterrupt, Interrupted):
         print(f"\ninterrupted: checkpoint saved. Continue with:\n  python -m rlsched.train --resume {run_dir}")
         return 130
+    except (ConfigError, DatasetError) as err:  # bad input found late, e.g. in an env's instance config
+        raise SystemExit(f"error: {err}") from None
     print(f"trained in {time.perf_counter() - start:.0f} s; policy: {model_path}")
     if not args.no_eval:
         from .evaluate import evaluate_heldout

@@ -117,7 +117,8 @@ def test_summary_has_every_method_with_finite_statistics(run_dir):
 
 
 def test_test_dice_is_the_headline_of_the_main_table(run_dir):
-    """The main table leads with test Dice (mean ± CI half-width), ranks by it, and labels validation as such."""
+    """The main table leads with test Dice (mean ± CI half-width, clipped to [0, 1]), ranks by it, and labels
+    validation as such."""
     report = (run_dir / "summary.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| method | needs"))
     columns = [c.strip() for c in header.strip("|").split("|")]
@@ -130,7 +131,12 @@ def test_test_dice_is_the_headline_of_the_main_table(run_dir):
         row = rows[line.split("|")[1].strip().strip("*")]
         mean, low, high = (float(row[f"test_dice_{part}"]) for part in ("mean", "low", "high"))
         cell = line.split("|")[5].strip()
-        assert cell == (f"{mean:.3f} ± {(high - low) / 2:.3f}" if high > low else f"{mean:.3f}")
+        if not high > low:
+            assert cell == f"{mean:.3f}"
+        elif low < 0 or high > 1:  # past what a Dice can be: cut to [0, 1] and marked
+            assert cell == f"{mean:.3f} [{max(low, 0):.3f}, {min(high, 1):.3f}] (clipped, n={INSTANCES})"
+        else:
+            assert cell == f"{mean:.3f} ± {(high - low) / 2:.3f}"
 
 
 def test_robustness_runs_start_every_method_from_the_mis_set_lr(run_dir):
@@ -436,3 +442,65 @@ def test_undone_blow_ups_are_counted_apart_from_diverged_runs():
                                     [undone.instance, dead.instance], [undone, dead])
     (row,) = compare.summarize(comparison)
     assert row["diverged"] == 1 and row["rollbacks"] == 1 and undone.rollbacks == 1 and not undone.diverged
+
+
+def test_a_two_instance_test_dice_interval_is_shown_clipped_with_a_warning_and_kept_raw(tmp_path):
+    """Test Dice 0.1 and 0.9 give the t interval 0.5 ± 5.08: summary.md shows it cut to [0, 1], marked with n,
+    and warns that the sample is too small; summary.csv keeps the raw bounds."""
+    runs = [episode([0.2, 0.9, 0.9], test_dice=t, index=i) for i, t in enumerate((0.1, 0.9))]
+    for run in runs:
+        run.method = "constant"
+    tuning = compare.Tuning((0.1,), 1, 2, {"constant": {0.1: (0.9, 0.5)}})
+    comparison = compare.Comparison(load_config("fast", {"env.epochs": 2}), compare.Settings(),
+                                    [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
+                                    [r.instance for r in runs], runs)
+    (row,) = compare.summarize(comparison)
+    text = compare.report(comparison, [row])
+    assert "| 0.500 [0.000, 1.000] (clipped, n=2) |" in text and "±" not in text.split("| s / run |")[1]
+    assert "n = 2 is too small a sample" in text and "env.heldout_instances" in text
+    assert row["test_dice_low"] < -4 and row["test_dice_high"] > 5  # the CSV's numbers stay the raw interval
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--no-robustness", "--robustness", "10"], ("--no-robustness", "--robustness")),
+    (["--optuna-epochs", "5"], ("--optuna-epochs", "--baselines optuna")),
+    (["--sampled-rollouts", "2"], ("--sampled-rollouts", "--agent")),
+])
+def test_contradictory_flags_are_refused(tmp_path, capsys, argv, named):
+    """Each pair ran with one of its flags silently ignored."""
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--preset", "fast", *sets(COMPARE), "--tune-instances", "1", "--grid-per-decade", "1",
+                      "--workers", "1", "--runs-dir", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    line = error_line(capsys.readouterr().err)
+    assert all(flag in line for flag in named), line
+    assert not list(tmp_path.iterdir())
+
+
+def error_line(err):
+    """The one error line of a refused command line (other lines are progress notes, e.g. the dataset's)."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_a_runs_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--preset", "fast", *sets(COMPARE), "--tune-instances", "1", "--runs-dir", str(runs)])
+    assert exit_info.value.code == 2
+    assert f"--runs-dir {runs} is a file" in error_line(capsys.readouterr().err)
+
+
+def test_a_comparison_that_fails_before_its_first_episode_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    def fail(config, agents, settings, journal):
+        assert (journal.path.parent / "inputs.json").is_file()  # the run directory was made
+        raise ConfigError("[env] a value only an instance's config shows to be bad")
+
+    monkeypatch.setattr(compare.cli, "run_comparison", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--preset", "fast", *sets(COMPARE), "--tune-instances", "1", "--runs-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "only an instance's config" in error_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())

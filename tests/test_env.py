@@ -192,6 +192,23 @@ def test_continuous_action_is_log_scale():
     assert info["lr"] == pytest.approx(0.01 * 10 ** env.config.env.max_log10_change)
 
 
+@pytest.mark.parametrize("mode, bad, good", [
+    ("discrete", [-1, 5, 7, 2.0, True, np.array([7]), "2"], [np.int64(2), np.array(2), np.array([2])]),
+    ("continuous", [1.5, np.array([-1.01]), np.array([np.nan]), np.zeros(2, np.float32), "x"],
+     [np.array([0.5], np.float32), np.array([-1.0]), 0.25]),
+])
+def test_an_action_outside_the_action_space_is_refused(mode, bad, good):
+    """Indexing the factors took -1 as the last one and failed on 7 with an IndexError; a continuous action
+    past [-1, 1] was clipped without a word. Refused like ``Discrete.contains`` / ``Box.contains``."""
+    env = UNetLREnv("fast", **SHORT, **{"env.action": mode})
+    env.reset(seed=0)
+    for action in bad:
+        with pytest.raises(ValueError, match=r"outside the action space .*: pass "):
+            env.step(action)
+    for action in good:  # what SB3, the vector envs and the predictors pass: numpy scalars, 0-d or 1-element
+        env.step(action)
+
+
 def test_return_without_penalties_telescopes_to_final_minus_initial_dice():
     env = UNetLREnv("fast", **SHORT, **{"penalty.divergence": 0.0})
     trajectory = rollout(env, 0, [2, 3, 2], options={"lr": 0.05})

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from by_hand import T975, t_interval, t_test_pvalue, wilcoxon_exact_pvalue
-from rlsched.stats import MeanCI, mean_ci, paired_test
+from rlsched.stats import DIFFERENCE, UNIT, MeanCI, clipped_note, mean_ci, paired_test
 
 # Final Dice of a baseline on six instances (wide spread between instances) and of a method that gains a
 # little on almost every instance: pairing removes the spread, so only a paired test sees the gain.
@@ -88,3 +88,24 @@ def test_no_evidence_gives_p_one(a, b):
 def test_results_on_different_instances_cannot_be_paired():
     with pytest.raises(ValueError, match="same instances"):
         paired_test([0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_an_interval_past_what_a_dice_can_be_is_shown_clipped_with_n_and_kept_raw():
+    """Two Dice 0.1 and 0.9: the t interval is 0.5 ± 5.08, which no Dice can reach; shown as ± it claims
+    impossible values, so the display clips it to [0, 1] and says n, while low/high stay the raw t interval."""
+    wide = mean_ci([0.1, 0.9])
+    half = T975[1] * math.sqrt(0.32) / math.sqrt(2)
+    assert (wide.low, wide.high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))  # raw, for JSON/CSV
+    assert wide.text(bounds=UNIT) == "0.500 [0.000, 1.000] (clipped, n=2)"
+    assert str(wide) == f"0.500 ± {half:.3f}"  # without bounds (a quantity of no known range): as before
+    narrow = mean_ci([0.5, 0.52, 0.54])
+    assert narrow.text(bounds=UNIT) == str(narrow) == f"0.520 ± {narrow.half_width:.3f}"
+    assert mean_ci([-0.1, 0.1]).span(DIFFERENCE) == "-1.000 .. +1.000, clipped"  # a difference of two Dice
+    assert narrow.span(DIFFERENCE) == f"{narrow.low:+.3f} .. {narrow.high:+.3f}"
+
+
+def test_the_clipped_note_names_the_sample_sizes_and_the_fix():
+    wide, narrow = mean_ci([0.1, 0.9]), mean_ci([0.5, 0.52, 0.54])
+    assert clipped_note([(narrow, UNIT)], "add instances") == ""
+    note = clipped_note([(narrow, UNIT), (wide, UNIT), (mean_ci([0.2, 0.25, 0.9]), UNIT)], "add instances")
+    assert "n = 2, 3 is too small a sample" in note and "add instances" in note and "\n" not in note

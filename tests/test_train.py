@@ -186,3 +186,134 @@ def test_resume_without_a_checkpoint_starts_over_and_sets_every_episode_record_a
     assert _resume_point(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl")) is None
     assert read_jsonl(tmp_path / "episodes.jsonl") == []
     assert [r["final_dice"] for r in read_jsonl(tmp_path / "episodes.discarded.jsonl")] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------ bad input: one line, no run
+QUICK = TINY + ["--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "0", "--no-eval"]
+
+
+def refused(argv, capsys):
+    """``main(argv)`` exits non-zero with one error line and no traceback: that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    code, err = exit_info.value.code, capsys.readouterr().err
+    if isinstance(code, str):  # SystemExit("error: ..."): Python prints it as the last stderr line, exit status 1
+        err += code + "\n"
+    else:
+        assert code != 0
+    lines = err.strip().splitlines()  # other lines are progress notes (the dataset's summary)
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--total-timesteps", "-5"), ("--gamma", "2"), ("--gamma", "nan"), ("--gae-lambda", "1.5"),
+    ("--clip-range", "0"), ("--ent-coef", "-0.1"), ("--n-epochs", "0"), ("--episodes-per-rollout", "0"),
+    ("--batch-size", "-1"), ("--batch-size", "1"), ("--learning-rate", "-1"), ("--learning-rate", "inf"),
+    ("--teacher-lr", "0"), ("--teacher-lr", "-1"), ("--n-envs", "0"), ("--num-env-runners", "-1"),
+    ("--num-gpus-per-env-runner", "-1"), ("--seed", "-1"), ("--bc-episodes", "-1"), ("--bc-explore", "1.5"),
+    ("--teacher-search-instances", "0"),
+])
+def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsys, flag, value):
+    """These trained anyway (--gamma 2, --total-timesteps -5 wrote an untrained model.zip) or crashed after the
+    run directory existed, some after the episodes ran (--n-epochs 0, --teacher-lr 0)."""
+    line = refused(QUICK + ["--runs-dir", str(tmp_path), flag, value], capsys)
+    assert f"argument {flag}: " in line and ("expected" in line or "invalid" in line)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlsched.train", "--gamma", "2", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "python -m rlsched.train: error: argument --gamma: got 2; expected a number in [0, 1]"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_rollout_that_halves_to_a_minibatch_of_one_step_is_refused(tmp_path, capsys):
+    """SB3 asserts batch_size > 1 only after the run directory exists and the env workers started."""
+    line = refused(QUICK + ["--set", "env.epochs=2", "--runs-dir", str(tmp_path)], capsys)
+    assert "minibatch of 1 step" in line and "--episodes-per-rollout" in line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_the_run_directory(tmp_path, capsys):
+    line = refused(QUICK + ["--set", "optim.device=cuda", "--runs-dir", str(tmp_path)], capsys)
+    assert "device='cuda'" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_runs_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    assert f"--runs-dir {runs} is a file" in refused(QUICK + ["--runs-dir", str(runs)], capsys)
+    assert f"--runs-dir {runs / 'sub'}: cannot create" in refused(QUICK + ["--runs-dir", str(runs / "sub")], capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_runs_dir_is_a_one_line_error(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o555)
+    assert f"--runs-dir {runs}: cannot create" in refused(QUICK + ["--runs-dir", str(runs)], capsys)
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
+    """--resume trains on with the run's own flags: --preset and --set given with it were silently ignored."""
+    from rlsched.train import parse_args
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    started = vars(parse_args(QUICK + ["--runs-dir", str(tmp_path)]))
+    (run_dir / "args.json").write_text(json.dumps({k: v for k, v in started.items() if k != "resume"}))
+    line = refused(["--resume", str(run_dir), "--preset", "demo", "--set", "env.epochs=8"], capsys)
+    assert "--preset 'demo' (the run used 'fast')" in line and "--set ['env.epochs=8']" in line
+    assert "--total-timesteps" in line  # the flags that do apply
+    # what a resume can change, and the run's own flags repeated, are accepted
+    assert parse_args(["--resume", str(run_dir), "--total-timesteps", "99", "--no-eval"]).total_timesteps == 99
+    parse_args(["--resume", str(run_dir), "--preset", "fast", "--n-envs", "1"])
+
+
+def fake_training(calls, error=None, episode=False):
+    """A train_sb3 stand-in: what a start leaves in the run directory, then ``error`` (None: a model path)."""
+    def train_sb3(run_dir, args, config):
+        calls.append(run_dir)
+        (run_dir / "tb").mkdir(exist_ok=True)
+        (run_dir / "tb" / "events.out.tfevents.0").write_bytes(b"setup")
+        (run_dir / "episodes.jsonl").touch()
+        if episode:
+            (run_dir / "episodes.jsonl").write_text('{"final_dice": 0.5}\n')
+        if error is not None:
+            raise error
+        return run_dir / "model.zip"
+    return train_sb3
+
+
+def test_a_start_that_fails_before_its_first_episode_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    from rlsched import train
+    from rlsched.config import ConfigError
+
+    calls = []
+    monkeypatch.setattr(train, "train_sb3", fake_training(calls, ConfigError("[env] found bad only in an env")))
+    assert "found bad only in an env" in refused(QUICK + ["--runs-dir", str(tmp_path)], capsys)
+    assert calls and not list(tmp_path.iterdir())
+    monkeypatch.setattr(train, "train_sb3", fake_training(calls, RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # not bad input: its traceback stays, the empty run goes
+        main(QUICK + ["--runs-dir", str(tmp_path)])
+    assert len(calls) == 2 and not list(tmp_path.iterdir())
+
+
+def test_a_failed_run_that_recorded_an_episode_and_a_resumed_run_are_kept(tmp_path, monkeypatch, capsys):
+    from rlsched import train
+
+    calls = []
+    monkeypatch.setattr(train, "train_sb3", fake_training(calls, RuntimeError("a bug"), episode=True))
+    with pytest.raises(RuntimeError):
+        main(QUICK + ["--runs-dir", str(tmp_path)])
+    (run_dir,) = tmp_path.iterdir()  # it holds an episode: kept
+    (run_dir / "episodes.jsonl").write_text("")
+    monkeypatch.setattr(train, "train_sb3", fake_training(calls, RuntimeError("a bug")))
+    with pytest.raises(RuntimeError):
+        main(["--resume", str(run_dir), "--no-eval"])
+    assert run_dir.is_dir() and (run_dir / "args.json").is_file()  # resumed: never removed

@@ -30,22 +30,27 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides, parse_override
+from ..arguments import Parser, given_flags
+from ..config import (Config, ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides,
+                      parse_override)
 from ..data import check_dataset
+from ..dataset import DatasetError
 from ..jobs import BACKENDS
 from ..journal import Journal
 from ..policy import load_policy, resolve_agent_path
-from ..runs import Interrupted, atomic_write_json, atomic_write_text, interrupt_on_sigterm, new_run_dir
+from ..runs import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
+                    new_run_dir, removed_if_unstarted)
 from ..schedules import SCHEDULES
 from .methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
 from .report import write_results
 from .running import check_baselines, check_fits, run_comparison
 
 JOURNAL = "jobs.jsonl"
+STARTED = ("config.toml", "args.json", "inputs.json")  # what a start writes before its first episode
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m rlsched.compare", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m rlsched.compare", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default=None,
                    help="preset name in envs/ or a .toml path (default: the first agent's config, else demo)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -103,8 +108,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                    help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
                         "then write every result file; flags given with it must equal the run's")
     args = p.parse_args(argv)
+    if args.no_robustness and "robustness" in given_flags(p, argv):
+        p.error("--no-robustness skips the mis-set initial LR runs that --robustness sets: drop one of them")
     if args.resume:
         args = _resumed_args(p, argv, Path(args.resume))
+    if args.sampled_rollouts and not args.agent:
+        p.error("--sampled-rollouts samples the actions of the --agent policies, and none is given: add --agent, "
+                "or drop --sampled-rollouts")
     return p, args
 
 
@@ -164,6 +174,17 @@ def _check_unchanged(run_dir: Path, config_text: str, agents: dict[str, str]) ->
                          f"{', '.join(moved)}; restore them or start a new comparison")
 
 
+def _check_device(config: Config) -> None:
+    """Local workers train on this machine: a device it lacks is an error now, not one in every worker (Ray's
+    actors may run where the GPUs are, so that backend is not checked here)."""
+    from ..trainer import resolve_device
+
+    try:
+        resolve_device(config.optim.device)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     try:
@@ -192,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             connect(args.address, "--backend ray")
         elif args.address:
             raise ValueError("--address applies to --backend ray")
+        else:
+            _check_device(config)
         fingerprints = _fingerprints(agent_paths)
         if args.resume:
             _check_unchanged(Path(args.resume), config_to_toml(config), fingerprints)
@@ -200,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         run_dir = Path(args.resume)
     else:
-        run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)
+        try:
+            run_dir = new_run_dir(config.name, "compare", root=args.runs_dir)
+        except RunDirError as err:
+            parser.error(str(err))
         atomic_write_text(run_dir / "config.toml", config_to_toml(config))
         atomic_write_json(run_dir / "args.json", vars(args))
         atomic_write_json(run_dir / "inputs.json", fingerprints)
@@ -210,11 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     interrupt_on_sigterm()
     try:
-        comparison = run_comparison(config, agents, settings, journal=journal)
+        with removed_if_unstarted(run_dir, fresh=not args.resume, started=STARTED):
+            comparison = run_comparison(config, agents, settings, journal=journal)
     except (KeyboardInterrupt, Interrupted):
         print(f"\ninterrupted: {len(journal)} finished episodes are saved in {journal.path}. Continue with:\n"
               f"  python -m rlsched.compare --resume {run_dir}", file=sys.stderr)
         return 130
+    except (ConfigError, DatasetError) as err:  # bad input found late, e.g. in an instance's config
+        parser.error(str(err))
     print(write_results(comparison, run_dir))
     print(f"results: {run_dir}")
     return 0

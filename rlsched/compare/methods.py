@@ -80,6 +80,9 @@ class Settings:
         object.__setattr__(self, "baselines", expand_baselines(self.baselines))
         if self.optuna_epochs is not None and self.optuna_epochs < 1:
             raise ValueError(f"--optuna-epochs {self.optuna_epochs}: the search needs a budget of >= 1 epoch")
+        if self.optuna_epochs is not None and "optuna" not in self.baselines:
+            raise ValueError("--optuna-epochs is the optuna baseline's budget, and it is not compared: add "
+                             "--baselines optuna, or drop --optuna-epochs")
         unknown = [s for s in self.schedules if s not in TUNABLE]
         if unknown or not self.schedules:
             raise ValueError(f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "

@@ -9,16 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from ..runs import atomic_write_text
+from ..stats import DIFFERENCE, UNIT, MeanCI, clipped_note
 from .methods import Comparison, Tuning
 from .plots import plot
 from .summary import best_fixed, paired_tests, summarize
 
+DICE_METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice")  # bounded in [0, 1]: shown clipped to it
+MORE_INSTANCES = "compare on more held-out instances (env.heldout_instances, and --seeds if given)"
+
+
+def _row_ci(row: dict[str, Any], key: str) -> MeanCI:
+    return MeanCI(row[f"{key}_mean"], row[f"{key}_low"], row[f"{key}_high"], row["n"])
+
 
 def _ci(row: dict[str, Any], key: str, digits: int = 3) -> str:
-    mean, low, high = row[f"{key}_mean"], row[f"{key}_low"], row[f"{key}_high"]
-    if not math.isfinite(mean):
+    ci = _row_ci(row, key)
+    if not math.isfinite(ci.mean):
         return "—"
-    return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}" if high > low else f"{mean:.{digits}f}"
+    if not ci.high > ci.low:
+        return f"{ci.mean:.{digits}f}"
+    return ci.text(digits, UNIT if key in DICE_METRICS else None)
 
 
 def _count(value: float) -> str:
@@ -89,9 +99,13 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
                   "its validation score in the grid search on train instances, before any held-out run.", "",
                   "| policy | difference (95% CI) | paired t p | Wilcoxon p | n |", "|---|---|---|---|---|"]
         for name, t in tests.items():
-            lines.append(f"| **{name}** − {best} | {t.mean_difference:+.3f} "
-                         f"({t.ci.low:+.3f} .. {t.ci.high:+.3f}) | {t.t_pvalue:.3g} "
-                         f"| {t.wilcoxon_pvalue:.3g} | {t.n} |")
+            lines.append(f"| **{name}** − {best} | {t.mean_difference:+.3f} ({t.ci.span(DIFFERENCE)}) "
+                         f"| {t.t_pvalue:.3g} | {t.wilcoxon_pvalue:.3g} | {t.n} |")
+    shown = [(_row_ci(r, key), UNIT) for r in rows for key in DICE_METRICS  # robustness rows: test Dice only
+             if r["factor"] is None or key == "test_dice"]
+    note = clipped_note(shown + [(t.ci, DIFFERENCE) for t in tests.values()], MORE_INSTANCES)
+    if note:
+        lines += ["", note]
     lines += ["", "## Tuned base LRs", "",
               f"Grid: {len(tuning.grid)} LRs from {tuning.grid[0]:g} to {tuning.grid[-1]:g} "
               f"({settings.grid_per_decade} per decade over the preset's initial-LR range), each on "
