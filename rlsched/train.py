@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=ranged(int, 0, 2**32 - 1), default=0)
     defaults = PPOSettings()
     p.add_argument("--episodes-per-rollout", type=ranged(int, 1), default=defaults.episodes_per_rollout)
-    p.add_argument("--batch-size", type=ranged(int, 2, or_zero=True), default=defaults.batch_size,
-                   help="0 = half a rollout (a minibatch of 1 cannot normalise its advantages)")
+    p.add_argument("--batch-size", type=ranged(int, 0), default=defaults.batch_size,
+                   help="0 = half a rollout")
     p.add_argument("--n-epochs", type=ranged(int, 1), default=defaults.n_epochs)
     p.add_argument("--learning-rate", type=ranged(float, 0, above=True), default=defaults.learning_rate)
     p.add_argument("--gamma", type=ranged(float, 0, 1), default=defaults.gamma)
@@ -96,8 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint, with the flags it started with "
-                        "(only --total-timesteps and --no-eval may be given with it)")
+                   help="continue an interrupted run from its last checkpoint, with the flags it started "
+                        "with (only --total-timesteps and --no-eval may be given with it)")
     args = p.parse_args(argv)
     if args.resume:
         _check_resume_flags(p, argv, Path(args.resume))
@@ -116,9 +116,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             require_ray("--backend rllib")
         except ImportError as err:
             p.error(str(err))
-    elif args.address or args.num_gpus_per_env_runner:
-        p.error("--address and --num-gpus-per-env-runner apply to --backend rllib")
+    if not args.resume:  # a resumed run's flags are its own (checked above)
+        _refuse_ignored(p, args, given_flags(p, argv))
     return args
+
+
+def _refuse_ignored(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """Flags of a part this run does not have were silently ignored: refuse them, saying what they need."""
+    needs = {}
+    if args.backend != "rllib":
+        needs |= dict.fromkeys(("num_env_runners", "num_gpus_per_env_runner", "address"), "--backend rllib")
+    else:
+        needs["n_envs"] = "--backend sb3 (RLlib's workers are --num-env-runners)"
+    if not args.bc_episodes:
+        needs |= dict.fromkeys(("teacher", "teacher_lr", "teacher_search_instances", "bc_explore"),
+                               "the warm start, which is off: --bc-episodes N with --algo sb3 --backend sb3")
+    if (args.algo, args.backend) != ("sb3", "sb3"):
+        needs["normalize_obs"] = "--algo sb3 --backend sb3 (the other agents train on raw observations)"
+    flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    ignored = [f"{flag[dest]} (needs {need})" for dest, need in needs.items() if dest in given]
+    if ignored:
+        parser.error(f"flags that would do nothing in this run: {'; '.join(ignored)}; drop them or add what "
+                     "they need")
 
 
 def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None, run_dir: Path) -> None:
@@ -135,8 +154,8 @@ def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None,
                if dest in saved and getattr(given, dest) != saved[dest]]
     if changed:
         parser.error(f"--resume {run_dir} continues the run with the flags it started with; these differ: "
-                     f"{', '.join(changed)}. Drop them (only --total-timesteps and --no-eval change a resumed "
-                     "run), or start a new run to change them")
+                     f"{', '.join(changed)}. Drop them (only --total-timesteps and --no-eval change a "
+                     "resumed run), or start a new run to change them")
 
 
 def n_workers(args: argparse.Namespace) -> int:
@@ -176,7 +195,12 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
                          "actions, and env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)")
     settings = settings_from(args)
     try:
-        settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
+        minibatch = settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
+        if minibatch < 2 and args.backend == "sb3":  # SB3 (it asserts) and reference PPO: per minibatch
+            rollout = settings.n_steps(config) * n_workers(args)
+            raise ValueError(f"a minibatch of 1 step cannot normalise its advantages (the rollout has "
+                             f"{rollout} steps): pass a --batch-size >= 2 that divides the rollout, or raise "
+                             "--episodes-per-rollout or --n-envs")
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     try:

@@ -210,7 +210,7 @@ def refused(argv, capsys):
 @pytest.mark.parametrize("flag, value", [
     ("--total-timesteps", "-5"), ("--gamma", "2"), ("--gamma", "nan"), ("--gae-lambda", "1.5"),
     ("--clip-range", "0"), ("--ent-coef", "-0.1"), ("--n-epochs", "0"), ("--episodes-per-rollout", "0"),
-    ("--batch-size", "-1"), ("--batch-size", "1"), ("--learning-rate", "-1"), ("--learning-rate", "inf"),
+    ("--batch-size", "-1"), ("--learning-rate", "-1"), ("--learning-rate", "inf"),
     ("--teacher-lr", "0"), ("--teacher-lr", "-1"), ("--n-envs", "0"), ("--num-env-runners", "-1"),
     ("--num-gpus-per-env-runner", "-1"), ("--seed", "-1"), ("--bc-episodes", "-1"), ("--bc-explore", "1.5"),
     ("--teacher-search-instances", "0"),
@@ -223,6 +223,22 @@ def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsy
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("extra, flag, need", [
+    (["--num-env-runners", "4"], "--num-env-runners", "--backend rllib"),
+    (["--num-gpus-per-env-runner", "0.5"], "--num-gpus-per-env-runner", "--backend rllib"),
+    (["--teacher-lr", "0.01"], "--teacher-lr", "the warm start"),
+    (["--teacher", "scripted"], "--teacher", "the warm start"),
+    (["--teacher-search-instances", "2"], "--teacher-search-instances", "the warm start"),
+    (["--bc-explore", "0.25"], "--bc-explore", "the warm start"),
+    (["--algo", "reference", "--no-normalize-obs"], "--no-normalize-obs", "--algo sb3 --backend sb3"),
+])
+def test_a_flag_this_run_would_ignore_is_refused(tmp_path, capsys, extra, flag, need):
+    """QUICK has no warm start (--bc-episodes 0) and the sb3 backend: each of these ran, silently ignored."""
+    line = refused(QUICK + ["--runs-dir", str(tmp_path), *extra], capsys)
+    assert f"{flag} (needs {need}" in line
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlsched.train", "--gamma", "2", "--runs-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
@@ -231,10 +247,13 @@ def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_rollout_that_halves_to_a_minibatch_of_one_step_is_refused(tmp_path, capsys):
-    """SB3 asserts batch_size > 1 only after the run directory exists and the env workers started."""
-    line = refused(QUICK + ["--set", "env.epochs=2", "--runs-dir", str(tmp_path)], capsys)
-    assert "minibatch of 1 step" in line and "--episodes-per-rollout" in line
+@pytest.mark.parametrize("algo", ["sb3", "reference"])
+def test_a_minibatch_of_one_step_is_refused(tmp_path, capsys, algo):
+    """SB3 asserts batch_size > 1 only after the run directory exists and the env workers started; the
+    reference PPO normalises a lone advantage to 0 and learns nothing. (RLlib normalises over the whole batch.)"""
+    for extra in (["--set", "env.epochs=2"], ["--batch-size", "1"]):  # a 2-step rollout halved; asked for
+        line = refused(QUICK + ["--algo", algo, "--runs-dir", str(tmp_path), *extra], capsys)
+        assert "minibatch of 1 step" in line and "--batch-size >= 2" in line
     assert not list(tmp_path.iterdir())
 
 

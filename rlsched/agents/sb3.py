@@ -47,10 +47,6 @@ class PPOSettings:
     def minibatch(self, config: Config, n_envs: int) -> int:
         rollout = self.n_steps(config) * n_envs
         size = self.batch_size or max(1, rollout // 2)
-        if size < 2:  # PPO normalises advantages over a minibatch: one step has no spread (SB3 asserts)
-            raise ValueError(f"a rollout of {rollout} steps ({self.episodes_per_rollout} episodes x "
-                             f"{config.env.steps} steps x {n_envs} envs) halves to a minibatch of 1 step; "
-                             "raise --episodes-per-rollout or --n-envs")
         if rollout % size:
             raise ValueError(f"batch_size={size} does not divide the rollout of {rollout} steps "
                              f"({self.episodes_per_rollout} episodes x {config.env.steps} steps x {n_envs} envs); "
