@@ -64,3 +64,21 @@ def test_a_corrupt_teacher_record_is_an_error_that_names_the_file(run_dir, tmp_p
     (tmp_path / evaluate.TEACHER_FILE).write_text('{"rule": "suggested"')
     with pytest.raises(ValueError, match="teacher.json: unreadable"):
         evaluate.read_teacher(model)
+
+
+def test_a_two_instance_interval_is_shown_clipped_with_a_warning_and_kept_raw(run_dir, tmp_path, monkeypatch):
+    """Test Dice 0.1 and 0.9 on the two held-out instances: the t interval 0.5 ± 5.08 is shown cut to [0, 1],
+    marked with n, and heldout.md warns that n is too small; heldout.json keeps the raw bounds."""
+    from rlsched.harness import EpisodeResult
+
+    def results(jobs):
+        return [EpisodeResult(job.method, job.instance, [{"epoch": 0, "dice_mean": 0.6, "diverged": False}], 0.0,
+                              1.0, test_dice=(0.1, 0.9)[job.instance.index]) for job in jobs]
+
+    monkeypatch.setattr(evaluate, "run_jobs", lambda config, jobs, workers, on_result=None: jobs)
+    monkeypatch.setattr(evaluate, "episodes", results)
+    report = evaluate.evaluate_heldout(run_dir / "model.zip", out_dir=tmp_path)
+    assert "| learned policy | 0.500 [0.000, 1.000] (clipped, n=2) | 0.600 ± 0.000 |" in report
+    assert "n = 2 is too small a sample" in report and "env.heldout_instances" in report
+    low, high = json.loads((tmp_path / "heldout.json").read_text())["learned_test_dice_ci95"]
+    assert low < -4 and high > 5
