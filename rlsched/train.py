@@ -7,8 +7,9 @@ Writes ``runs/<preset>__ppo-<algo>__s<seed>__<time>/``: ``config.toml`` and ``ar
 ``tb/`` (TensorBoard: PPO diagnostics and per-episode final Dice, LR trajectory, penalties),
 ``episodes.jsonl`` (every training episode), ``checkpoints/`` (after every update: the parts, then the
 manifest ``last.json`` naming them, see ``rlsched/checkpoint.py``), ``model.zip`` (SB3) or ``model.pt``
-(reference PPO), and ``heldout.json`` / ``heldout.md``: the learned policy against the constant initial-LR
-baseline on the held-out instances.
+(reference PPO), ``teacher.json`` (the rule it was cloned from), and ``heldout.json`` / ``heldout.md``: the
+learned policy against its teacher rule, Schedule-Free AdamW and the constant initial LR on the held-out
+instances (``rlsched.evaluate``).
 Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume runs/<id>`` continues from the last complete one
 (or, with none, starts over and says why); the episode records of the training it repeats move from
 ``episodes.jsonl`` to ``episodes.discarded.jsonl``.
@@ -327,6 +328,7 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
     unless given. Every episode this costs lands in episodes.jsonl (it is training compute)."""
     from .agents.episodes import harness_record
     from .agents.teacher import ScriptedRule, behaviour_clone, search_target
+    from .evaluate import TEACHER_FILE
     from .runs import append_jsonl
 
     target = args.teacher_lr
@@ -335,6 +337,7 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
         append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
         print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
     rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SUGGESTED_RULE)
+    atomic_write_json(run_dir / TEACHER_FILE, {"rule": args.teacher, "lr": target})  # the held-out table's row
     stats = behaviour_clone(model, rule, args.bc_episodes, explore=args.bc_explore, seed=args.seed)
     print(f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
           f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
