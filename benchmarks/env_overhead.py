@@ -14,9 +14,9 @@ import time
 import torch
 
 from rlsched.config import load_config
-from rlsched.data import make_dataset
-from rlsched.env import UNetLREnv
-from rlsched.trainer import Trainer
+from rlsched.seg.sources import make_dataset
+from rlsched.control.env import UNetLREnv
+from rlsched.seg.trainer import Trainer
 
 
 def plain(config, data, instance) -> float:

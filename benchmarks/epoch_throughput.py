@@ -11,8 +11,8 @@ import time
 import torch
 
 from rlsched.config import available_presets, load_config
-from rlsched.data import make_dataset
-from rlsched.trainer import Trainer
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.trainer import Trainer
 
 
 def main() -> None:

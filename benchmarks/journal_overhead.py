@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from rlsched.config import available_presets, load_config
-from rlsched.env import make_instances
-from rlsched.harness import Job
-from rlsched.jobs import episodes, run_jobs
-from rlsched.journal import Journal
+from rlsched.control.env import make_instances
+from rlsched.experiment.harness import Job
+from rlsched.experiment.jobs import episodes, run_jobs
+from rlsched.common.journal import Journal
 
 
 def main() -> None:

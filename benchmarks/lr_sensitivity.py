@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from rlsched.config import available_presets, config_to_toml, load_config
-from rlsched.env import Instance, make_instances
-from rlsched.harness import EpisodeResult, Job
-from rlsched.jobs import episodes, run_journaled
-from rlsched.journal import Journal
-from rlsched.schedules import lr_grid
-from rlsched.stats import mean_ci
+from rlsched.control.env import Instance, make_instances
+from rlsched.experiment.harness import EpisodeResult, Job
+from rlsched.experiment.jobs import episodes, run_journaled
+from rlsched.common.journal import Journal
+from rlsched.seg.schedules import lr_grid
+from rlsched.common.stats import mean_ci
 
 SHORT = {"batch_size": "bs", "base_width": "w", "momentum": "mom"}
 LEARNED = 0.1  # an instance whose best final Dice stays below this learned nothing: its "best" LR is noise

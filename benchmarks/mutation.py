@@ -41,14 +41,14 @@ PRELOAD = ("numpy", "scipy.stats", "scipy.special", "torch", "gymnasium", "stabl
 
 # module -> (source file, the fast tests that exercise it)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "heads": ("rlsched/heads.py", ("tests/test_heads.py",)),
-    "metrics": ("rlsched/metrics.py", ("tests/test_metrics.py",)),
-    "control": ("rlsched/control.py", ("tests/test_control.py",)),
-    "env": ("rlsched/env.py", ("tests/test_env.py",)),
+    "heads": ("rlsched/seg/heads.py", ("tests/test_heads.py",)),
+    "metrics": ("rlsched/seg/metrics.py", ("tests/test_metrics.py",)),
+    "control": ("rlsched/control/interface.py", ("tests/test_control.py",)),
+    "env": ("rlsched/control/env.py", ("tests/test_env.py",)),
     "ppo": ("rlsched/agents/ppo.py", ("tests/test_ppo_reference.py",)),
-    "schedules": ("rlsched/schedules.py", ("tests/test_schedules.py",)),
-    "stats": ("rlsched/stats.py", ("tests/test_stats.py",)),
-    "runs": ("rlsched/runs.py", ("tests/test_runs.py",)),
+    "schedules": ("rlsched/seg/schedules.py", ("tests/test_schedules.py",)),
+    "stats": ("rlsched/common/stats.py", ("tests/test_stats.py",)),
+    "runs": ("rlsched/common/files.py", ("tests/test_runs.py",)),
 }
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rlsched import train
-from rlsched.runs import read_jsonl
+from rlsched.common.files import read_jsonl
 
 
 def timed_run(argv: list[str], runs: Path) -> tuple[float, Path]:

@@ -18,10 +18,10 @@ import math
 import numpy as np
 
 from rlsched.config import load_config
-from rlsched.env import make_instances
-from rlsched.harness import Job
-from rlsched.jobs import episodes, run_jobs
-from rlsched.schedules import lr_grid
+from rlsched.control.env import make_instances
+from rlsched.experiment.harness import Job
+from rlsched.experiment.jobs import episodes, run_jobs
+from rlsched.seg.schedules import lr_grid
 
 
 def main() -> None:

@@ -11,22 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 from gymnasium.envs.registration import register
 
-from .config import Config, ConfigError, load_config
+from rlsched.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports it on first use
-    from .scheduler import RLScheduler
+    from rlsched.scheduler import RLScheduler
 
 __version__ = "0.1.0"
 
-register(id="rlsched/UNetLR-v0", entry_point="rlsched.env:UNetLREnv")
-register(id="rlsched/UNetLR-fast-v0", entry_point="rlsched.env:UNetLREnv", kwargs={"preset": "fast"})
+register(id="rlsched/UNetLR-v0", entry_point="rlsched.control.env:UNetLREnv")
+register(id="rlsched/UNetLR-fast-v0", entry_point="rlsched.control.env:UNetLREnv", kwargs={"preset": "fast"})
 
 __all__ = ["Config", "ConfigError", "RLScheduler", "load_config", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "RLScheduler":
-        from .scheduler import RLScheduler
+        from rlsched.scheduler import RLScheduler
 
         return RLScheduler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,10 +4,10 @@
 
 Why: a learned LR controller is evaluated zero-shot through ``[data] source = "folder"``
 (``envs/brain-folder.toml``) on real images it never trained on, made offline from the template that
-``rlsched.brain`` already slices. The default plane, axial, is one the ``brain`` preset neither trains nor
+``rlsched.seg.sources.brain`` already slices. The default plane, axial, is one the ``brain`` preset neither trains nor
 evaluates on.
 
-What: every slice that ``rlsched.brain`` keeps for the plane, at the template's own 1 mm resolution (the
+What: every slice that ``rlsched.seg.sources.brain`` keeps for the plane, at the template's own 1 mm resolution (the
 folder loader crops to a square and resizes): ``images/<plane>_<index>.png``, 8-bit gray, the slice's T1
 values scaled to 0..255, and ``masks/<plane>_<index>.png`` with ``brain.tissue_labels`` (0 background, 1 grey
 matter, 2 white matter), the labels ``source = "brain"`` trains on.
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .brain import PLANES, full_slices
-from .config import load_config
+from rlsched.seg.sources.brain import PLANES, full_slices
+from rlsched.config import load_config
 
 PRESET = "brain-folder"  # the shipped preset that reads such a folder
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .family import Axis, check_family, family_toml, merge, parse_family, toml_value
-from .tuningfree import OPTIMIZERS as TUNING_FREE
-from .tuningfree import require as require_optimizer
+from rlsched.family import Axis, check_family, family_toml, merge, parse_family, toml_value
+from rlsched.seg.tuningfree import OPTIMIZERS as TUNING_FREE
+from rlsched.seg.tuningfree import require as require_optimizer
 
 
 TASKS = ("binary", "multiclass", "multilabel")
@@ -137,7 +137,7 @@ class LossConfig:
 class OptimConfig:
     """Optimizer, batching and device."""
 
-    name: str = "sgd"  # sgd | adam | adamw | a tuning-free optimizer (rlsched.tuningfree, the tuningfree extra)
+    name: str = "sgd"  # sgd | adam | adamw | a tuning-free optimizer (rlsched.seg.tuningfree, the tuningfree extra)
     lr: float = 0.01  # LR used when nothing else sets one (the env draws its own initial LR)
     momentum: float = 0.9
     nesterov: bool = False

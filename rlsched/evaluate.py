@@ -18,15 +18,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
-from .env import Instance, make_instances
-from .harness import SCRIPTED_RULES, Job
-from .jobs import episodes, run_jobs
-from .methods import method_job
-from .policy import check_compatible, load_policy
-from .pretrained import read_provenance
-from .runs import RunDirError, atomic_write_json, atomic_write_text, new_run_dir
-from .stats import DIFFERENCE, UNIT, clipped_note, mean_ci, paired_test
+from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
+from rlsched.control.env import Instance, make_instances
+from rlsched.control.rules import SCRIPTED_RULES
+from rlsched.experiment.harness import Job
+from rlsched.experiment.jobs import episodes, run_jobs
+from rlsched.experiment.baselines import method_job
+from rlsched.agents.loading import check_compatible, load_policy
+from rlsched.pretrained import read_provenance
+from rlsched.common.files import RunDirError, atomic_write_json, atomic_write_text, new_run_dir
+from rlsched.common.stats import DIFFERENCE, UNIT, clipped_note, mean_ci, paired_test
 
 TEACHER_FILE = "teacher.json"  # written by train's warm start: {"rule": ..., "lr": ...}
 SCHEDULE_FREE = "schedulefree_adamw"

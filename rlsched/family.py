@@ -2,7 +2,7 @@
 
 A preset's optional ``[family]`` table maps axis names to lists of options; each option is a table of dotted config
 keys applied on top of the preset (``optimizer = [{ "optim.name" = "sgd" }, { "optim.name" = "adam" }]``). Every
-instance draws one option per axis (``rlsched.env.make_instances``), so no single constant LR suits all of them.
+instance draws one option per axis (``rlsched.control.env.make_instances``), so no single constant LR suits all of them.
 Options are kept as ``("section.key", "TOML value")`` pairs, the form ``config.with_overrides`` applies, which keeps
 the config frozen, hashable and printable back to TOML.
 

@@ -12,14 +12,14 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from .arguments import Parser, ranged
-from .config import Config, ConfigError, load_config, config_to_toml, parse_override
-from .data import make_dataset
-from .dataset import DatasetError, SegmentationData
-from .runs import (RunDirError, append_jsonl, atomic_write_json, atomic_write_text, new_run_dir,
+from rlsched.common.arguments import Parser, ranged
+from rlsched.config import Config, ConfigError, load_config, config_to_toml, parse_override
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.dataset import DatasetError, SegmentationData
+from rlsched.common.files import (RunDirError, append_jsonl, atomic_write_json, atomic_write_text, new_run_dir,
                    removed_if_unstarted)
-from .schedules import SCHEDULES, FixedSchedule
-from .trainer import Trainer, counted_dice
+from rlsched.seg.schedules import SCHEDULES, FixedSchedule
+from rlsched.seg.trainer import Trainer, counted_dice
 
 
 def run_schedule(config: Config, schedule: FixedSchedule, data: SegmentationData, seed: int) -> Iterator[dict]:

@@ -8,7 +8,7 @@
 
 Like ``torch.optim.lr_scheduler``, ``step`` is called once per epoch (per *slice*, if the policy was trained
 with ``env.epochs_per_step > 1``) after validation, and sets the LR for the next one. The observation is built
-by the same code as the env's (``rlsched.control``), from the numbers you pass in; the gradient norm and the
+by the same code as the env's (``rlsched.control.interface``), from the numbers you pass in; the gradient norm and the
 update-to-weight ratio are measured as the env measures them when you don't pass them: the mean global gradient
 norm over the epoch's optimizer steps (a hook on ``optimizer.step``; pass ``grad_norm`` yourself if you clip
 gradients, since the env reports the norm before clipping) and ``||w_end - w_start|| / ||w_start||``.
@@ -25,7 +25,7 @@ what counts.
 
 What ``step`` accepts: losses >= 0 (the policy reads ln(loss), and a spike is a loss above ``env.loss_spike``
 x the last healthy one), NaN or inf for a blown-up epoch; ``dice`` in [0, 1], NaN where it is undefined (a
-class absent from prediction and target alike, see ``rlsched.metrics``): the policy then sees the last finite
+class absent from prediction and target alike, see ``rlsched.seg.metrics``): the policy then sees the last finite
 Dice again (0 before any, or after a blown-up epoch that is not undone, as the env scores it). Anything else
 is a clear error that changes nothing. The scheduler must be the only one setting the LR: it warns once when
 the LR changed between its steps (e.g. a ``torch.optim.lr_scheduler`` stepping alongside), since it reads the
@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
-from .config import EnvConfig
-from .control import ControlState, Dynamics, clip_lr, next_lr, undone
-from .policy import Predictor, load_policy
+from rlsched.config import EnvConfig
+from rlsched.control.interface import ControlState, Dynamics, clip_lr, next_lr, undone
+from rlsched.agents.loading import Predictor, load_policy
 
 
 class RLScheduler:
@@ -146,7 +146,7 @@ class RLScheduler:
         its budget fraction counts against your run; stepping past the budget warns once. Raises
         ``FileNotFoundError``, saying how to export one, when no controller is shipped.
         """
-        from .pretrained import controller_path
+        from rlsched.pretrained import controller_path
 
         return cls.load(controller_path(), optimizer, total_epochs, model)
 

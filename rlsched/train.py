@@ -6,7 +6,7 @@
 Writes ``runs/<preset>__ppo-<algo>__s<seed>__<time>/``: ``config.toml`` and ``args.json`` (what ran),
 ``tb/`` (TensorBoard: PPO diagnostics and per-episode final Dice, LR trajectory, penalties),
 ``episodes.jsonl`` (every training episode), ``checkpoints/`` (after every update: the parts, then the
-manifest ``last.json`` naming them, see ``rlsched/checkpoint.py``), ``model.zip`` (SB3) or ``model.pt``
+manifest ``last.json`` naming them, see ``rlsched/common/checkpoint.py``), ``model.zip`` (SB3) or ``model.pt``
 (reference PPO), ``teacher.json`` (the rule it was cloned from), and ``heldout.json`` / ``heldout.md``: the
 learned policy against its teacher rule, Schedule-Free AdamW and the constant initial LR on the held-out
 instances (``rlsched.evaluate``).
@@ -26,14 +26,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .agents.sb3 import PPOSettings
-from .arguments import Parser, given_flags, ranged
-from .checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, config_to_toml, load_config, parse_override
-from .data import check_dataset
-from .dataset import DatasetError
-from .harness import SCRIPTED_RULES, SUGGESTED_RULE
-from .runs import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
+from rlsched.agents.sb3 import PPOSettings
+from rlsched.common.arguments import Parser, given_flags, ranged
+from rlsched.common.checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
+from rlsched.config import Config, ConfigError, config_to_toml, load_config, parse_override
+from rlsched.seg.sources import check_dataset
+from rlsched.seg.dataset import DatasetError
+from rlsched.control.rules import SCRIPTED_RULES, SUGGESTED_RULE
+from rlsched.common.files import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
                    new_run_dir, refuse_links, removed_if_unstarted)
 
 ALGOS = ("sb3", "reference")
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.backend == "rllib":
         if args.algo != "sb3":
             p.error(f"--algo {args.algo} runs locally; drop --backend rllib")
-        from .ray_backend import require_ray
+        from rlsched.common.ray_backend import require_ray
 
         try:
             require_ray("--backend rllib")
@@ -207,7 +207,7 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     try:
         check_dataset(config.data)  # here, in one line, rather than as a traceback from every env worker
         if args.backend == "sb3":  # local env processes train on this machine (Ray's runners may have GPUs)
-            from .trainer import resolve_device
+            from rlsched.seg.trainer import resolve_device
 
             resolve_device(config.optim.device)
     except (ConfigError, DatasetError, ImportError, RuntimeError) as err:  # no brain extra; no such device
@@ -225,10 +225,10 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
 
 
 def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
-    from .agents.episodes import EpisodeLog
-    from .agents.normalize import ObsNorm
-    from .agents.sb3 import RunCallback, build_ppo, make_vec, save_atomic
-    from .agents.sb3_safe import load_resumable
+    from rlsched.agents.episodes import EpisodeLog
+    from rlsched.agents.normalize import ObsNorm
+    from rlsched.agents.sb3 import RunCallback, build_ppo, make_vec, save_atomic
+    from rlsched.agents.sb3_safe import load_resumable
 
     settings = settings_from(args)
     episodes = EpisodeLog(run_dir / "episodes.jsonl")
@@ -263,10 +263,10 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     import gymnasium as gym
     from torch.utils.tensorboard import SummaryWriter
 
-    from .agents.episodes import EpisodeLog
-    from .agents.policy_meta import write_meta
-    from .agents.ppo import PPOConfig, ReferencePPO
-    from .agents.workers import env_factory, start_method
+    from rlsched.agents.episodes import EpisodeLog
+    from rlsched.agents.policy_meta import write_meta
+    from rlsched.agents.ppo import PPOConfig, ReferencePPO
+    from rlsched.agents.workers import env_factory, start_method
 
     settings = settings_from(args)
     factories = [env_factory(config, i, run_dir / "episodes.jsonl", in_worker=args.n_envs > 1,
@@ -326,10 +326,11 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
 def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Config) -> None:
     """Clone the scripted rule into the fresh policy; its target LR is searched on train instances first
     unless given. Every episode this costs lands in episodes.jsonl (it is training compute)."""
-    from .agents.episodes import harness_record
-    from .agents.teacher import ScriptedRule, behaviour_clone, search_target
-    from .evaluate import TEACHER_FILE
-    from .runs import append_jsonl
+    from rlsched.agents.episodes import harness_record
+    from rlsched.agents.teacher import ScriptedRule, behaviour_clone
+    from rlsched.experiment.tuning import search_target
+    from rlsched.evaluate import TEACHER_FILE
+    from rlsched.common.files import append_jsonl
 
     target = args.teacher_lr
     if target is None:
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with removed_if_unstarted(run_dir, fresh=not args.resume, started=STARTED):
             if args.backend == "rllib":
-                from .agents.rllib import train_rllib
+                from rlsched.agents.rllib import train_rllib
 
                 model_path = train_rllib(run_dir, args, config, settings_from(args))
             else:
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     print(f"trained in {time.perf_counter() - start:.0f} s; policy: {model_path}")
     if not args.no_eval:
-        from .evaluate import evaluate_heldout
+        from rlsched.evaluate import evaluate_heldout
 
         # trust: the model this process just wrote (an RLlib one loads no other way)
         report = evaluate_heldout(model_path, config, workers=n_workers(args), trust=True)

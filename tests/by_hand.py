@@ -1,7 +1,7 @@
 """Reference numbers computed from textbook formulas, independently of the rlsched code they check.
 
 Not a test module (no ``test_`` prefix): test files import it to compare rlsched's statistics and metrics with
-a second, deliberately plain implementation. It uses no ``scipy.stats``, which ``rlsched.stats`` calls.
+a second, deliberately plain implementation. It uses no ``scipy.stats``, which ``rlsched.common.stats`` calls.
 """
 
 from __future__ import annotations

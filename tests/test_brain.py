@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("nilearn")
 pytest.importorskip("nibabel")
 
-from rlsched import brain  # noqa: E402
+from rlsched.seg.sources import brain
 from rlsched.config import ConfigError, DataConfig, load_config  # noqa: E402
 
 CFG = DataConfig(source="brain", task="multiclass", classes=2, image_size=32, n_train=48, n_val=16, n_test=8)

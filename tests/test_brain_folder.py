@@ -7,9 +7,10 @@ from PIL import Image
 pytest.importorskip("nilearn")
 pytest.importorskip("nibabel")
 
-from rlsched import brain, brain_folder  # noqa: E402
+from rlsched.seg.sources import brain
+from rlsched import brain_folder
 from rlsched.config import load_config  # noqa: E402
-from rlsched.data import make_dataset  # noqa: E402
+from rlsched.seg.sources import make_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

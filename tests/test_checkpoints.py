@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from rlsched import checkpoint as checkpoint_module
-from rlsched.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
-from rlsched.runs import read_jsonl
+from rlsched.common import checkpoint as checkpoint_module
+from rlsched.common.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from rlsched.common.files import read_jsonl
 from rlsched.train import main
 
 TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",

@@ -8,14 +8,15 @@ import shutil
 import by_hand
 import pytest
 
-from rlsched import compare, train
+from rlsched import compare
+from rlsched import train
 from rlsched.compare.plots import plot
 from rlsched.config import ConfigError, load_config
-from rlsched.env import Instance, make_instances
-from rlsched.harness import EpisodeResult
-from rlsched.policy import load_policy
-from rlsched.runs import read_jsonl
-from rlsched.schedules import SCHEDULES
+from rlsched.control.env import Instance, make_instances
+from rlsched.experiment.harness import EpisodeResult
+from rlsched.agents.loading import load_policy
+from rlsched.common.files import read_jsonl
+from rlsched.seg.schedules import SCHEDULES
 
 # 16x16 images and 2-epoch budgets keep every episode well under a second
 TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2"]
@@ -276,7 +277,7 @@ def test_metrics_count_a_diverged_run_as_dice_zero_for_the_rest_of_the_budget():
     bad = compare.run_metrics(episode([0.2, 0.6, math.nan], diverged_at=2), steps, target=0.8)
     assert bad["final_dice"] == 0 and bad["diverged"] == 1 and math.isnan(bad["epochs_to_target"])
     assert bad["auc_dice"] == pytest.approx(0.6 / 4)
-    curve = compare.dice_curve(episode([0.2, 0.6, math.nan], diverged_at=2), steps)
+    curve = episode([0.2, 0.6, math.nan], diverged_at=2).dice_curve(steps)
     assert list(curve) == [0.2, 0.6, 0, 0, 0]
 
 
@@ -414,8 +415,8 @@ def test_sampled_rollouts_are_averaged_per_instance_before_the_ci(agent, tmp_pat
 
 def test_sampled_rollouts_are_reproducible_per_seed():
     """The same rollout seed draws the same actions; another seed may not."""
-    from rlsched.env import UNetLREnv
-    from rlsched.harness import PolicyController, run_episode
+    from rlsched.control.env import UNetLREnv
+    from rlsched.experiment.harness import PolicyController, run_episode
 
     class Sampler:
         def predict(self, obs, deterministic=True):

@@ -15,11 +15,11 @@ import pytest
 
 from rlsched import compare
 from rlsched.config import load_config, parse_override
-from rlsched.env import make_instances
-from rlsched import jobs as jobs_module
-from rlsched.harness import Job
-from rlsched.jobs import JobFailure, Retries
-from rlsched.journal import Journal
+from rlsched.control.env import make_instances
+from rlsched.experiment import jobs as jobs_module
+from rlsched.experiment.harness import Job
+from rlsched.experiment.jobs import JobFailure, Retries
+from rlsched.common.journal import Journal
 
 # 16x16 images, 3-epoch budgets, 2 held-out and 2 train instances, a 2-point LR grid: ~60 short episodes
 TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=3", "env.heldout_instances=2",

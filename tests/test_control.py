@@ -1,6 +1,6 @@
 """The observation every controller sees: each feature pinned to its index and value from known inputs.
 
-The env and ``RLScheduler`` both build observations with ``rlsched.control``, so a swapped or rescaled feature
+The env and ``RLScheduler`` both build observations with ``rlsched.control.interface``, so a swapped or rescaled feature
 would change what every trained policy sees while both stay consistent with each other. ``FEATURES`` is the
 contract: adding a feature means adding its row (and a value for the inputs below) where it belongs.
 """
@@ -15,7 +15,7 @@ import torch
 from rlsched.config import EnvConfig
 from gymnasium import spaces
 
-from rlsched.control import (ControlState, Dynamics, action_space, backed_off_lr, build_observation, clip_lr,
+from rlsched.control.interface import (ControlState, Dynamics, action_space, backed_off_lr, build_observation, clip_lr,
                              decode_lr, encode_lr, feature_index, next_lr, observation_names, observation_space,
                              suggested_lr, undone)
 from rlsched.scheduler import RLScheduler
@@ -79,7 +79,7 @@ def test_each_feature_sits_at_its_index_with_its_value():
 def test_the_observation_order_is_the_feature_table_alone(monkeypatch):
     """The builder fills features by name: reordering ``OBS_FEATURES`` reorders the values with the names (a
     second, positional list would keep the old order under the new names)."""
-    import rlsched.control as control
+    import rlsched.control.interface as control
 
     reordered = tuple(reversed(control.OBS_FEATURES))
     monkeypatch.setattr(control, "OBS_FEATURES", reordered)

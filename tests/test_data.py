@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from rlsched.config import ConfigError, DataConfig
-from rlsched.data import make_dataset
-from rlsched.dataset import DatasetError, SegmentationData
-from rlsched.synthetic import SHAPES, _REACH, _gaussian_blur, _inside
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.dataset import DatasetError, SegmentationData
+from rlsched.seg.sources.synthetic import SHAPES, _REACH, _gaussian_blur, _inside
 
 SMALL = DataConfig(image_size=32, n_train=24, n_val=8, n_test=8)
 CLASSES = {"binary": 1, "multiclass": 3, "multilabel": 3}
@@ -167,9 +167,9 @@ def test_rejects_bad_generator_settings_and_clashing_ignore_index():
 
 def test_brain_source_is_dispatched_lazily(monkeypatch):
     calls, stand_in = [], synthetic()
-    module = types.ModuleType("rlsched.brain")
+    module = types.ModuleType("rlsched.seg.sources.brain")
     module.make_brain_dataset = lambda cfg, seed: calls.append((cfg.source, seed)) or stand_in
-    monkeypatch.setitem(sys.modules, "rlsched.brain", module)
+    monkeypatch.setitem(sys.modules, "rlsched.seg.sources.brain", module)
     assert make_dataset(DataConfig(source="brain"), 7) is stand_in and calls == [("brain", 7)]
 
 

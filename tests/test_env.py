@@ -13,12 +13,12 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlsched  # noqa: F401  (registers the env ids)
 from rlsched.agents.workers import env_factory
 from rlsched.config import ConfigError
-from rlsched.data import make_dataset
-from rlsched.control import OBS_FEATURES, observation_names
-from rlsched.env import Instance, UNetLREnv, make_instances
+from rlsched.seg.sources import make_dataset
+from rlsched.control.interface import OBS_FEATURES, observation_names
+from rlsched.control.env import Instance, UNetLREnv, make_instances
 from rlsched.fixed import run_schedule
-from rlsched.schedules import FixedSchedule
-from rlsched.trainer import Trainer
+from rlsched.seg.schedules import FixedSchedule
+from rlsched.seg.trainer import Trainer
 
 SHORT = {"env.epochs": 3}
 
@@ -250,7 +250,7 @@ def test_a_rolled_back_blow_up_costs_its_epoch_not_the_episode():
 
 @pytest.mark.parametrize("limits", [(0.0, math.inf), (math.inf, 0.0)], ids=["train", "val"])
 def test_the_env_undoes_a_loss_spike_it_is_given_the_limits_of(monkeypatch, limits):
-    from rlsched.control import ControlState
+    from rlsched.control.interface import ControlState
 
     monkeypatch.setattr(ControlState, "loss_limits", lambda self: limits)  # every finite loss of one kind spikes
     env = UNetLREnv("fast", **{"env.epochs": 2, "env.on_divergence": "rollback"})

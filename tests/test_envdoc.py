@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from rlsched import envdoc
-from rlsched.control import OBS_FEATURES
+from rlsched.control.interface import OBS_FEATURES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "env.md"
 

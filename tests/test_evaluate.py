@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-from rlsched import evaluate, train
+from rlsched import evaluate
+from rlsched import train
 from rlsched.config import load_config
-from rlsched.env import UNetLREnv, make_instances
-from rlsched.harness import ScriptedController, run_episode
-from rlsched.jobs import episodes, run_jobs
-from rlsched.methods import method_job
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.harness import ScriptedController, run_episode
+from rlsched.experiment.jobs import episodes, run_jobs
+from rlsched.experiment.baselines import method_job
 
 TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2", 'env.action="residual"',
         "env.heldout_instances=2", "env.train_instances=2"]
@@ -69,7 +70,7 @@ def test_a_corrupt_teacher_record_is_an_error_that_names_the_file(run_dir, tmp_p
 def test_a_two_instance_interval_is_shown_clipped_with_a_warning_and_kept_raw(run_dir, tmp_path, monkeypatch):
     """Test Dice 0.1 and 0.9 on the two held-out instances: the t interval 0.5 ± 5.08 is shown cut to [0, 1],
     marked with n, and heldout.md warns that n is too small; heldout.json keeps the raw bounds."""
-    from rlsched.harness import EpisodeResult
+    from rlsched.experiment.harness import EpisodeResult
 
     def results(jobs):
         return [EpisodeResult(job.method, job.instance, [{"epoch": 0, "dice_mean": 0.6, "diverged": False}], 0.0,

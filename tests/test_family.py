@@ -11,13 +11,13 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import rlsched  # noqa: F401  (registers the env ids)
-from rlsched import jobs
+from rlsched.experiment import jobs
 from rlsched.config import ConfigError, config_from_dict, config_to_toml, load_config, with_overrides
-from rlsched.env import Instance, UNetLREnv, instance_config, make_instances
+from rlsched.control.env import Instance, UNetLREnv, instance_config, make_instances
 from rlsched.fixed import main as fixed_main
-from rlsched.harness import EpisodeResult, ScheduleController, run_episode
-from rlsched.jobs import run_jobs
-from rlsched.methods import NNUNET, method_job
+from rlsched.experiment.harness import EpisodeResult, ScheduleController, run_episode
+from rlsched.experiment.jobs import run_jobs
+from rlsched.experiment.baselines import NNUNET, method_job
 
 # 16x16 images, 2-epoch budgets: every episode well under a second
 TINY = {"data.image_size": 16, "data.n_train": 32, "data.n_val": 8, "data.n_test": 8, "env.epochs": 2,

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 import rlsched  # noqa: F401  (registers the env ids)
-from rlsched import data as data_module
-from rlsched import dataset
+from rlsched.seg import sources as data_module
+from rlsched.seg import dataset
 from rlsched.config import DataConfig
-from rlsched.data import make_dataset
-from rlsched.dataset import DatasetError, SegmentationData
-from rlsched.synthetic import _field_of_view
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.dataset import DatasetError, SegmentationData
+from rlsched.seg.sources.synthetic import _field_of_view
 
 N, SIZE = 12, 32  # the folders: 12 images of 32x32
 

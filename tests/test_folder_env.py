@@ -12,7 +12,9 @@ from PIL import Image
 import by_hand
 
 import rlsched  # noqa: F401  (registers the env ids)
-from rlsched import compare, fixed, train
+from rlsched import compare
+from rlsched import fixed
+from rlsched import train
 
 
 def write_dataset(root, n=10, classes=1, ignore=None):

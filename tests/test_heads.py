@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from rlsched.config import ConfigError, DataConfig, LossConfig
-from rlsched.heads import (DICE_EPS, BinaryHead, MulticlassHead, MultilabelHead, TargetError, make_head,
+from rlsched.seg.heads import (DICE_EPS, BinaryHead, MulticlassHead, MultilabelHead, TargetError, make_head,
                            soft_dice_loss)
 
 IGNORE = 255

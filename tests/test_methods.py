@@ -7,18 +7,18 @@ import sys
 import pytest
 import torch
 
-from rlsched import jobs
+from rlsched.experiment import jobs
 from rlsched.config import ConfigError, load_config, with_overrides
-from rlsched.data import make_dataset
-from rlsched.env import UNetLREnv, make_instances
-from rlsched.harness import ScheduleController, run_episode
-from rlsched.harness import Job
-from rlsched.jobs import run_jobs
-from rlsched.methods import NNUNET_LR, RangeTestController, method_job
-from rlsched.range_test import range_test, valley
-from rlsched.schedules import FixedSchedule
-from rlsched.trainer import Trainer
-from rlsched.tuningfree import OPTIMIZERS
+from rlsched.seg.sources import make_dataset
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.harness import ScheduleController, run_episode
+from rlsched.experiment.harness import Job
+from rlsched.experiment.jobs import run_jobs
+from rlsched.experiment.baselines import NNUNET_LR, RangeTestController, method_job
+from rlsched.seg.range_test import range_test, valley
+from rlsched.seg.schedules import FixedSchedule
+from rlsched.seg.trainer import Trainer
+from rlsched.seg.tuningfree import OPTIMIZERS
 
 # 16x16 images, 2 batches of 16 per epoch, 2-epoch budgets: every episode well under a second
 TINY = {"data.image_size": 16, "data.n_train": 32, "data.n_val": 8, "env.epochs": 2, "env.train_instances": 3,
@@ -250,7 +250,7 @@ def spy_on_instances(monkeypatch):
 
 
 def test_search_spends_exactly_its_budget_on_train_instances_only(optuna, config, monkeypatch):
-    from rlsched.search import search
+    from rlsched.experiment.search import search
 
     splits = spy_on_instances(monkeypatch)
     result = search(config, budget_epochs=9, instances=2, seed=0)
@@ -266,7 +266,7 @@ def test_search_spends_exactly_its_budget_on_train_instances_only(optuna, config
 
 
 def test_pruned_trials_count_the_epochs_they_trained(optuna, config):
-    from rlsched.search import search
+    from rlsched.experiment.search import search
 
     class EveryOtherTrial(optuna.pruners.BasePruner):
         def prune(self, study, trial):
@@ -279,7 +279,7 @@ def test_pruned_trials_count_the_epochs_they_trained(optuna, config):
 
 
 def test_search_is_reproducible_and_refuses_held_out_instances(optuna, config):
-    from rlsched.search import search
+    from rlsched.experiment.search import search
 
     first, second = (search(config, budget_epochs=6, schedules=("cosine", "step"), seed=3) for _ in range(2))
     assert first == second and {t.schedule for t in first.trials} <= {"cosine", "step"}

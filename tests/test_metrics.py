@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rlsched.heads import BinaryHead
-from rlsched.metrics import SegmentationMetrics
+from rlsched.seg.heads import BinaryHead
+from rlsched.seg.metrics import SegmentationMetrics
 
 IGNORE = 255
 

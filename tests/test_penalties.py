@@ -4,7 +4,7 @@ from dataclasses import fields
 import pytest
 
 from rlsched.config import PenaltyConfig
-from rlsched.penalties import BUILTIN, CombinedPenalty, Transition
+from rlsched.control.penalties import BUILTIN, CombinedPenalty, Transition
 
 
 def transition(**changes) -> Transition:

@@ -16,19 +16,20 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import rlsched.pretrained
-from rlsched import compare, evaluate
+from rlsched import compare
+from rlsched import evaluate
 from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
 from rlsched.agents.sb3_safe import load_resumable
 from rlsched.config import config_to_toml, load_config
-from rlsched.control import observation_names, observation_space
-from rlsched.data import make_dataset
-from rlsched.env import UNetLREnv, make_instances
-from rlsched.harness import Job
-from rlsched.pbt import CHECKPOINT, load_member, save_member
-from rlsched.policy import PolicyError, load_policy
+from rlsched.control.interface import observation_names, observation_space
+from rlsched.seg.sources import make_dataset
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.harness import Job
+from rlsched.experiment.pbt import CHECKPOINT, load_member, save_member
+from rlsched.agents.loading import PolicyError, load_policy
 from rlsched.pretrained import CONFIG, META, MODEL, NORM, PROVENANCE
 from rlsched.scheduler import RLScheduler
-from rlsched.trainer import Trainer
+from rlsched.seg.trainer import Trainer
 
 SHIPPED = Path(rlsched.pretrained.__file__).parent
 TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8}

@@ -9,12 +9,14 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from rlsched import compare, evaluate, train
+from rlsched import compare
+from rlsched import evaluate
+from rlsched import train
 from rlsched.config import load_config
-from rlsched.policy import load_policy, resolve_agent_path
+from rlsched.agents.loading import load_policy, resolve_agent_path
 from rlsched.pretrained import CONFIG, ENV_VAR, META, MODEL, NORM, PROVENANCE, export
 from rlsched.pretrained import __main__ as pretrained_cli
-from rlsched.runs import read_jsonl
+from rlsched.common.files import read_jsonl
 from rlsched.scheduler import RLScheduler
 
 # 16x16 images, 2-epoch budgets and absolute actions (as envs/family.toml uses): a real run in seconds

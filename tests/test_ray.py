@@ -14,12 +14,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from rlsched import compare, train  # noqa: E402
+from rlsched import compare
+from rlsched import train
 from rlsched.config import load_config  # noqa: E402
-from rlsched.env import UNetLREnv, make_instances  # noqa: E402
-from rlsched.harness import PolicyController, run_episode  # noqa: E402
-from rlsched.policy import load_policy  # noqa: E402
-from rlsched.runs import read_jsonl  # noqa: E402
+from rlsched.control.env import UNetLREnv, make_instances  # noqa: E402
+from rlsched.experiment.harness import PolicyController, run_episode  # noqa: E402
+from rlsched.agents.loading import load_policy  # noqa: E402
+from rlsched.common.files import read_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def pbt_members_cannot_read_the_test_split():
     its trial, and with it the comparison. PBT cannot be replayed bit for bit (its exploits depend on timing), so
     this, not a rerun on other test data, is how the tests show that no PBT choice reads the test split; the
     winner's test Dice is scored in the driver, which this leaves alone."""
-    from rlsched import pbt
+    from rlsched.experiment import pbt
 
     class ValidationOnly(pbt.Trainer):
         def evaluate(self, split="val"):
@@ -136,7 +137,7 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
 def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
     from ray import tune
 
-    from rlsched.jobs import EpisodeWorker
+    from rlsched.experiment.jobs import EpisodeWorker
 
     local = compare.run_comparison(config, [], compare.Settings(**SETTINGS), progress=False)
     actors, members = [], []  # the resources each episode actor and each PBT trainable asked for
@@ -189,8 +190,8 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
 
 
 def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
-    from rlsched.harness import Job
-    from rlsched.jobs import run_jobs
+    from rlsched.experiment.harness import Job
+    from rlsched.experiment.jobs import run_jobs
 
     job = Job("constant", "schedule", "constant", make_instances(config, "heldout")[0])
     with pytest.raises(ValueError, match="the Ray cluster has 1 GPU"):
@@ -208,7 +209,7 @@ def test_pb2_explores_log10_lr_inside_the_initial_range(config):
     """PB2 beside PBT: the same members, checkpoints and accounting; its GP bandit picks log10 LR within the
     preset's initial-LR range, and the winner is reported under "pb2"."""
     pytest.importorskip("GPy")
-    from rlsched.pbt import PBTSettings, run_pbt
+    from rlsched.experiment.pbt import PBTSettings, run_pbt
 
     three = load_config("fast", {**TINY, "env.epochs": 3})
     instance = make_instances(three, "heldout")[0]
@@ -246,8 +247,8 @@ def ancestors(pid: int) -> list[int]:
 
 def test_a_dead_ray_actor_is_replaced_and_its_job_retried(config):
     """Kill an episode actor while it runs a job: the job runs again on a new actor and every job finishes."""
-    from rlsched.harness import Job
-    from rlsched.jobs import _iter_ray
+    from rlsched.experiment.harness import Job
+    from rlsched.experiment.jobs import _iter_ray
 
     instance = make_instances(config, "heldout")[0]
     jobs = [Job(f"constant@{k}", "schedule", "constant", instance, base_lr=0.05) for k in range(4)]

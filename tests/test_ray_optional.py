@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from rlsched import compare, train
+from rlsched import compare
+from rlsched import train
 from rlsched.agents import rllib
 
 INSTALL = 'pip install -e ".[ray]"'

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rlsched.runs import (append_jsonl, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
+from rlsched.common.files import (append_jsonl, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
                           new_run_dir, read_jsonl, refuse_links)
 
 

@@ -9,8 +9,8 @@ import torch
 from stable_baselines3 import PPO
 
 from rlsched.config import config_to_toml, load_config
-from rlsched.env import UNetLREnv
-from rlsched.harness import PolicyController, run_episode
+from rlsched.control.env import UNetLREnv
+from rlsched.experiment.harness import PolicyController, run_episode
 from rlsched.scheduler import RLScheduler
 
 OVERRIDES = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 4}
@@ -100,7 +100,7 @@ def test_plain_loop_with_scheduler_sees_exactly_the_env_observations(actions_mod
     """The same instance trained by the env and by a plain Trainer loop steered by RLScheduler (which measures
     gradient norm and update ratio itself): identical observations at every epoch, hence identical LRs
     (residual actions: offsets from the suggested LR, which the loop measures itself too)."""
-    from rlsched.trainer import Trainer
+    from rlsched.seg.trainer import Trainer
 
     # 4 batches per epoch: the mean gradient norm of an epoch differs from its last batch's
     config = load_config("fast", {**OVERRIDES, "env.epochs": 5, **actions_mode, "optim.batch_size": 4})
@@ -254,7 +254,7 @@ def test_a_dice_outside_zero_one_is_a_clear_error(dice, error, match):
 
 def test_a_nan_dice_keeps_the_last_finite_one():
     """A class absent everywhere scores NaN (metrics.py): the policy goes on seeing the last Dice it saw."""
-    from rlsched.control import feature_index
+    from rlsched.control.interface import feature_index
 
     policy = _Scripted([0] * 5)
     scheduler = _scheduler(torch.nn.Parameter(torch.ones(2)), policy)
@@ -295,7 +295,7 @@ def test_a_scheduler_built_before_the_checkpoint_is_loaded_undoes_to_the_loaded_
 
 
 def test_the_update_ratio_counts_from_weights_loaded_after_the_scheduler_was_built():
-    from rlsched.control import feature_index
+    from rlsched.control.interface import feature_index
 
     torch.manual_seed(0)
     model, pretrained = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)

@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 
-from rlsched.schedules import SCHEDULES, FixedSchedule, lr_grid
+from rlsched.seg.schedules import SCHEDULES, FixedSchedule, lr_grid
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

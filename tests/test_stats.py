@@ -1,4 +1,4 @@
-"""rlsched.stats against hand-computed numbers: every comparison the project reports rests on them."""
+"""rlsched.common.stats against hand-computed numbers: every comparison the project reports rests on them."""
 
 import dataclasses
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from by_hand import T975, t_interval, t_test_pvalue, wilcoxon_exact_pvalue
-from rlsched.stats import DIFFERENCE, UNIT, MeanCI, clipped_note, mean_ci, paired_test
+from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note, mean_ci, paired_test
 
 # Final Dice of a baseline on six instances (wide spread between instances) and of a method that gains a
 # little on almost every instance: pairing removes the spread, so only a paired test sees the gain.

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from rlsched.agents.sb3 import PPOSettings, build_ppo, make_vec
-from rlsched.agents.teacher import behaviour_clone, search_target
-from rlsched.compare.running import search_grid
+from rlsched.agents.teacher import behaviour_clone
+from rlsched.experiment.tuning import search_grid, search_target
 from rlsched.config import load_config
-from rlsched.control import absolute_lrs, encode_lr, feature_index, observation_names
-from rlsched.env import UNetLREnv
-from rlsched.harness import ScriptedController, ScriptedRule, run_episode
+from rlsched.control.interface import absolute_lrs, encode_lr, feature_index, observation_names
+from rlsched.control.env import UNetLREnv
+from rlsched.control.rules import ScriptedRule
+from rlsched.experiment.harness import ScriptedController, run_episode
 
 TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 4,
         "env.factors": [0.25, 0.5, 1.0, 2.0, 4.0]}

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from rlsched import compare
-from rlsched import env as env_module
+from rlsched.control import env as env_module
 from rlsched.config import load_config
-from rlsched.env import UNetLREnv, make_instances
-from rlsched.harness import (EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.harness import (EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
                              ScriptedController, run_episode)
-from rlsched.jobs import run_journaled
-from rlsched.journal import Journal
-from rlsched.trainer import Trainer
+from rlsched.experiment.jobs import run_journaled
+from rlsched.common.journal import Journal
+from rlsched.seg.trainer import Trainer
 
 # as in tests/test_compare.py: 16x16 images, 2-epoch budgets, 2 held-out and 2 train instances, LRs in [0.01, 0.1]
 TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "env.epochs": 2,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from rlsched.checkpoint import load_checkpoint
+from rlsched.common.checkpoint import load_checkpoint
 from rlsched.config import load_config
-from rlsched.env import UNetLREnv, make_instances
-from rlsched.harness import ScheduleController, run_episode
-from rlsched.runs import read_jsonl
-from rlsched.compare.running import search_grid
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.harness import ScheduleController, run_episode
+from rlsched.common.files import read_jsonl
+from rlsched.experiment.tuning import search_grid
 from rlsched.train import main
 
 TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",
@@ -94,7 +94,7 @@ def test_resume_after_kill_9_finishes_the_run(tmp_path):
 
 def test_resume_sets_aside_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
     from rlsched.agents.episodes import EpisodeLog
-    from rlsched.checkpoint import save_checkpoint
+    from rlsched.common.checkpoint import save_checkpoint
     from rlsched.train import _resume_point
 
     def write(prefix):
@@ -116,7 +116,7 @@ def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normali
     from stable_baselines3 import PPO
 
     from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
-    from rlsched.policy import load_policy
+    from rlsched.agents.loading import load_policy
 
     assert main(TINY + ["--n-envs", "1", "--total-timesteps", "8", "--bc-episodes", "0", "--no-eval",
                         "--runs-dir", str(tmp_path)]) == 0

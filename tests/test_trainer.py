@@ -8,8 +8,8 @@ from torch.overrides import TorchFunctionMode
 import by_hand
 
 from rlsched.config import load_config
-from rlsched.data import make_dataset
-from rlsched.trainer import Trainer, autocast_dtype
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.trainer import Trainer, autocast_dtype
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_bf16_where_the_gpu_has_it_else_fp16(monkeypatch):
 
 def test_fp16_gets_a_grad_scaler(fast_config, data, monkeypatch):
     assert not Trainer(fast_config, data, seed=0).scaler.is_enabled()  # full precision: nothing to scale
-    monkeypatch.setattr("rlsched.trainer.autocast_dtype", lambda device, amp: torch.float16)
+    monkeypatch.setattr("rlsched.seg.trainer.autocast_dtype", lambda device, amp: torch.float16)
     assert Trainer(fast_config, data, seed=0).scaler.is_enabled()
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from rlsched.config import NORMS, ModelConfig
-from rlsched.unet import UNet, build_unet, group_count
+from rlsched.seg.unet import UNet, build_unet, group_count
 
 
 def n_params(model: nn.Module) -> int:

@@ -17,9 +17,9 @@ LONG = '{"env.epochs": 600, "env.epochs_per_step": 300}'
 STARTERS = {
     "job pool": f"""
 from rlsched.config import load_config
-from rlsched.env import make_instances
-from rlsched.harness import Job
-from rlsched.jobs import run_jobs
+from rlsched.control.env import make_instances
+from rlsched.experiment.harness import Job
+from rlsched.experiment.jobs import run_jobs
 config = load_config("fast", {LONG})
 run_jobs(config, [Job("constant", "schedule", "constant", i) for i in make_instances(config, "heldout")[:2]],
          workers=2)

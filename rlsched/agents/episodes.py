@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ..runs import append_jsonl, atomic_write_text, read_jsonl
+from rlsched.common.files import append_jsonl, atomic_write_text, read_jsonl
 
 
 class EpisodeRecorder(gym.Wrapper):

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runs import atomic_write_json
-from .policy_meta import PolicyError
+from rlsched.common.files import atomic_write_json
+from rlsched.agents.policy_meta import PolicyError
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from ..config import EnvConfig
-from ..control import HISTORY_FEATURES, OBS_FEATURES, action_space, observation_names, observation_space
-from ..runs import atomic_write_json
+from rlsched.config import EnvConfig
+from rlsched.control.interface import HISTORY_FEATURES, OBS_FEATURES, action_space, observation_names, observation_space
+from rlsched.common.files import atomic_write_json
 
 FORMAT = 1
 # what an action means, per action mode: only the chosen mode's keys are part of the interface

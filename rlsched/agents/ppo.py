@@ -35,8 +35,8 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from ..runs import atomic_write
-from .space_io import space_from_dict, space_to_dict
+from rlsched.common.files import atomic_write
+from rlsched.agents.space_io import space_from_dict, space_to_dict
 
 LogFn = Callable[[dict[str, float], int], None]  # (stats, num_timesteps) after every update
 

@@ -23,9 +23,9 @@ import torch
 from gymnasium import spaces
 from tqdm import tqdm
 
-from ..config import Config
-from ..runs import append_jsonl, atomic_write_json
-from .sb3 import PPOSettings
+from rlsched.config import Config
+from rlsched.common.files import append_jsonl, atomic_write_json
+from rlsched.agents.sb3 import PPOSettings
 
 ENV_NAME = "rlsched/UNetLR-rllib"  # the env registered with Ray: UNetLREnv on the run's config
 MODEL_SUFFIX = ".rllib"  # model.rllib/: an RLModule checkpoint directory
@@ -41,7 +41,7 @@ class RLlibPolicy:
 
     @classmethod
     def load(cls, path: Path) -> "RLlibPolicy":
-        from ..ray_backend import require_ray
+        from rlsched.common.ray_backend import require_ray
 
         require_ray(f"loading the RLlib policy {path}")
         from ray.rllib.core.rl_module.rl_module import RLModule
@@ -67,8 +67,8 @@ def register(config: Config, episodes_path: Path) -> None:
     from ray.tune.registry import register_env
 
     def make(context: Any) -> Any:
-        from ..env import UNetLREnv
-        from .episodes import EpisodeRecorder
+        from rlsched.control.env import UNetLREnv
+        from rlsched.agents.episodes import EpisodeRecorder
 
         torch.set_num_threads(1)  # the runner's job: the env leaves torch's threads alone
         return EpisodeRecorder(UNetLREnv(config=config), episodes_path, int(context.worker_index))
@@ -140,8 +140,8 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
     returns ``model.rllib``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from ..ray_backend import connect
-    from .episodes import EpisodeLog
+    from rlsched.common.ray_backend import connect
+    from rlsched.agents.episodes import EpisodeLog
 
     connect(args.address, "--backend rllib")
     from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID

@@ -13,13 +13,13 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-from ..checkpoint import save_checkpoint
-from ..config import Config, EnvConfig
-from ..runs import atomic_write
-from .episodes import EpisodeLog
-from .normalize import ObsNorm, norm_path
-from .policy_meta import write_meta
-from .workers import env_factory, start_method
+from rlsched.common.checkpoint import save_checkpoint
+from rlsched.config import Config, EnvConfig
+from rlsched.common.files import atomic_write
+from rlsched.agents.episodes import EpisodeLog
+from rlsched.agents.normalize import ObsNorm, norm_path
+from rlsched.agents.policy_meta import write_meta
+from rlsched.agents.workers import env_factory, start_method
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class RunCallback(BaseCallback):
             self.logger.record(key, value)
 
     def checkpoint(self) -> None:
-        """The model and its observation statistics as one checkpoint (``rlsched.checkpoint``), with the env
+        """The model and its observation statistics as one checkpoint (``rlsched.common.checkpoint``), with the env
         steps and episode records it accounts for."""
 
         def write(prefix: Path) -> dict[str, Path]:

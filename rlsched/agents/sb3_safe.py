@@ -25,9 +25,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from ..config import EnvConfig
-from ..control import action_space, observation_space
-from .policy_meta import TRUST_HINT, PolicyError, check_dims
+from rlsched.config import EnvConfig
+from rlsched.control.interface import action_space, observation_space
+from rlsched.agents.policy_meta import TRUST_HINT, PolicyError, check_dims
 
 # ActorCriticPolicy arguments SB3 stores as plain JSON values (a class or a function is pickled: trust only)
 PLAIN_KWARGS = ("net_arch", "ortho_init", "log_std_init", "share_features_extractor", "full_std")

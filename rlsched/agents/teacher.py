@@ -14,9 +14,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from ..config import Config
-from ..env import make_instances
-from ..harness import EpisodeResult, ScriptedRule
+from rlsched.control.rules import ScriptedRule
 
 
 def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200,
@@ -71,24 +69,3 @@ def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epoch
         predicted = policy.get_distribution(x).distribution.probs.argmax(-1)
     model.num_timesteps += steps * venv.num_envs
     return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss.detach())}
-
-
-def search_target(config: Config, instances: int, workers: int, rule: str = "scripted"
-                  ) -> tuple[float, list[EpisodeResult]]:
-    """The target LR of scripted rule ``rule`` (``harness.SCRIPTED_RULES``), grid-searched on the first
-    ``instances`` *train* instances like a fixed
-    schedule's base LR in ``rlsched.compare`` (one point per decade of the initial-LR range); returns the
-    target and the episodes it cost."""
-    from ..compare.running import search_grid, tune_base_lrs
-    from ..harness import Job
-    from ..jobs import episodes, run_jobs
-
-    spent: list[EpisodeResult] = []
-
-    def run(jobs: list[Job]) -> list[EpisodeResult]:
-        spent.extend(episodes(run_jobs(config, jobs, workers)))
-        return spent[-len(jobs):]
-
-    train = make_instances(config, "train")[:instances]
-    tuning = tune_base_lrs(config, (rule,), search_grid(config, 1), train, run)
-    return tuning.base_lrs[rule], spent

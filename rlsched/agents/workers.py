@@ -15,8 +15,8 @@ from typing import Callable
 import gymnasium as gym
 import torch
 
-from ..config import Config
-from .episodes import EpisodeRecorder
+from rlsched.config import Config
+from rlsched.agents.episodes import EpisodeRecorder
 
 
 def start_method() -> str:
@@ -68,7 +68,7 @@ def env_factory(config: Config, rank: int, episodes_path: Path | None, in_worker
     parent = os.getpid()  # the trainer: this runs where the factory is built
 
     def make() -> gym.Env:
-        from ..env import UNetLREnv
+        from rlsched.control.env import UNetLREnv
 
         if threads:
             torch.set_num_threads(threads)

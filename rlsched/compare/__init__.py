@@ -5,13 +5,13 @@ and orchestration), ``summary`` (metrics and statistics), ``report`` (tables and
 ``cli`` (``python -m rlsched.compare``).
 """
 
-from .cli import main
-from .methods import (BASELINES, CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, agent_methods,
+from rlsched.compare.cli import main
+from rlsched.compare.methods import (BASELINES, CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, agent_methods,
                       training_epochs)
-from .report import report, write_results
-from .running import run_comparison
-from .summary import best_fixed, dice_curve, run_metrics, summarize
+from rlsched.compare.report import report, write_results
+from rlsched.compare.running import run_comparison
+from rlsched.compare.summary import best_fixed, run_metrics, summarize
 
 __all__ = ["BASELINES", "CONSTANT_INITIAL", "SCRIPTED", "Comparison", "Method", "Settings", "Tuning", "agent_methods",
-           "best_fixed", "dice_curve", "main", "report", "run_comparison", "run_metrics", "summarize",
+           "best_fixed", "main", "report", "run_comparison", "run_metrics", "summarize",
            "training_epochs", "write_results"]

@@ -30,20 +30,20 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..arguments import Parser, given_flags
-from ..config import (Config, ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides,
+from rlsched.common.arguments import Parser, given_flags
+from rlsched.config import (Config, ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides,
                       parse_override)
-from ..data import check_dataset
-from ..dataset import DatasetError
-from ..jobs import BACKENDS
-from ..journal import Journal
-from ..policy import load_policy, resolve_agent_path
-from ..runs import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
+from rlsched.seg.sources import check_dataset
+from rlsched.seg.dataset import DatasetError
+from rlsched.experiment.jobs import BACKENDS
+from rlsched.common.journal import Journal
+from rlsched.agents.loading import load_policy, resolve_agent_path
+from rlsched.common.files import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
                     new_run_dir, removed_if_unstarted)
-from ..schedules import SCHEDULES
-from .methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
-from .report import write_results
-from .running import check_baselines, check_fits, run_comparison
+from rlsched.seg.schedules import SCHEDULES
+from rlsched.compare.methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
+from rlsched.compare.report import write_results
+from rlsched.compare.running import check_baselines, check_fits, run_comparison
 
 JOURNAL = "jobs.jsonl"
 STARTED = ("config.toml", "args.json", "inputs.json")  # what a start writes before its first episode
@@ -177,7 +177,7 @@ def _check_unchanged(run_dir: Path, config_text: str, agents: dict[str, str]) ->
 def _check_device(config: Config) -> None:
     """Local workers train on this machine: a device it lacks is an error now, not one in every worker (Ray's
     actors may run where the GPUs are, so that backend is not checked here)."""
-    from ..trainer import resolve_device
+    from rlsched.seg.trainer import resolve_device
 
     try:
         resolve_device(config.optim.device)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         check_baselines(config, settings, agents)
         check_dataset(config.data)  # a bad dataset stops here, before the run directory exists
         if settings.backend == "ray":
-            from ..ray_backend import connect
+            from rlsched.common.ray_backend import connect
 
             connect(args.address, "--backend ray")
         elif args.address:

@@ -7,16 +7,17 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
-from ..config import Config
-from ..env import Instance
-from ..harness import SCRIPTED_RULES, EpisodeResult, Job
-from ..jobs import BACKENDS, JobFailure
-from ..methods import KINDS, method_job
-from ..policy import LoadedPolicy, check_compatible
-from ..pretrained import AGENT_NAME, PROVENANCE, read_provenance
-from ..runs import read_jsonl
-from ..schedules import SCHEDULES
-from ..tuningfree import OPTIMIZERS
+from rlsched.config import Config
+from rlsched.control.env import Instance
+from rlsched.experiment.tuning import SCRIPTED, TUNABLE, Tuning, tuned_kind
+from rlsched.experiment.harness import EpisodeResult, Job
+from rlsched.experiment.jobs import BACKENDS, JobFailure
+from rlsched.experiment.baselines import KINDS, method_job
+from rlsched.agents.loading import LoadedPolicy, check_compatible
+from rlsched.pretrained import AGENT_NAME, PROVENANCE, read_provenance
+from rlsched.common.files import read_jsonl
+from rlsched.seg.schedules import SCHEDULES
+from rlsched.seg.tuningfree import OPTIMIZERS
 
 
 def initial_lr_name(schedule: str) -> str:
@@ -25,15 +26,8 @@ def initial_lr_name(schedule: str) -> str:
 
 
 CONSTANT_INITIAL = initial_lr_name("constant")
-SCRIPTED = "scripted"  # Job kind of the scripted rules (harness.ScriptedRule), their target LR tuned like a base LR
-TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
-
-
-def tuned_kind(name: str) -> str:
-    """The harness Job kind that runs tunable method ``name``: a scripted rule or a fixed schedule."""
-    return SCRIPTED if name in SCRIPTED_RULES else "schedule"
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
-# what a practitioner runs instead of a learned schedule (rlsched.methods, rlsched.search): name -> (kind, arg)
+# what a practitioner runs instead of a learned schedule (rlsched.experiment.baselines, rlsched.experiment.search): name -> (kind, arg)
 BASELINES = {"range_test+onecycle": ("range_test", "onecycle"), "range_test+cosine": ("range_test", "cosine"),
              **{name: ("optimizer", name) for name in OPTIMIZERS}, "nnunet": ("nnunet", ""),
              "optuna": ("optuna", "")}
@@ -118,7 +112,7 @@ class Method:
     """One controller under comparison, with the training epochs it consumed before evaluation."""
 
     name: str
-    kind: str  # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by rlsched.pbt)
+    kind: str  # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by rlsched.experiment.pbt)
     arg: str  # model path | schedule name | random seed
     base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR); scripted: target
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
@@ -162,33 +156,6 @@ class Method:
         base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
         return [Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr, rollout=k,
                     trust=self.trust) for k in range(self.rollouts)]
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """The base-LR grid search of the fixed schedules on train instances."""
-
-    grid: tuple[float, ...]
-    instances: int
-    epochs: int
-    scores: dict[str, dict[float, tuple[float, float]]]  # schedule -> LR -> (mean final Dice, mean AUC)
-
-    @property
-    def base_lrs(self) -> dict[str, float]:
-        """Best mean final Dice; the area under the Dice curve breaks ties (e.g. when every LR ends at 0)."""
-        return {name: max(by_lr, key=by_lr.__getitem__) for name, by_lr in self.scores.items()}
-
-    @property
-    def epochs_per_schedule(self) -> int:
-        return len(self.grid) * self.instances * self.epochs
-
-    @property
-    def reference(self) -> tuple[str, float]:
-        """What robustness factors multiply: the tuned constant LR (else the base LR of the schedule that
-        scored best on the train instances)."""
-        lrs = self.base_lrs
-        name = "constant" if "constant" in lrs else max(lrs, key=lambda n: self.scores[n][lrs[n]])
-        return name, lrs[name]
 
 
 @dataclass

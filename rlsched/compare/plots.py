@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..runs import atomic_write_bytes
-from ..stats import mean_ci
-from .methods import Comparison, Method
-from .summary import by_method, dice_curve, lr_curve, per_instance
+from rlsched.common.files import atomic_write_bytes
+from rlsched.common.stats import mean_ci
+from rlsched.compare.methods import Comparison, Method
+from rlsched.compare.summary import by_method, lr_curve, per_instance
 
 # tab10 without its red and grey, which mark learned policies and baselines
 SCHEDULE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -111,7 +111,7 @@ def plot(comparison: Comparison, out_dir: Path) -> None:
     epochs = np.arange(cfg.steps + 1) * cfg.epochs_per_step
     where = f"preset {comparison.config.name}, {len(comparison.instances)} held-out instances"
 
-    dices = {name: per_instance(rs, lambda r: dice_curve(r, cfg.steps)) for name, rs in runs.items()}
+    dices = {name: per_instance(rs, lambda r: r.dice_curve(cfg.steps)) for name, rs in runs.items()}
     fig = _small_multiples(dices, epochs, order, learned, style, test_means, log=False, ylabel="validation Dice",
                            ylim=(0.0, 1.0), title=f"Validation Dice vs epoch — {where}",
                            target=comparison.settings.dice_target)

@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..runs import atomic_write_text
-from ..stats import DIFFERENCE, UNIT, MeanCI, clipped_note
-from .methods import Comparison, Tuning
-from .plots import plot
-from .summary import best_fixed, paired_tests, summarize
+from rlsched.common.files import atomic_write_text
+from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note
+from rlsched.compare.methods import Comparison, Tuning
+from rlsched.compare.plots import plot
+from rlsched.compare.summary import best_fixed, paired_tests, summarize
 
 DICE_METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice")  # bounded in [0, 1]: shown clipped to it
 MORE_INSTANCES = "compare on more held-out instances (env.heldout_instances, and --seeds if given)"

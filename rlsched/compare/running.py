@@ -9,19 +9,16 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
-from ..env import Instance, make_instances
-from ..harness import EpisodeResult, Job
-from ..jobs import JobFailure, Outcome, run_journaled
-from ..journal import Journal, journal_key
-from ..methods import method_job, recipe
-from ..schedules import lr_grid
-from .methods import (BASELINES, NEEDS, Comparison, Method, Settings, Tuning, baseline_methods, sampled_methods,
-                      tuned_kind)
-from .summary import run_metrics
+from rlsched.config import Config, ConfigError
+from rlsched.control.env import Instance, make_instances
+from rlsched.experiment.harness import EpisodeResult, Job
+from rlsched.experiment.jobs import JobFailure, Outcome, run_journaled
+from rlsched.common.journal import Journal, journal_key
+from rlsched.experiment.baselines import method_job, recipe
+from rlsched.compare.methods import BASELINES, NEEDS, Comparison, Method, Settings, baseline_methods, sampled_methods
+from rlsched.experiment.tuning import search_grid, tune_base_lrs
 
 Run = Callable[[list[Job]], list[Outcome]]
 
@@ -53,35 +50,6 @@ class Runner:
         else:
             self.bar.set_postfix_str(f"{job.method}: val Dice {outcome.final_dice:.3f}", refresh=False)
         self.bar.update()
-
-
-def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance],
-                  run: Run) -> Tuning:
-    """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on), by
-    validation Dice: a choice, so never by test Dice. An LR whose every run failed (dead workers) scores -inf:
-    it cannot be chosen."""
-    jobs = [Job(f"{name}@{lr:g}", tuned_kind(name), name, instance, base_lr=lr)
-            for name in schedules for lr in grid for instance in instances]
-    runs: dict[str, dict[float, list[dict[str, float]]]] = {s: {lr: [] for lr in grid} for s in schedules}
-    for job, result in zip(jobs, run(jobs)):
-        if isinstance(result, EpisodeResult):
-            runs[job.arg][job.base_lr].append(run_metrics(result, config.env.steps, target=1.0))
-
-    def score(metrics: list[dict[str, float]]) -> tuple[float, float]:
-        if not metrics:
-            return -math.inf, -math.inf
-        return (float(np.mean([m["final_dice"] for m in metrics])),
-                float(np.mean([m["auc_dice"] for m in metrics])))
-
-    scores = {name: {lr: score(metrics) for lr, metrics in by_lr.items()} for name, by_lr in runs.items()}
-    return Tuning(tuple(grid), len(instances), config.env.epochs, scores)
-
-
-def search_grid(config: Config, per_decade: int) -> list[float]:
-    """The preset's initial-LR range at ``per_decade`` points per decade, clipped to the env's LR limits."""
-    env = config.env
-    grid = lr_grid(env.initial_lr_min, env.initial_lr_max, per_decade)
-    return sorted({min(max(lr, env.lr_min), env.lr_max) for lr in grid})
 
 
 def check_fits(config: Config, settings: Settings) -> None:
@@ -143,7 +111,7 @@ def check_baselines(config: Config, settings: Settings, agents: list[Method]) ->
     for name in settings.baselines:
         kind, arg = BASELINES[name]
         if kind == "optuna":
-            from ..search import require_optuna
+            from rlsched.experiment.search import require_optuna
 
             require_optuna()
             if settings.optuna_epochs is None and not any(math.isfinite(m.epochs_before) for m in agents):
@@ -176,7 +144,7 @@ def optuna_method(config: Config, settings: Settings, agents: list[Method], trai
     """Optuna TPE + median pruning over (schedule, base LR) on the train instances, given the epochs the first
     learned agent's PPO training spent (or ``--optuna-epochs``): "spend the compute on search instead". The
     choice is journaled, so a resumed comparison does not search again."""
-    from ..search import search
+    from rlsched.experiment.search import search
 
     budget = settings.optuna_epochs
     if budget is None:
@@ -227,7 +195,7 @@ def pbt_runs(config: Config, instances: list[Instance], population: int, journal
              gpus_per_member: float = 0.0, algorithm: str = "pbt") -> tuple[Method, list[EpisodeResult]]:
     """PBT on every held-out instance, journaled per instance; its compute is the population's epochs beyond
     one evaluation run."""
-    from ..pbt import PBTSettings, run_pbt
+    from rlsched.experiment.pbt import PBTSettings, run_pbt
 
     runs, total = [], 0
     for instance in instances:

@@ -14,18 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..harness import EpisodeResult
-from ..stats import PairedTest, mean_ci, paired_test
-from .methods import Comparison
+from rlsched.experiment.harness import EpisodeResult
+from rlsched.common.stats import PairedTest, mean_ci, paired_test
+from rlsched.compare.methods import Comparison
 
 METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
-
-
-def dice_curve(result: EpisodeResult, steps: int) -> np.ndarray:
-    """Dice after each step (index 0: before training); a diverged run scores 0 for the rest of the budget."""
-    dices = np.zeros(steps + 1)
-    dices[: len(result.dices)] = result.dices
-    return dices
 
 
 def lr_curve(result: EpisodeResult, steps: int) -> np.ndarray:
@@ -39,7 +32,7 @@ def lr_curve(result: EpisodeResult, steps: int) -> np.ndarray:
 def run_metrics(result: EpisodeResult, steps: int, target: float) -> dict[str, float]:
     """Test Dice; final and best validation Dice, area under the validation Dice curve (mean over the budget's
     steps), epochs to validation Dice ``target`` (NaN if never reached), diverged (0/1) and wall time."""
-    dices = dice_curve(result, steps)
+    dices = result.dice_curve(steps)
     reached = [float(r["epoch"]) for r, d in zip(result.records, result.dices) if d >= target]
     return {"test_dice": result.test_dice, "final_dice": float(dices[-1]), "best_dice": float(dices.max()),
             "auc_dice": float(dices[1:].mean()), "epochs_to_target": reached[0] if reached else math.nan,

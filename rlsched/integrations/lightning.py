@@ -44,7 +44,7 @@ except ImportError as err:  # an optional extra
     raise ImportError("rlsched.integrations.lightning needs Lightning: "
                       "pip install 'rlsched[lightning]'") from err
 
-from ..scheduler import RLScheduler
+from rlsched.scheduler import RLScheduler
 
 # (optimizer, total_epochs, module) -> the scheduler to drive: a policy or env config of your own
 SchedulerFactory = Callable[[torch.optim.Optimizer, int, torch.nn.Module], RLScheduler]

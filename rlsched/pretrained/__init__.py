@@ -26,9 +26,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..agents.policy_meta import meta_path
-from ..config import load_config
-from ..runs import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from rlsched.agents.policy_meta import meta_path
+from rlsched.config import load_config
+from rlsched.common.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 
 ENV_VAR = "RLSCHED_PRETRAINED_DIR"
 AGENT_NAME = "pretrained"  # what --agent and load_policy take for the shipped controller

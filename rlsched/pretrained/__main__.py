@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..control import observation_space
-from ..policy import check_compatible, load_policy
-from . import ENV_VAR, controller_path, export, pretrained_dir, read_provenance
+from rlsched.control.interface import observation_space
+from rlsched.agents.loading import check_compatible, load_policy
+from rlsched.pretrained import ENV_VAR, controller_path, export, pretrained_dir, read_provenance
 
 
 def describe(model: Path) -> str:

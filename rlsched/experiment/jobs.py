@@ -24,13 +24,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import Config, with_overrides
-from .env import UNetLREnv
-from .harness import (Controller, EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
-                      SUGGESTED_RULE, ScriptedController, run_episode)
-from .journal import Journal
-from .methods import KINDS, method_controller
-from .policy import Predictor, load_policy
+from rlsched.config import Config, with_overrides
+from rlsched.control.env import UNetLREnv
+from rlsched.control.rules import SUGGESTED_RULE
+from rlsched.experiment.harness import (Controller, EpisodeResult, Job, PolicyController, RandomController,
+                                        ScheduleController, ScriptedController, run_episode)
+from rlsched.common.journal import Journal
+from rlsched.experiment.baselines import KINDS, method_controller
+from rlsched.agents.loading import Predictor, load_policy
 
 BACKENDS = ("local", "ray")
 ATTEMPTS = 3  # runs of a job whose worker keeps dying before it is reported as failed
@@ -90,7 +91,7 @@ def init_worker(config: Config, threads: int, markers: str | None = None, parent
     when that process dies, a kill -9 included."""
     global _worker_config, _markers
     if parent is not None:
-        from .agents.workers import die_with
+        from rlsched.agents.workers import die_with
 
         die_with(parent)
     torch.set_num_threads(threads)
@@ -223,7 +224,7 @@ def _iter_local(config: Config, jobs: list[Job], workers: int, attempts: int) ->
         for index, job in enumerate(jobs):
             yield index, run_job(job)
         return
-    from .agents.workers import start_method
+    from rlsched.agents.workers import start_method
 
     context = multiprocessing.get_context(start_method())
     retries = Retries(jobs, attempts)
@@ -288,7 +289,7 @@ def _iter_ray(config: Config, jobs: list[Job], workers: int, gpus_per_worker: fl
     ``CUDA_VISIBLE_DEVICES``: the UNets train on CPU) or every GPU (recent Ray,
     ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`` off: all actors crowd onto GPU 0, unaccounted). Each episode runs the
     same code with one torch thread, so on CPU results equal the local backend's."""
-    from .ray_backend import connect
+    from rlsched.common.ray_backend import connect
 
     ray = connect()
     resources = ray.cluster_resources()

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .agents.policy_meta import (
+from rlsched.agents.policy_meta import (
     ACTION_KEYS,
     TRUST_HINT,
     PolicyError,
@@ -26,8 +26,8 @@ from .agents.policy_meta import (
     meta_path,
     read_meta,
 )
-from .config import Config, ConfigError, EnvConfig, load_config
-from .control import observation_space
+from rlsched.config import Config, ConfigError, EnvConfig, load_config
+from rlsched.control.interface import observation_space
 
 # env settings that define what a policy sees and does: they must match between training and use
 # (epochs_per_step: what one action spans; the epoch budget only rescales budget_used, so it is a warning)
@@ -58,7 +58,7 @@ class LoadedPolicy:
 def resolve_agent_path(text: str | Path) -> Path:
     """An agent path as users write it: the word ``pretrained`` is the controller shipped in the package
     (``rlsched.pretrained``), anything else a path."""
-    from .pretrained import AGENT_NAME, controller_path
+    from rlsched.pretrained import AGENT_NAME, controller_path
 
     return controller_path() if str(text) == AGENT_NAME else Path(text)
 
@@ -88,11 +88,11 @@ def load_policy(path: str | Path, trust: bool = False) -> LoadedPolicy:
     if meta is not None:
         check_features(path, meta, config.env)
     if path.suffix == ".zip":
-        from .agents.sb3_safe import load_sb3
+        from rlsched.agents.sb3_safe import load_sb3
 
         predictor: Predictor = _normalised(path, load_sb3(path, config_path, config.env, trust), meta)
     elif path.suffix == ".pt":
-        from .agents.ppo import ReferencePPO
+        from rlsched.agents.ppo import ReferencePPO
 
         try:
             predictor = ReferencePPO.load(path)
@@ -108,7 +108,7 @@ def load_policy(path: str | Path, trust: bool = False) -> LoadedPolicy:
         if not trust:
             raise PolicyError(f"{path}: an RLlib checkpoint, which RLlib restores by unpickling Python "
                               f"objects (no safe way exists); {TRUST_HINT}")
-        from .agents.rllib import RLlibPolicy
+        from rlsched.agents.rllib import RLlibPolicy
 
         predictor = RLlibPolicy.load(path)
     else:
@@ -124,7 +124,7 @@ def _normalised(path: Path, policy: Any, meta: dict[str, Any] | None) -> Any:
     """The SB3 policy behind the observation statistics it trained with: the file must be there exactly when
     the run trained on normalised observations (its metadata, else its ``args.json``, else the shipped
     controller's provenance says so; a run that says nothing: applied when present)."""
-    from .agents.normalize import NormalizedPredictor, ObsNorm, norm_path
+    from rlsched.agents.normalize import NormalizedPredictor, ObsNorm, norm_path
 
     normalised, source = _trained_normalised(path, meta)
     norm_file = norm_path(path)
@@ -148,7 +148,7 @@ def _normalised(path: Path, policy: Any, meta: dict[str, Any] | None) -> Any:
 def _trained_normalised(path: Path, meta: dict[str, Any] | None) -> tuple[bool | None, str]:
     if meta is not None:
         return meta["normalize_obs"], f"{meta_path(path).name} normalize_obs={meta['normalize_obs']}"
-    from .pretrained import read_provenance
+    from rlsched.pretrained import read_provenance
 
     shipped = read_provenance(path)
     if shipped is not None and isinstance(shipped.get("observations_normalised"), bool):

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .runs import append_text, atomic_write_text, refuse_links
+from rlsched.common.files import append_text, atomic_write_text, refuse_links
 
 
 CONTEXT = "__context__"  # the key of the entry that ties a journal to its settings

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .config import Config
-from .env import Instance, UNetLREnv, make_instances
-from .harness import ScheduleController, run_episode
-from .schedules import SCHEDULES
+from rlsched.config import Config
+from rlsched.control.env import Instance, UNetLREnv, make_instances
+from rlsched.experiment.harness import ScheduleController, run_episode
+from rlsched.seg.schedules import SCHEDULES
 
 if TYPE_CHECKING:
     import optuna

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, DataConfig
-from .dataset import SegmentationData
+from rlsched.config import ConfigError, DataConfig
+from rlsched.seg.dataset import SegmentationData
 
 # axes of a (map, X, Y, Z) RAS volume in the order slice, map, row, column; rows are later flipped so that
 # anterior (axial) or superior (coronal) is up

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataConfig
-from .dataset import DatasetError, SegmentationData, check_memory, pack_dataset, share_text
+from rlsched.config import DataConfig
+from rlsched.seg.dataset import DatasetError, SegmentationData, check_memory, pack_dataset, share_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LAYOUT = "<root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>"

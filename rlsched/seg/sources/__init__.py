@@ -1,6 +1,6 @@
 """Segmentation datasets as ready-to-train tensors, built by the source ``[data] source`` names: procedural
-synthetic tasks (``rlsched.synthetic``), image/mask folders (``rlsched.folder``) or brain MRI slices
-(``rlsched.brain``, an optional extra, imported only when asked for).
+synthetic tasks (``rlsched.seg.sources.synthetic``), image/mask folders (``rlsched.seg.sources.folder``) or brain MRI slices
+(``rlsched.seg.sources.brain``, an optional extra, imported only when asked for).
 
 Everything is loaded into memory once (the datasets are small), so an RL episode -- a short UNet training
 run -- never waits on I/O. ``make_dataset`` is a pure function of ``(cfg, seed)``: the same inputs give
@@ -12,10 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import sys
 
-from .config import DataConfig
-from .dataset import DatasetError, SegmentationData, check_memory, summary
-from .folder import make_folder_dataset
-from .synthetic import make_synthetic_dataset
+from rlsched.config import DataConfig
+from rlsched.seg.dataset import DatasetError, SegmentationData, check_memory, summary
+from rlsched.seg.sources.folder import make_folder_dataset
+from rlsched.seg.sources.synthetic import make_synthetic_dataset
 
 _announced: set[str] = set()  # the data configs this process has printed a summary of
 
@@ -39,7 +39,7 @@ def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     elif cfg.source == "folder":
         data = make_folder_dataset(cfg)  # checks memory itself, once it has counted the files
     else:
-        from .brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
+        from rlsched.seg.sources.brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
 
         check_memory(cfg, cfg.n_train + cfg.n_val + cfg.n_test, "data.n_train / n_val / n_test")
         data = make_brain_dataset(cfg, seed)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import DataConfig
+from rlsched.config import DataConfig
 
 
 class DatasetError(ValueError):

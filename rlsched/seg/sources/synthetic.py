@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from .config import DataConfig
-from .dataset import DatasetError, SegmentationData, pack_dataset
+from rlsched.config import DataConfig
+from rlsched.seg.dataset import DatasetError, SegmentationData, pack_dataset
 
 # Multiclass/multilabel kinds are told apart mainly by shape, most distinct pairs first (K=2: disk vs cross).
 # Kind k uses SHAPES[k % 5]; kinds past the fifth reuse a shape but are brighter (see _paint_scene).

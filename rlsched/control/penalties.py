@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import PenaltyConfig
+from rlsched.config import PenaltyConfig
 
 
 @dataclass(frozen=True)

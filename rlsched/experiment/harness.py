@@ -8,26 +8,19 @@ processes or on Ray actors (``run_jobs``), each holding one env.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .config import EnvConfig
-from .control import absolute_lrs, decode_lr, feature_index, residual_base
-from .env import Instance, UNetLREnv
-from .journal import journal_key
-from .policy import Predictor
-from .schedules import FixedSchedule
-from .trainer import counted_dice
+from rlsched.control.rules import ScriptedRule
+from rlsched.control.env import Instance, UNetLREnv
+from rlsched.common.journal import journal_key
+from rlsched.agents.loading import Predictor
+from rlsched.seg.schedules import FixedSchedule
+from rlsched.seg.trainer import counted_dice
 
-LOG_LR, FIRST_STEP, SUGGESTED = (feature_index(n) for n in ("log_lr", "first_step", "log_lr_suggested"))
-# the scripted rules, run as Job kind "scripted" with one of these as arg: steer to a tuned target LR, or probe
-# one slice at the tuned LR and then steer to the suggested LR
-SUGGESTED_RULE = "suggested"
-SCRIPTED_RULES = ("scripted", SUGGESTED_RULE)
 
 
 class Controller(Protocol):
@@ -80,57 +73,6 @@ class ScheduleController:
             self._plan.step(info["dice_mean"])
         env.set_lr(self._plan.lr)
         return env.keep_action
-
-
-@dataclass(frozen=True)
-class ScriptedRule:
-    """Steer the LR towards ``target`` as fast as the actions allow, then hold it: the floor a learned
-    controller must clear with the same actions, and a teacher to clone.
-
-    Relative (discrete) actions: the factor that brings log LR closest to log target, ties to the smaller
-    change; from below it climbs by the largest factor until the next step would overshoot, then holds.
-    Absolute actions: the grid LR closest to the target, at once. Residual actions: the offset from the suggested LR
-    (``env.probe_lr`` before the first slice) closest to the target. With ``follow_suggestion`` the target is the
-    observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target`` is
-    only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
-    """
-
-    env: EnvConfig
-    target: float
-    follow_suggestion: bool = False
-
-    def __post_init__(self) -> None:
-        if self.env.action == "continuous" or (self.env.action == "discrete" and 1.0 not in self.env.factors):
-            raise ValueError("the scripted rule needs env.action = 'absolute' or 'residual', or 'discrete' with a "
-                             f"factor of 1.0 among env.factors (got action={self.env.action!r}, "
-                             f"factors={self.env.factors})")
-
-    def action(self, lr: float, target: float | None = None, suggested: float | None = None) -> int:
-        """The action from LR ``lr`` towards ``target`` (default: the rule's own); ``suggested``: the suggested
-        LR once measured (residual actions are offsets from it)."""
-        target = self.target if target is None else target
-        if self.env.action == "absolute":
-            return int(np.argmin(np.abs(np.log(absolute_lrs(self.env) / target))))
-        if self.env.action == "residual":
-            gap = math.log10(target / residual_base(self.env, suggested))
-            return int(np.argmin(np.abs(np.asarray(self.env.offsets) - gap)))
-        gaps = [(abs(math.log(lr * f / target)), abs(math.log(f))) for f in self.env.factors]
-        return min(range(len(gaps)), key=gaps.__getitem__)
-
-    def actions(self, raw_obs: np.ndarray) -> np.ndarray:
-        """One action per row of raw (unnormalised) observations, from their LR features."""
-        residual = self.env.action == "residual"
-        return np.array([self.action(decode_lr(self.env, float(row[LOG_LR])), self._target(row),
-                                     self._suggested(row) if residual else None)
-                         for row in np.atleast_2d(raw_obs)])
-
-    def _suggested(self, row: np.ndarray) -> float | None:
-        """The suggested LR once the first slice measured it (before, the feature holds the current LR)."""
-        return decode_lr(self.env, float(row[SUGGESTED])) if row[FIRST_STEP] < 0.5 else None
-
-    def _target(self, row: np.ndarray) -> float:
-        suggested = self._suggested(row) if self.follow_suggestion else None
-        return suggested if suggested is not None else self.target
 
 
 @dataclass
@@ -191,6 +133,13 @@ class EpisodeResult:
     def final_dice(self) -> float:
         return self.dices[-1]
 
+    def dice_curve(self, steps: int) -> np.ndarray:
+        """Dice after each of ``steps`` steps (index 0: before training); a diverged run scores 0 for the rest of
+        the budget."""
+        dices = np.zeros(steps + 1)
+        dices[: len(self.dices)] = self.dices
+        return dices
+
     @property
     def epochs(self) -> int:
         return int(self.records[-1]["epoch"])
@@ -241,12 +190,12 @@ class Job:
 
     method: str  # the name results are reported under
     kind: str  # "policy" (arg = model path; "policy_sample": its sampled actions) | "schedule" (arg = schedule
-    # name) | "random" | "scripted" (base_lr = its target LR) | rlsched.methods.KINDS (made by methods.method_job)
+    # name) | "random" | "scripted" (base_lr = its target LR) | rlsched.experiment.baselines.KINDS (made by methods.method_job)
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
     initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
-    # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.methods makes them)
+    # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.experiment.baselines makes them)
     overrides: tuple[tuple[str, str], ...] = ()
     rollout: int = 0  # "policy_sample": which stochastic rollout of the policy (seeds its action sampling)
     trust: bool = False  # policies: load with trust=True (the user allowed unpickling it); how, not what, it runs

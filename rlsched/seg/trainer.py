@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from . import tuningfree
-from .config import Config
-from .dataset import SegmentationData
-from .heads import make_head
-from .metrics import SegmentationMetrics
-from .unet import build_unet
+from rlsched.seg import tuningfree
+from rlsched.config import Config
+from rlsched.seg.dataset import SegmentationData
+from rlsched.seg.heads import make_head
+from rlsched.seg.metrics import SegmentationMetrics
+from rlsched.seg.unet import build_unet
 
 
 @dataclass(frozen=True)

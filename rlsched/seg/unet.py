@@ -1,7 +1,7 @@
 """A plain UNet that returns logits.
 
 The net ends in a 1x1 convolution with no sigmoid/softmax after it: activations live only in the task head
-(``rlsched.heads``), so a loss can never be handed probabilities by mistake.
+(``rlsched.seg.heads``), so a loss can never be handed probabilities by mistake.
 
 Any input size works, odd ones included: max-pooling floors odd sizes, so each upsampled map is zero-padded to
 its skip connection's size before concatenation. Both sides must be at least ``2**depth`` pixels.

@@ -11,7 +11,7 @@ Job kinds (``Job.kind``, ``Job.arg``):
 - ``"range_test"``, arg = a fixed schedule (``"onecycle"``, ``"cosine"``, ...): sweep the LR on a copy of the
   fresh trainer, then follow the schedule from the suggested base LR. The sweep's cost is
   ``EpisodeResult.extra_epochs``.
-- ``"optimizer"``, arg = a tuning-free optimizer (``rlsched.tuningfree.OPTIMIZERS``) at its recommended
+- ``"optimizer"``, arg = a tuning-free optimizer (``rlsched.seg.tuningfree.OPTIMIZERS``) at its recommended
   constant LR (``base_lr`` overrides it).
 - ``"nnunet"``, arg unused: SGD, Nesterov momentum 0.99, weight decay 3e-5, gradient-norm clip 12, poly decay
   (exponent 0.9) from LR 1e-2 (nnU-Net's ``nnUNetTrainer``).
@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, EnvConfig, with_overrides
-from .env import Instance, UNetLREnv
-from .harness import Controller, Job, ScheduleController
-from .range_test import SWEEP_BATCHES, range_test
-from .schedules import SCHEDULES
-from .tuningfree import OPTIMIZERS
+from rlsched.config import Config, EnvConfig, with_overrides
+from rlsched.control.env import Instance, UNetLREnv
+from rlsched.experiment.harness import Controller, Job, ScheduleController
+from rlsched.seg.range_test import SWEEP_BATCHES, range_test
+from rlsched.seg.schedules import SCHEDULES
+from rlsched.seg.tuningfree import OPTIMIZERS
 
 KINDS = ("range_test", "optimizer", "nnunet")
 Overrides = tuple[tuple[str, str], ...]
@@ -87,7 +87,7 @@ class RecipeController:
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
         if with_overrides(env.config, self.needs) != env.config:
             raise ValueError(f"job {self.name!r} must run in an env built with {dict(self.needs)}: make the job with "
-                             "rlsched.methods.method_job, whose overrides run_jobs applies")
+                             "rlsched.experiment.baselines.method_job, whose overrides run_jobs applies")
         cfg = env.config.env
         if not cfg.lr_min <= self.base_lr <= cfg.lr_max:
             raise ValueError(f"job {self.name!r}: base LR {self.base_lr:g} lies outside env [lr_min, lr_max] = "

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config
-from .control import clip_lr
-from .data import make_dataset
-from .env import Instance, instance_config
-from .harness import EpisodeResult
-from .trainer import Trainer, counted_dice
+from rlsched.config import Config
+from rlsched.control.interface import clip_lr
+from rlsched.seg.sources import make_dataset
+from rlsched.control.env import Instance, instance_config
+from rlsched.experiment.harness import EpisodeResult
+from rlsched.seg.trainer import Trainer, counted_dice
 
 CHECKPOINT = "member.pt"
 ALGORITHMS = ("pbt", "pb2")
@@ -179,7 +179,7 @@ def run_pbt(config: Config, instances: list[Instance], settings: PBTSettings, gp
             ) -> tuple[list[EpisodeResult], int]:
     """PBT on each instance in turn (exploit only ever copies members of the same instance); also returns the
     UNet epochs all populations trained."""
-    from .ray_backend import connect
+    from rlsched.common.ray_backend import connect
 
     connect(feature="PBT")
     with tempfile.TemporaryDirectory(prefix="rlsched-pbt-") as storage:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 
-from .config import EnvConfig
+from rlsched.config import EnvConfig
 
 OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     # name, low, high, meaning

@@ -11,13 +11,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .config import Config, DataConfig, load_config, with_overrides
-from .control import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space, undone
-from .data import make_dataset
-from .dataset import SegmentationData
-from .family import Overrides
-from .penalties import CombinedPenalty, Penalty, Transition
-from .trainer import Trainer, counted_dice
+from rlsched.config import Config, DataConfig, load_config, with_overrides
+from rlsched.control.interface import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space, undone
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.dataset import SegmentationData
+from rlsched.family import Overrides
+from rlsched.control.penalties import CombinedPenalty, Penalty, Transition
+from rlsched.seg.trainer import Trainer, counted_dice
 
 SPLITS = ("train", "heldout")
 
@@ -84,7 +84,7 @@ class UNetLREnv(gym.Env):
 
     ## Observation Space
     ``Box(float32)`` of normalised training-dynamics features a real controller can compute, in the order of
-    ``rlsched.control.OBS_FEATURES`` (name, range, meaning; ``docs/env.md`` lists them), then ``env.history``
+    ``rlsched.control.interface.OBS_FEATURES`` (name, range, meaning; ``docs/env.md`` lists them), then ``env.history``
     past (Dice, log LR) pairs (``HISTORY_FEATURES``).
 
     Values out of range are clipped; NaN (a blown-up loss) is reported as the upper bound. The raw values are in
@@ -126,7 +126,7 @@ class UNetLREnv(gym.Env):
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
     are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``). ``pinned`` (``(("optim.name",
-    '"sgd"'), ...)``) is applied after each instance's variant: how ``rlsched.jobs`` makes a method's overrides win.
+    '"sgd"'), ...)``) is applied after each instance's variant: how ``rlsched.experiment.jobs`` makes a method's overrides win.
     ``rlsched/UNetLR-fast-v0`` is the same with ``preset="fast"`` and needs no arguments.
 
     ## Version History

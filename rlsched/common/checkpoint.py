@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .runs import atomic_write_json
+from rlsched.common.files import atomic_write_json
 
 MANIFEST = "last.json"
 _PART = re.compile(r"ckpt-(\d+)\.")
