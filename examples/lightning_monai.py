@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rlsched.brain_folder import export_folder
 from rlsched.config import load_config
-from rlsched.data import make_dataset
+from rlsched.seg.sources import make_dataset
 from rlsched.integrations.lightning import RLSchedulerCallback
 
 
