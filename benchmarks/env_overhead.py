@@ -14,8 +14,8 @@ import time
 import torch
 
 from rlsched.config import load_config
-from rlsched.seg.sources import make_dataset
 from rlsched.control.env import UNetLREnv
+from rlsched.seg.sources import make_dataset
 from rlsched.seg.trainer import Trainer
 
 
@@ -55,8 +55,10 @@ def main() -> None:
         plain_times.append(plain(config, data, instance))
         env_times.append(through_env(env, instance))
     p, e = min(plain_times), min(env_times)
-    print(f"{args.preset}: {config.env.epochs} epochs; plain Trainer {p:.3f} s, env.step {e:.3f} s "
-          f"(best of {args.repeats}); overhead ratio {e / p:.3f}")
+    print(
+        f"{args.preset}: {config.env.epochs} epochs; plain Trainer {p:.3f} s, env.step {e:.3f} s "
+        f"(best of {args.repeats}); overhead ratio {e / p:.3f}"
+    )
 
 
 if __name__ == "__main__":

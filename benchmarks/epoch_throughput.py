@@ -1,6 +1,6 @@
 """Seconds per epoch and training images/s for each preset on the current device.
 
-    python benchmarks/epoch_throughput.py [--presets fast demo gpu] [--epochs 3] [--threads 1]
+python benchmarks/epoch_throughput.py [--presets fast demo gpu] [--epochs 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
+    )
     print("| preset | images | size | device | s/epoch (train) | s/validation | train images/s |")
     print("|---|---|---|---|---|---|---|")
     for preset in args.presets:
@@ -44,8 +46,10 @@ def main() -> None:
         per_epoch = (time.perf_counter() - start) / args.epochs
         evaluation = trainer.evaluate()
         n = len(data.train_images)
-        print(f"| {preset} | {n}+{len(data.val_images)} | {data.train_images.shape[-1]} | {trainer.device} | "
-              f"{per_epoch:.3f} | {evaluation.seconds:.3f} | {n / per_epoch:.0f} |")
+        print(
+            f"| {preset} | {n}+{len(data.val_images)} | {data.train_images.shape[-1]} | {trainer.device} | "
+            f"{per_epoch:.3f} | {evaluation.seconds:.3f} | {n / per_epoch:.0f} |"
+        )
 
 
 if __name__ == "__main__":

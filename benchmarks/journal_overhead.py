@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlsched.common.journal import Journal
 from rlsched.config import available_presets, load_config
 from rlsched.control.env import make_instances
 from rlsched.experiment.harness import Job
 from rlsched.experiment.jobs import episodes, run_jobs
-from rlsched.common.journal import Journal
 
 
 def main() -> None:
@@ -45,8 +45,10 @@ def main() -> None:
             start = time.perf_counter()
             Journal(Path(folder) / "jobs.jsonl")
             read = (time.perf_counter() - start) / args.appends
-        print(f"| {preset} | {episode:.2f} | {size:,.0f} | {append * 1e3:.2f} | {read * 1e3:.3f} "
-              f"| {append / episode:.2%} |")
+        print(
+            f"| {preset} | {episode:.2f} | {size:,.0f} | {append * 1e3:.2f} | {read * 1e3:.3f} "
+            f"| {append / episode:.2%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rlsched.common.journal import Journal
+from rlsched.common.stats import mean_ci
 from rlsched.config import available_presets, config_to_toml, load_config
 from rlsched.control.env import Instance, make_instances
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import episodes, run_journaled
-from rlsched.common.journal import Journal
 from rlsched.seg.schedules import lr_grid
-from rlsched.common.stats import mean_ci
 
 SHORT = {"batch_size": "bs", "base_width": "w", "momentum": "mom"}
 LEARNED = 0.1  # an instance whose best final Dice stays below this learned nothing: its "best" LR is noise
@@ -47,8 +47,13 @@ def variant_label(instance: Instance) -> str:
 
 def per_instance(results: list[EpisodeResult], grid: list[float], instances: list[Instance]) -> None:
     """Each instance's final Dice per LR, its best LR, and how many decades the best LRs span."""
-    print("\n| instance | variant | initial LR | " + " | ".join(f"{lr:g}" for lr in grid)
-          + " | best LR | best Dice |\n|---|---|---|" + "---|" * len(grid) + "---|---|")
+    print(
+        "\n| instance | variant | initial LR | "
+        + " | ".join(f"{lr:g}" for lr in grid)
+        + " | best LR | best Dice |\n|---|---|---|"
+        + "---|" * len(grid)
+        + "---|---|"
+    )
     bests, learned = [], []
     for inst in instances:
         finals = {r.method: r.final_dice for r in results if r.instance.index == inst.index}
@@ -57,13 +62,20 @@ def per_instance(results: list[EpisodeResult], grid: list[float], instances: lis
         bests.append(grid[best])
         if dices[best] >= LEARNED:
             learned.append(grid[best])
-        print(f"| {inst.index} | {variant_label(inst)} | {inst.initial_lr:.2g} | "
-              + " | ".join(f"{d:.3f}" for d in dices) + f" | {grid[best]:g} | {dices[best]:.3f} |")
-    print(f"\nbest constant LRs span {math.log10(max(bests) / min(bests)):.1f} decades ({min(bests):g} .. "
-          f"{max(bests):g})")
+        print(
+            f"| {inst.index} | {variant_label(inst)} | {inst.initial_lr:.2g} | "
+            + " | ".join(f"{d:.3f}" for d in dices)
+            + f" | {grid[best]:g} | {dices[best]:.3f} |"
+        )
+    print(
+        f"\nbest constant LRs span {math.log10(max(bests) / min(bests)):.1f} decades ({min(bests):g} .. "
+        f"{max(bests):g})"
+    )
     if learned and len(learned) < len(bests):
-        print(f"{math.log10(max(learned) / min(learned)):.1f} decades ({min(learned):g} .. {max(learned):g}) over the "
-              f"{len(learned)} instances where some LR reaches Dice {LEARNED} (the others learned nothing)")
+        print(
+            f"{math.log10(max(learned) / min(learned)):.1f} decades ({min(learned):g} .. {max(learned):g}) over the "
+            f"{len(learned)} instances where some LR reaches Dice {LEARNED} (the others learned nothing)"
+        )
 
 
 def main() -> None:
@@ -72,30 +84,45 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=4, help="held-out instances per LR")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--per-decade", type=int, default=2)
-    parser.add_argument("--journal", type=Path, default=None, metavar="DIR",
-                        help="keep finished episodes in DIR/<preset>.jsonl and skip them when run again")
-    parser.add_argument("--per-instance", action="store_true",
-                        help="each instance's best constant LR (and variant), and the decades the best LRs span")
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep finished episodes in DIR/<preset>.jsonl and skip them when run again",
+    )
+    parser.add_argument(
+        "--per-instance",
+        action="store_true",
+        help="each instance's best constant LR (and variant), and the decades the best LRs span",
+    )
     args = parser.parse_args()
     for preset in args.presets:
         config = load_config(preset)
         env = config.env
         grid = lr_grid(env.initial_lr_min, env.initial_lr_max, args.per_decade)
         instances = make_instances(config, "heldout")[: args.instances]
-        jobs = [Job(f"{lr:g}", "schedule", "constant", inst, base_lr=lr, initial_lr=lr)
-                for lr in grid for inst in instances]
+        jobs = [
+            Job(f"{lr:g}", "schedule", "constant", inst, base_lr=lr, initial_lr=lr)
+            for lr in grid
+            for inst in instances
+        ]
         journal = Journal(args.journal / f"{preset}.jsonl" if args.journal else None)
         journal.require_context(config_to_toml(config))
         start = time.perf_counter()
         outcomes, reused = run_journaled(config, jobs, journal, args.workers)
         results = episodes(outcomes)
         seconds = time.perf_counter() - start
-        optimizer = config.optim.name + (f" momentum={config.optim.momentum}" if config.optim.name == "sgd" else "")
+        optimizer = config.optim.name + (
+            f" momentum={config.optim.momentum}" if config.optim.name == "sgd" else ""
+        )
         if config.family:
             optimizer = f"a family over {', '.join(axis.name for axis in config.family)}"
-        print(f"\n## {preset}: {optimizer}, norm={config.model.norm}, "
-              f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s"
-              + (f" ({reused} episodes read back from {journal.path})" if reused else ""))
+        print(
+            f"\n## {preset}: {optimizer}, norm={config.model.norm}, "
+            f"{env.epochs} epochs, {len(instances)} held-out instances, {seconds:.0f} s"
+            + (f" ({reused} episodes read back from {journal.path})" if reused else "")
+        )
         print("| constant LR | final Dice mean ± 95% CI | diverged |\n|---|---|---|")
         means = {}
         for lr in grid:
@@ -106,9 +133,11 @@ def main() -> None:
         sane = {lr: m for lr, m in means.items() if env.initial_lr_min <= lr <= env.initial_lr_max}
         best = max(sane, key=sane.get)
         worst = min(sane, key=sane.get)
-        print(f"\nspread inside the initial-LR range [{env.initial_lr_min:g}, {env.initial_lr_max:g}]: "
-              f"{sane[best] - sane[worst]:.3f} Dice (best {best:g}: {sane[best]:.3f}, worst {worst:g}: "
-              f"{sane[worst]:.3f})")
+        print(
+            f"\nspread inside the initial-LR range [{env.initial_lr_min:g}, {env.initial_lr_max:g}]: "
+            f"{sane[best] - sane[worst]:.3f} Dice (best {best:g}: {sane[best]:.3f}, worst {worst:g}: "
+            f"{sane[worst]:.3f})"
+        )
         if args.per_instance:
             per_instance(results, grid, instances)
 

@@ -36,8 +36,16 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = ("rlsched", "envs", "tests", "pyproject.toml")  # what the tests need of the repository
-PRELOAD = ("numpy", "scipy.stats", "scipy.special", "torch", "gymnasium", "stable_baselines3", "PIL.Image",
-           "pytest")
+PRELOAD = (
+    "numpy",
+    "scipy.stats",
+    "scipy.special",
+    "torch",
+    "gymnasium",
+    "stable_baselines3",
+    "PIL.Image",
+    "pytest",
+)
 
 # module -> (source file, the fast tests that exercise it)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -50,6 +58,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stats": ("rlsched/common/stats.py", ("tests/test_stats.py",)),
     "runs": ("rlsched/common/files.py", ("tests/test_runs.py",)),
 }
+
 
 @dataclass(frozen=True)
 class Equivalent:
@@ -64,7 +73,9 @@ class Equivalent:
 _TWO_SIDED = "two-sided test: the p-value is symmetric in its two samples"
 _UNREACHABLE = "unreachable: past the allclose guard a difference is non-zero, so count_nonzero > 0 holds"
 _CLIP = "np.clip(a, lo, hi) is min(max(a, lo), hi), and max is symmetric"
-_UNMEASURED = "at reset the gradient norm and update ratio read 0 behind the first_step flag, whatever they hold"
+_UNMEASURED = (
+    "at reset the gradient norm and update ratio read 0 behind the first_step flag, whatever they hold"
+)
 _ONE_ACTION = "an action is one number: reshape(1) and reshape(-2) flatten it as reshape(-1) does"
 _DICE_SYMMETRIC = "soft Dice is symmetric in prediction and truth (value and gradient)"
 _POS_WEIGHT_ONE = "pos_weight 1 weights positive pixels by 1, which is plain BCE"
@@ -74,101 +85,235 @@ _PROXY = "the proxy parameter only carries the LR: its size and grad flag are ne
 _WILCOXON = "stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0"
 _REDUCE_ACTION = "reshape(-1)[0], -1.0, 1.0)"
 EQUIVALENT = (
-    Equivalent("stats", "np.allclose(diff, 0):", "np.allclose(diff, 0) -> np.allclose(0, diff)",
-               "allclose scales rtol by |b|: verdicts differ only for |diff| within 1e-5 relative of 1e-8"),
+    Equivalent(
+        "stats",
+        "np.allclose(diff, 0):",
+        "np.allclose(diff, 0) -> np.allclose(0, diff)",
+        "allclose scales rtol by |b|: verdicts differ only for |diff| within 1e-5 relative of 1e-8",
+    ),
     Equivalent("stats", "ttest_rel(x, y)", "stats.ttest_rel(x, y) -> stats.ttest_rel(y, x)", _TWO_SIDED),
     Equivalent("stats", _WILCOXON, "stats.wilcoxon(x, y) -> stats.wilcoxon(y, x)", _TWO_SIDED),
     Equivalent("stats", _WILCOXON, "np.count_nonzero(diff) > 0 -> np.count_nonzero(diff) >= 0", _UNREACHABLE),
     Equivalent("stats", _WILCOXON, "1.0 -> 2.0", _UNREACHABLE),
-    Equivalent("stats", _WILCOXON, "0 -> 1",
-               "one non-zero difference: Wilcoxon drops the zeros, has one signed rank and gives p = 1 too"),
-    Equivalent("heads", "torch.where(count > 0, count, torch.ones_like(count))", "0 -> 1",
-               "a count of 1 divides by 1 on either branch"),
-    Equivalent("heads", "torch.promote_types(logits.dtype, torch.float32)",
-               "torch.promote_types(logits.dtype, torch.float32) -> torch.promote_types(torch.float32, "
-               "logits.dtype)", "type promotion is symmetric"),
-    Equivalent("heads", "if self.dice_weight > 0:", "self.dice_weight > 0 -> self.dice_weight >= 0",
-               "with dice_weight 0 it adds 0 x a finite soft-Dice term: the same loss and gradient"),
-    Equivalent("heads", "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index)",
-               "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index) -> "
-               "soft_dice_loss(t == 1, torch.sigmoid(z), t != self.ignore_index)", _DICE_SYMMETRIC),
-    Equivalent("heads", "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth,",
-               "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != se... -> "
-               "soft_dice_loss(truth, torch.softmax(z, dim=1)[:, 1:], (target != se...", _DICE_SYMMETRIC),
-    Equivalent("heads", "def __init__(self, pos_weight: float = 0.0, dice_weight: float = 0.0,",
-               "0.0 -> 1.0 #1", _POS_WEIGHT_ONE),
-    Equivalent("heads", "super().__init__(classes, 0.0, dice_weight, threshold, ignore_index)", "0.0 -> 1.0",
-               _POS_WEIGHT_ONE),
-    Equivalent("heads", "ignored = target == self.ignore_index",
-               "target == self.ignore_index -> target != self.ignore_index",
-               "a pixel ignored in only some channels is kept in only some: the check reads the same"),
-    Equivalent("heads", "weight[torch.where(valid, labels, 0)]", "0 -> 1",
-               "the stand-in class looked up for ignored pixels is masked out by the outer where"),
-    Equivalent("env", "self._done = True", "True -> False",
-               "before the first reset the trainer is None, which step() refuses too"),
-    Equivalent("env", "while len(self._data_cache) > 4:",
-               "len(self._data_cache) > 4 -> len(self._data_cache) >= 4", _CACHE),
+    Equivalent(
+        "stats",
+        _WILCOXON,
+        "0 -> 1",
+        "one non-zero difference: Wilcoxon drops the zeros, has one signed rank and gives p = 1 too",
+    ),
+    Equivalent(
+        "heads",
+        "torch.where(count > 0, count, torch.ones_like(count))",
+        "0 -> 1",
+        "a count of 1 divides by 1 on either branch",
+    ),
+    Equivalent(
+        "heads",
+        "torch.promote_types(logits.dtype, torch.float32)",
+        "torch.promote_types(logits.dtype, torch.float32) -> torch.promote_types(torch.float32, "
+        "logits.dtype)",
+        "type promotion is symmetric",
+    ),
+    Equivalent(
+        "heads",
+        "if self.dice_weight > 0:",
+        "self.dice_weight > 0 -> self.dice_weight >= 0",
+        "with dice_weight 0 it adds 0 x a finite soft-Dice term: the same loss and gradient",
+    ),
+    Equivalent(
+        "heads",
+        "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index)",
+        "soft_dice_loss(torch.sigmoid(z), t == 1, t != self.ignore_index) -> "
+        "soft_dice_loss(t == 1, torch.sigmoid(z), t != self.ignore_index)",
+        _DICE_SYMMETRIC,
+    ),
+    Equivalent(
+        "heads",
+        "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth,",
+        "soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != se... -> "
+        "soft_dice_loss(truth, torch.softmax(z, dim=1)[:, 1:], (target != se...",
+        _DICE_SYMMETRIC,
+    ),
+    Equivalent(
+        "heads",
+        "def __init__(self, pos_weight: float = 0.0, dice_weight: float = 0.0,",
+        "0.0 -> 1.0 #1",
+        _POS_WEIGHT_ONE,
+    ),
+    Equivalent(
+        "heads",
+        "super().__init__(classes, 0.0, dice_weight, threshold, ignore_index)",
+        "0.0 -> 1.0",
+        _POS_WEIGHT_ONE,
+    ),
+    Equivalent(
+        "heads",
+        "ignored = target == self.ignore_index",
+        "target == self.ignore_index -> target != self.ignore_index",
+        "a pixel ignored in only some channels is kept in only some: the check reads the same",
+    ),
+    Equivalent(
+        "heads",
+        "weight[torch.where(valid, labels, 0)]",
+        "0 -> 1",
+        "the stand-in class looked up for ignored pixels is masked out by the outer where",
+    ),
+    Equivalent(
+        "env",
+        "self._done = True",
+        "True -> False",
+        "before the first reset the trainer is None, which step() refuses too",
+    ),
+    Equivalent(
+        "env",
+        "while len(self._data_cache) > 4:",
+        "len(self._data_cache) > 4 -> len(self._data_cache) >= 4",
+        _CACHE,
+    ),
     Equivalent("env", "while len(self._data_cache) > 4:", "4 -> 5", _CACHE),
     Equivalent("env", "0.0, 0.0))", "0.0 -> 1.0 #1", _UNMEASURED),
     Equivalent("env", "0.0, 0.0))", "0.0 -> 1.0 #2", _UNMEASURED),
-    Equivalent("env", "return 0", "0 -> 1",
-               "in absolute mode keep_action only goes with set_lr, which overrides whatever action is passed"),
-    Equivalent("ppo", "last_gae = torch.zeros_like(values[0])", "0 -> 1",
-               "zeros_like reads only the shape, the same for every row"),
+    Equivalent(
+        "env",
+        "return 0",
+        "0 -> 1",
+        "in absolute mode keep_action only goes with set_lr, which overrides whatever action is passed",
+    ),
+    Equivalent(
+        "ppo",
+        "last_gae = torch.zeros_like(values[0])",
+        "0 -> 1",
+        "zeros_like reads only the shape, the same for every row",
+    ),
     Equivalent("ppo", "return self.critic(obs).squeeze(-1)", "-1 -> 1", _COLUMN),
     Equivalent("ppo", "generator=self._generator).squeeze(-1)", "-1 -> 1", _COLUMN),
-    Equivalent("ppo", "return dist.mean + dist.stddev * noise",
-               "dist.mean + dist.stddev * noise -> dist.mean - dist.stddev * noise",
-               "the noise is standard normal, so symmetric: the samples keep their distribution"),
-    Equivalent("ppo", "action_np = action_np.reshape(-1, *self.action_space.shape)", "1 -> 2",
-               "numpy reads any negative size as 'the rest': reshape(-2, ...) is reshape(-1, ...)"),
-    Equivalent("ppo", "return np.clip(action_np, low, high)",
-               "np.clip(action_np, low, high) -> np.clip(low, action_np, high)", _CLIP),
-    Equivalent("ppo", "advantages = (advantages - mean) / (std + 1e-8)", "std + 1e-08 -> std - 1e-08",
-               "2e-8 on a standard deviation of order 1 is below float32 resolution"),
-    Equivalent("ppo", "((ratio - 1).abs() > cfg.clip_range)",
-               "(ratio - 1).abs() > cfg.clip_range -> (ratio - 1).abs() >= cfg.clip_range",
-               "differs only when |ratio - 1| equals clip_range exactly, a float tie real ratios never make"),
-    Equivalent("ppo", 'stats["approx_kl"].item() > cfg.target_kl:',
-               "stats['approx_kl'].item() > cfg.target_kl -> stats['approx_kl'].item() >= cfg.target_kl",
-               "differs only on an exact tie: the one case, target_kl = 0 against the first minibatch's "
-               "KL of 0, would stop before any step and is no real setting"),
-    Equivalent("control", "@functools.lru_cache(maxsize=16)", "16 -> 17",
-               "the cache size only sets how many bounds arrays are kept"),
-    Equivalent("control", "0.0 if step else 1.0,", "1.0 -> 2.0",
-               "the first_step flag is clipped to its upper bound, 1"),
-    Equivalent("control", "math.isfinite(x) and x > 0) else math.nan", "x > 0 -> x >= 0",
-               "x == 0 returned -inf on the line before, so x >= 0 and x > 0 agree here"),
-    Equivalent("control", "return np.clip(obs, low, high)",
-               "np.clip(obs, low, high) -> np.clip(low, obs, high)", _CLIP),
+    Equivalent(
+        "ppo",
+        "return dist.mean + dist.stddev * noise",
+        "dist.mean + dist.stddev * noise -> dist.mean - dist.stddev * noise",
+        "the noise is standard normal, so symmetric: the samples keep their distribution",
+    ),
+    Equivalent(
+        "ppo",
+        "action_np = action_np.reshape(-1, *self.action_space.shape)",
+        "1 -> 2",
+        "numpy reads any negative size as 'the rest': reshape(-2, ...) is reshape(-1, ...)",
+    ),
+    Equivalent(
+        "ppo",
+        "return np.clip(action_np, low, high)",
+        "np.clip(action_np, low, high) -> np.clip(low, action_np, high)",
+        _CLIP,
+    ),
+    Equivalent(
+        "ppo",
+        "advantages = (advantages - mean) / (std + 1e-8)",
+        "std + 1e-08 -> std - 1e-08",
+        "2e-8 on a standard deviation of order 1 is below float32 resolution",
+    ),
+    Equivalent(
+        "ppo",
+        "((ratio - 1).abs() > cfg.clip_range)",
+        "(ratio - 1).abs() > cfg.clip_range -> (ratio - 1).abs() >= cfg.clip_range",
+        "differs only when |ratio - 1| equals clip_range exactly, a float tie real ratios never make",
+    ),
+    Equivalent(
+        "ppo",
+        'stats["approx_kl"].item() > cfg.target_kl:',
+        "stats['approx_kl'].item() > cfg.target_kl -> stats['approx_kl'].item() >= cfg.target_kl",
+        "differs only on an exact tie: the one case, target_kl = 0 against the first minibatch's "
+        "KL of 0, would stop before any step and is no real setting",
+    ),
+    Equivalent(
+        "control",
+        "@functools.lru_cache(maxsize=16)",
+        "16 -> 17",
+        "the cache size only sets how many bounds arrays are kept",
+    ),
+    Equivalent(
+        "control",
+        "0.0 if step else 1.0,",
+        "1.0 -> 2.0",
+        "the first_step flag is clipped to its upper bound, 1",
+    ),
+    Equivalent(
+        "control",
+        "math.isfinite(x) and x > 0) else math.nan",
+        "x > 0 -> x >= 0",
+        "x == 0 returned -inf on the line before, so x >= 0 and x > 0 agree here",
+    ),
+    Equivalent(
+        "control",
+        "return np.clip(obs, low, high)",
+        "np.clip(obs, low, high) -> np.clip(low, obs, high)",
+        _CLIP,
+    ),
     Equivalent("control", "index = int(np.asarray(action).reshape(-1)[0])", "-1 -> 1", _ONE_ACTION),
     Equivalent("control", "index = int(np.asarray(action).reshape(-1)[0])", "1 -> 2", _ONE_ACTION),
-    Equivalent("control", _REDUCE_ACTION,
-               "np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, ... -> "
-               "np.clip(-1.0, np.asarray(action, dtype=np.float64).reshape(-1)[0], ...", _CLIP),
+    Equivalent(
+        "control",
+        _REDUCE_ACTION,
+        "np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, ... -> "
+        "np.clip(-1.0, np.asarray(action, dtype=np.float64).reshape(-1)[0], ...",
+        _CLIP,
+    ),
     Equivalent("control", _REDUCE_ACTION, "-1 -> 1", _ONE_ACTION),
     Equivalent("control", _REDUCE_ACTION, "1 -> 2", _ONE_ACTION),
-    Equivalent("schedules", "if steps <= warmup:", "steps <= warmup -> steps < warmup",
-               "equal only for a 1-step budget, whose one LR (base / 10) is the same on both branches"),
-    Equivalent("schedules", "ConstantLR(opt, factor=1.0, total_iters=0)", "0 -> 1",
-               "with factor 1.0 the LR never changes, whatever total_iters"),
+    Equivalent(
+        "schedules",
+        "if steps <= warmup:",
+        "steps <= warmup -> steps < warmup",
+        "equal only for a 1-step budget, whose one LR (base / 10) is the same on both branches",
+    ),
+    Equivalent(
+        "schedules",
+        "ConstantLR(opt, factor=1.0, total_iters=0)",
+        "0 -> 1",
+        "with factor 1.0 the LR never changes, whatever total_iters",
+    ),
     Equivalent("schedules", "torch.zeros(1, requires_grad=True)", "1 -> 2", _PROXY),
     Equivalent("schedules", "torch.zeros(1, requires_grad=True)", "True -> False", _PROXY),
-    Equivalent("schedules", "preview.step(0.0)", "0.0 -> 1.0",
-               "any constant Dice stalls reduce-on-plateau alike"),
-    Equivalent("runs", "mask = os.umask(0)", "0 -> 1",
-               "the temporary umask is put back at once; the previous mask is returned either way"),
-    Equivalent("runs", "Path(tmp).unlink(missing_ok=True)", "True -> False",
-               "the temporary file always exists when the cleanup runs: os.replace is the last call to fail"),
+    Equivalent(
+        "schedules", "preview.step(0.0)", "0.0 -> 1.0", "any constant Dice stalls reduce-on-plateau alike"
+    ),
+    Equivalent(
+        "runs",
+        "mask = os.umask(0)",
+        "0 -> 1",
+        "the temporary umask is put back at once; the previous mask is returned either way",
+    ),
+    Equivalent(
+        "runs",
+        "Path(tmp).unlink(missing_ok=True)",
+        "True -> False",
+        "the temporary file always exists when the cleanup runs: os.replace is the last call to fail",
+    ),
 )
 
 
-COMPARISONS: dict[type, type] = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
-                                 ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
-                                 ast.In: ast.NotIn, ast.NotIn: ast.In}
-ARITHMETIC: dict[type, type] = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
-                                ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult,
-                                ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd}
+COMPARISONS: dict[type, type] = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+ARITHMETIC: dict[type, type] = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Div,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+}
 NO_SWAP = {"min", "max", "isinstance", "getattr", "hasattr", "setattr"}  # symmetric, or a certain crash
 
 
@@ -184,8 +329,14 @@ class Mutant:
 
     def equivalence(self) -> Equivalent | None:
         """The entry of ``EQUIVALENT`` that names this mutant, if any."""
-        return next((e for e in EQUIVALENT if (e.module, e.change) == (self.module, self.change)
-                     and e.line in self.code), None)
+        return next(
+            (
+                e
+                for e in EQUIVALENT
+                if (e.module, e.change) == (self.module, self.change) and e.line in self.code
+            ),
+            None,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ mutants
@@ -194,8 +345,13 @@ def _skipped_nodes(tree: ast.Module) -> set[int]:
     skipped: list[ast.AST] = []
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             skipped.append(body[0])
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             skipped += [a.annotation for a in ast.walk(node.args) if isinstance(a, ast.arg) and a.annotation]
@@ -211,10 +367,12 @@ def _skipped_nodes(tree: ast.Module) -> set[int]:
 
 def _edits(node: ast.AST) -> list[Callable[[ast.AST], ast.AST]]:
     """Each way to mutate ``node``: a function that changes (a fresh parse of) it and returns the result."""
+
     def set_attr(name: str, value: object) -> Callable[[ast.AST], ast.AST]:
         def edit(n: ast.AST) -> ast.AST:
             setattr(n, name, value)
             return n
+
         return edit
 
     if isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in ARITHMETIC:
@@ -222,8 +380,11 @@ def _edits(node: ast.AST) -> list[Callable[[ast.AST], ast.AST]]:
     if isinstance(node, ast.BoolOp):
         return [set_attr("op", ast.Or() if isinstance(node.op, ast.And) else ast.And())]
     if isinstance(node, ast.Compare):
-        return [set_attr("ops", [*node.ops[:i], COMPARISONS[type(op)](), *node.ops[i + 1:]])
-                for i, op in enumerate(node.ops) if type(op) in COMPARISONS]
+        return [
+            set_attr("ops", [*node.ops[:i], COMPARISONS[type(op)](), *node.ops[i + 1 :]])
+            for i, op in enumerate(node.ops)
+            if type(op) in COMPARISONS
+        ]
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
         return [lambda n: n.operand]
     if isinstance(node, ast.Constant) and isinstance(node.value, bool):
@@ -273,8 +434,17 @@ def mutants(module: str) -> list[Mutant]:
             if after == before:
                 continue
             mutated = ast.unparse(ast.fix_missing_locations(_Replace(target, replacement).visit(fresh)))
-            found.append(Mutant(module, path, node.lineno, node.col_offset, lines[node.lineno - 1].strip(),
-                                f"{_short(before)} -> {_short(after)}", mutated))
+            found.append(
+                Mutant(
+                    module,
+                    path,
+                    node.lineno,
+                    node.col_offset,
+                    lines[node.lineno - 1].strip(),
+                    f"{_short(before)} -> {_short(after)}",
+                    mutated,
+                )
+            )
     found.sort(key=lambda m: (m.line, m.column))
     totals, numbered = Counter((m.line, m.change) for m in found), Counter()
     for i, m in enumerate(found):  # the same change twice on one line (two 0.0 defaults): number them
@@ -301,8 +471,9 @@ def _fork_tests(workdir: Path, tests: tuple[str, ...]) -> int:
         sys.dont_write_bytecode = True  # a stale .pyc of another mutant (same size and mtime) would be reused
         import pytest
 
-        code = int(pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                                "-o", "addopts="]))
+        code = int(
+            pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-o", "addopts="])
+        )
     finally:
         os._exit(code)
 
@@ -364,8 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
     parser.add_argument("--max-mutants", type=int, default=None, help="per module, evenly spread")
-    parser.add_argument("--timeout-factor", type=float, default=5.0,
-                        help="a mutant times out after this many times the unmutated tests' time, + 30 s")
+    parser.add_argument(
+        "--timeout-factor",
+        type=float,
+        default=5.0,
+        help="a mutant times out after this many times the unmutated tests' time, + 30 s",
+    )
     parser.add_argument("--fail-under", type=float, default=90.0, help="exit 1 if a module scores below (%%)")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
@@ -393,8 +568,10 @@ def main(argv: list[str] | None = None) -> int:
         scores.append((module, len(selected), killed, len(equivalent), survived, score))
         for m in survivors:
             known = m.equivalence()
-            print(f"  {'equivalent' if known else 'SURVIVED'}  {m.path}:{m.line}:{m.column}  {m.change}"
-                  f"    [{m.code}]" + (f"\n      ({known.why})" if known else ""))
+            print(
+                f"  {'equivalent' if known else 'SURVIVED'}  {m.path}:{m.line}:{m.column}  {m.change}"
+                f"    [{m.code}]" + (f"\n      ({known.why})" if known else "")
+            )
 
     print(f"\n{'module':<10} {'mutants':>8} {'killed':>7} {'equiv.':>7} {'survived':>9} {'score':>7}")
     for module, total, killed, equivalent, survived, score in scores:

@@ -37,8 +37,14 @@ def main() -> None:
     parser.add_argument("--num-env-runners", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    common = ["--preset", args.preset, "--total-timesteps", str(args.total_timesteps),
-              "--episodes-per-rollout", "2"]
+    common = [
+        "--preset",
+        args.preset,
+        "--total-timesteps",
+        str(args.total_timesteps),
+        "--episodes-per-rollout",
+        "2",
+    ]
 
     import ray
 
@@ -47,8 +53,10 @@ def main() -> None:
         (Path(root) / "sb3").mkdir()
         (Path(root) / "rllib").mkdir()
         sb3_s, _ = timed_run([*common, "--n-envs", "1"], Path(root) / "sb3")
-        rllib_s, run_dir = timed_run([*common, "--backend", "rllib", "--num-env-runners",
-                                      str(args.num_env_runners)], Path(root) / "rllib")
+        rllib_s, run_dir = timed_run(
+            [*common, "--backend", "rllib", "--num-env-runners", str(args.num_env_runners)],
+            Path(root) / "rllib",
+        )
         progress = read_jsonl(run_dir / "progress.jsonl")
     ray.shutdown()
     steps_sb3, steps_rllib = args.total_timesteps, progress[-1]["num_timesteps"]
@@ -56,8 +64,10 @@ def main() -> None:
     sb3_rate, rllib_rate, loop_rate = steps_sb3 / sb3_s, steps_rllib / rllib_s, steps_rllib / loop_s
     print(f"\n{args.preset}: {os.cpu_count()} CPUs")
     print(f"SB3 PPO, --n-envs 1: {steps_sb3} env steps in {sb3_s:.1f} s = {sb3_rate:.2f} env steps/s")
-    print(f"RLlib PPO, --num-env-runners {args.num_env_runners}: {steps_rllib} env steps in {rllib_s:.1f} s = "
-          f"{rllib_rate:.2f} env steps/s (training iterations alone: {loop_s:.1f} s = {loop_rate:.2f} /s)")
+    print(
+        f"RLlib PPO, --num-env-runners {args.num_env_runners}: {steps_rllib} env steps in {rllib_s:.1f} s = "
+        f"{rllib_rate:.2f} env steps/s (training iterations alone: {loop_s:.1f} s = {loop_rate:.2f} /s)"
+    )
     print(f"ratio RLlib / SB3: {rllib_rate / sb3_rate:.2f} (iterations alone: {loop_rate / sb3_rate:.2f})")
 
 

@@ -35,18 +35,34 @@ def main() -> None:
     config = load_config(args.preset)
     grid = lr_grid(config.env.initial_lr_min, config.env.initial_lr_max, args.per_decade)
     instances = make_instances(config, "train")[: args.instances]
-    jobs = [Job(f"{name}@{lr:g}", "schedule", "constant", inst, base_lr=lr, initial_lr=lr,
-                overrides=(("optim.name", f'"{name}"'),))
-            for name in args.optimizers for lr in grid for inst in instances]
+    jobs = [
+        Job(
+            f"{name}@{lr:g}",
+            "schedule",
+            "constant",
+            inst,
+            base_lr=lr,
+            initial_lr=lr,
+            overrides=(("optim.name", f'"{name}"'),),
+        )
+        for name in args.optimizers
+        for lr in grid
+        for inst in instances
+    ]
     results = episodes(run_jobs(config, jobs, args.workers))
-    print(f"## {args.preset}: {len(instances)} train instances, constant LRs {', '.join(f'{g:g}' for g in grid)}")
+    print(
+        f"## {args.preset}: {len(instances)} train instances, constant LRs {', '.join(f'{g:g}' for g in grid)}"
+    )
     print("| optimizer | instance | best LR | its Dice | target ratio that suggests it, per probe LR |")
     print("|---|---|---|---|---|")
     targets: dict[str, list[float]] = {}
     for name in args.optimizers:
         for inst in instances:
-            runs = {job.base_lr: r for job, r in zip(jobs, results)
-                    if job.method.startswith(f"{name}@") and job.instance == inst}
+            runs = {
+                job.base_lr: r
+                for job, r in zip(jobs, results)
+                if job.method.startswith(f"{name}@") and job.instance == inst
+            }
             best = max(runs, key=lambda lr: runs[lr].final_dice)
             implied = {}
             for probe, run in runs.items():
@@ -57,8 +73,10 @@ def main() -> None:
             cells = ", ".join(f"{p:g}: {t:.3g}" for p, t in sorted(implied.items()))
             print(f"| {name} | {inst.index} | {best:g} | {runs[best].final_dice:.3f} | {cells} |")
     for name, values in targets.items():
-        print(f"{name}: geometric mean target {math.exp(np.mean(np.log(values))):.3g} "
-              f"(from {min(values):.3g} to {max(values):.3g}, {len(values)} probes)")
+        print(
+            f"{name}: geometric mean target {math.exp(np.mean(np.log(values))):.3g} "
+            f"(from {min(values):.3g} to {max(values):.3g}, {len(values)} probes)"
+        )
     every = [v for values in targets.values() for v in values]
     print(f"all: geometric mean target {math.exp(np.mean(np.log(every))):.3g}")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rlsched.seg.sources.brain import PLANES, full_slices
 from rlsched.config import load_config
+from rlsched.seg.sources.brain import PLANES, full_slices
 
 PRESET = "brain-folder"  # the shipped preset that reads such a folder
 
@@ -34,11 +34,15 @@ PRESET = "brain-folder"  # the shipped preset that reads such a folder
 def _refuse_to_overwrite(dest: Path) -> None:
     """An export never mixes with or replaces files already there: stale slices would join the dataset."""
     if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"{dest} is a file, not a folder: pass a new destination folder, or remove the "
-                              f"file (rm {shlex.quote(str(dest))})")
+        raise FileExistsError(
+            f"{dest} is a file, not a folder: pass a new destination folder, or remove the "
+            f"file (rm {shlex.quote(str(dest))})"
+        )
     if dest.is_dir() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty: the export never overwrites; pass a new destination "
-                              f"folder, or remove the old export first (rm -r {shlex.quote(str(dest))})")
+        raise FileExistsError(
+            f"{dest} is not empty: the export never overwrites; pass a new destination "
+            f"folder, or remove the old export first (rm -r {shlex.quote(str(dest))})"
+        )
 
 
 def _to_8bit(t1: np.ndarray) -> np.ndarray:
@@ -75,23 +79,32 @@ def export_folder(dest: str | Path, plane: str = "axial") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlsched.brain_folder",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m rlsched.brain_folder", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("dest", help="new or empty folder to write images/ and masks/ into")
-    parser.add_argument("--plane", default="axial", choices=PLANES,
-                        help="slicing plane (default: axial, which the brain preset never trains on)")
+    parser.add_argument(
+        "--plane",
+        default="axial",
+        choices=PLANES,
+        help="slicing plane (default: axial, which the brain preset never trains on)",
+    )
     args = parser.parse_args(argv)
     try:
         count = export_folder(args.dest, args.plane)
     except (OSError, ImportError) as err:  # a non-empty destination, the missing brain extra, a full disk
         parser.error(str(err))
-    print(f"wrote {count} {args.plane} slices to {args.dest}: images/*.png (8-bit T1), masks/*.png "
-          "(0 background, 1 grey matter, 2 white matter)")
+    print(
+        f"wrote {count} {args.plane} slices to {args.dest}: images/*.png (8-bit T1), masks/*.png "
+        "(0 background, 1 grey matter, 2 white matter)"
+    )
     if Path(args.dest).expanduser().resolve() == Path(load_config(PRESET).data.root).resolve():
         print(f"use it with: --preset {PRESET} (its data.root is this folder)")
     else:
-        print(f"use it with: --preset {PRESET} --set data.root={shlex.quote(args.dest)}  "
-              "(a relative root is read from the current directory)")
+        print(
+            f"use it with: --preset {PRESET} --set data.root={shlex.quote(args.dest)}  "
+            "(a relative root is read from the current directory)"
+        )
     if args.plane == "coronal":
         print("note: the brain preset trains and evaluates on coronal slices: these are not unseen anatomy")
     return 0

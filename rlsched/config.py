@@ -20,7 +20,6 @@ from rlsched.family import Axis, check_family, family_toml, merge, parse_family,
 from rlsched.seg.tuningfree import OPTIMIZERS as TUNING_FREE
 from rlsched.seg.tuningfree import require as require_optimizer
 
-
 TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw", *TUNING_FREE)
@@ -70,28 +69,40 @@ class DataConfig:
     planes: tuple[str, ...] = ("axial",)
 
     def __post_init__(self) -> None:
-        _require(self.source in ("synthetic", "folder", "brain"),
-                 f"[data] source={self.source!r}: use 'synthetic', 'folder' or 'brain'")
+        _require(
+            self.source in ("synthetic", "folder", "brain"),
+            f"[data] source={self.source!r}: use 'synthetic', 'folder' or 'brain'",
+        )
         _require(self.task in TASKS, f"[data] task={self.task!r}: use one of {TASKS}")
         _require(self.classes >= 1, f"[data] classes={self.classes}: needs at least 1 foreground class")
-        _require(self.task != "binary" or self.classes == 1,
-                 f"[data] classes={self.classes} with task='binary': a binary task has 1 foreground class; "
-                 "use task='multiclass' or 'multilabel' for more")
+        _require(
+            self.task != "binary" or self.classes == 1,
+            f"[data] classes={self.classes} with task='binary': a binary task has 1 foreground class; "
+            "use task='multiclass' or 'multilabel' for more",
+        )
         _require(self.image_size >= 8, f"[data] image_size={self.image_size}: use at least 8 pixels")
         _require(self.channels in (1, 3), f"[data] channels={self.channels}: use 1 (gray) or 3 (RGB)")
-        _require(self.n_train >= 1 and self.n_val >= 1 and self.n_test >= 1,
-                 "[data] n_train, n_val and n_test must be >= 1")
-        _require(1 <= self.min_objects <= self.max_objects,
-                 "[data] need 1 <= min_objects <= max_objects")
-        _require(0 < self.min_radius <= self.max_radius < 0.5,
-                 "[data] need 0 < min_radius <= max_radius < 0.5 (fractions of the image size)")
-        _require(0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                 and self.val_fraction + self.test_fraction < 1,
-                 f"[data] val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: each must lie in "
-                 "(0, 1) and together below 1, leaving files to train on")
+        _require(
+            self.n_train >= 1 and self.n_val >= 1 and self.n_test >= 1,
+            "[data] n_train, n_val and n_test must be >= 1",
+        )
+        _require(1 <= self.min_objects <= self.max_objects, "[data] need 1 <= min_objects <= max_objects")
+        _require(
+            0 < self.min_radius <= self.max_radius < 0.5,
+            "[data] need 0 < min_radius <= max_radius < 0.5 (fractions of the image size)",
+        )
+        _require(
+            0 < self.val_fraction < 1
+            and 0 < self.test_fraction < 1
+            and self.val_fraction + self.test_fraction < 1,
+            f"[data] val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: each must lie in "
+            "(0, 1) and together below 1, leaving files to train on",
+        )
         _require(0 <= self.ignore_index <= 255, "[data] ignore_index must lie in 0..255")
-        _require(self.source != "folder" or bool(self.root),
-                 "[data] source='folder' needs root = '<folder holding images/ and masks/>'")
+        _require(
+            self.source != "folder" or bool(self.root),
+            "[data] source='folder' needs root = '<folder holding images/ and masks/>'",
+        )
 
     @property
     def out_channels(self) -> int:
@@ -111,7 +122,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(1 <= self.depth <= 6, f"[model] depth={self.depth}: use 1..6")
         _require(self.base_width >= 1, f"[model] base_width={self.base_width}: must be >= 1")
-        _require(self.up in ("bilinear", "transpose"), f"[model] up={self.up!r}: use 'bilinear' or 'transpose'")
+        _require(
+            self.up in ("bilinear", "transpose"), f"[model] up={self.up!r}: use 'bilinear' or 'transpose'"
+        )
         _require(self.norm in NORMS, f"[model] norm={self.norm!r}: use one of {NORMS}")
 
 
@@ -137,7 +150,8 @@ class LossConfig:
 class OptimConfig:
     """Optimizer, batching and device."""
 
-    name: str = "sgd"  # sgd | adam | adamw | a tuning-free optimizer (rlsched.seg.tuningfree, the tuningfree extra)
+    # sgd | adam | adamw | a tuning-free optimizer (rlsched.seg.tuningfree, the tuningfree extra)
+    name: str = "sgd"
     lr: float = 0.01  # LR used when nothing else sets one (the env draws its own initial LR)
     momentum: float = 0.9
     nesterov: bool = False
@@ -158,8 +172,10 @@ class OptimConfig:
                 raise ConfigError(f"[optim] {err}") from None
         _require(self.lr > 0, "[optim] lr must be > 0")
         _require(0 <= self.momentum < 1, "[optim] momentum must lie in [0, 1)")
-        _require(self.name != "schedulefree_sgd" or self.momentum > 0,
-                 "[optim] schedulefree_sgd interpolates with its momentum: set 0 < momentum < 1 (0.9 recommended)")
+        _require(
+            self.name != "schedulefree_sgd" or self.momentum > 0,
+            "[optim] schedulefree_sgd interpolates with its momentum: set 0 < momentum < 1 (0.9 recommended)",
+        )
         _require(self.batch_size >= 1, "[optim] batch_size must be >= 1")
         _require(self.grad_clip >= 0, "[optim] grad_clip must be >= 0 (0 disables it)")
 
@@ -200,29 +216,45 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "[env] epochs must be >= 1")
         _require(1 <= self.epochs_per_step <= self.epochs, "[env] need 1 <= epochs_per_step <= epochs")
-        _require(self.epochs % self.epochs_per_step == 0,
-                 f"[env] epochs={self.epochs} is not a multiple of epochs_per_step={self.epochs_per_step}")
+        _require(
+            self.epochs % self.epochs_per_step == 0,
+            f"[env] epochs={self.epochs} is not a multiple of epochs_per_step={self.epochs_per_step}",
+        )
         _require(0 < self.lr_min < self.lr_max, "[env] need 0 < lr_min < lr_max")
-        _require(self.lr_min <= self.initial_lr_min <= self.initial_lr_max <= self.lr_max,
-                 "[env] need lr_min <= initial_lr_min <= initial_lr_max <= lr_max")
+        _require(
+            self.lr_min <= self.initial_lr_min <= self.initial_lr_max <= self.lr_max,
+            "[env] need lr_min <= initial_lr_min <= initial_lr_max <= lr_max",
+        )
         _require(self.action in ACTIONS, f"[env] action={self.action!r}: use one of {ACTIONS}")
-        _require(len(self.factors) >= 2 and all(f > 0 for f in self.factors),
-                 "[env] factors needs at least two positive LR multipliers")
+        _require(
+            len(self.factors) >= 2 and all(f > 0 for f in self.factors),
+            "[env] factors needs at least two positive LR multipliers",
+        )
         _require(self.max_log10_change > 0, "[env] max_log10_change must be > 0")
-        _require(len(self.offsets) >= 2 and all(math.isfinite(o) for o in self.offsets),
-                 "[env] offsets needs at least two finite log10 LR offsets (e.g. [-0.5, 0.0, 0.5])")
+        _require(
+            len(self.offsets) >= 2 and all(math.isfinite(o) for o in self.offsets),
+            "[env] offsets needs at least two finite log10 LR offsets (e.g. [-0.5, 0.0, 0.5])",
+        )
         _require(self.lr_min <= self.probe_lr <= self.lr_max, "[env] need lr_min <= probe_lr <= lr_max")
         _require(self.grid_points >= 2, "[env] grid_points must be >= 2 (absolute actions need a choice)")
         _require(self.history >= 0, "[env] history must be >= 0")
         _require(self.target_update_ratio > 0, "[env] target_update_ratio must be > 0 (e.g. 0.1)")
-        _require(self.on_divergence in ON_DIVERGENCE,
-                 f"[env] on_divergence={self.on_divergence!r}: use one of {ON_DIVERGENCE}")
+        _require(
+            self.on_divergence in ON_DIVERGENCE,
+            f"[env] on_divergence={self.on_divergence!r}: use one of {ON_DIVERGENCE}",
+        )
         for key, loss in (("loss_spike", "training"), ("val_spike", "validation")):
-            _require(getattr(self, key) == 0 or getattr(self, key) > 1,
-                     f"[env] {key} must be 0 (off) or > 1 (e.g. 2: a slice whose {loss} loss doubles is undone)")
-        _require(self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: LR / 3 after a blow-up)")
-        _require(self.train_instances >= 1 and self.heldout_instances >= 1,
-                 "[env] train_instances and heldout_instances must be >= 1")
+            _require(
+                getattr(self, key) == 0 or getattr(self, key) > 1,
+                f"[env] {key} must be 0 (off) or > 1 (e.g. 2: a slice whose {loss} loss doubles is undone)",
+            )
+        _require(
+            self.backoff_decades > 0, "[env] backoff_decades must be > 0 (e.g. 0.5: LR / 3 after a blow-up)"
+        )
+        _require(
+            self.train_instances >= 1 and self.heldout_instances >= 1,
+            "[env] train_instances and heldout_instances must be >= 1",
+        )
         _require(self.torch_threads >= 0, "[env] torch_threads must be >= 0 (0 = torch's default)")
 
     @property
@@ -261,8 +293,12 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "loss": LossConfig,
-    "optim": OptimConfig, "env": EnvConfig, "penalty": PenaltyConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "env": EnvConfig,
+    "penalty": PenaltyConfig,
 }
 _TOP_LEVEL = ("name", "description")
 
@@ -280,11 +316,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         _require(isinstance(value, bool), f"{where}: expected true or false, got {value!r}")
         return value
     if annotation is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+        _require(
+            isinstance(value, int) and not isinstance(value, bool),
+            f"{where}: expected an integer, got {value!r}",
+        )
         return value
     if annotation is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool),
-                 f"{where}: expected a number, got {value!r}")
+        _require(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            f"{where}: expected a number, got {value!r}",
+        )
         _require(math.isfinite(value), f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
@@ -295,9 +336,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         item_type = typing.get_args(annotation)[0]
         return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
-        _require(isinstance(value, Mapping), f"{where}: expected a table like {{\"255\" = 1}}, got {value!r}")
+        _require(isinstance(value, Mapping), f'{where}: expected a table like {{"255" = 1}}, got {value!r}')
         return {str(k): _coerce(v, int, f"{where}.{k}") for k, v in value.items()}
-    raise TypeError(f"unsupported config type {annotation} at {where}")  # pragma: no cover - programming error
+    raise TypeError(
+        f"unsupported config type {annotation} at {where}"
+    )  # pragma: no cover - programming error
 
 
 def _build_section(cls: type, values: Mapping[str, Any], base: Any, where: str) -> Any:
@@ -332,11 +375,16 @@ def config_from_dict(raw: Mapping[str, Any], base: Config | None = None, source:
         _require(isinstance(value, Mapping), f"{source}: [{key}] must be a table of settings, got {value!r}")
         changes[key] = _build_section(SECTIONS[key], value, getattr(config, key), f"{source} [{key}]")
     config = replace(config, **changes)
-    if config.family and raw:  # new options, or sections they now apply to: the config's checks judge them all
+    if (
+        config.family and raw
+    ):  # new options, or sections they now apply to: the config's checks judge them all
         members = replace(config, family=())
         try:
-            check_family(config.family, lambda overrides, where: with_overrides(members, overrides, where),
-                         f"{source} [family]")
+            check_family(
+                config.family,
+                lambda overrides, where: with_overrides(members, overrides, where),
+                f"{source} [family]",
+            )
         except ValueError as err:
             raise ConfigError(str(err)) from None
     return config
@@ -344,8 +392,10 @@ def config_from_dict(raw: Mapping[str, Any], base: Config | None = None, source:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``section.key=value`` (value in TOML syntax, bare words taken as strings) for the CLIs."""
-    _require("=" in text and "." in text.split("=", 1)[0],
-             f"override {text!r}: write section.key=value, e.g. env.epochs=8 or data.task=multiclass")
+    _require(
+        "=" in text and "." in text.split("=", 1)[0],
+        f"override {text!r}: write section.key=value, e.g. env.epochs=8 or data.task=multiclass",
+    )
     key, value_text = text.split("=", 1)
     try:
         value = tomllib.loads(f"v = {value_text}")["v"]
@@ -386,8 +436,10 @@ def resolve_preset(preset: str | Path) -> Path:
     shipped = presets_dir() / f"{path.stem}.toml"
     if path.suffix in ("", ".toml") and path.parent in (Path("."), Path("envs")) and shipped.is_file():
         return shipped
-    raise ConfigError(f"preset {str(preset)!r} not found: pass a path to a .toml file or one of the shipped "
-                      f"presets: {', '.join(available_presets())}")
+    raise ConfigError(
+        f"preset {str(preset)!r} not found: pass a path to a .toml file or one of the shipped "
+        f"presets: {', '.join(available_presets())}"
+    )
 
 
 def load_config(preset: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -412,7 +464,9 @@ def load_config(preset: str | Path | None = None, overrides: Mapping[str, Any] |
     return config
 
 
-def with_overrides(config: Config, overrides: tuple[tuple[str, str], ...], source: str = "job overrides") -> Config:
+def with_overrides(
+    config: Config, overrides: tuple[tuple[str, str], ...], source: str = "job overrides"
+) -> Config:
     """``config`` with ``("section.key", "TOML value")`` pairs applied, checked like ``--set section.key=value``
     (how a harness job carries the config changes its method needs, and an instance its family options)."""
     if not overrides:
@@ -435,7 +489,21 @@ def config_to_toml(config: Config) -> str:
 
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "EnvConfig", "LossConfig", "ModelConfig", "OptimConfig",
-    "PenaltyConfig", "available_presets", "config_from_dict", "config_to_toml", "load_config",
-    "nest_overrides", "parse_override", "presets_dir", "resolve_preset", "with_overrides",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EnvConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PenaltyConfig",
+    "available_presets",
+    "config_from_dict",
+    "config_to_toml",
+    "load_config",
+    "nest_overrides",
+    "parse_override",
+    "presets_dir",
+    "resolve_preset",
+    "with_overrides",
 ]

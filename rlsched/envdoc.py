@@ -45,7 +45,9 @@ def _cell(text: str) -> str:
 
 def _config_table(cls: type) -> str:
     notes = _comments(cls)
-    rows = [f"| `{f.name}` | `{_default(f)}` | {_cell(notes.get(f.name, ''))} |" for f in dataclasses.fields(cls)]
+    rows = [
+        f"| `{f.name}` | `{_default(f)}` | {_cell(notes.get(f.name, ''))} |" for f in dataclasses.fields(cls)
+    ]
     return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows])
 
 
@@ -55,12 +57,16 @@ def _default(field: dataclasses.Field) -> str:
 
 
 def observation_table() -> str:
-    rows = [f"| {i} | `{name}` | [{low:g}, {high:g}] | {_cell(meaning)} |"
-            for i, (name, low, high, meaning) in enumerate(OBS_FEATURES)]
+    rows = [
+        f"| {i} | `{name}` | [{low:g}, {high:g}] | {_cell(meaning)} |"
+        for i, (name, low, high, meaning) in enumerate(OBS_FEATURES)
+    ]
     first = len(OBS_FEATURES)
     lags = ", ".join(f"`{name}k`" for name, _, _ in HISTORY_FEATURES)
-    rows.append(f"| {first}+{len(HISTORY_FEATURES)}(k-1) .. | {lags} | as above | the k-th previous step, "
-                "k = 1 .. `env.history` |")
+    rows.append(
+        f"| {first}+{len(HISTORY_FEATURES)}(k-1) .. | {lags} | as above | the k-th previous step, "
+        "k = 1 .. `env.history` |"
+    )
     return "\n".join(["| index | name | range | meaning |", "|---|---|---|---|", *rows])
 
 

@@ -44,8 +44,10 @@ def toml_value(value: Any) -> str:
 def _option(raw: Any, where: str) -> Overrides:
     """One option: ``{"section.key" = value}`` or ``{section = {key = value}}`` (TOML's bare dotted keys)."""
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}: {raw!r} is not a table; write an inline table of dotted config keys, e.g. "
-                         '{ "optim.name" = "adam" }')
+        raise ValueError(
+            f"{where}: {raw!r} is not a table; write an inline table of dotted config keys, e.g. "
+            '{ "optim.name" = "adam" }'
+        )
     pairs: list[tuple[str, str]] = []
     for key, value in raw.items():
         if "." in key:
@@ -53,26 +55,34 @@ def _option(raw: Any, where: str) -> Overrides:
         elif isinstance(value, Mapping):
             pairs += [(f"{key}.{k}", toml_value(v)) for k, v in value.items()]
         else:
-            raise ValueError(f"{where}: key {key!r} names no setting; write section.key, e.g. \"optim.name\"")
+            raise ValueError(f'{where}: key {key!r} names no setting; write section.key, e.g. "optim.name"')
     for key, _ in pairs:
         if key.partition(".")[0] == FORBIDDEN:
-            raise ValueError(f"{where}: {key!r} is an env setting; every instance of a family shares the "
-                             "observation and action spaces and the epoch budget, so set [env] for the whole preset, "
-                             "not per option")
+            raise ValueError(
+                f"{where}: {key!r} is an env setting; every instance of a family shares the "
+                "observation and action spaces and the epoch budget, so set [env] for the whole preset, "
+                "not per option"
+            )
     return tuple(pairs)
 
 
 def parse_family(raw: Any, where: str) -> tuple[Axis, ...]:
     """The axes of a ``[family]`` table, in file order; the shape is checked here, the values by ``check_family``."""
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{where} must be a table of axes, e.g. optimizer = [{{ \"optim.name\" = \"sgd\" }}, "
-                         f"{{ \"optim.name\" = \"adam\" }}]; got {raw!r}")
+        raise ValueError(
+            f'{where} must be a table of axes, e.g. optimizer = [{{ "optim.name" = "sgd" }}, '
+            f'{{ "optim.name" = "adam" }}]; got {raw!r}'
+        )
     axes = []
     for name, options in raw.items():
         if not isinstance(options, (list, tuple)) or not options:
-            raise ValueError(f"{where} {name}: an axis needs a non-empty list of options (inline tables); got "
-                             f"{options!r}; delete the axis if its instances should not differ")
-        axes.append(Axis(name, tuple(_option(o, f"{where} {name} option {i + 1}") for i, o in enumerate(options))))
+            raise ValueError(
+                f"{where} {name}: an axis needs a non-empty list of options (inline tables); got "
+                f"{options!r}; delete the axis if its instances should not differ"
+            )
+        axes.append(
+            Axis(name, tuple(_option(o, f"{where} {name} option {i + 1}") for i, o in enumerate(options)))
+        )
     return tuple(axes)
 
 
@@ -90,12 +100,16 @@ def check_family(axes: tuple[Axis, ...], apply: Callable[[Overrides, str], objec
     for axis in axes:
         for key in {k for option in axis.options for k, _ in option}:
             if owner.setdefault(key, axis.name) != axis.name:
-                raise ValueError(f"{where}: axes {owner[key]!r} and {axis.name!r} both set {key!r}; move it into one "
-                                 "axis (options of one axis can set several keys)")
+                raise ValueError(
+                    f"{where}: axes {owner[key]!r} and {axis.name!r} both set {key!r}; move it into one "
+                    "axis (options of one axis can set several keys)"
+                )
     for picks in itertools.product(*(range(len(axis.options)) for axis in axes)):
         try:
-            apply(tuple(pair for axis, i in zip(axes, picks) for pair in axis.options[i]),
-                  f"{where} {' + '.join(describe(axis, i) for axis, i in zip(axes, picks))}")
+            apply(
+                tuple(pair for axis, i in zip(axes, picks) for pair in axis.options[i]),
+                f"{where} {' + '.join(describe(axis, i) for axis, i in zip(axes, picks))}",
+            )
         except ValueError:
             for axis, i in zip(axes, picks):
                 apply(axis.options[i], f"{where} {describe(axis, i)}")
@@ -113,7 +127,8 @@ def family_toml(axes: tuple[Axis, ...]) -> list[str]:
     """The ``[family]`` section's lines, read back by ``parse_family`` to the same axes."""
     lines = ["\n[family]"]
     for axis in axes:
-        options = ", ".join("{" + ", ".join(f"{toml_value(k)} = {v}" for k, v in option) + "}"
-                            for option in axis.options)
+        options = ", ".join(
+            "{" + ", ".join(f"{toml_value(k)} = {v}" for k, v in option) + "}" for option in axis.options
+        )
         lines.append(f"{toml_value(axis.name)} = [{options}]")
     return lines

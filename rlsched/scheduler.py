@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
+from rlsched.agents.loading import Predictor, load_policy
 from rlsched.config import EnvConfig
 from rlsched.control.interface import ControlState, Dynamics, clip_lr, next_lr, undone
-from rlsched.agents.loading import Predictor, load_policy
 
 
 class RLScheduler:
@@ -55,16 +55,29 @@ class RLScheduler:
     All param groups keep their LR ratios: the first group's LR is the one the policy controls.
     """
 
-    def __init__(self, policy: Predictor, optimizer: torch.optim.Optimizer, env: EnvConfig,
-                 total_epochs: int | None = None, model: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        policy: Predictor,
+        optimizer: torch.optim.Optimizer,
+        env: EnvConfig,
+        total_epochs: int | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
         first_lr = float(optimizer.param_groups[0]["lr"])
         if not (math.isfinite(first_lr) and first_lr > 0):
-            raise ValueError(f"the first param group's LR is {first_lr!r}: RLScheduler sets it and scales "
-                             "the other groups by their ratio to it, so put a group with a positive LR first")
-        if total_epochs is not None and (isinstance(total_epochs, bool) or total_epochs < 1
-                                         or not isinstance(total_epochs, numbers.Integral)):
-            raise ValueError(f"total_epochs={total_epochs!r}: pass your loop's epoch count (an integer >= "
-                             f"1), or leave it out for the policy's own budget of {env.epochs} epochs")
+            raise ValueError(
+                f"the first param group's LR is {first_lr!r}: RLScheduler sets it and scales "
+                "the other groups by their ratio to it, so put a group with a positive LR first"
+            )
+        if total_epochs is not None and (
+            isinstance(total_epochs, bool)
+            or total_epochs < 1
+            or not isinstance(total_epochs, numbers.Integral)
+        ):
+            raise ValueError(
+                f"total_epochs={total_epochs!r}: pass your loop's epoch count (an integer >= "
+                f"1), or leave it out for the policy's own budget of {env.epochs} epochs"
+            )
         # the observation's budget fraction counts against the run this scheduler steers
         self.policy, self.optimizer, self.model = policy, optimizer, model
         self.env = env if total_epochs is None else replace(env, epochs=int(total_epochs))
@@ -81,11 +94,15 @@ class RLScheduler:
         self.last_action: Any = None
         self._grad_norm_sum: torch.Tensor | None = None  # on the parameters' device: no host sync per batch
         self._grad_steps = 0
-        self._hooks = [optimizer.register_step_pre_hook(self._before_optimizer_step),
-                       optimizer.register_load_state_dict_post_hook(lambda _: self._loaded())]
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_optimizer_step),
+            optimizer.register_load_state_dict_post_hook(lambda _: self._loaded()),
+        ]
         if model is not None:
-            self._hooks += [model.register_forward_pre_hook(lambda *_: self._snapshot_if_due()),
-                            model.register_load_state_dict_post_hook(lambda *_: self._loaded())]
+            self._hooks += [
+                model.register_forward_pre_hook(lambda *_: self._snapshot_if_due()),
+                model.register_load_state_dict_post_hook(lambda *_: self._loaded()),
+            ]
         self._warned_budget = self._warned_lr = False
 
     def _loaded(self) -> None:
@@ -125,8 +142,14 @@ class RLScheduler:
         return mean
 
     @classmethod
-    def load(cls, path: str | Path, optimizer: torch.optim.Optimizer, total_epochs: int | None = None,
-             model: torch.nn.Module | None = None, trust: bool = False) -> "RLScheduler":
+    def load(
+        cls,
+        path: str | Path,
+        optimizer: torch.optim.Optimizer,
+        total_epochs: int | None = None,
+        model: torch.nn.Module | None = None,
+        trust: bool = False,
+    ) -> "RLScheduler":
         """Load ``runs/<id>/model.zip`` (SB3) or ``model.pt`` (reference PPO) with the env config it learned on;
         ``model``: also put its buffers back when an epoch blows up (rollback policies). Nothing in the files
         runs; ``trust=True`` allows unpickling (``policy.load_policy``): only for a file you trust."""
@@ -134,8 +157,12 @@ class RLScheduler:
         return cls(loaded.predictor, optimizer, loaded.config.env, total_epochs, model)
 
     @classmethod
-    def pretrained(cls, optimizer: torch.optim.Optimizer, total_epochs: int | None = None,
-                   model: torch.nn.Module | None = None) -> "RLScheduler":
+    def pretrained(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        total_epochs: int | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> "RLScheduler":
         """The controller shipped in the package (``rlsched/pretrained/``), with its observation statistics.
 
         It sees only training dynamics (LR, budget fraction, losses, a validation score, gradient norm, update
@@ -162,8 +189,14 @@ class RLScheduler:
         self._state = ControlState(self.env, Dynamics(lr, val_loss, val_loss, dice, 0.0, 0.0))
         return self._act(lr)
 
-    def step(self, train_loss: float, val_loss: float, dice: float, grad_norm: float | None = None,
-             update_ratio: float | None = None) -> float:
+    def step(
+        self,
+        train_loss: float,
+        val_loss: float,
+        dice: float,
+        grad_norm: float | None = None,
+        update_ratio: float | None = None,
+    ) -> float:
         """Feed one epoch's numbers, let the policy act, set and return the LR for the next epoch (what each
         number may be: the module docstring)."""
         train_loss, val_loss, dice = _loss("train_loss", train_loss), _loss("val_loss", val_loss), _dice(dice)
@@ -172,12 +205,16 @@ class RLScheduler:
         self._warn_if_lr_changed()
         weights = self._weights()
         if update_ratio is None:
-            update_ratio = float((weights - self._previous_weights).norm() / self._previous_weights.norm().clamp_min(1e-12))
+            update_ratio = float(
+                (weights - self._previous_weights).norm() / self._previous_weights.norm().clamp_min(1e-12)
+            )
         measured = self._epoch_grad_norm()
         if grad_norm is None:
             grad_norm = measured
         lr = clip_lr(self.env, self.get_last_lr()[0])
-        blew_up = not (math.isfinite(train_loss) and math.isfinite(val_loss) and bool(weights.isfinite().all()))
+        blew_up = not (
+            math.isfinite(train_loss) and math.isfinite(val_loss) and bool(weights.isfinite().all())
+        )
         if self._state is not None:
             loss_limit, val_loss_limit = self._state.loss_limits()
             blew_up = blew_up or train_loss > loss_limit or val_loss > val_loss_limit
@@ -200,9 +237,12 @@ class RLScheduler:
         self._state.advance(now, rolled_back=self.rolled_back)
         if self._state.step > self.env.steps and not self._warned_budget:
             self._warned_budget = True
-            warnings.warn(f"RLScheduler stepped past its budget of {self.env.epochs} epochs: the policy only saw "
-                          "budget fractions up to 1 in training, and from here on sees 1 every step. Pass "
-                          "total_epochs=<your epoch count> so the budget matches your loop.", stacklevel=2)
+            warnings.warn(
+                f"RLScheduler stepped past its budget of {self.env.epochs} epochs: the policy only saw "
+                "budget fractions up to 1 in training, and from here on sees 1 every step. Pass "
+                "total_epochs=<your epoch count> so the budget matches your loop.",
+                stacklevel=2,
+            )
         return self._act(lr)
 
     def _act(self, lr: float) -> float:
@@ -222,10 +262,12 @@ class RLScheduler:
             return
         self._warned_lr = True
         was, now = self._lr_changed
-        warnings.warn(f"the optimizer's LR changed from {was:.4g} to {now:.4g} since RLScheduler set it: "
-                      "RLScheduler reads the first group's LR as the one the epoch trained at, so let it "
-                      "alone set the LR (no torch.optim.lr_scheduler stepping alongside, no LR set by hand)",
-                      stacklevel=3)
+        warnings.warn(
+            f"the optimizer's LR changed from {was:.4g} to {now:.4g} since RLScheduler set it: "
+            "RLScheduler reads the first group's LR as the one the epoch trained at, so let it "
+            "alone set the LR (no torch.optim.lr_scheduler stepping alongside, no LR set by hand)",
+            stacklevel=3,
+        )
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -256,12 +298,19 @@ class RLScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         state = self._state
-        return {"ratios": self._ratios, "groups": len(self.optimizer.param_groups),
-                "optimizer": type(self.optimizer).__name__, "step": state.step if state else 0,
-                "now": vars(state.now) if state else None, "before": vars(state.before) if state else None,
-                "history": list(state.history) if state else [], "suggested": state.suggested if state else None,
-                "healthy_loss": state.healthy_loss if state else None,
-                "healthy_val_loss": state.healthy_val_loss if state else None, "rollbacks": self.rollbacks}
+        return {
+            "ratios": self._ratios,
+            "groups": len(self.optimizer.param_groups),
+            "optimizer": type(self.optimizer).__name__,
+            "step": state.step if state else 0,
+            "now": vars(state.now) if state else None,
+            "before": vars(state.before) if state else None,
+            "history": list(state.history) if state else [],
+            "suggested": state.suggested if state else None,
+            "healthy_loss": state.healthy_loss if state else None,
+            "healthy_val_loss": state.healthy_val_loss if state else None,
+            "rollbacks": self.rollbacks,
+        }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Continue from ``state_dict``; refused (changing nothing) when saved with another optimizer."""
@@ -273,8 +322,10 @@ class RLScheduler:
         if saved.get("optimizer", name) != name:
             differences.append(f"optimizer {saved['optimizer']}, this optimizer is {name}")
         if differences:
-            raise ValueError(f"RLScheduler state saved with another optimizer ({'; '.join(differences)}): "
-                             "load the state saved with this optimizer, or start this scheduler afresh")
+            raise ValueError(
+                f"RLScheduler state saved with another optimizer ({'; '.join(differences)}): "
+                "load the state saved with this optimizer, or start this scheduler afresh"
+            )
         self._ratios = list(saved["ratios"])
         self._loaded()
         if saved["now"] is None:
@@ -302,9 +353,11 @@ def _loss(name: str, value: Any) -> float:
     """A loss as the policy reads it: >= 0; NaN or inf is a blown-up epoch, not an error."""
     loss = _number(name, value)
     if math.isfinite(loss) and loss < 0:
-        raise ValueError(f"{name}={loss!r} is negative: the policy reads ln(loss) and calls a loss above "
-                         "loss_spike x the last healthy one a blow-up, so pass a loss >= 0 that falls as the "
-                         "model improves (e.g. 1 - accuracy, not -accuracy)")
+        raise ValueError(
+            f"{name}={loss!r} is negative: the policy reads ln(loss) and calls a loss above "
+            "loss_spike x the last healthy one a blow-up, so pass a loss >= 0 that falls as the "
+            "model improves (e.g. 1 - accuracy, not -accuracy)"
+        )
     return loss
 
 
@@ -312,6 +365,8 @@ def _dice(value: Any) -> float:
     """A validation score in [0, 1]; NaN (undefined) is kept for ``step`` to replace."""
     dice = _number("dice", value)
     if not math.isnan(dice) and not 0.0 <= dice <= 1.0:
-        raise ValueError(f"dice={dice!r} is outside [0, 1]: pass a fraction (a percentage 85 -> 0.85), or "
-                         "NaN where the score is undefined")
+        raise ValueError(
+            f"dice={dice!r} is outside [0, 1]: pass a fraction (a percentage 85 -> 0.85), or "
+            "NaN where the score is undefined"
+        )
     return dice

@@ -29,12 +29,20 @@ from tqdm import tqdm
 from rlsched.agents.sb3 import PPOSettings
 from rlsched.common.arguments import Parser, given_flags, ranged
 from rlsched.common.checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
+from rlsched.common.files import (
+    Interrupted,
+    RunDirError,
+    atomic_write_json,
+    atomic_write_text,
+    interrupt_on_sigterm,
+    new_run_dir,
+    refuse_links,
+    removed_if_unstarted,
+)
 from rlsched.config import Config, ConfigError, config_to_toml, load_config, parse_override
-from rlsched.seg.sources import check_dataset
-from rlsched.seg.dataset import DatasetError
 from rlsched.control.rules import SCRIPTED_RULES, SUGGESTED_RULE
-from rlsched.common.files import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
-                   new_run_dir, refuse_links, removed_if_unstarted)
+from rlsched.seg.dataset import DatasetError
+from rlsched.seg.sources import check_dataset
 
 ALGOS = ("sb3", "reference")
 BACKENDS = ("sb3", "rllib")  # sb3: local processes (--algo picks the agent); rllib: RLlib PPO on Ray
@@ -50,55 +58,108 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     episodes ran (--n-epochs 0), or train nonsense without a word (--gamma 2, --total-timesteps -5)."""
     p = Parser(prog="python -m rlsched.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", help="preset name in envs/ or a .toml path (default: demo)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
-    p.add_argument("--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO")
-    p.add_argument("--n-envs", type=ranged(int, 1), default=2,
-                   help="parallel env workers (subprocesses when > 1)")
-    p.add_argument("--backend", choices=BACKENDS, default="sb3",
-                   help="sb3: local env processes; rllib: RLlib PPO with Ray env runners (needs the ray extra)")
-    p.add_argument("--num-env-runners", type=ranged(int, 0), default=2,
-                   help="rllib: Ray env runners (0 = in the driver)")
-    p.add_argument("--num-gpus-per-env-runner", type=ranged(float, 0), default=0.0,
-                   help="rllib: GPU share per env runner")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a preset value, e.g. --set env.epochs=8 (repeatable)",
+    )
+    p.add_argument(
+        "--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO"
+    )
+    p.add_argument(
+        "--n-envs", type=ranged(int, 1), default=2, help="parallel env workers (subprocesses when > 1)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sb3",
+        help="sb3: local env processes; rllib: RLlib PPO with Ray env runners (needs the ray extra)",
+    )
+    p.add_argument(
+        "--num-env-runners", type=ranged(int, 0), default=2, help="rllib: Ray env runners (0 = in the driver)"
+    )
+    p.add_argument(
+        "--num-gpus-per-env-runner",
+        type=ranged(float, 0),
+        default=0.0,
+        help="rllib: GPU share per env runner",
+    )
     p.add_argument("--address", default=None, help="rllib: Ray cluster address (default: start a local Ray)")
-    p.add_argument("--total-timesteps", type=ranged(int, 0), default=0,
-                   help="env steps (= training slices) to train for; 0 = 16 rollouts")
+    p.add_argument(
+        "--total-timesteps",
+        type=ranged(int, 0),
+        default=0,
+        help="env steps (= training slices) to train for; 0 = 16 rollouts",
+    )
     p.add_argument("--seed", type=ranged(int, 0, 2**32 - 1), default=0)
     defaults = PPOSettings()
     p.add_argument("--episodes-per-rollout", type=ranged(int, 1), default=defaults.episodes_per_rollout)
-    p.add_argument("--batch-size", type=ranged(int, 0), default=defaults.batch_size,
-                   help="0 = half a rollout")
+    p.add_argument(
+        "--batch-size", type=ranged(int, 0), default=defaults.batch_size, help="0 = half a rollout"
+    )
     p.add_argument("--n-epochs", type=ranged(int, 1), default=defaults.n_epochs)
     p.add_argument("--learning-rate", type=ranged(float, 0, above=True), default=defaults.learning_rate)
     p.add_argument("--gamma", type=ranged(float, 0, 1), default=defaults.gamma)
     p.add_argument("--gae-lambda", type=ranged(float, 0, 1), default=defaults.gae_lambda)
     p.add_argument("--clip-range", type=ranged(float, 0, above=True), default=defaults.clip_range)
-    p.add_argument("--ent-coef", type=ranged(float, 0), default=None,
-                   help=f"entropy bonus (default: 0 after the warm start, whose clone already spreads its actions: "
-                        f"a bonus drags the cloned policy towards uniform over every offset; else "
-                        f"{defaults.ent_coef})")
-    p.add_argument("--bc-episodes", type=ranged(int, 0), default=None,
-                   help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
-                        "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)")
-    p.add_argument("--bc-explore", type=ranged(float, 0, 1), default=0.0,
-                   help="probability that a warm-start step takes a random action, still labelled with the rule's "
-                        "(so the clone learns what the rule does off its path, e.g. after an undone epoch)")
-    p.add_argument("--teacher", choices=SCRIPTED_RULES, default=SUGGESTED_RULE,
-                   help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
-                        "slice at --teacher-lr, then steer towards the LR its update size suggests)")
-    p.add_argument("--teacher-lr", type=ranged(float, 0, above=True), default=None,
-                   help="the rule's target (scripted) or first-slice LR (suggested) "
-                        "(default: grid-searched on --teacher-search-instances train instances)")
-    p.add_argument("--teacher-search-instances", type=ranged(int, 1), default=4,
-                   help="train instances of the teacher's target-LR search (its epochs count as training)")
-    p.add_argument("--no-normalize-obs", dest="normalize_obs", action="store_false",
-                   help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)")
+    p.add_argument(
+        "--ent-coef",
+        type=ranged(float, 0),
+        default=None,
+        help=f"entropy bonus (default: 0 after the warm start, whose clone already spreads its actions: "
+        f"a bonus drags the cloned policy towards uniform over every offset; else "
+        f"{defaults.ent_coef})",
+    )
+    p.add_argument(
+        "--bc-episodes",
+        type=ranged(int, 0),
+        default=None,
+        help="sb3: first clone a scripted rule (--teacher) from this many episodes per env "
+        "(default: 4 with --algo sb3 --backend sb3, else 0; 0 = PPO from a uniform policy)",
+    )
+    p.add_argument(
+        "--bc-explore",
+        type=ranged(float, 0, 1),
+        default=0.0,
+        help="probability that a warm-start step takes a random action, still labelled with the rule's "
+        "(so the clone learns what the rule does off its path, e.g. after an undone epoch)",
+    )
+    p.add_argument(
+        "--teacher",
+        choices=SCRIPTED_RULES,
+        default=SUGGESTED_RULE,
+        help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
+        "slice at --teacher-lr, then steer towards the LR its update size suggests)",
+    )
+    p.add_argument(
+        "--teacher-lr",
+        type=ranged(float, 0, above=True),
+        default=None,
+        help="the rule's target (scripted) or first-slice LR (suggested) "
+        "(default: grid-searched on --teacher-search-instances train instances)",
+    )
+    p.add_argument(
+        "--teacher-search-instances",
+        type=ranged(int, 1),
+        default=4,
+        help="train instances of the teacher's target-LR search (its epochs count as training)",
+    )
+    p.add_argument(
+        "--no-normalize-obs",
+        dest="normalize_obs",
+        action="store_false",
+        help="sb3: train on raw observations (default: VecNormalize, statistics saved with the model)",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint, with the flags it started "
-                        "with (only --total-timesteps and --no-eval may be given with it)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint, with the flags it started "
+        "with (only --total-timesteps and --no-eval may be given with it)",
+    )
     args = p.parse_args(argv)
     if args.resume:
         _check_resume_flags(p, argv, Path(args.resume))
@@ -130,15 +191,18 @@ def _refuse_ignored(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     else:
         needs["n_envs"] = "--backend sb3 (RLlib's workers are --num-env-runners)"
     if not args.bc_episodes:
-        needs |= dict.fromkeys(("teacher", "teacher_lr", "teacher_search_instances", "bc_explore"),
-                               "the warm start, which is off: --bc-episodes N with --algo sb3 --backend sb3")
+        needs |= dict.fromkeys(
+            ("teacher", "teacher_lr", "teacher_search_instances", "bc_explore"),
+            "the warm start, which is off: --bc-episodes N with --algo sb3 --backend sb3",
+        )
     if (args.algo, args.backend) != ("sb3", "sb3"):
         needs["normalize_obs"] = "--algo sb3 --backend sb3 (the other agents train on raw observations)"
     flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
     ignored = [f"{flag[dest]} (needs {need})" for dest, need in needs.items() if dest in given]
     if ignored:
-        parser.error(f"flags that would do nothing in this run: {'; '.join(ignored)}; drop them or add what "
-                     "they need")
+        parser.error(
+            f"flags that would do nothing in this run: {'; '.join(ignored)}; drop them or add what they need"
+        )
 
 
 def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None, run_dir: Path) -> None:
@@ -150,13 +214,17 @@ def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None,
         return  # _open_run says that this is not a training run
     saved = json.loads(saved_file.read_text())
     given = parser.parse_args(argv)
-    changed = [f"--{dest.replace('_', '-')} {getattr(given, dest)!r} (the run used {saved[dest]!r})"
-               for dest in sorted(given_flags(parser, argv) - set(RESUMABLE))
-               if dest in saved and getattr(given, dest) != saved[dest]]
+    changed = [
+        f"--{dest.replace('_', '-')} {getattr(given, dest)!r} (the run used {saved[dest]!r})"
+        for dest in sorted(given_flags(parser, argv) - set(RESUMABLE))
+        if dest in saved and getattr(given, dest) != saved[dest]
+    ]
     if changed:
-        parser.error(f"--resume {run_dir} continues the run with the flags it started with; these differ: "
-                     f"{', '.join(changed)}. Drop them (only --total-timesteps and --no-eval change a "
-                     "resumed run), or start a new run to change them")
+        parser.error(
+            f"--resume {run_dir} continues the run with the flags it started with; these differ: "
+            f"{', '.join(changed)}. Drop them (only --total-timesteps and --no-eval change a "
+            "resumed run), or start a new run to change them"
+        )
 
 
 def n_workers(args: argparse.Namespace) -> int:
@@ -165,10 +233,17 @@ def n_workers(args: argparse.Namespace) -> int:
 
 
 def settings_from(args: argparse.Namespace) -> PPOSettings:
-    return PPOSettings(episodes_per_rollout=args.episodes_per_rollout, batch_size=args.batch_size,
-                       n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma,
-                       gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
-                       normalize_obs=args.normalize_obs)
+    return PPOSettings(
+        episodes_per_rollout=args.episodes_per_rollout,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        learning_rate=args.learning_rate,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        clip_range=args.clip_range,
+        ent_coef=args.ent_coef,
+        normalize_obs=args.normalize_obs,
+    )
 
 
 def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Config]:
@@ -176,8 +251,10 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "args.json").is_file() or not (run_dir / "config.toml").is_file():
-            raise SystemExit(f"--resume {run_dir}: not a training run (no args.json/config.toml there); "
-                             "pass a folder made by python -m rlsched.train")
+            raise SystemExit(
+                f"--resume {run_dir}: not a training run (no args.json/config.toml there); "
+                "pass a folder made by python -m rlsched.train"
+            )
         # Options added since the run started (absent from its args.json) take their defaults; an explicit
         # --total-timesteps extends (or shortens) the run, also one that already finished.
         saved = argparse.Namespace(**{**vars(args), **json.loads((run_dir / "args.json").read_text())})
@@ -192,16 +269,20 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     if args.bc_episodes and config.env.action == "continuous":
-        raise SystemExit("error: the scripted rules the warm start clones pick discrete, absolute or residual "
-                         "actions, and env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)")
+        raise SystemExit(
+            "error: the scripted rules the warm start clones pick discrete, absolute or residual "
+            "actions, and env.action is 'continuous': pass --bc-episodes 0 (PPO from a uniform policy)"
+        )
     settings = settings_from(args)
     try:
         minibatch = settings.minibatch(config, n_workers(args))  # fail now, not after the workers started
         if minibatch < 2 and args.backend == "sb3":  # SB3 (it asserts) and reference PPO: per minibatch
             rollout = settings.n_steps(config) * n_workers(args)
-            raise ValueError(f"a minibatch of 1 step cannot normalise its advantages (the rollout has "
-                             f"{rollout} steps): pass a --batch-size >= 2 that divides the rollout, or raise "
-                             "--episodes-per-rollout or --n-envs")
+            raise ValueError(
+                f"a minibatch of 1 step cannot normalise its advantages (the rollout has "
+                f"{rollout} steps): pass a --batch-size >= 2 that divides the rollout, or raise "
+                "--episodes-per-rollout or --n-envs"
+            )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     try:
@@ -245,10 +326,17 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
             _warm_start(model, run_dir, args, config)
     callback = RunCallback(run_dir, episodes)
     remaining = max(0, args.total_timesteps - model.num_timesteps)
-    print(f"training SB3 PPO for {remaining} env steps ({model.num_timesteps} done) with {args.n_envs} env(s)")
+    print(
+        f"training SB3 PPO for {remaining} env steps ({model.num_timesteps} done) with {args.n_envs} env(s)"
+    )
     try:
-        model.learn(remaining, callback=callback, reset_num_timesteps=model.num_timesteps == 0, tb_log_name="ppo",
-                    progress_bar=True)
+        model.learn(
+            remaining,
+            callback=callback,
+            reset_num_timesteps=model.num_timesteps == 0,
+            tb_log_name="ppo",
+            progress_bar=True,
+        )
     except (KeyboardInterrupt, Interrupted):
         callback.checkpoint()
         _close_quietly(env)
@@ -269,10 +357,15 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     from rlsched.agents.workers import env_factory, start_method
 
     settings = settings_from(args)
-    factories = [env_factory(config, i, run_dir / "episodes.jsonl", in_worker=args.n_envs > 1,
-                             n_workers=args.n_envs) for i in range(args.n_envs)]
-    envs = (gym.vector.AsyncVectorEnv(factories, context=start_method()) if args.n_envs > 1
-            else gym.vector.SyncVectorEnv(factories))
+    factories = [
+        env_factory(config, i, run_dir / "episodes.jsonl", in_worker=args.n_envs > 1, n_workers=args.n_envs)
+        for i in range(args.n_envs)
+    ]
+    envs = (
+        gym.vector.AsyncVectorEnv(factories, context=start_method())
+        if args.n_envs > 1
+        else gym.vector.SyncVectorEnv(factories)
+    )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     writer = SummaryWriter(str(run_dir / "tb" / "reference"))
     episodes = EpisodeLog(run_dir / "episodes.jsonl")
@@ -287,10 +380,18 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
         agent = ReferencePPO.load(checkpoint.parts["model"], envs=envs, log_fn=log)
     else:
         ppo_config = PPOConfig(
-            n_steps=settings.n_steps(config), batch_size=settings.minibatch(config, args.n_envs),
-            n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, gamma=settings.gamma,
-            gae_lambda=settings.gae_lambda, clip_range=settings.clip_range, ent_coef=settings.ent_coef,
-            vf_coef=settings.vf_coef, max_grad_norm=settings.max_grad_norm, hidden=settings.hidden)
+            n_steps=settings.n_steps(config),
+            batch_size=settings.minibatch(config, args.n_envs),
+            n_epochs=settings.n_epochs,
+            learning_rate=settings.learning_rate,
+            gamma=settings.gamma,
+            gae_lambda=settings.gae_lambda,
+            clip_range=settings.clip_range,
+            ent_coef=settings.ent_coef,
+            vf_coef=settings.vf_coef,
+            max_grad_norm=settings.max_grad_norm,
+            hidden=settings.hidden,
+        )
         agent = ReferencePPO(envs, ppo_config, seed=args.seed, log_fn=log)
     bar = tqdm(total=args.total_timesteps, initial=agent.num_timesteps, desc="reference PPO", unit="step")
 
@@ -306,8 +407,10 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
         bar.update(agent.num_timesteps - bar.n)
         return True
 
-    print(f"training reference PPO for {args.total_timesteps - agent.num_timesteps} env steps "
-          f"with {args.n_envs} env(s)")
+    print(
+        f"training reference PPO for {args.total_timesteps - agent.num_timesteps} env steps "
+        f"with {args.n_envs} env(s)"
+    )
     try:
         agent.learn(args.total_timesteps, callback=after_update)
     except (KeyboardInterrupt, Interrupted):
@@ -328,9 +431,9 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
     unless given. Every episode this costs lands in episodes.jsonl (it is training compute)."""
     from rlsched.agents.episodes import harness_record
     from rlsched.agents.teacher import ScriptedRule, behaviour_clone
-    from rlsched.experiment.tuning import search_target
-    from rlsched.evaluate import TEACHER_FILE
     from rlsched.common.files import append_jsonl
+    from rlsched.evaluate import TEACHER_FILE
+    from rlsched.experiment.tuning import search_target
 
     target = args.teacher_lr
     if target is None:
@@ -338,10 +441,14 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
         append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
         print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
     rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SUGGESTED_RULE)
-    atomic_write_json(run_dir / TEACHER_FILE, {"rule": args.teacher, "lr": target})  # the held-out table's row
+    atomic_write_json(
+        run_dir / TEACHER_FILE, {"rule": args.teacher, "lr": target}
+    )  # the held-out table's row
     stats = behaviour_clone(model, rule, args.bc_episodes, explore=args.bc_explore, seed=args.seed)
-    print(f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
-          f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}")
+    print(
+        f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
+        f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}"
+    )
 
 
 def _resume_point(run_dir: Path, episodes: Any) -> Checkpoint | None:
@@ -389,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model_path = (train_sb3 if args.algo == "sb3" else train_reference)(run_dir, args, config)
     except (KeyboardInterrupt, Interrupted):
-        print(f"\ninterrupted: checkpoint saved. Continue with:\n  python -m rlsched.train --resume {run_dir}")
+        print(
+            f"\ninterrupted: checkpoint saved. Continue with:\n  python -m rlsched.train --resume {run_dir}"
+        )
         return 130
     except (ConfigError, DatasetError) as err:  # bad input found late, e.g. in an env's instance config
         raise SystemExit(f"error: {err}") from None

@@ -13,8 +13,16 @@ import numpy as np
 from scipy.special import betainc
 
 # Two-sided 95% Student t quantiles t_{0.975, df}, as printed in statistics tables.
-T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 5: 2.570581836, 6: 2.446911851,
-        7: 2.364624252, 8: 2.306004135}
+T975 = {
+    1: 12.706204736,
+    2: 4.302652730,
+    3: 3.182446305,
+    4: 2.776445105,
+    5: 2.570581836,
+    6: 2.446911851,
+    7: 2.364624252,
+    8: 2.306004135,
+}
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -50,13 +58,15 @@ def wilcoxon_exact_pvalue(differences: list[float]) -> float:
     positive = sum(ranks[abs(d)] for d in differences if d > 0)
     total = len(differences) * (len(differences) + 1) // 2
     statistic = min(positive, total - positive)
-    as_extreme = sum(sum(signs) <= statistic
-                     for signs in itertools.product(*[(0, r) for r in ranks.values()]))
+    as_extreme = sum(
+        sum(signs) <= statistic for signs in itertools.product(*[(0, r) for r in ranks.values()])
+    )
     return min(1.0, 2 * as_extreme / 2 ** len(differences))
 
 
-def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: int, ignore_index: int = 255
-                   ) -> list[float]:
+def dice_per_class(
+    prediction: np.ndarray, target: np.ndarray, classes: int, ignore_index: int = 255
+) -> list[float]:
     """Dataset Dice 2TP / (2TP + FP + FN) of class-index maps, classes 1..K, ignored pixels left out."""
     kept = target != ignore_index
     scores = []

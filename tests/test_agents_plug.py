@@ -19,7 +19,9 @@ TINY = {"data": {"image_size": 16, "n_train": 16, "n_val": 8}, "env": {"epochs":
 
 def tiny_env(**env_overrides):
     torch.set_num_threads(1)  # in a vector env's worker: the worker's job, the env leaves threads alone
-    return gym.make("rlsched/UNetLR-v0", preset="fast", data=TINY["data"], env={**TINY["env"], **env_overrides})
+    return gym.make(
+        "rlsched/UNetLR-v0", preset="fast", data=TINY["data"], env={**TINY["env"], **env_overrides}
+    )
 
 
 def weights(model: BaseAlgorithm) -> torch.Tensor:
@@ -87,8 +89,9 @@ def test_gymnasium_async_vector_env_with_workers():
 
 
 def test_sb3_subproc_vec_env_with_workers():
-    vec = make_vec_env(tiny_env, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
-                       vec_env_kwargs={"start_method": start_method()})
+    vec = make_vec_env(
+        tiny_env, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": start_method()}
+    )
     workers = {process.pid for process in vec.processes if process.is_alive()}
     assert len(workers) == 2 and os.getpid() not in workers
     model = PPO("MlpPolicy", vec, n_steps=8, batch_size=16, seed=0)

@@ -10,8 +10,8 @@ import torch
 pytest.importorskip("nilearn")
 pytest.importorskip("nibabel")
 
-from rlsched.seg.sources import brain
 from rlsched.config import ConfigError, DataConfig, load_config  # noqa: E402
+from rlsched.seg.sources import brain
 
 CFG = DataConfig(source="brain", task="multiclass", classes=2, image_size=32, n_train=48, n_val=16, n_test=8)
 
@@ -51,9 +51,12 @@ def test_asking_for_more_slices_than_the_split_holds_is_an_error(key):
     pools = {"n_train": split.train, "n_val": split.val, "n_test": split.test}
     cfg = replace(CFG, **{key: len(pools[key]) + 1})
     n_train, n_val, n_test = len(split.train), len(split.val), len(split.test)
-    with pytest.raises(ConfigError, match=f"holds {n_train} training, {n_val} validation and {n_test} test "
-                                          f"slices; set n_train <= {n_train}, n_val <= {n_val} and n_test <= "
-                                          f"{n_test} \\(or raise val_fraction"):
+    with pytest.raises(
+        ConfigError,
+        match=f"holds {n_train} training, {n_val} validation and {n_test} test "
+        f"slices; set n_train <= {n_train}, n_val <= {n_val} and n_test <= "
+        f"{n_test} \\(or raise val_fraction",
+    ):
         brain.make_brain_dataset(cfg, seed=0)
 
 
@@ -142,8 +145,9 @@ def test_split_is_by_separated_slabs(split_seed):
     split = brain.brain_split(cfg)
     assert not set(split.train) & set(split.val) and not set(split.train) & set(split.test)
     for plane in cfg.planes:
-        train, val, test = (torch.tensor([i for p, i in pool if p == plane])
-                            for pool in (split.train, split.val, split.test))
+        train, val, test = (
+            torch.tensor([i for p, i in pool if p == plane]) for pool in (split.train, split.val, split.test)
+        )
         assert len(val) >= brain.SLAB and len(test) >= brain.SLAB - 2 * brain.GAP
         assert 0.1 < (len(val) + len(test)) / (len(train) + len(val) + len(test)) < 0.35
         for a, b in ((train, val), (train, test), (test, val)):
@@ -162,19 +166,23 @@ def test_the_test_split_leaves_training_and_the_old_held_out_block_as_they_were(
     held = np.isin(slab, rng.choice(n_slabs, round(CFG.val_fraction * n_slabs), replace=False))
     assert {i for _, i in split.val + split.test} <= set(slices[held].tolist())
     assert {i for _, i in split.train} == set(slices[~held].tolist()) - {
-        int(i) for i in slices if np.abs(slices[held] - i).min() <= brain.GAP}
+        int(i) for i in slices if np.abs(slices[held] - i).min() <= brain.GAP
+    }
     a, b = (brain.make_brain_dataset(replace(CFG, n_test=n), seed=4) for n in (2, 8))
     assert torch.equal(a.train_images, b.train_images) and torch.equal(a.val_images, b.val_images)
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"planes": ("sagittal",)}, "planes"),
-    ({"planes": ()}, "planes"),
-    ({"planes": ("axial", "axial")}, "planes"),
-    ({"classes": 3}, "classes=2"),
-    ({"task": "binary", "classes": 1}, "multiclass"),
-    ({"task": "multilabel"}, "multiclass"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"planes": ("sagittal",)}, "planes"),
+        ({"planes": ()}, "planes"),
+        ({"planes": ("axial", "axial")}, "planes"),
+        ({"classes": 3}, "classes=2"),
+        ({"task": "binary", "classes": 1}, "multiclass"),
+        ({"task": "multilabel"}, "multiclass"),
+    ],
+)
 def test_bad_settings_are_rejected(changes, match):
     with pytest.raises(ConfigError, match=match):
         brain.make_brain_dataset(replace(CFG, **changes), seed=0)

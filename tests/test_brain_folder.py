@@ -7,10 +7,12 @@ from PIL import Image
 pytest.importorskip("nilearn")
 pytest.importorskip("nibabel")
 
-from rlsched.seg.sources import brain
 from rlsched import brain_folder
 from rlsched.config import load_config  # noqa: E402
-from rlsched.seg.sources import make_dataset  # noqa: E402
+from rlsched.seg.sources import (
+    brain,
+    make_dataset,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,5 +74,10 @@ def test_the_preset_parses_and_keeps_brains_model_optim_and_env():
     config, reference = load_config("brain-folder"), load_config("brain")
     data = config.data
     assert (data.source, data.root, data.task, data.classes, data.image_size) == (
-        "folder", "runs/brain-axial-folder", "multiclass", 2, 48)
+        "folder",
+        "runs/brain-axial-folder",
+        "multiclass",
+        2,
+        48,
+    )
     assert (config.model, config.optim, config.env) == (reference.model, reference.optim, reference.env)

@@ -12,8 +12,25 @@ from rlsched.common.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
 from rlsched.common.files import read_jsonl
 from rlsched.train import main
 
-TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",
-        "--set", "env.epochs=4", "--episodes-per-rollout", "1", "--n-envs", "1", "--bc-episodes", "0", "--no-eval"]
+TINY = [
+    "--preset",
+    "fast",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "data.n_train=16",
+    "--set",
+    "data.n_val=8",
+    "--set",
+    "env.epochs=4",
+    "--episodes-per-rollout",
+    "1",
+    "--n-envs",
+    "1",
+    "--bc-episodes",
+    "0",
+    "--no-eval",
+]
 
 
 def writer(payload: bytes):
@@ -41,7 +58,9 @@ def test_a_checkpoint_replaces_the_previous_one_whole(tmp_path):
     checkpoint, problem = load_checkpoint(tmp_path)
     assert problem == "" and (checkpoint.num_timesteps, checkpoint.episodes) == (8, 2)
     assert checkpoint.parts["model"].read_bytes() == b"second"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST, *(p.name for p in checkpoint.parts.values())])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [MANIFEST, *(p.name for p in checkpoint.parts.values())]
+    )
 
 
 def test_a_save_cut_off_before_its_manifest_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -54,7 +73,10 @@ def test_a_save_cut_off_before_its_manifest_leaves_the_previous_checkpoint(tmp_p
     assert problem == "" and (checkpoint.num_timesteps, checkpoint.episodes) == (4, 1)
     assert checkpoint.parts["model"].read_bytes() == b"first"
     save_checkpoint(tmp_path, writer(b"third"), num_timesteps=8, episodes=2)  # the cut-off parts are cleared
-    assert len(list(tmp_path.glob("ckpt-*"))) == 2 and load_checkpoint(tmp_path)[0].parts["model"].read_bytes() == b"third"
+    assert (
+        len(list(tmp_path.glob("ckpt-*"))) == 2
+        and load_checkpoint(tmp_path)[0].parts["model"].read_bytes() == b"third"
+    )
 
 
 def test_the_first_save_cut_off_is_no_checkpoint_and_says_so(tmp_path, monkeypatch):
@@ -66,14 +88,33 @@ def test_the_first_save_cut_off_is_no_checkpoint_and_says_so(tmp_path, monkeypat
     assert checkpoint is None and f"but no {MANIFEST}" in problem and "ckpt-000001.zip" in problem
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda folder: next(folder.glob("ckpt-*.zip")).unlink(), "which is missing"),
-    (lambda folder: next(folder.glob("ckpt-*.obs_norm.json")).write_text('{"payload": "other"}'), "sha256 differs"),
-    (lambda folder: next(folder.glob("ckpt-*.zip")).write_bytes(b"firs"), "size or sha256 differs"),
-    (lambda folder: (folder / MANIFEST).write_text('{"num_timesteps": 4, "episodes": 1}'), "does not list"),
-    (lambda folder: (folder / MANIFEST).write_text(json.dumps({"num_timesteps": 4, "episodes": 1, "parts": {
-        "model": {"name": "../elsewhere.zip", "size": 1, "sha256": "0"}}})), "does not list"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda folder: next(folder.glob("ckpt-*.zip")).unlink(), "which is missing"),
+        (
+            lambda folder: next(folder.glob("ckpt-*.obs_norm.json")).write_text('{"payload": "other"}'),
+            "sha256 differs",
+        ),
+        (lambda folder: next(folder.glob("ckpt-*.zip")).write_bytes(b"firs"), "size or sha256 differs"),
+        (
+            lambda folder: (folder / MANIFEST).write_text('{"num_timesteps": 4, "episodes": 1}'),
+            "does not list",
+        ),
+        (
+            lambda folder: (folder / MANIFEST).write_text(
+                json.dumps(
+                    {
+                        "num_timesteps": 4,
+                        "episodes": 1,
+                        "parts": {"model": {"name": "../elsewhere.zip", "size": 1, "sha256": "0"}},
+                    }
+                )
+            ),
+            "does not list",
+        ),
+    ],
+)
 def test_a_checkpoint_whose_parts_do_not_match_its_manifest_is_refused(tmp_path, damage, reason):
     save_checkpoint(tmp_path, writer(b"first"), num_timesteps=4, episodes=1)
     damage(tmp_path)
@@ -100,25 +141,33 @@ def all_records(run_dir):
     return read_jsonl(run_dir / "episodes.jsonl"), read_jsonl(discarded) if discarded.exists() else []
 
 
-def test_resume_after_a_kill_before_the_manifest_continues_from_the_previous_checkpoint(trained, tmp_path, capsys):
+def test_resume_after_a_kill_before_the_manifest_continues_from_the_previous_checkpoint(
+    trained, tmp_path, capsys
+):
     run_dir = copy_of(trained, tmp_path)
     kept = read_jsonl(run_dir / "episodes.jsonl")
     # the kill: the next rollout's episodes were recorded and its parts written, its manifest not
-    (run_dir / "episodes.jsonl").write_text((run_dir / "episodes.jsonl").read_text()
-                                            + "".join(json.dumps({**r, "instance": -7}) + "\n" for r in kept))
+    (run_dir / "episodes.jsonl").write_text(
+        (run_dir / "episodes.jsonl").read_text()
+        + "".join(json.dumps({**r, "instance": -7}) + "\n" for r in kept)
+    )
     (run_dir / "checkpoints" / "ckpt-999999.zip").write_bytes(b"cut off")
     assert main(["--resume", str(run_dir), "--total-timesteps", "12", "--no-eval"]) == 0
     out = capsys.readouterr().out
     assert "(8 done)" in out and "moved 2 episode record(s)" in out
     episodes, discarded = all_records(run_dir)
-    assert episodes[:2] == kept and len(episodes) == 3  # the discarded rollout's records are not counted twice
+    assert (
+        episodes[:2] == kept and len(episodes) == 3
+    )  # the discarded rollout's records are not counted twice
     assert [r["instance"] for r in discarded] == [-7, -7]  # ... and not lost
     assert load_checkpoint(run_dir / "checkpoints")[0].num_timesteps == 12
     assert not (run_dir / "checkpoints" / "ckpt-999999.zip").exists()
 
 
 @pytest.mark.parametrize("damage", ["manifest missing", "model part corrupt"])
-def test_resume_without_a_complete_checkpoint_starts_over_and_keeps_every_record(trained, tmp_path, capsys, damage):
+def test_resume_without_a_complete_checkpoint_starts_over_and_keeps_every_record(
+    trained, tmp_path, capsys, damage
+):
     run_dir = copy_of(trained, tmp_path)
     before = read_jsonl(run_dir / "episodes.jsonl")
     if damage == "manifest missing":
@@ -138,7 +187,11 @@ def test_reference_ppo_checkpoints_are_one_unit_too(tmp_path, capsys):
     assert main(TINY + ["--algo", "reference", "--total-timesteps", "4", "--runs-dir", str(tmp_path)]) == 0
     (run_dir,) = tmp_path.iterdir()
     checkpoint, _ = load_checkpoint(run_dir / "checkpoints")
-    assert checkpoint.num_timesteps == 4 and checkpoint.episodes == 1 and checkpoint.parts["model"].suffix == ".pt"
+    assert (
+        checkpoint.num_timesteps == 4
+        and checkpoint.episodes == 1
+        and checkpoint.parts["model"].suffix == ".pt"
+    )
     (run_dir / "checkpoints" / MANIFEST).unlink()
     assert main(["--resume", str(run_dir), "--no-eval"]) == 0
     assert "training starts over" in capsys.readouterr().out

@@ -8,21 +8,24 @@ import shutil
 import by_hand
 import pytest
 
-from rlsched import compare
-from rlsched import train
+from rlsched import compare, train
+from rlsched.agents.loading import load_policy
+from rlsched.common.files import read_jsonl
 from rlsched.compare.plots import plot
 from rlsched.config import ConfigError, load_config
 from rlsched.control.env import Instance, make_instances
 from rlsched.experiment.harness import EpisodeResult
-from rlsched.agents.loading import load_policy
-from rlsched.common.files import read_jsonl
 from rlsched.seg.schedules import SCHEDULES
 
 # 16x16 images and 2-epoch budgets keep every episode well under a second
 TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2"]
 # 2 held-out and 2 train instances; a 2-point LR grid (0.01, 0.1) at 1 per decade
-COMPARE = TINY + ["env.heldout_instances=2", "env.train_instances=2", "env.initial_lr_min=0.01",
-                  "env.initial_lr_max=0.1"]
+COMPARE = TINY + [
+    "env.heldout_instances=2",
+    "env.train_instances=2",
+    "env.initial_lr_min=0.01",
+    "env.initial_lr_max=0.1",
+]
 EPOCHS, INSTANCES, GRID = 2, 2, (0.01, 0.1)
 FACTOR = 10.0
 AGENTS = ["learned-sb3", "learned-sb3#2"]
@@ -38,8 +41,27 @@ def agent(tmp_path_factory):
     """An SB3 PPO after one tiny rollout (2 episodes of 2 epochs, no warm start): untrained, but a real run
     directory."""
     root = tmp_path_factory.mktemp("agents")
-    assert train.main(["--preset", "fast", *sets(TINY), "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "0",
-                       "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
+    assert (
+        train.main(
+            [
+                "--preset",
+                "fast",
+                *sets(TINY),
+                "--n-envs",
+                "1",
+                "--total-timesteps",
+                "4",
+                "--bc-episodes",
+                "0",
+                "--episodes-per-rollout",
+                "2",
+                "--no-eval",
+                "--runs-dir",
+                str(root),
+            ]
+        )
+        == 0
+    )
     (model,) = root.glob("*/model.zip")
     return model
 
@@ -48,9 +70,30 @@ def agent(tmp_path_factory):
 def run_dir(agent, tmp_path_factory):
     """One comparison through the CLI; the same agent twice stands in for two agents."""
     root = tmp_path_factory.mktemp("compare")
-    assert compare.main(["--preset", "fast", *sets(COMPARE), "--agent", str(agent), "--agent", str(agent),
-                         "--tune-instances", "1", "--grid-per-decade", "1", "--robustness", str(FACTOR),
-                         "--workers", "1", "--runs-dir", str(root)]) == 0
+    assert (
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                *sets(COMPARE),
+                "--agent",
+                str(agent),
+                "--agent",
+                str(agent),
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--robustness",
+                str(FACTOR),
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(root),
+            ]
+        )
+        == 0
+    )
     (out,) = root.iterdir()
     return out
 
@@ -72,8 +115,10 @@ def dice_curves(run_dir):
         if row["factor"] == "":
             runs = curves.setdefault(row["method"], {})
             runs.setdefault(int(row["instance"]), []).append(float(row["dice"]))
-    return {method: [dices + [0.0] * (EPOCHS + 1 - len(dices)) for _, dices in sorted(runs.items())]
-            for method, runs in curves.items()}
+    return {
+        method: [dices + [0.0] * (EPOCHS + 1 - len(dices)) for _, dices in sorted(runs.items())]
+        for method, runs in curves.items()
+    }
 
 
 def read_test_dices(run_dir, factor=""):
@@ -87,8 +132,21 @@ def read_test_dices(run_dir, factor=""):
 
 
 def test_every_output_is_written_and_readable(run_dir):
-    expected = {"config.toml", "args.json", "inputs.json", "jobs.jsonl", "episodes.csv", "tuning.csv", "summary.csv", "summary.md",
-                "dice_vs_epoch.png", "lr_vs_epoch.png", "final_dice.png", "cost_quality.png", "robustness.png"}
+    expected = {
+        "config.toml",
+        "args.json",
+        "inputs.json",
+        "jobs.jsonl",
+        "episodes.csv",
+        "tuning.csv",
+        "summary.csv",
+        "summary.md",
+        "dice_vs_epoch.png",
+        "lr_vs_epoch.png",
+        "final_dice.png",
+        "cost_quality.png",
+        "robustness.png",
+    }
     assert {p.name for p in run_dir.iterdir()} == expected  # and no temporary files left behind
     assert load_config(run_dir / "config.toml").env.epochs == EPOCHS
     assert json.loads((run_dir / "args.json").read_text())["robustness"] == [FACTOR]
@@ -105,8 +163,12 @@ def test_summary_has_every_method_with_finite_statistics(run_dir):
     curves, tests = dice_curves(run_dir), read_test_dices(run_dir)
     for name, row in rows.items():
         assert int(row["n"]) == INSTANCES
-        per_run = {"final_dice": [c[-1] for c in curves[name]], "best_dice": [max(c) for c in curves[name]],
-                   "auc_dice": [sum(c[1:]) / EPOCHS for c in curves[name]], "test_dice": tests[name]}
+        per_run = {
+            "final_dice": [c[-1] for c in curves[name]],
+            "best_dice": [max(c) for c in curves[name]],
+            "auc_dice": [sum(c[1:]) / EPOCHS for c in curves[name]],
+            "test_dice": tests[name],
+        }
         for key, values in per_run.items():  # mean and 95% t interval over the instances, by hand
             mean, low, high = by_hand.t_interval(values)
             got = [float(row[f"{key}_{part}"]) for part in ("mean", "low", "high")]
@@ -148,8 +210,11 @@ def test_robustness_runs_start_every_method_from_the_mis_set_lr(run_dir):
     for row in rows:  # the robustness table is in test Dice
         mean = by_hand.t_interval(tests[row["method"]])[0]
         assert float(row["test_dice_mean"]) == pytest.approx(mean, abs=1e-12)
-        line = next(line for line in report.splitlines()
-                    if line.startswith("| ") and line.split("|")[1].strip(" *") == row["method"])
+        line = next(
+            line
+            for line in report.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip(" *") == row["method"]
+        )
         assert line.split("|")[2].strip().startswith(f"{mean:.3f}")
     constant_lr = float(main_rows(run_dir)["constant"]["base_lr"])
     assert sorted(r["method"] for r in rows) == sorted(m for m in METHODS if m != compare.CONSTANT_INITIAL)
@@ -208,7 +273,6 @@ def test_training_epochs_fall_back_to_the_checkpoint_step_count(agent, tmp_path)
 
 
 def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
-    rows = main_rows(run_dir)
     chosen = [r for r in read_csv(run_dir / "tuning.csv") if r["chosen"] == "True"]  # train-instance scores
     best = max(chosen, key=lambda r: (float(r["final_dice"]), float(r["auc_dice"])))["schedule"]
     report = (run_dir / "summary.md").read_text()
@@ -220,28 +284,38 @@ def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
         assert len(differences) == INSTANCES and all(d != 0 for d in differences)
         mean, low, high = by_hand.t_interval(differences)
         t_p, wilcoxon_p = by_hand.t_test_pvalue(differences), by_hand.wilcoxon_exact_pvalue(differences)
-        assert (f"| **{name}** − {best} | {mean:+.3f} ({low:+.3f} .. {high:+.3f}) | {t_p:.3g} "
-                f"| {wilcoxon_p:.3g} | {INSTANCES} |") in report
+        assert (
+            f"| **{name}** − {best} | {mean:+.3f} ({low:+.3f} .. {high:+.3f}) | {t_p:.3g} "
+            f"| {wilcoxon_p:.3g} | {INSTANCES} |"
+        ) in report
 
 
 def test_comparator_is_chosen_on_train_instances_not_on_held_out_results():
     """'cosine' wins the grid search on train instances, 'constant' wins on held-out: the paired test must
     compare against cosine, or held-out results would pick the comparator they are then tested against."""
-    tuning = compare.Tuning((0.01, 0.1), 1, 2, {"constant": {0.01: (0.2, 0.1), 0.1: (0.5, 0.3)},
-                                                "cosine": {0.01: (0.1, 0.1), 0.1: (0.6, 0.3)}})
-    methods = [compare.Method("constant", "schedule", "constant", 0.1), compare.Method("cosine", "schedule",
-                                                                                       "cosine", 0.1)]
+    tuning = compare.Tuning(
+        (0.01, 0.1),
+        1,
+        2,
+        {"constant": {0.01: (0.2, 0.1), 0.1: (0.5, 0.3)}, "cosine": {0.01: (0.1, 0.1), 0.1: (0.6, 0.3)}},
+    )
+    methods = [
+        compare.Method("constant", "schedule", "constant", 0.1),
+        compare.Method("cosine", "schedule", "cosine", 0.1),
+    ]
     results = [episode([0.2, 0.9]), episode([0.2, 0.3])]
     results[0].method, results[1].method = "constant", "cosine"
-    comparison = compare.Comparison(load_config("fast"), compare.Settings(), methods, tuning,
-                                    [results[0].instance], results)
+    comparison = compare.Comparison(
+        load_config("fast"), compare.Settings(), methods, tuning, [results[0].instance], results
+    )
     assert compare.best_fixed(comparison) == "cosine"
 
 
 # ------------------------------------------------------------------------------------ metrics, no training
 def episode(dices, diverged_at=None, test_dice=0.5, index=0):
-    records = [{"epoch": e, "lr": 0.1, "dice_mean": d, "diverged": e == diverged_at}
-               for e, d in enumerate(dices)]
+    records = [
+        {"epoch": e, "lr": 0.1, "dice_mean": d, "diverged": e == diverged_at} for e, d in enumerate(dices)
+    ]
     return EpisodeResult("m", Instance("heldout", index, 0, 0, 0.1), records, 0.0, 1.0, test_dice=test_dice)
 
 
@@ -250,21 +324,39 @@ def test_the_final_dice_cost_and_robustness_figures_show_test_dice(tmp_path, mon
 
     shown = {}
     errorbar, imshow = Axes.errorbar, Axes.imshow
-    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, *args, **kw: shown.setdefault("bars", []).append(
-        (x, y)) or errorbar(self, x, y, *args, **kw))
-    monkeypatch.setattr(Axes, "imshow", lambda self, data, *args, **kw: shown.setdefault("heatmap", data) is None
-                        or imshow(self, data, *args, **kw))
+    monkeypatch.setattr(
+        Axes,
+        "errorbar",
+        lambda self, x, y, *args, **kw: (
+            shown.setdefault("bars", []).append((x, y)) or errorbar(self, x, y, *args, **kw)
+        ),
+    )
+    monkeypatch.setattr(
+        Axes,
+        "imshow",
+        lambda self, data, *args, **kw: (
+            shown.setdefault("heatmap", data) is None or imshow(self, data, *args, **kw)
+        ),
+    )
     runs = [episode([0.2, 0.9, 0.9], test_dice=t, index=i) for i, t in enumerate((0.3, 0.5))]
     robust = [episode([0.2, 0.8, 0.8], test_dice=t, index=i) for i, t in enumerate((0.1, 0.2))]
     for run in runs + robust:
         run.method = "constant"
     tuning = compare.Tuning((0.1,), 1, 2, {"constant": {0.1: (0.9, 0.5)}})
-    comparison = compare.Comparison(load_config("fast", {"env.epochs": 2}), compare.Settings(),
-                                    [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
-                                    [r.instance for r in runs], runs, {10.0: (1.0, robust)})
+    comparison = compare.Comparison(
+        load_config("fast", {"env.epochs": 2}),
+        compare.Settings(),
+        [compare.Method("constant", "schedule", "constant", 0.1)],
+        tuning,
+        [r.instance for r in runs],
+        runs,
+        {10.0: (1.0, robust)},
+    )
     plot(comparison, tmp_path)
     (final_dice, _), (cost, quality) = shown["bars"]  # final_dice.png, then cost_quality.png
-    assert final_dice == pytest.approx(0.4) and quality == pytest.approx(0.4)  # test Dice, not validation's 0.9
+    assert final_dice == pytest.approx(0.4) and quality == pytest.approx(
+        0.4
+    )  # test Dice, not validation's 0.9
     assert shown["heatmap"] == [[pytest.approx(0.15)]]
 
 
@@ -282,8 +374,12 @@ def test_metrics_count_a_diverged_run_as_dice_zero_for_the_rest_of_the_budget():
 
 
 def test_tuning_picks_the_best_final_dice_and_breaks_ties_by_area():
-    tuning = compare.Tuning(GRID, 1, EPOCHS, {"cosine": {0.01: (0.5, 0.3), 0.1: (0.7, 0.2)},
-                                              "step": {0.01: (0.0, 0.1), 0.1: (0.0, 0.2)}})
+    tuning = compare.Tuning(
+        GRID,
+        1,
+        EPOCHS,
+        {"cosine": {0.01: (0.5, 0.3), 0.1: (0.7, 0.2)}, "step": {0.01: (0.0, 0.1), 0.1: (0.0, 0.2)}},
+    )
     assert tuning.base_lrs == {"cosine": 0.1, "step": 0.1}
     assert tuning.reference == ("cosine", 0.1)  # no constant tuned: the best schedule's base LR
     assert tuning.epochs_per_schedule == len(GRID) * 1 * EPOCHS
@@ -324,19 +420,41 @@ def test_more_seeds_than_held_out_instances_is_refused(capsys):
 def test_scripted_rule_is_tuned_on_train_instances_and_compared(tmp_path):
     """The scripted rule (steer towards a target LR) gets its target from the same grid search as a base LR
     and runs on the held-out instances from each instance's own initial LR."""
-    assert compare.main(["--preset", "fast", *sets(COMPARE + ["env.factors=[0.25,0.5,1.0,2.0,4.0]"]),
-                         "--schedules", "constant", "scripted", "--tune-instances", "1", "--grid-per-decade", "1",
-                         "--no-robustness", "--workers", "1", "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                *sets(COMPARE + ["env.factors=[0.25,0.5,1.0,2.0,4.0]"]),
+                "--schedules",
+                "constant",
+                "scripted",
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--no-robustness",
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (out,) = tmp_path.iterdir()
     tuning = read_csv(out / "tuning.csv")
     chosen = {r["schedule"]: float(r["lr"]) for r in tuning if r["chosen"] == "True"}
-    assert sorted(chosen) == ["constant", "scripted"] and any(chosen["scripted"] == pytest.approx(g) for g in GRID)
+    assert sorted(chosen) == ["constant", "scripted"] and any(
+        chosen["scripted"] == pytest.approx(g) for g in GRID
+    )
     rows = main_rows(out)
     assert float(rows["scripted"]["base_lr"]) == chosen["scripted"]
     episodes = [r for r in read_csv(out / "episodes.csv") if r["method"] == "scripted"]
     first_lrs = {r["instance"]: float(r["lr"]) for r in episodes if r["epoch"] == "1"}
-    heldout = {str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml"),
-                                                                          "heldout")}
+    heldout = {
+        str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml"), "heldout")
+    }
     for instance, lr in first_lrs.items():  # one rule step from the instance's initial LR towards the target
         assert any(lr / heldout[instance] == pytest.approx(f) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
 
@@ -346,16 +464,43 @@ def test_schedules_at_the_initial_lr_run_untuned_and_only_in_the_main_runs(tmp_p
     zero-shot comparisons need it); a forced initial LR would repeat the tuned schedule's robustness run."""
     with pytest.raises(ValueError, match="--at-initial-lr 'suggested': not a fixed schedule"):
         compare.Settings(at_initial_lr=("constant", "suggested"))
-    assert compare.main(["--preset", "fast", *sets(COMPARE), "--schedules", "constant", "--at-initial-lr",
-                         "constant", "cosine", "--tune-instances", "1", "--grid-per-decade", "1", "--robustness",
-                         "10", "--workers", "1", "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                *sets(COMPARE),
+                "--schedules",
+                "constant",
+                "--at-initial-lr",
+                "constant",
+                "cosine",
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--robustness",
+                "10",
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (out,) = tmp_path.iterdir()
     rows = main_rows(out)
     assert rows["cosine (initial LR)"]["base_lr"] == "" and rows[compare.CONSTANT_INITIAL]["base_lr"] == ""
     episodes = read_csv(out / "episodes.csv")
-    heldout = {str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml"), "heldout")}
-    first = {r["instance"]: float(r["lr"]) for r in episodes
-             if r["method"] == "cosine (initial LR)" and r["epoch"] == "1" and not r["factor"]}
+    heldout = {
+        str(i.index): i.initial_lr for i in make_instances(load_config(out / "config.toml"), "heldout")
+    }
+    first = {
+        r["instance"]: float(r["lr"])
+        for r in episodes
+        if r["method"] == "cosine (initial LR)" and r["epoch"] == "1" and not r["factor"]
+    }
     assert first == pytest.approx(heldout)  # cosine's first epoch runs at the instance's own LR
     robust = {r["method"] for r in episodes if r["factor"]}
     assert "constant" in robust and not robust & {"cosine (initial LR)", compare.CONSTANT_INITIAL}
@@ -366,10 +511,34 @@ def test_practitioners_baselines_run_end_to_end_with_their_cost(agent, tmp_path)
     Optuna run through the same harness on the same held-out instances, each with what it needed and spent."""
     pytest.importorskip("prodigyopt")
     pytest.importorskip("optuna")
-    assert compare.main(["--preset", "fast", *sets(COMPARE), "--agent", str(agent), "--schedules", "constant",
-                         "--baselines", "all", "--optuna-epochs", "6", "--tune-instances", "1",
-                         "--grid-per-decade", "1", "--robustness", str(FACTOR), "--workers", "1",
-                         "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                *sets(COMPARE),
+                "--agent",
+                str(agent),
+                "--schedules",
+                "constant",
+                "--baselines",
+                "all",
+                "--optuna-epochs",
+                "6",
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--robustness",
+                str(FACTOR),
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (out,) = tmp_path.iterdir()
     rows = main_rows(out)
     extras = list(compare.BASELINES)
@@ -395,9 +564,31 @@ def test_an_unknown_baseline_lists_the_choices(capsys):
 def test_sampled_rollouts_are_averaged_per_instance_before_the_ci(agent, tmp_path):
     """--sampled-rollouts K: K seeded rollouts of the agent's sampled actions per instance; each instance counts
     once in the CI (mean of its rollouts), while divergences are counted over all K x n runs."""
-    assert compare.main(["--preset", "fast", *sets(COMPARE), "--agent", str(agent), "--schedules", "constant",
-                         "--sampled-rollouts", "3", "--tune-instances", "1", "--grid-per-decade", "1",
-                         "--no-robustness", "--workers", "1", "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                *sets(COMPARE),
+                "--agent",
+                str(agent),
+                "--schedules",
+                "constant",
+                "--sampled-rollouts",
+                "3",
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--no-robustness",
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (out,) = tmp_path.iterdir()
     name = "learned-sb3 (sampled, mean of 3)"
     row = main_rows(out)[name]
@@ -421,13 +612,23 @@ def test_sampled_rollouts_are_reproducible_per_seed():
     class Sampler:
         def predict(self, obs, deterministic=True):
             import torch
+
             return int(torch.randint(0, 5, ())), None
 
-    config = load_config("fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 3})
+    config = load_config(
+        "fast", {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 3}
+    )
     env = UNetLREnv(config=config)
     instance = make_instances(config, "heldout")[0]
-    lrs = [[r["lr"] for r in run_episode(env, PolicyController(Sampler(), deterministic=False, seed=seed),
-                                         instance).records] for seed in (0, 0, 1)]
+    lrs = [
+        [
+            r["lr"]
+            for r in run_episode(
+                env, PolicyController(Sampler(), deterministic=False, seed=seed), instance
+            ).records
+        ]
+        for seed in (0, 0, 1)
+    ]
     assert lrs[0] == lrs[1] and lrs[0] != lrs[2]
 
 
@@ -438,9 +639,14 @@ def test_undone_blow_ups_are_counted_apart_from_diverged_runs():
     for run in (undone, dead):
         run.method = "constant"
     tuning = compare.Tuning((0.1,), 1, 2, {"constant": {0.1: (0.9, 0.5)}})
-    comparison = compare.Comparison(load_config("fast", {"env.epochs": 3}), compare.Settings(),
-                                    [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
-                                    [undone.instance, dead.instance], [undone, dead])
+    comparison = compare.Comparison(
+        load_config("fast", {"env.epochs": 3}),
+        compare.Settings(),
+        [compare.Method("constant", "schedule", "constant", 0.1)],
+        tuning,
+        [undone.instance, dead.instance],
+        [undone, dead],
+    )
     (row,) = compare.summarize(comparison)
     assert row["diverged"] == 1 and row["rollbacks"] == 1 and undone.rollbacks == 1 and not undone.diverged
 
@@ -452,9 +658,14 @@ def test_a_two_instance_test_dice_interval_is_shown_clipped_with_a_warning_and_k
     for run in runs:
         run.method = "constant"
     tuning = compare.Tuning((0.1,), 1, 2, {"constant": {0.1: (0.9, 0.5)}})
-    comparison = compare.Comparison(load_config("fast", {"env.epochs": 2}), compare.Settings(),
-                                    [compare.Method("constant", "schedule", "constant", 0.1)], tuning,
-                                    [r.instance for r in runs], runs)
+    comparison = compare.Comparison(
+        load_config("fast", {"env.epochs": 2}),
+        compare.Settings(),
+        [compare.Method("constant", "schedule", "constant", 0.1)],
+        tuning,
+        [r.instance for r in runs],
+        runs,
+    )
     (row,) = compare.summarize(comparison)
     text = compare.report(comparison, [row])
     assert "| 0.500 [0.000, 1.000] (clipped, n=2) |" in text and "±" not in text.split("| s / run |")[1]
@@ -462,16 +673,33 @@ def test_a_two_instance_test_dice_interval_is_shown_clipped_with_a_warning_and_k
     assert row["test_dice_low"] < -4 and row["test_dice_high"] > 5  # the CSV's numbers stay the raw interval
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--no-robustness", "--robustness", "10"], ("--no-robustness", "--robustness")),
-    (["--optuna-epochs", "5"], ("--optuna-epochs", "--baselines optuna")),
-    (["--sampled-rollouts", "2"], ("--sampled-rollouts", "--agent")),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--no-robustness", "--robustness", "10"], ("--no-robustness", "--robustness")),
+        (["--optuna-epochs", "5"], ("--optuna-epochs", "--baselines optuna")),
+        (["--sampled-rollouts", "2"], ("--sampled-rollouts", "--agent")),
+    ],
+)
 def test_contradictory_flags_are_refused(tmp_path, capsys, argv, named):
     """Each pair ran with one of its flags silently ignored."""
     with pytest.raises(SystemExit) as exit_info:
-        compare.main(["--preset", "fast", *sets(COMPARE), "--tune-instances", "1", "--grid-per-decade", "1",
-                      "--workers", "1", "--runs-dir", str(tmp_path), *argv])
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                *sets(COMPARE),
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(tmp_path),
+                *argv,
+            ]
+        )
     assert exit_info.value.code == 2
     line = error_line(capsys.readouterr().err)
     assert all(flag in line for flag in named), line
@@ -495,13 +723,17 @@ def test_a_runs_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     assert f"--runs-dir {runs} is a file" in error_line(capsys.readouterr().err)
 
 
-def test_a_comparison_that_fails_before_its_first_episode_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+def test_a_comparison_that_fails_before_its_first_episode_leaves_no_run_directory(
+    tmp_path, monkeypatch, capsys
+):
     def fail(config, agents, settings, journal):
         assert (journal.path.parent / "inputs.json").is_file()  # the run directory was made
         raise ConfigError("[env] a value only an instance's config shows to be bad")
 
     monkeypatch.setattr(compare.cli, "run_comparison", fail)
     with pytest.raises(SystemExit) as exit_info:
-        compare.main(["--preset", "fast", *sets(COMPARE), "--tune-instances", "1", "--runs-dir", str(tmp_path)])
+        compare.main(
+            ["--preset", "fast", *sets(COMPARE), "--tune-instances", "1", "--runs-dir", str(tmp_path)]
+        )
     assert exit_info.value.code == 2 and "only an instance's config" in error_line(capsys.readouterr().err)
     assert not list(tmp_path.iterdir())

@@ -14,25 +14,47 @@ from pathlib import Path
 import pytest
 
 from rlsched import compare
+from rlsched.common.journal import Journal
 from rlsched.config import load_config, parse_override
 from rlsched.control.env import make_instances
 from rlsched.experiment import jobs as jobs_module
 from rlsched.experiment.harness import Job
 from rlsched.experiment.jobs import JobFailure, Retries
-from rlsched.common.journal import Journal
 
 # 16x16 images, 3-epoch budgets, 2 held-out and 2 train instances, a 2-point LR grid: ~60 short episodes
-TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=3", "env.heldout_instances=2",
-        "env.train_instances=2", "env.initial_lr_min=0.01", "env.initial_lr_max=0.1"]
-ARGS = ["--preset", "fast", *[a for o in TINY for a in ("--set", o)], "--tune-instances", "2",
-        "--grid-per-decade", "1", "--robustness", "0.1", "10", "--workers", "2"]
+TINY = [
+    "data.image_size=16",
+    "data.n_train=16",
+    "data.n_val=8",
+    "env.epochs=3",
+    "env.heldout_instances=2",
+    "env.train_instances=2",
+    "env.initial_lr_min=0.01",
+    "env.initial_lr_max=0.1",
+]
+ARGS = [
+    "--preset",
+    "fast",
+    *[a for o in TINY for a in ("--set", o)],
+    "--tune-instances",
+    "2",
+    "--grid-per-decade",
+    "1",
+    "--robustness",
+    "0.1",
+    "10",
+    "--workers",
+    "2",
+]
 TABLES = ("episodes.csv", "tuning.csv")
 
 
 def tables(run_dir: Path) -> dict[str, object]:
     """Every result table, wall-time columns left out (they are the only numbers a rerun may change)."""
     with open(run_dir / "summary.csv", newline="") as handle:
-        summary = [{k: v for k, v in row.items() if not k.startswith("seconds")} for row in csv.DictReader(handle)]
+        summary = [
+            {k: v for k, v in row.items() if not k.startswith("seconds")} for row in csv.DictReader(handle)
+        ]
     return {"summary.csv": summary, **{name: (run_dir / name).read_text() for name in TABLES}}
 
 
@@ -46,9 +68,14 @@ def reference(tmp_path_factory):
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rlsched.compare", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlsched.compare", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 300.0):
@@ -57,7 +84,9 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 300.0):
         found = condition()
         if found:
             return found
-        assert process.poll() is None, f"compare ended before the fault was injected:\n{process.communicate()}"
+        assert process.poll() is None, (
+            f"compare ended before the fault was injected:\n{process.communicate()}"
+        )
         time.sleep(0.02)
     raise AssertionError("timed out waiting for the comparison")
 
@@ -177,15 +206,20 @@ def test_failed_jobs_are_reported_not_dropped(monkeypatch):
 
     def failing_cosine(config, jobs, workers, on_result, **kwargs):
         outcomes = real(config, jobs, workers, **kwargs)
-        outcomes = [JobFailure(job, 3, "worker process died") if job.method == "cosine" and job.instance.index == 0
-                    and job.initial_lr is None else outcome for job, outcome in zip(jobs, outcomes)]
+        outcomes = [
+            JobFailure(job, 3, "worker process died")
+            if job.method == "cosine" and job.instance.index == 0 and job.initial_lr is None
+            else outcome
+            for job, outcome in zip(jobs, outcomes)
+        ]
         for job, outcome in zip(jobs, outcomes):
             on_result(job, outcome)
         return outcomes
 
     monkeypatch.setattr(jobs_module, "run_jobs", failing_cosine)
-    settings = compare.Settings(schedules=("constant", "cosine"), tune_instances=1, grid_per_decade=1, robustness=(),
-                                workers=1)
+    settings = compare.Settings(
+        schedules=("constant", "cosine"), tune_instances=1, grid_per_decade=1, robustness=(), workers=1
+    )
     comparison = compare.run_comparison(config, [], settings, progress=False)
     rows = {r["method"]: r for r in compare.summarize(comparison)}
     assert (rows["cosine"]["n"], rows["cosine"]["failed"]) == (1, 1)

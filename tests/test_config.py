@@ -2,8 +2,16 @@ import tomllib
 
 import pytest
 
-from rlsched.config import (Config, ConfigError, available_presets, config_from_dict, config_to_toml, load_config,
-                            parse_override, resolve_preset)
+from rlsched.config import (
+    Config,
+    ConfigError,
+    available_presets,
+    config_from_dict,
+    config_to_toml,
+    load_config,
+    parse_override,
+    resolve_preset,
+)
 
 
 def test_default_config_is_valid_and_roundtrips_through_toml():
@@ -11,7 +19,9 @@ def test_default_config_is_valid_and_roundtrips_through_toml():
     assert config_from_dict(tomllib.loads(config_to_toml(config))) == config
 
 
-@pytest.mark.parametrize("text", ["two\nlines", 'a "quoted" \\ back\tslash', "ünïcödé ✓ 画像", "\x7f control"])
+@pytest.mark.parametrize(
+    "text", ["two\nlines", 'a "quoted" \\ back\tslash', "ünïcödé ✓ 画像", "\x7f control"]
+)
 def test_strings_with_newlines_quotes_and_unicode_roundtrip_through_toml(text, tmp_path):
     config = Config(description=text, family=load_config("family").family)
     path = tmp_path / "config.toml"
@@ -38,7 +48,9 @@ def test_a_preset_without_a_name_is_named_after_its_file(tmp_path):
 def test_unknown_key_names_the_key_and_suggests_the_fix(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[data]\nimage_sise = 32\n")
-    with pytest.raises(ConfigError, match=r"bad.toml \[data\]: unknown key 'image_sise'. Did you mean 'image_size'"):
+    with pytest.raises(
+        ConfigError, match=r"bad.toml \[data\]: unknown key 'image_sise'. Did you mean 'image_size'"
+    ):
         load_config(path)
 
 
@@ -49,21 +61,24 @@ def test_unknown_section_is_rejected(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("data", "task", "segmentation", "task='segmentation'"),
-    ("data", "image_size", "64", "expected an integer"),
-    ("data", "n_test", 0, "n_train, n_val and n_test must be >= 1"),
-    ("data", "test_fraction", 0.0, r"test_fraction=0.0: each must lie in \(0, 1\)"),
-    ("env", "lr_min", 1.0, "lr_min < lr_max"),
-    ("env", "epochs", 10, "not a multiple of epochs_per_step"),
-    ("optim", "name", "rmsprop", "name='rmsprop'"),
-    ("model", "norm", "layer", "norm='layer'"),
-    ("penalty", "divergence", -1.0, "divergence must be >= 0"),
-    ("env", "on_divergence", "retry", r"on_divergence='retry': use one of \('end', 'rollback'\)"),
-    ("env", "backoff_decades", 0.0, "backoff_decades must be > 0"),
-    ("env", "loss_spike", 1.0, r"loss_spike must be 0 \(off\) or > 1"),
-    ("env", "val_spike", 0.5, r"val_spike must be 0 \(off\) or > 1"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("data", "task", "segmentation", "task='segmentation'"),
+        ("data", "image_size", "64", "expected an integer"),
+        ("data", "n_test", 0, "n_train, n_val and n_test must be >= 1"),
+        ("data", "test_fraction", 0.0, r"test_fraction=0.0: each must lie in \(0, 1\)"),
+        ("env", "lr_min", 1.0, "lr_min < lr_max"),
+        ("env", "epochs", 10, "not a multiple of epochs_per_step"),
+        ("optim", "name", "rmsprop", "name='rmsprop'"),
+        ("model", "norm", "layer", "norm='layer'"),
+        ("penalty", "divergence", -1.0, "divergence must be >= 0"),
+        ("env", "on_divergence", "retry", r"on_divergence='retry': use one of \('end', 'rollback'\)"),
+        ("env", "backoff_decades", 0.0, "backoff_decades must be > 0"),
+        ("env", "loss_spike", 1.0, r"loss_spike must be 0 \(off\) or > 1"),
+        ("env", "val_spike", 0.5, r"val_spike must be 0 \(off\) or > 1"),
+    ],
+)
 def test_bad_values_are_rejected_with_the_key(section, key, value, message):
     overrides = {section: {key: value}}
     if key == "epochs":

@@ -11,13 +11,25 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from rlsched.config import EnvConfig
 from gymnasium import spaces
 
-from rlsched.control.interface import (ControlState, Dynamics, action_space, backed_off_lr, build_observation, clip_lr,
-                             decode_lr, encode_lr, feature_index, next_lr, observation_names, observation_space,
-                             suggested_lr, undone)
+from rlsched.config import EnvConfig
+from rlsched.control.interface import (
+    ControlState,
+    Dynamics,
+    action_space,
+    backed_off_lr,
+    build_observation,
+    clip_lr,
+    decode_lr,
+    encode_lr,
+    feature_index,
+    next_lr,
+    observation_names,
+    observation_space,
+    suggested_lr,
+    undone,
+)
 from rlsched.scheduler import RLScheduler
 
 ENV = EnvConfig(epochs=12, lr_min=1e-4, lr_max=1.0, history=2)
@@ -103,18 +115,32 @@ def test_short_history_is_padded_with_its_oldest_entry():
 
 
 def test_non_finite_values_go_to_the_bound_they_ran_towards_and_the_rest_is_clipped():
-    blown_up = Dynamics(lr=10.0, train_loss=math.nan, val_loss=math.inf, dice=0.0, grad_norm=1e12,
-                        update_ratio=1e-12)
+    blown_up = Dynamics(
+        lr=10.0, train_loss=math.nan, val_loss=math.inf, dice=0.0, grad_norm=1e12, update_ratio=1e-12
+    )
     obs = build_observation(ENV, STEP, blown_up, BEFORE, HISTORY)
-    for name, value in {"log_lr": 1.0, "log_train_loss": 5.0, "log_val_loss": 5.0, "d_log_train_loss": 5.0,
-                        "d_log_val_loss": 5.0, "d_dice": -0.6, "log_grad_norm": 8.0,
-                        "log_update_ratio": -8.0}.items():
+    for name, value in {
+        "log_lr": 1.0,
+        "log_train_loss": 5.0,
+        "log_val_loss": 5.0,
+        "d_log_train_loss": 5.0,
+        "d_log_val_loss": 5.0,
+        "d_dice": -0.6,
+        "log_grad_norm": 8.0,
+        "log_update_ratio": -8.0,
+    }.items():
         assert obs[INDEX[name]] == pytest.approx(value), name
     tiny = Dynamics(lr=1e-6, train_loss=1e-3, val_loss=1e-5, dice=1.0, grad_norm=1e-12, update_ratio=1e3)
     obs = build_observation(ENV, STEP, tiny, BEFORE, HISTORY)
-    for name, value in {"log_lr": -1.0, "log_train_loss": math.log(1e-3), "log_val_loss": -10.0,
-                        "d_log_train_loss": -5.0, "d_log_val_loss": -5.0, "log_grad_norm": -8.0,
-                        "log_update_ratio": 2.0}.items():
+    for name, value in {
+        "log_lr": -1.0,
+        "log_train_loss": math.log(1e-3),
+        "log_val_loss": -10.0,
+        "d_log_train_loss": -5.0,
+        "d_log_val_loss": -5.0,
+        "log_grad_norm": -8.0,
+        "log_update_ratio": 2.0,
+    }.items():
         assert obs[INDEX[name]] == pytest.approx(value, abs=1e-5), name
 
 
@@ -148,7 +174,7 @@ def test_control_state_remembers_the_previous_step_and_the_history():
         state.advance(dynamics)
     assert state.step == STEP and state.now == NOW and state.before == BEFORE
     assert state.history == [(0.5, 1.0), (0.6, 1e-4), (0.6, 2e-3)]
-    lags = state.observation()[INDEX["dice_lag1"]:]
+    lags = state.observation()[INDEX["dice_lag1"] :]
     np.testing.assert_allclose(lags, [0.6, scaled(2e-3), 0.6, -1.0], atol=1e-6)
 
 
@@ -157,10 +183,10 @@ def test_an_undone_blow_up_backs_the_suggestion_off_below_what_blew_up():
     start = Dynamics(lr=1e-3, train_loss=0.9, val_loss=0.9, dice=0.2, grad_norm=0.0, update_ratio=0.0)
     state = ControlState(env, start)
     state.advance(undone(0.3, start), rolled_back=True)  # the first slice blew up: probe_lr is the base
-    assert state.suggested == pytest.approx(min(env.probe_lr, 0.3) * 10 ** -0.5)
+    assert state.suggested == pytest.approx(min(env.probe_lr, 0.3) * 10**-0.5)
     state.suggested = 0.1
     state.advance(undone(0.05, state.now), rolled_back=True)  # below the suggestion: back off from there
-    assert state.suggested == pytest.approx(0.05 * 10 ** -0.5)
+    assert state.suggested == pytest.approx(0.05 * 10**-0.5)
     assert state.now.val_loss == 0.9 and state.now.dice == 0.2 and math.isnan(state.now.train_loss)
     assert backed_off_lr(env, 1e-5, 1.0) == env.lr_min  # clipped like any LR
 
@@ -169,12 +195,19 @@ def test_the_loss_spike_limits_follow_the_last_healthy_slice():
     env = replace(ENV, on_divergence="rollback", loss_spike=2.0, val_spike=3.0)
     start = Dynamics(lr=1e-3, train_loss=0.9, val_loss=0.9, dice=0.2, grad_norm=0.0, update_ratio=0.0)
     state = ControlState(env, start)
-    assert state.loss_limits() == pytest.approx((1.8, 2.7))  # before the first slice: the untrained net's val loss
+    assert state.loss_limits() == pytest.approx(
+        (1.8, 2.7)
+    )  # before the first slice: the untrained net's val loss
     state.advance(Dynamics(1e-3, 0.5, 0.6, 0.3, 1.0, 0.01))
-    assert state.loss_limits() == pytest.approx((1.0, 1.8))  # training and validation loss, each its own factor
+    assert state.loss_limits() == pytest.approx(
+        (1.0, 1.8)
+    )  # training and validation loss, each its own factor
     state.advance(undone(0.1, state.now), rolled_back=True)  # an undone slice leaves the references alone
     assert state.loss_limits() == pytest.approx((1.0, 1.8))
-    assert ControlState(replace(env, loss_spike=0.0, val_spike=0.0), start).loss_limits() == (math.inf, math.inf)
+    assert ControlState(replace(env, loss_spike=0.0, val_spike=0.0), start).loss_limits() == (
+        math.inf,
+        math.inf,
+    )
     assert ControlState(replace(env, on_divergence="end"), start).loss_limits() == (math.inf, math.inf)
 
 
@@ -191,10 +224,20 @@ def test_rl_scheduler_passes_each_number_to_its_feature():
     scheduler = RLScheduler(Recorder(), optimizer, ENV)
     assert scheduler.start(val_loss=0.7, dice=0.6) == pytest.approx(1e-3)
     scheduler.step(train_loss=0.5, val_loss=0.8, dice=0.7, grad_norm=100.0, update_ratio=1e-3)
-    expected = {"log_lr": -0.5, "budget_used": 1 / 12, "log_train_loss": math.log(0.5),
-                "log_val_loss": math.log(0.8), "d_log_train_loss": math.log(0.5 / 0.7),
-                "d_log_val_loss": math.log(0.8 / 0.7), "dice": 0.7, "d_dice": 0.1, "log_grad_norm": 2.0,
-                "log_update_ratio": -3.0, "dice_lag1": 0.6, "log_lr_lag1": scaled(2e-3)}
+    expected = {
+        "log_lr": -0.5,
+        "budget_used": 1 / 12,
+        "log_train_loss": math.log(0.5),
+        "log_val_loss": math.log(0.8),
+        "d_log_train_loss": math.log(0.5 / 0.7),
+        "d_log_val_loss": math.log(0.8 / 0.7),
+        "dice": 0.7,
+        "d_dice": 0.1,
+        "log_grad_norm": 2.0,
+        "log_update_ratio": -3.0,
+        "dice_lag1": 0.6,
+        "log_lr_lag1": scaled(2e-3),
+    }
     for name, value in expected.items():
         assert seen[-1][INDEX[name]] == pytest.approx(value, abs=1e-6), name
     assert seen[0][INDEX["log_train_loss"]] == pytest.approx(math.log(0.7))  # at start: ln(val loss)
@@ -202,24 +245,29 @@ def test_rl_scheduler_passes_each_number_to_its_feature():
 
 def test_discrete_actions_pick_a_factor_continuous_ones_a_log_scale_change_absolute_ones_a_grid_lr():
     assert [next_lr(ENV, 0.01, a) for a in range(5)] == pytest.approx([0.01 * f for f in ENV.factors])
-    assert next_lr(ENV, 0.01, np.array([3])) == pytest.approx(0.01 * ENV.factors[3])  # as vector agents pass it
+    assert next_lr(ENV, 0.01, np.array([3])) == pytest.approx(
+        0.01 * ENV.factors[3]
+    )  # as vector agents pass it
     continuous = EnvConfig(action="continuous", max_log10_change=0.5)
-    assert next_lr(continuous, 0.01, np.array([0.5], np.float32)) == pytest.approx(0.01 * 10 ** 0.25)
-    assert next_lr(continuous, 0.01, np.array([-0.5], np.float32)) == pytest.approx(0.01 * 10 ** -0.25)
-    assert next_lr(continuous, 0.01, 3.0) == pytest.approx(0.01 * 10 ** 0.5)  # actions clipped to [-1, 1]
-    assert next_lr(continuous, 0.01, -3.0) == pytest.approx(0.01 * 10 ** -0.5)
+    assert next_lr(continuous, 0.01, np.array([0.5], np.float32)) == pytest.approx(0.01 * 10**0.25)
+    assert next_lr(continuous, 0.01, np.array([-0.5], np.float32)) == pytest.approx(0.01 * 10**-0.25)
+    assert next_lr(continuous, 0.01, 3.0) == pytest.approx(0.01 * 10**0.5)  # actions clipped to [-1, 1]
+    assert next_lr(continuous, 0.01, -3.0) == pytest.approx(0.01 * 10**-0.5)
     absolute = EnvConfig(action="absolute", grid_points=5, lr_min=1e-4, lr_max=1.0)
     assert [next_lr(absolute, 0.5, a) for a in range(5)] == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0])
     assert next_lr(ENV, 0.8, 4) == 1.0  # x2 clipped to lr_max
 
 
 def test_residual_actions_offset_the_suggested_lr_and_the_probe_lr_before_it_is_measured():
-    residual = EnvConfig(action="residual", offsets=(-1.0, -0.25, 0.0, 0.5), probe_lr=1e-3, lr_min=1e-5, lr_max=1.0)
-    expected_probes = [1e-4, 1e-3 * 10 ** -0.25, 1e-3, 1e-3 * 10 ** 0.5]
+    residual = EnvConfig(
+        action="residual", offsets=(-1.0, -0.25, 0.0, 0.5), probe_lr=1e-3, lr_min=1e-5, lr_max=1.0
+    )
+    expected_probes = [1e-4, 1e-3 * 10**-0.25, 1e-3, 1e-3 * 10**0.5]
     assert [next_lr(residual, 0.01, a) for a in range(4)] == pytest.approx(expected_probes)  # whatever the LR
     assert [next_lr(residual, 0.3, a) for a in range(4)] == pytest.approx(expected_probes)
     assert [next_lr(residual, 0.01, a, suggested=0.2) for a in range(4)] == pytest.approx(
-        [0.02, 0.2 * 10 ** -0.25, 0.2, 0.2 * 10 ** 0.5])  # the offset 0 is the suggestion
+        [0.02, 0.2 * 10**-0.25, 0.2, 0.2 * 10**0.5]
+    )  # the offset 0 is the suggestion
     assert next_lr(residual, 0.01, 3, suggested=0.5) == 1.0  # clipped to lr_max
     assert action_space(residual) == spaces.Discrete(4)
     assert 0.0 in EnvConfig().offsets and len(EnvConfig().offsets) == 19  # quarter decades, -3 .. +1.5

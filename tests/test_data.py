@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from rlsched.config import ConfigError, DataConfig
-from rlsched.seg.sources import make_dataset
 from rlsched.seg.dataset import DatasetError, SegmentationData
-from rlsched.seg.sources.synthetic import SHAPES, _REACH, _gaussian_blur, _inside
+from rlsched.seg.sources import make_dataset
+from rlsched.seg.sources.synthetic import _REACH, SHAPES, _gaussian_blur, _inside
 
 SMALL = DataConfig(image_size=32, n_train=24, n_val=8, n_test=8)
 CLASSES = {"binary": 1, "multiclass": 3, "multilabel": 3}
@@ -26,8 +26,14 @@ def synthetic(seed: int = 0, **changes) -> SegmentationData:
 
 
 def tensors(data: SegmentationData) -> list[torch.Tensor]:
-    return [data.train_images, data.train_masks, data.val_images, data.val_masks, data.test_images,
-            data.test_masks]
+    return [
+        data.train_images,
+        data.train_masks,
+        data.val_images,
+        data.val_masks,
+        data.test_images,
+        data.test_masks,
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -46,8 +52,9 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(task):
 @pytest.mark.parametrize("ignore_border", [False, True])
 def test_the_test_split_leaves_a_seeds_train_and_val_scenes_as_they_were(task, ignore_border):
     """Test scenes come from a stream of their own: results measured before the split existed stay valid."""
-    a, b = (synthetic(5, task=task, classes=CLASSES[task], ignore_border=ignore_border, n_test=n)
-            for n in (3, 9))
+    a, b = (
+        synthetic(5, task=task, classes=CLASSES[task], ignore_border=ignore_border, n_test=n) for n in (3, 9)
+    )
     assert all(torch.equal(x, y) for x, y in zip(tensors(a)[:4], tensors(b)[:4]))
     assert len(a.test_images) == 3 and len(b.test_images) == 9
 
@@ -88,9 +95,12 @@ def test_kinds_beyond_the_shape_list_are_still_labelled():
 def test_ignore_border_marks_exactly_the_pixels_outside_the_field_of_view(task):
     data = synthetic(task=task, classes=CLASSES[task], ignore_border=True)
     offset = torch.arange(32) - 15.5
-    outside = offset[:, None] ** 2 + offset[None, :] ** 2 > 16 ** 2
-    for masks, images in ((data.train_masks, data.train_images), (data.val_masks, data.val_images),
-                          (data.test_masks, data.test_images)):
+    outside = offset[:, None] ** 2 + offset[None, :] ** 2 > 16**2
+    for masks, images in (
+        (data.train_masks, data.train_images),
+        (data.val_masks, data.val_images),
+        (data.test_masks, data.test_images),
+    ):
         ignored = masks == 255
         assert ignored[..., outside].all()
         assert not ignored[..., ~outside].any()
@@ -101,28 +111,37 @@ def test_ignore_border_marks_exactly_the_pixels_outside_the_field_of_view(task):
 
 
 def test_foreground_fraction_grows_with_radius():
-    fractions = [(synthetic(n_train=64, min_radius=lo, max_radius=hi).train_masks == 1).float().mean().item()
-                 for lo, hi in ((0.04, 0.06), (0.08, 0.12), (0.16, 0.24))]
+    fractions = [
+        (synthetic(n_train=64, min_radius=lo, max_radius=hi).train_masks == 1).float().mean().item()
+        for lo, hi in ((0.04, 0.06), (0.08, 0.12), (0.16, 0.24))
+    ]
     assert 0 < fractions[0] < fractions[1] < fractions[2] < 0.9
 
 
 def test_train_val_and_test_share_no_image_and_follow_one_distribution():
     data = synthetic(n_train=64, n_val=64, n_test=64)
-    train, val, test = (images.flatten(1) for images in (data.train_images, data.val_images, data.test_images))
+    train, val, test = (
+        images.flatten(1) for images in (data.train_images, data.val_images, data.test_images)
+    )
     assert torch.cdist(val, train).min() > 1.0
     assert torch.cdist(test, train).min() > 1.0 and torch.cdist(test, val).min() > 1.0
-    fractions = [(masks == 1).float().mean().item() for masks in (data.train_masks, data.val_masks,
-                                                                   data.test_masks)]
+    fractions = [
+        (masks == 1).float().mean().item() for masks in (data.train_masks, data.val_masks, data.test_masks)
+    ]
     assert max(fractions) - min(fractions) < 0.03
-    assert abs(data.test_images.mean()) < 0.1 and abs(data.test_images.std() - 1) < 0.1  # train statistics fit
+    assert (
+        abs(data.test_images.mean()) < 0.1 and abs(data.test_images.std() - 1) < 0.1
+    )  # train statistics fit
 
 
 def test_foreground_is_brighter_but_not_separable_by_one_threshold():
     data = synthetic(n_train=64)
     pixels, foreground = data.train_images[:, 0], data.train_masks == 1
     assert pixels[foreground].mean() > pixels[~foreground].mean() + 0.5
-    dice = [(2 * ((pixels > t) & foreground).sum() / ((pixels > t).sum() + foreground.sum())).item()
-            for t in np.linspace(-1, 3, 41)]
+    dice = [
+        (2 * ((pixels > t) & foreground).sum() / ((pixels > t).sum() + foreground.sum())).item()
+        for t in np.linspace(-1, 3, 41)
+    ]
     assert max(dice) < 0.7
 
 
@@ -137,14 +156,14 @@ def test_shapes_fit_their_window_and_differ_from_each_other():
     axis = torch.linspace(-1.6, 1.6, 161).numpy()
     u = np.broadcast_to(axis[None, None, :], (1, 161, 161))
     v = np.broadcast_to(axis[None, :, None], (1, 161, 161))
-    radius = np.sqrt(u ** 2 + v ** 2)[0]
+    radius = np.sqrt(u**2 + v**2)[0]
     rng = np.random.default_rng(0)
     masks = {}
     for shape, reach in _REACH.items():
         masks[shape] = _inside(shape, u, v, rng)[0]
         assert masks[shape].any() and not masks[shape][radius > reach].any(), shape
     for i, a in enumerate(SHAPES):
-        for b in SHAPES[i + 1:]:
+        for b in SHAPES[i + 1 :]:
             iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
             assert iou < 0.8, (a, b, iou)
 
@@ -208,14 +227,17 @@ def folder_cfg(root: Path, **changes) -> DataConfig:
 
 def everything(data: SegmentationData) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and masks of the train, validation and test splits, in that order."""
-    return (torch.cat([data.train_images, data.val_images, data.test_images]),
-            torch.cat([data.train_masks, data.val_masks, data.test_masks]))
+    return (
+        torch.cat([data.train_images, data.val_images, data.test_images]),
+        torch.cat([data.train_masks, data.val_masks, data.test_masks]),
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_folder_loads_pairs_resized_and_mapped(tmp_path, channels):
-    data = make_dataset(folder_cfg(make_folder(tmp_path), channels=channels, n_train=99, n_val=99, n_test=99),
-                        seed=0)
+    data = make_dataset(
+        folder_cfg(make_folder(tmp_path), channels=channels, n_train=99, n_val=99, n_test=99), seed=0
+    )
     assert data.train_images.shape == (5, channels, SIZE, SIZE)  # 7 pairs: round(0.2 * 7) = 1 val, 1 test
     assert data.val_images.shape == data.test_images.shape == (1, channels, SIZE, SIZE)
     assert data.train_masks.shape == (5, SIZE, SIZE) and data.train_masks.dtype == torch.uint8
@@ -239,7 +261,7 @@ def test_folder_loads_pairs_resized_and_mapped(tmp_path, channels):
 def test_folder_odd_size_pair_is_centre_cropped_then_resized(tmp_path):
     _, masks = everything(make_dataset(folder_cfg(make_folder(tmp_path)), seed=0))
     odd = masks[(masks == 1).float().mean(dim=(1, 2)) == 0.5][0]
-    assert (odd[:, : SIZE // 2] == 1).all() and (odd[:, SIZE // 2:] == 0).all()
+    assert (odd[:, : SIZE // 2] == 1).all() and (odd[:, SIZE // 2 :] == 0).all()
 
 
 def test_folder_split_is_deterministic_and_follows_split_seed(tmp_path):
@@ -295,28 +317,40 @@ def stray_value(root: Path) -> Path:
 
 def test_folder_mask_map_must_list_every_raw_value(tmp_path):
     root = stray_value(make_folder(tmp_path))
-    with pytest.raises(DatasetError, match=r'raw mask values \[128\].*mask_map = \{"0" = 0, "128" = 255, '
-                                           r'"255" = 1\}'):
+    with pytest.raises(
+        DatasetError,
+        match=r'raw mask values \[128\].*mask_map = \{"0" = 0, "128" = 255, '
+        r'"255" = 1\}',
+    ):
         make_dataset(folder_cfg(root), seed=0)
     # a partial map used to leave 255 standing for itself, i.e. "ignore": every foreground pixel was lost
-    with pytest.raises(DatasetError, match=r'does not list the raw mask values \[0, 255\].*'
-                                           r'mask_map = \{"0" = 0, "128" = 0, "255" = 1\}'):
+    with pytest.raises(
+        DatasetError,
+        match=r"does not list the raw mask values \[0, 255\].*"
+        r'mask_map = \{"0" = 0, "128" = 0, "255" = 1\}',
+    ):
         make_dataset(folder_cfg(root, mask_map={"128": 0}), seed=0)
     _, masks = everything(make_dataset(folder_cfg(root, mask_map={"0": 0, "128": 0, "255": 1}), seed=0))
     assert set(masks.unique().tolist()) == {0, 1}
 
 
-@pytest.mark.parametrize("mask_map, cause", [
-    ({}, r"0 -> 0 and 0% of pixels are ignore_index=255"),  # every mask is empty
-    ({"0": 255, "255": 255}, r"0 -> 255, 255 -> 255 and 100% of pixels are ignore_index=255"),
-])
+@pytest.mark.parametrize(
+    "mask_map, cause",
+    [
+        ({}, r"0 -> 0 and 0% of pixels are ignore_index=255"),  # every mask is empty
+        ({"0": 255, "255": 255}, r"0 -> 255, 255 -> 255 and 100% of pixels are ignore_index=255"),
+    ],
+)
 def test_folder_without_foreground_is_an_error_naming_the_cause(tmp_path, mask_map, cause):
     root = make_folder(tmp_path)
     if not mask_map:
         for path in (root / "masks").iterdir():
             save(path, np.zeros_like(np.asarray(Image.open(path))))
-    with pytest.raises(DatasetError, match=f"no mask has a foreground pixel \\(class 1..1\\); raw values "
-                                           f"map {cause}. Map the raw value that marks foreground"):
+    with pytest.raises(
+        DatasetError,
+        match=f"no mask has a foreground pixel \\(class 1..1\\); raw values "
+        f"map {cause}. Map the raw value that marks foreground",
+    ):
         make_dataset(folder_cfg(root, mask_map=mask_map), seed=0)
 
 
@@ -325,8 +359,11 @@ def test_folder_split_without_foreground_is_an_error(tmp_path):
     for path in (root / "masks").iterdir():  # foreground in one mask only: one split has none
         if path.stem != "case5":
             save(path, np.zeros_like(np.asarray(Image.open(path))))
-    with pytest.raises(DatasetError, match=r"no mask of the (training|validation|test) split \(case\d.png.*\) "
-                                           r"has a foreground pixel: change \[data\] split_seed"):
+    with pytest.raises(
+        DatasetError,
+        match=r"no mask of the (training|validation|test) split \(case\d.png.*\) "
+        r"has a foreground pixel: change \[data\] split_seed",
+    ):
         make_dataset(folder_cfg(root), seed=0)
 
 
@@ -347,14 +384,20 @@ def test_folder_errors_for_missing_folders(tmp_path):
 def test_folder_error_names_a_file_that_is_no_readable_image(tmp_path):
     root = make_folder(tmp_path)
     (root / "images" / "case1.png").write_text("not an image")
-    with pytest.raises(DatasetError, match=r"images/case1.png: not an image PIL can read, whatever its "
-                                           r"\.png name says: replace it"):
+    with pytest.raises(
+        DatasetError,
+        match=r"images/case1.png: not an image PIL can read, whatever its "
+        r"\.png name says: replace it",
+    ):
         make_dataset(folder_cfg(root), seed=0)
     save(root / "images" / "case1.png", np.random.default_rng(0).integers(0, 256, (64, 64)))
     data = (root / "images" / "case1.png").read_bytes()
     (root / "images" / "case1.png").write_bytes(data[: len(data) // 2])  # cut off: the header still parses
-    with pytest.raises(DatasetError, match=r"images/case1.png: cannot decode the image \(image file is "
-                                           r"truncated\): replace it"):
+    with pytest.raises(
+        DatasetError,
+        match=r"images/case1.png: cannot decode the image \(image file is "
+        r"truncated\): replace it",
+    ):
         make_dataset(folder_cfg(root), seed=0)
 
 
@@ -387,8 +430,11 @@ def test_folder_error_for_too_few_pairs(tmp_path):
     for name in ("one", "two"):
         save(tmp_path / "images" / f"{name}.png", np.zeros((SIZE, SIZE)))
         save(tmp_path / "masks" / f"{name}.png", np.zeros((SIZE, SIZE)))
-    with pytest.raises(DatasetError, match=r"found 2 image/mask pair\(s\); need at least 3 \(one each to train, "
-                                           r"validate and test on\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"found 2 image/mask pair\(s\); need at least 3 \(one each to train, "
+        r"validate and test on\)",
+    ):
         make_dataset(folder_cfg(tmp_path), seed=0)
 
 

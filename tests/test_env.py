@@ -13,11 +13,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlsched  # noqa: F401  (registers the env ids)
 from rlsched.agents.workers import env_factory
 from rlsched.config import ConfigError
-from rlsched.seg.sources import make_dataset
-from rlsched.control.interface import OBS_FEATURES, observation_names
 from rlsched.control.env import Instance, UNetLREnv, make_instances
+from rlsched.control.interface import OBS_FEATURES, observation_names
 from rlsched.fixed import run_schedule
 from rlsched.seg.schedules import FixedSchedule
+from rlsched.seg.sources import make_dataset
 from rlsched.seg.trainer import Trainer
 
 SHORT = {"env.epochs": 3}
@@ -48,8 +48,9 @@ def test_reset_info_and_wall_time():
 def test_undefined_dice_reads_as_zero(monkeypatch):
     """Dice is NaN when the validation set has no foreground at all: the env reports 0, never NaN."""
     evaluate = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate",
-                        lambda self: dataclasses.replace(evaluate(self), dice_mean=math.nan))
+    monkeypatch.setattr(
+        Trainer, "evaluate", lambda self: dataclasses.replace(evaluate(self), dice_mean=math.nan)
+    )
     env = UNetLREnv("fast", **SHORT)
     dice = observation_names(env.config.env).index("dice")
     obs, info = env.reset(seed=0)
@@ -147,22 +148,48 @@ def test_observation_reports_the_training_run_feature_by_feature():
             assert obs[names.index(name)] == pytest.approx(value, abs=1e-5), name
 
     obs, reset = env.reset(seed=0, options={"lr": 0.01})
-    lags = {f"{name}{k}": value for k in (1, 2, 3)
-            for name, value in (("dice_lag", reset["dice_mean"]), ("log_lr_lag", scaled(0.01)))}
-    check(obs, {"log_lr": scaled(0.01), "budget_used": 0.0, "log_train_loss": math.log(reset["val_loss"]),
-                "log_val_loss": math.log(reset["val_loss"]), "d_log_train_loss": 0.0, "d_log_val_loss": 0.0,
-                "dice": reset["dice_mean"], "d_dice": 0.0, "log_grad_norm": 0.0, "log_update_ratio": 0.0,
-                "first_step": 1.0, **lags})
+    lags = {
+        f"{name}{k}": value
+        for k in (1, 2, 3)
+        for name, value in (("dice_lag", reset["dice_mean"]), ("log_lr_lag", scaled(0.01)))
+    }
+    check(
+        obs,
+        {
+            "log_lr": scaled(0.01),
+            "budget_used": 0.0,
+            "log_train_loss": math.log(reset["val_loss"]),
+            "log_val_loss": math.log(reset["val_loss"]),
+            "d_log_train_loss": 0.0,
+            "d_log_val_loss": 0.0,
+            "dice": reset["dice_mean"],
+            "d_dice": 0.0,
+            "log_grad_norm": 0.0,
+            "log_update_ratio": 0.0,
+            "first_step": 1.0,
+            **lags,
+        },
+    )
     obs, _, _, _, info = env.step(4)  # x2
     assert info["train_loss"] != info["val_loss"] and info["dice_mean"] != reset["dice_mean"]
-    check(obs, {"log_lr": scaled(0.02), "budget_used": 1 / 3,
-                "log_train_loss": math.log(info["train_loss"]), "log_val_loss": math.log(info["val_loss"]),
-                "d_log_train_loss": math.log(info["train_loss"] / reset["val_loss"]),
-                "d_log_val_loss": math.log(info["val_loss"] / reset["val_loss"]),
-                "dice": info["dice_mean"], "d_dice": info["dice_mean"] - reset["dice_mean"],
-                "log_grad_norm": math.log10(info["grad_norm"]),
-                "log_update_ratio": math.log10(info["update_ratio"]), "first_step": 0.0,
-                "dice_lag1": reset["dice_mean"], "log_lr_lag1": scaled(0.01)})
+    check(
+        obs,
+        {
+            "log_lr": scaled(0.02),
+            "budget_used": 1 / 3,
+            "log_train_loss": math.log(info["train_loss"]),
+            "log_val_loss": math.log(info["val_loss"]),
+            "d_log_train_loss": math.log(info["train_loss"] / reset["val_loss"]),
+            "d_log_val_loss": math.log(info["val_loss"] / reset["val_loss"]),
+            "dice": info["dice_mean"],
+            "d_dice": info["dice_mean"] - reset["dice_mean"],
+            "log_grad_norm": math.log10(info["grad_norm"]),
+            "log_update_ratio": math.log10(info["update_ratio"]),
+            "first_step": 0.0,
+            "dice_lag1": reset["dice_mean"],
+            "log_lr_lag1": scaled(0.01),
+        },
+    )
 
 
 def test_same_seed_and_actions_give_the_same_trajectory():
@@ -189,14 +216,20 @@ def test_continuous_action_is_log_scale():
     env = UNetLREnv("fast", **SHORT, **{"env.action": "continuous"})
     env.reset(seed=0, options={"lr": 0.01})
     _, _, _, _, info = env.step(np.array([1.0], np.float32))
-    assert info["lr"] == pytest.approx(0.01 * 10 ** env.config.env.max_log10_change)
+    assert info["lr"] == pytest.approx(0.01 * 10**env.config.env.max_log10_change)
 
 
-@pytest.mark.parametrize("mode, bad, good", [
-    ("discrete", [-1, 5, 7, 2.0, True, np.array([7]), "2"], [np.int64(2), np.array(2), np.array([2])]),
-    ("continuous", [1.5, np.array([-1.01]), np.array([np.nan]), np.zeros(2, np.float32), "x"],
-     [np.array([0.5], np.float32), np.array([-1.0]), 0.25]),
-])
+@pytest.mark.parametrize(
+    "mode, bad, good",
+    [
+        ("discrete", [-1, 5, 7, 2.0, True, np.array([7]), "2"], [np.int64(2), np.array(2), np.array([2])]),
+        (
+            "continuous",
+            [1.5, np.array([-1.01]), np.array([np.nan]), np.zeros(2, np.float32), "x"],
+            [np.array([0.5], np.float32), np.array([-1.0]), 0.25],
+        ),
+    ],
+)
 def test_an_action_outside_the_action_space_is_refused(mode, bad, good):
     """Indexing the factors took -1 as the last one and failed on 7 with an IndexError; a continuous action
     past [-1, 1] was clipped without a word. Refused like ``Discrete.contains`` / ``Box.contains``."""
@@ -230,19 +263,29 @@ def test_divergence_terminates_with_penalty_and_never_raises():
 
 
 def test_a_rolled_back_blow_up_costs_its_epoch_not_the_episode():
-    env = UNetLREnv("fast", **{"env.lr_max": 1e4, "env.epochs": 3, "env.action": "residual",
-                               "env.offsets": [0.0, 6.0], "env.on_divergence": "rollback"})
+    env = UNetLREnv(
+        "fast",
+        **{
+            "env.lr_max": 1e4,
+            "env.epochs": 3,
+            "env.action": "residual",
+            "env.offsets": [0.0, 6.0],
+            "env.on_divergence": "rollback",
+        },
+    )
     _, start = env.reset(seed=0)
     first = env.step(0)
     measured = env._control.suggested
     obs, reward, terminated, truncated, info = env.step(1)  # 1e6 x the suggestion: blows up
     assert info["rolled_back"] and not info["diverged"] and not terminated and not truncated
-    assert info["dice_mean"] == first[4]["dice_mean"] and info["val_loss"] == pytest.approx(first[4]["val_loss"])
+    assert info["dice_mean"] == first[4]["dice_mean"] and info["val_loss"] == pytest.approx(
+        first[4]["val_loss"]
+    )
     assert reward == -info["penalty/divergence"] < 0 and env.observation_space.contains(obs)
     names = [f[0] for f in OBS_FEATURES]
     assert obs[names.index("log_train_loss")] == 5.0 and obs[names.index("log_update_ratio")] == 2.0
     suggested = env._control.suggested
-    assert suggested == pytest.approx(measured * 10 ** -0.5)  # half a decade below the suggestion that blew up
+    assert suggested == pytest.approx(measured * 10**-0.5)  # half a decade below the suggestion that blew up
     obs, reward, terminated, _, info = env.step(0)  # the suggestion: trains again
     assert terminated and not info["rolled_back"] and info["lr"] == pytest.approx(suggested)
     assert math.isfinite(info["val_loss"]) and 0.0 <= env.evaluate_test() <= 1.0
@@ -252,7 +295,9 @@ def test_a_rolled_back_blow_up_costs_its_epoch_not_the_episode():
 def test_the_env_undoes_a_loss_spike_it_is_given_the_limits_of(monkeypatch, limits):
     from rlsched.control.interface import ControlState
 
-    monkeypatch.setattr(ControlState, "loss_limits", lambda self: limits)  # every finite loss of one kind spikes
+    monkeypatch.setattr(
+        ControlState, "loss_limits", lambda self: limits
+    )  # every finite loss of one kind spikes
     env = UNetLREnv("fast", **{"env.epochs": 2, "env.on_divergence": "rollback"})
     env.reset(seed=0)
     *_, info = env.step(env.keep_action)
@@ -265,7 +310,8 @@ def test_budget_end_is_terminal_not_truncated():
     env.reset(seed=0, options={"lr": 0.01})
     steps = [env.step(2) for _ in range(3)]
     assert [(terminated, truncated) for _, _, terminated, truncated, _ in steps] == [(False, False)] * 2 + [
-        (True, False)]
+        (True, False)
+    ]
     assert [info["epoch"] for *_, info in steps] == [1, 2, 3]
     assert "final_dice" in steps[-1][4] and "final_dice" not in steps[-2][4]
     with pytest.raises(RuntimeError, match="call reset"):
@@ -278,8 +324,10 @@ def test_instance_sets_are_fixed_by_the_preset():
     cfg = config.env
     train, heldout = make_instances(config, "train"), make_instances(config, "heldout")
     assert (len(train), len(heldout)) == (cfg.train_instances, cfg.heldout_instances) == (16, 4)
-    assert heldout[:2] == [Instance("heldout", 0, 995326737, 880480477, pytest.approx(0.013209942215439344)),
-                           Instance("heldout", 1, 613677793, 272165816, pytest.approx(0.2283595743595669))]
+    assert heldout[:2] == [
+        Instance("heldout", 0, 995326737, 880480477, pytest.approx(0.013209942215439344)),
+        Instance("heldout", 1, 613677793, 272165816, pytest.approx(0.2283595743595669)),
+    ]
     assert train[0] == Instance("train", 0, 1403976921, 1307735269, pytest.approx(0.07528712460793205))
     assert all(cfg.initial_lr_min <= i.initial_lr <= cfg.initial_lr_max for i in train + heldout)
     assert [i.index for i in train] == list(range(16))
@@ -293,10 +341,15 @@ def test_heldout_instances_are_disjoint_and_selectable():
     heldout = make_instances(env.config, "heldout")
     assert not {i.data_seed for i in train} & {i.data_seed for i in heldout}
     _, info = env.reset(options={"split": "heldout", "instance": 2})
-    assert info["split"] == "heldout" and info["instance"] == 2 and info["initial_lr"] == heldout[2].initial_lr
-    for options, message in [({"split": "test"}, "unknown split"), ({"instance": 99}, "out of range"),
-                             ({"split": "heldout", "instance": len(heldout)}, "out of range"),
-                             ({"instanse": 1}, "unknown reset option")]:
+    assert (
+        info["split"] == "heldout" and info["instance"] == 2 and info["initial_lr"] == heldout[2].initial_lr
+    )
+    for options, message in [
+        ({"split": "test"}, "unknown split"),
+        ({"instance": 99}, "out of range"),
+        ({"split": "heldout", "instance": len(heldout)}, "out of range"),
+        ({"instanse": 1}, "unknown reset option"),
+    ]:
         with pytest.raises(ValueError, match=message):
             env.reset(options=options)
 
@@ -306,8 +359,14 @@ def test_schedule_through_env_equals_schedule_on_trainer(schedule):
     env = UNetLREnv("fast")
     instance = env.instances["heldout"][0]
     steps = env.config.env.steps
-    direct = list(run_schedule(env.config, FixedSchedule(schedule, 0.05, steps),
-                               make_dataset(env.config.data, instance.data_seed), instance.init_seed))
+    direct = list(
+        run_schedule(
+            env.config,
+            FixedSchedule(schedule, 0.05, steps),
+            make_dataset(env.config.data, instance.data_seed),
+            instance.init_seed,
+        )
+    )
 
     through_env = []
     plan = FixedSchedule(schedule, 0.05, steps)
@@ -328,7 +387,11 @@ def test_schedule_through_env_equals_schedule_on_trainer(schedule):
 def test_first_step_flag_marks_the_unmeasured_features_at_reset():
     env = UNetLREnv("fast", **SHORT)
     names = observation_names(env.config.env)
-    flag, grad, update = names.index("first_step"), names.index("log_grad_norm"), names.index("log_update_ratio")
+    flag, grad, update = (
+        names.index("first_step"),
+        names.index("log_grad_norm"),
+        names.index("log_update_ratio"),
+    )
     obs, _ = env.reset(seed=0)
     assert obs[flag] == 1.0 and obs[grad] == 0.0 and obs[update] == 0.0
     obs, _, _, _, info = env.step(env.keep_action)
@@ -338,8 +401,11 @@ def test_first_step_flag_marks_the_unmeasured_features_at_reset():
 
 
 def test_absolute_actions_set_a_grid_lr_and_fixed_schedules_still_drive_the_env():
-    env = UNetLREnv("fast", **SHORT, **{"env.action": "absolute", "env.grid_points": 5, "env.lr_min": 1e-4,
-                                        "env.lr_max": 1.0})
+    env = UNetLREnv(
+        "fast",
+        **SHORT,
+        **{"env.action": "absolute", "env.grid_points": 5, "env.lr_min": 1e-4, "env.lr_max": 1.0},
+    )
     assert env.action_space == gym.spaces.Discrete(5)
     gym_check_env(env, skip_render_check=True)
     env.reset(seed=0)

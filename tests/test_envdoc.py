@@ -9,7 +9,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "env.md"
 
 
 def test_the_committed_env_spec_is_current() -> None:
-    assert DOC.read_text() == envdoc.render(), "docs/env.md is stale: python -m rlsched.envdoc --write docs/env.md"
+    assert DOC.read_text() == envdoc.render(), (
+        "docs/env.md is stale: python -m rlsched.envdoc --write docs/env.md"
+    )
 
 
 def test_the_spec_lists_every_observation_feature_and_config_key_in_order() -> None:

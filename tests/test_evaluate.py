@@ -5,25 +5,51 @@ import json
 
 import pytest
 
-from rlsched import evaluate
-from rlsched import train
+from rlsched import evaluate, train
 from rlsched.config import load_config
 from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.baselines import method_job
 from rlsched.experiment.harness import ScriptedController, run_episode
 from rlsched.experiment.jobs import episodes, run_jobs
-from rlsched.experiment.baselines import method_job
 
-TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2", 'env.action="residual"',
-        "env.heldout_instances=2", "env.train_instances=2"]
+TINY = [
+    "data.image_size=16",
+    "data.n_train=16",
+    "data.n_val=8",
+    "env.epochs=2",
+    'env.action="residual"',
+    "env.heldout_instances=2",
+    "env.train_instances=2",
+]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     sets = [arg for o in TINY for arg in ("--set", o)]
-    assert train.main(["--preset", "fast", *sets, "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "1",
-                       "--teacher-lr", "0.01", "--episodes-per-rollout", "2", "--no-eval",
-                       "--runs-dir", str(root)]) == 0
+    assert (
+        train.main(
+            [
+                "--preset",
+                "fast",
+                *sets,
+                "--n-envs",
+                "1",
+                "--total-timesteps",
+                "4",
+                "--bc-episodes",
+                "1",
+                "--teacher-lr",
+                "0.01",
+                "--episodes-per-rollout",
+                "2",
+                "--no-eval",
+                "--runs-dir",
+                str(root),
+            ]
+        )
+        == 0
+    )
     (run,) = root.iterdir()
     return run
 
@@ -38,10 +64,14 @@ def test_the_held_out_table_has_the_teacher_rule_and_schedule_free_beside_the_po
     env = UNetLREnv(config=config)
     rule = [run_episode(env, ScriptedController(0.01, follow_suggestion=True), i) for i in instances]
     assert summary["rule_test_dice"] == pytest.approx([r.test_dice for r in rule])
-    free = episodes(run_jobs(config, [method_job(config, "optimizer", "schedulefree_adamw", "sf", i)
-                                      for i in instances], 1))
+    free = episodes(
+        run_jobs(
+            config, [method_job(config, "optimizer", "schedulefree_adamw", "sf", i) for i in instances], 1
+        )
+    )
     assert summary["schedulefree_adamw_test_dice"] == pytest.approx(
-        [r.test_dice for r in sorted(free, key=lambda r: r.instance.index)])
+        [r.test_dice for r in sorted(free, key=lambda r: r.instance.index)]
+    )
     learned = summary["learned_test_dice"]
     for name in ("rule", "schedulefree_adamw", "constant"):
         expected = sum(learned) / 2 - sum(summary[f"{name}_test_dice"]) / 2
@@ -73,8 +103,17 @@ def test_a_two_instance_interval_is_shown_clipped_with_a_warning_and_kept_raw(ru
     from rlsched.experiment.harness import EpisodeResult
 
     def results(jobs):
-        return [EpisodeResult(job.method, job.instance, [{"epoch": 0, "dice_mean": 0.6, "diverged": False}], 0.0,
-                              1.0, test_dice=(0.1, 0.9)[job.instance.index]) for job in jobs]
+        return [
+            EpisodeResult(
+                job.method,
+                job.instance,
+                [{"epoch": 0, "dice_mean": 0.6, "diverged": False}],
+                0.0,
+                1.0,
+                test_dice=(0.1, 0.9)[job.instance.index],
+            )
+            for job in jobs
+        ]
 
     monkeypatch.setattr(evaluate, "run_jobs", lambda config, jobs, workers, on_result=None: jobs)
     monkeypatch.setattr(evaluate, "episodes", results)

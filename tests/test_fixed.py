@@ -4,8 +4,18 @@ import pytest
 
 from rlsched import fixed
 
-TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",
-        "--set", "env.epochs=2"]
+TINY = [
+    "--preset",
+    "fast",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "data.n_train=16",
+    "--set",
+    "data.n_val=8",
+    "--set",
+    "env.epochs=2",
+]
 
 
 def error_line(argv, capsys):
@@ -14,7 +24,9 @@ def error_line(argv, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()  # other lines are progress notes (the dataset's summary)
     errors = [line for line in lines if "error:" in line]
-    assert exit_info.value.code == 2 and len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err
+    assert (
+        exit_info.value.code == 2 and len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err
+    )
     return errors[0]
 
 
@@ -27,7 +39,9 @@ def test_a_runs_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("flag, value", [("--lr", "-1"), ("--lr", "0"), ("--seed", "-1")])
 def test_a_flag_out_of_its_range_is_refused_before_the_run_directory(tmp_path, capsys, flag, value):
     """These ended in a traceback (FixedSchedule's ValueError, numpy's seeding)."""
-    assert f"argument {flag}: got {value}" in error_line(TINY + ["--runs-dir", str(tmp_path), flag, value], capsys)
+    assert f"argument {flag}: got {value}" in error_line(
+        TINY + ["--runs-dir", str(tmp_path), flag, value], capsys
+    )
     assert not list(tmp_path.iterdir())
 
 

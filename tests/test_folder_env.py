@@ -3,18 +3,15 @@
 import subprocess
 import sys
 
+import by_hand
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import by_hand
-
 import rlsched  # noqa: F401  (registers the env ids)
-from rlsched import compare
-from rlsched import fixed
-from rlsched import train
+from rlsched import compare, fixed, train
 
 
 def write_dataset(root, n=10, classes=1, ignore=None):
@@ -30,7 +27,9 @@ def write_dataset(root, n=10, classes=1, ignore=None):
             label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = k
         image = (60 + 60 * label + rng.normal(0, 20, label.shape)).clip(0, 255).astype(np.uint8)
         if i % 3 == 0:  # some RGB images
-            Image.fromarray(np.stack([image, image // 2, image], -1)).save(root / "images" / f"case{i:02d}.png")
+            Image.fromarray(np.stack([image, image // 2, image], -1)).save(
+                root / "images" / f"case{i:02d}.png"
+            )
         else:
             Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
         mask = label * 255 if classes == 1 else label
@@ -120,8 +119,10 @@ def test_partial_mask_map_is_an_error_not_a_run_at_dice_zero(tmp_path):
     assert set(masks.unique().tolist()) == {0, 1}  # foreground kept, nothing turned into "ignore"
 
 
-@pytest.mark.parametrize("cli, argv", [(fixed, []), (train, ["--n-envs", "1"]),
-                                       (compare, ["--tune-instances", "1", "--seeds", "1"])])
+@pytest.mark.parametrize(
+    "cli, argv",
+    [(fixed, []), (train, ["--n-envs", "1"]), (compare, ["--tune-instances", "1", "--seeds", "1"])],
+)
 def test_a_broken_file_is_a_one_line_error_and_leaves_no_run(tmp_path, capsys, cli, argv):
     write_dataset(tmp_path / "data")
     (tmp_path / "data" / "images" / "case04.png").write_text("not an image")
@@ -137,10 +138,16 @@ def test_a_broken_file_is_a_one_line_error_and_leaves_no_run(tmp_path, capsys, c
 
 def test_dataset_error_from_the_command_line_has_no_traceback(tmp_path):
     path = preset(tmp_path, tmp_path / "nowhere", "binary")
-    result = subprocess.run([sys.executable, "-m", "rlsched.fixed", "--preset", str(path), "--runs-dir",
-                             str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlsched.fixed", "--preset", str(path), "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
-    assert last.endswith(f"error: [data] root='{tmp_path / 'nowhere'}' is not a folder: set root to a folder "
-                         "laid out as <root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>")
+    assert last.endswith(
+        f"error: [data] root='{tmp_path / 'nowhere'}' is not a folder: set root to a folder "
+        "laid out as <root>/images/<stem>.<ext> with a label mask <root>/masks/<stem>.<ext>"
+    )
     assert not (tmp_path / "runs").exists()

@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from rlsched.config import ConfigError, DataConfig, LossConfig
-from rlsched.seg.heads import (DICE_EPS, BinaryHead, MulticlassHead, MultilabelHead, TargetError, make_head,
-                           soft_dice_loss)
+from rlsched.seg.heads import (
+    DICE_EPS,
+    BinaryHead,
+    MulticlassHead,
+    MultilabelHead,
+    TargetError,
+    make_head,
+    soft_dice_loss,
+)
 
 IGNORE = 255
 
@@ -51,7 +58,8 @@ def test_binary_pos_weight_matches_torch(pos_weight: float) -> None:
     z, target = binary_batch()
     valid = target != IGNORE
     reference = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float64))(
-        z[:, 0][valid], target[valid].double())
+        z[:, 0][valid], target[valid].double()
+    )
     torch.testing.assert_close(BinaryHead(pos_weight=pos_weight).loss(z, target), reference)
 
 
@@ -86,8 +94,11 @@ def test_multiclass_label_smoothing_matches_torch(weights: tuple[float, ...]) ->
     target = torch.randint(0, 3, (2, 4, 4), generator=g).to(torch.uint8)
     target[1, :2] = IGNORE
     head = MulticlassHead(classes=2, class_weights=weights, label_smoothing=0.2)
-    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float64) if weights else None,
-                                   ignore_index=IGNORE, label_smoothing=0.2)
+    ce = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float64) if weights else None,
+        ignore_index=IGNORE,
+        label_smoothing=0.2,
+    )
     torch.testing.assert_close(head.loss(logits, target), ce(logits, target.long()))
 
 
@@ -116,7 +127,10 @@ def multiclass_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 CASES = {
     "binary": (lambda dice: BinaryHead(pos_weight=2.0, dice_weight=dice), binary_batch),
-    "multiclass": (lambda dice: MulticlassHead(2, class_weights=(1.0, 2.0, 0.5), dice_weight=dice), multiclass_batch),
+    "multiclass": (
+        lambda dice: MulticlassHead(2, class_weights=(1.0, 2.0, 0.5), dice_weight=dice),
+        multiclass_batch,
+    ),
     "multilabel": (lambda dice: MultilabelHead(3, dice_weight=dice), multilabel_batch),
 }
 
@@ -199,7 +213,9 @@ def test_binary_predict_threshold_is_exact() -> None:
     assert pred.dtype == torch.uint8 and pred.shape == (1, 1, 4)
     assert pred.flatten().tolist() == [0, 1, 0, 1]
     z = 4 * torch.randn(2, 1, 9, 9, dtype=torch.float64)
-    torch.testing.assert_close(BinaryHead(threshold=t).predict(z), (torch.sigmoid(z[:, 0]) > t).to(torch.uint8))
+    torch.testing.assert_close(
+        BinaryHead(threshold=t).predict(z), (torch.sigmoid(z[:, 0]) > t).to(torch.uint8)
+    )
     assert BinaryHead().predict(torch.tensor([[[[1e-9, 0.0, -1e-9]]]])).tolist() == [[[1, 0, 0]]]
 
 
@@ -284,8 +300,10 @@ def test_logits_and_target_must_agree() -> None:
 # --- construction ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task,classes,kind", [("binary", 1, BinaryHead), ("multiclass", 3, MulticlassHead),
-                                               ("multilabel", 3, MultilabelHead)])
+@pytest.mark.parametrize(
+    "task,classes,kind",
+    [("binary", 1, BinaryHead), ("multiclass", 3, MulticlassHead), ("multilabel", 3, MultilabelHead)],
+)
 def test_make_head_matches_data_config(task: str, classes: int, kind: type) -> None:
     data = DataConfig(task=task, classes=classes, ignore_index=200)
     head = make_head(data, LossConfig(dice_weight=0.5))

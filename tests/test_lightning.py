@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from rlsched.config import load_config
-from rlsched.integrations.lightning import LR_METRIC, ROLLED_BACK_METRIC, RLSchedulerCallback
-from rlsched.scheduler import RLScheduler
+from rlsched.config import load_config  # noqa: E402 (after the skip: lightning is an optional extra)
+from rlsched.integrations.lightning import LR_METRIC, ROLLED_BACK_METRIC, RLSchedulerCallback  # noqa: E402
+from rlsched.scheduler import RLScheduler  # noqa: E402
 
 LR = 0.05
 
@@ -31,8 +31,9 @@ def _data(n: int, seed: int) -> torch.utils.data.DataLoader:
 class Tiny(pl.LightningModule):
     """BatchNorm: buffers an undone epoch must put back. Two param groups: their LR ratio must stay."""
 
-    def __init__(self, train_log: dict | None = None, lr_scheduler: bool = False,
-                 blow_up_epoch: int = -1) -> None:
+    def __init__(
+        self, train_log: dict | None = None, lr_scheduler: bool = False, blow_up_epoch: int = -1
+    ) -> None:
         super().__init__()
         torch.manual_seed(0)  # the same initial weights in every run
         self.conv, self.norm = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
@@ -69,8 +70,9 @@ class Tiny(pl.LightningModule):
 
     def configure_optimizers(self):
         rest = [*self.norm.parameters(), *self.head.parameters()]
-        optimizer = torch.optim.SGD([{"params": self.conv.parameters()}, {"params": rest, "lr": LR / 2}],
-                                    lr=LR, momentum=0.9)
+        optimizer = torch.optim.SGD(
+            [{"params": self.conv.parameters()}, {"params": rest, "lr": LR / 2}], lr=LR, momentum=0.9
+        )
         if self.lr_scheduler:
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1)}
         return optimizer
@@ -100,16 +102,37 @@ def _scripted(actions: list[int], **env) -> RLSchedulerCallback:
     config = load_config("fast", {"env.epochs": 3, **{f"env.{k}": v for k, v in env.items()}})
     policy = Scripted(actions)
     return RLSchedulerCallback(
-        controller=lambda optimizer, total, module: Recording(policy, optimizer, config.env, total, module))
+        controller=lambda optimizer, total, module: Recording(policy, optimizer, config.env, total, module)
+    )
 
 
-def _fit(module: pl.LightningModule, callback: RLSchedulerCallback, epochs: int, tmp_path=None,
-         ckpt_path=None, **trainer_args) -> pl.Trainer:
-    extra = {"logger": pl.loggers.CSVLogger(tmp_path, name="csv"), "enable_checkpointing": True,
-             "default_root_dir": tmp_path} if tmp_path else {"logger": False, "enable_checkpointing": False}
+def _fit(
+    module: pl.LightningModule,
+    callback: RLSchedulerCallback,
+    epochs: int,
+    tmp_path=None,
+    ckpt_path=None,
+    **trainer_args,
+) -> pl.Trainer:
+    extra = (
+        {
+            "logger": pl.loggers.CSVLogger(tmp_path, name="csv"),
+            "enable_checkpointing": True,
+            "default_root_dir": tmp_path,
+        }
+        if tmp_path
+        else {"logger": False, "enable_checkpointing": False}
+    )
     trainer_args.setdefault("callbacks", [callback])
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", enable_progress_bar=False,
-                         enable_model_summary=False, log_every_n_steps=1, **extra, **trainer_args)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **extra,
+        **trainer_args,
+    )
     trainer.fit(module, _data(32, 0), _data(16, 1), ckpt_path=ckpt_path)
     return trainer
 
@@ -124,10 +147,11 @@ def test_the_controllers_lrs_are_what_lightning_trains_with(tmp_path):
     calls = callback.scheduler.calls
     assert [lr for _, lr in calls] == pytest.approx([2 * LR, LR, 2 * LR])
     assert [lr for group_lrs in module.epoch_lrs for lr in group_lrs] == pytest.approx(
-        [LR, LR / 2, 2 * LR, LR, LR, LR / 2])
+        [LR, LR / 2, 2 * LR, LR, LR, LR / 2]
+    )
     assert len(module.grad_norms) == 3 * 2  # 4 batches, 2 per optimizer step
     fed = [numbers["grad_norm"] for numbers, _ in calls]
-    assert fed == pytest.approx([sum(module.grad_norms[i:i + 2]) / 2 for i in (0, 2, 4)], rel=1e-5)
+    assert fed == pytest.approx([sum(module.grad_norms[i : i + 2]) / 2 for i in (0, 2, 4)], rel=1e-5)
     with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r[LR_METRIC]]
     assert [float(r[LR_METRIC]) for r in rows] == pytest.approx([2 * LR, LR, 2 * LR])
@@ -141,8 +165,12 @@ def test_a_blown_up_epoch_is_undone_in_lightning():
 
     class Keep(pl.Callback):  # after RLSchedulerCallback: sees each epoch as the controller left it
         def on_train_epoch_end(self, trainer, pl_module):
-            kept.append(({k: v.clone() for k, v in pl_module.state_dict().items()},
-                         [s["momentum_buffer"].clone() for s in trainer.optimizers[0].state.values()]))
+            kept.append(
+                (
+                    {k: v.clone() for k, v in pl_module.state_dict().items()},
+                    [s["momentum_buffer"].clone() for s in trainer.optimizers[0].state.values()],
+                )
+            )
             logged.append(float(trainer.callback_metrics[ROLLED_BACK_METRIC]))
 
     module, callback = Tiny(blow_up_epoch=1), RLSchedulerCallback()
@@ -164,8 +192,13 @@ def test_resuming_from_a_checkpoint_continues_the_controller_exactly(tmp_path):
     first = RLSchedulerCallback(total_epochs=4)  # the interrupted run had a budget of 4
     trainer = _fit(Tiny(), first, 2, tmp_path / "a")
     resumed, resumed_module = RLSchedulerCallback(), Tiny()
-    _fit(resumed_module, resumed, 4, tmp_path / "b", ckpt_path=trainer.checkpoint_callback.last_model_path
-         or trainer.checkpoint_callback.best_model_path)
+    _fit(
+        resumed_module,
+        resumed,
+        4,
+        tmp_path / "b",
+        ckpt_path=trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path,
+    )
     assert [e[0] for e in resumed_module.epoch_lrs] == lrs[2:]
     assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
 
@@ -194,17 +227,23 @@ class TwoOptimizers(Tiny):
         return None
 
     def configure_optimizers(self):
-        return [torch.optim.SGD(self.conv.parameters(), lr=LR),
-                torch.optim.SGD(self.head.parameters(), lr=LR)]
+        return [
+            torch.optim.SGD(self.conv.parameters(), lr=LR),
+            torch.optim.SGD(self.head.parameters(), lr=LR),
+        ]
 
 
-@pytest.mark.parametrize(("module", "trainer_args", "error"), [
-    (lambda: Tiny(lr_scheduler=True), {}, r"returns an LR scheduler \(StepLR\)"),
-    (TwoOptimizers, {}, "steers one optimizer, but configure_optimizers gave 2"),
-    (lambda: Tiny(train_log={}), {}, "'train_loss' is logged per step only; log it with on_epoch=True"),
-    (Tiny, {"val_check_interval": 0.5}, "val_check_interval=0.5"),
-    (Tiny, {"limit_val_batches": 0}, "never validates"),
-], ids=["lr-scheduler", "two-optimizers", "train-loss-per-step", "val-check-interval", "no-validation"])
+@pytest.mark.parametrize(
+    ("module", "trainer_args", "error"),
+    [
+        (lambda: Tiny(lr_scheduler=True), {}, r"returns an LR scheduler \(StepLR\)"),
+        (TwoOptimizers, {}, "steers one optimizer, but configure_optimizers gave 2"),
+        (lambda: Tiny(train_log={}), {}, "'train_loss' is logged per step only; log it with on_epoch=True"),
+        (Tiny, {"val_check_interval": 0.5}, "val_check_interval=0.5"),
+        (Tiny, {"limit_val_batches": 0}, "never validates"),
+    ],
+    ids=["lr-scheduler", "two-optimizers", "train-loss-per-step", "val-check-interval", "no-validation"],
+)
 def test_what_the_callback_cannot_steer_is_refused(module, trainer_args, error):
     with pytest.raises(ValueError, match=error):
         _fit(module(), RLSchedulerCallback(), 1, **trainer_args)
@@ -216,8 +255,14 @@ def test_the_lightning_monai_example_runs(tmp_path):
     pytest.importorskip("monai")
     pytest.importorskip("nilearn")
     script = Path(__file__).resolve().parent.parent / "examples" / "lightning_monai.py"
-    done = subprocess.run([sys.executable, str(script), "--epochs", "2", "--images", "8"], check=False,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), "--epochs", "2", "--images", "8"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     dices = re.findall(r"^(rlsched controller|constant LR): test Dice (\d\.\d+)$", done.stdout, re.MULTILINE)
     assert [name for name, _ in dices] == ["rlsched controller", "constant LR"], done.stdout

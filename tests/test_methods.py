@@ -7,22 +7,27 @@ import sys
 import pytest
 import torch
 
-from rlsched.experiment import jobs
 from rlsched.config import ConfigError, load_config, with_overrides
-from rlsched.seg.sources import make_dataset
 from rlsched.control.env import UNetLREnv, make_instances
-from rlsched.experiment.harness import ScheduleController, run_episode
-from rlsched.experiment.harness import Job
-from rlsched.experiment.jobs import run_jobs
+from rlsched.experiment import jobs
 from rlsched.experiment.baselines import NNUNET_LR, RangeTestController, method_job
+from rlsched.experiment.harness import Job, ScheduleController, run_episode
+from rlsched.experiment.jobs import run_jobs
 from rlsched.seg.range_test import range_test, valley
 from rlsched.seg.schedules import FixedSchedule
+from rlsched.seg.sources import make_dataset
 from rlsched.seg.trainer import Trainer
 from rlsched.seg.tuningfree import OPTIMIZERS
 
 # 16x16 images, 2 batches of 16 per epoch, 2-epoch budgets: every episode well under a second
-TINY = {"data.image_size": 16, "data.n_train": 32, "data.n_val": 8, "env.epochs": 2, "env.train_instances": 3,
-        "env.heldout_instances": 2}
+TINY = {
+    "data.image_size": 16,
+    "data.n_train": 32,
+    "data.n_val": 8,
+    "env.epochs": 2,
+    "env.train_instances": 3,
+    "env.heldout_instances": 2,
+}
 BATCHES_PER_EPOCH = 2
 
 
@@ -67,7 +72,9 @@ def test_schedule_free_recomputes_batch_norm_statistics_at_the_evaluation_point(
     norm = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     got = norm.running_mean.clone()
     seen = []
-    hook = norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].mean(dim=(0, 2, 3))))
+    hook = norm.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].mean(dim=(0, 2, 3)))
+    )
     with torch.no_grad():
         trainer.model.train()
         trainer.model(trainer.train_images)  # the whole training set at x, in one batch
@@ -117,7 +124,7 @@ def test_range_test_stops_when_the_loss_explodes(config, data):
     assert sweep.batches < 40  # stopped early
     stopped_by_blow_up = len(sweep.lrs) < sweep.batches  # a non-finite loss is not recorded
     assert stopped_by_blow_up or sweep.losses[-1] > 4 * min(sweep.losses)
-    assert all(loss <= 4 * min(sweep.losses[:i + 1]) for i, loss in enumerate(sweep.losses[:-1]))
+    assert all(loss <= 4 * min(sweep.losses[: i + 1]) for i, loss in enumerate(sweep.losses[:-1]))
     assert sweep.lrs[0] <= sweep.suggestion < sweep.lrs[-1]
 
 
@@ -148,13 +155,20 @@ def test_range_test_episode_trains_like_the_schedule_from_the_suggestion_and_rep
     instance = env.instances["train"][1]
     swept = run_episode(env, RangeTestController("onecycle", batches=9), instance)
     first = swept.records[0]
-    assert first["range_test_batches"] == 9 and first["extra_epochs"] == swept.extra_epochs == 9 / BATCHES_PER_EPOCH
+    assert (
+        first["range_test_batches"] == 9
+        and first["extra_epochs"] == swept.extra_epochs == 9 / BATCHES_PER_EPOCH
+    )
     suggestion = first["range_test_lr"]
     assert config.env.lr_min <= suggestion <= config.env.lr_max
-    planned = [max(lr, config.env.lr_min) for lr in FixedSchedule("onecycle", suggestion, 2).lrs()]  # env clips
+    planned = [
+        max(lr, config.env.lr_min) for lr in FixedSchedule("onecycle", suggestion, 2).lrs()
+    ]  # env clips
     assert [r["lr"] for r in swept.records[1:]] == pytest.approx(planned)
     plain = run_episode(env, ScheduleController("onecycle", suggestion), instance)  # no sweep before it
-    assert records_without(swept.records, "extra_epochs", "range_test_batches", "range_test_lr") == plain.records
+    assert (
+        records_without(swept.records, "extra_epochs", "range_test_batches", "range_test_lr") == plain.records
+    )
     assert plain.extra_epochs == 0.0
 
 
@@ -199,7 +213,8 @@ def test_nnunet_job_trains_sgd_nesterov_099_with_poly_09_from_1e_2(config):
     assert group["weight_decay"] == 3e-5 and jobs._worker_env(job.overrides).config.optim.grad_clip == 12.0
     steps = config.env.steps
     assert [r["lr"] for r in result.records[1:]] == pytest.approx(
-        [NNUNET_LR * (1 - k / steps) ** 0.9 for k in range(steps)])
+        [NNUNET_LR * (1 - k / steps) ** 0.9 for k in range(steps)]
+    )
 
 
 def test_jobs_with_different_overrides_train_in_different_envs(config):

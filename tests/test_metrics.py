@@ -82,7 +82,11 @@ def test_empty_vs_empty_is_nan_and_left_out_of_the_mean() -> None:
     assert result["dice_mean"] == 0.5 and result["iou_mean"] == 0.5
 
     nothing = scores("binary", 1, u8([[[0, 0], [0, IGNORE]]]), u8([[[0, 0], [0, IGNORE]]]))
-    assert math.isnan(nothing["dice"][0]) and math.isnan(nothing["dice_mean"]) and math.isnan(nothing["iou_mean"])
+    assert (
+        math.isnan(nothing["dice"][0])
+        and math.isnan(nothing["dice_mean"])
+        and math.isnan(nothing["iou_mean"])
+    )
 
 
 def test_reset_forgets_counts() -> None:
@@ -116,8 +120,9 @@ def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="same shape"):  # equal shapes, but not class-index maps
         SegmentationMetrics("binary", 1).update(u8([[[[1, 0]]]]), u8([[[[1, 0]]]]))
     with pytest.raises(ValueError, match="classes=3 got 2 channels"):
-        SegmentationMetrics("multilabel", 3).update(torch.zeros(1, 2, 4, 4, dtype=torch.uint8),
-                                                    torch.zeros(1, 2, 4, 4, dtype=torch.uint8))
+        SegmentationMetrics("multilabel", 3).update(
+            torch.zeros(1, 2, 4, 4, dtype=torch.uint8), torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+        )
     with pytest.raises(ValueError, match="ignore_index=2 collides"):
         SegmentationMetrics("multiclass", 2, ignore_index=2)
     with pytest.raises(ValueError, match="ignore_index=1 collides"):

@@ -8,8 +8,18 @@ from rlsched.control.penalties import BUILTIN, CombinedPenalty, Transition
 
 
 def transition(**changes) -> Transition:
-    base = dict(lr_before=0.01, lr_after=0.1, dice_before=0.5, dice_after=0.6, val_loss_before=0.5,
-                val_loss_after=0.25, diverged=False, step=1, steps=10, seconds=1.0)
+    base = dict(
+        lr_before=0.01,
+        lr_after=0.1,
+        dice_before=0.5,
+        dice_after=0.6,
+        val_loss_before=0.5,
+        val_loss_after=0.25,
+        diverged=False,
+        step=1,
+        steps=10,
+        seconds=1.0,
+    )
     return Transition(**{**base, **changes})
 
 
@@ -18,7 +28,9 @@ def test_every_config_weight_has_a_builtin():
 
 
 def test_weighted_terms_and_their_breakdown():
-    penalty = CombinedPenalty(PenaltyConfig(lr_change=0.5, divergence=2.0, compute=0.1, val_loss_increase=1.0))
+    penalty = CombinedPenalty(
+        PenaltyConfig(lr_change=0.5, divergence=2.0, compute=0.1, val_loss_increase=1.0)
+    )
     total, parts = penalty(transition(val_loss_after=1.0))
     assert parts["lr_change"] == pytest.approx(0.5)  # |log10(0.1/0.01)| = 1
     assert parts["divergence"] == 0.0

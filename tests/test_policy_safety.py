@@ -16,19 +16,18 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import rlsched.pretrained
-from rlsched import compare
-from rlsched import evaluate
+from rlsched import compare, evaluate
+from rlsched.agents.loading import PolicyError, load_policy
 from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
 from rlsched.agents.sb3_safe import load_resumable
 from rlsched.config import config_to_toml, load_config
-from rlsched.control.interface import observation_names, observation_space
-from rlsched.seg.sources import make_dataset
 from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.control.interface import observation_names, observation_space
 from rlsched.experiment.harness import Job
 from rlsched.experiment.pbt import CHECKPOINT, load_member, save_member
-from rlsched.agents.loading import PolicyError, load_policy
 from rlsched.pretrained import CONFIG, META, MODEL, NORM, PROVENANCE
 from rlsched.scheduler import RLScheduler
+from rlsched.seg.sources import make_dataset
 from rlsched.seg.trainer import Trainer
 
 SHIPPED = Path(rlsched.pretrained.__file__).parent
@@ -116,8 +115,15 @@ def test_the_shipped_controller_acts_exactly_as_sb3_loads_it(tmp_path):
     def lrs(scheduler: RLScheduler) -> list[float]:
         out = [scheduler.start(val_loss=0.7, dice=0.1)]
         for k in range(loaded.config.env.epochs):
-            out.append(scheduler.step(train_loss=0.6 / (k + 1), val_loss=0.65 / (k + 1),
-                                      dice=min(0.9, 0.1 * k), grad_norm=1.0 + k, update_ratio=0.05 * (k + 1)))
+            out.append(
+                scheduler.step(
+                    train_loss=0.6 / (k + 1),
+                    val_loss=0.65 / (k + 1),
+                    dice=min(0.9, 0.1 * k),
+                    grad_norm=1.0 + k,
+                    update_ratio=0.05 * (k + 1),
+                )
+            )
         return out
 
     def optimizer() -> torch.optim.Optimizer:
@@ -139,10 +145,39 @@ def trained_run(tmp_path_factory):
     from rlsched import train
 
     root = tmp_path_factory.mktemp("runs")
-    sets = [a for o in ("data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2",
-                        "env.heldout_instances=1", "env.train_instances=1") for a in ("--set", o)]
-    assert train.main(["--preset", "fast", *sets, "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes",
-                       "0", "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
+    sets = [
+        a
+        for o in (
+            "data.image_size=16",
+            "data.n_train=16",
+            "data.n_val=8",
+            "env.epochs=2",
+            "env.heldout_instances=1",
+            "env.train_instances=1",
+        )
+        for a in ("--set", o)
+    ]
+    assert (
+        train.main(
+            [
+                "--preset",
+                "fast",
+                *sets,
+                "--n-envs",
+                "1",
+                "--total-timesteps",
+                "4",
+                "--bc-episodes",
+                "0",
+                "--episodes-per-rollout",
+                "2",
+                "--no-eval",
+                "--runs-dir",
+                str(root),
+            ]
+        )
+        == 0
+    )
     (run,) = root.iterdir()
     return run
 
@@ -150,8 +185,11 @@ def trained_run(tmp_path_factory):
 def test_a_trained_model_loads_safely_with_its_features_and_acts_as_sb3_loads_it(trained_run):
     meta = json.loads((trained_run / "model.policy.json").read_text())
     loaded = load_policy(trained_run / "model.zip")
-    assert meta == {"format": 1, "normalize_obs": True,
-                    "observation_features": observation_names(loaded.config.env)}
+    assert meta == {
+        "format": 1,
+        "normalize_obs": True,
+        "observation_features": observation_names(loaded.config.env),
+    }
     raw = PPO.load(trained_run / "model.zip", device="cpu")
     obs = _observations(observation_space(loaded.config.env))
     norm = loaded.predictor.norm
@@ -171,9 +209,11 @@ def test_a_policy_saved_with_other_feature_names_is_refused_naming_the_differenc
     meta = json.loads((tmp_path / "c" / META).read_text())
     names = meta["observation_features"]
     reordered = "reordered: feature 0 is budget_used in the policy, log_lr now"
-    for saved, difference in ((names[1::-1] + names[2:], reordered),
-                              (names[:-1] + ["log_lr_lag9"], "missing: log_lr_lag2; extra: log_lr_lag9"),
-                              (names[1:] + ["grad_norm_raw"], "missing: log_lr; extra: grad_norm_raw")):
+    for saved, difference in (
+        (names[1::-1] + names[2:], reordered),
+        (names[:-1] + ["log_lr_lag9"], "missing: log_lr_lag2; extra: log_lr_lag9"),
+        (names[1:] + ["grad_norm_raw"], "missing: log_lr; extra: grad_norm_raw"),
+    ):
         (tmp_path / "c" / META).write_text(json.dumps({**meta, "observation_features": saved}))
         _refused(path, META, difference)
 
@@ -182,8 +222,12 @@ def test_a_config_with_another_action_set_or_history_is_refused_naming_the_misma
     path = _shipped_copy(tmp_path / "c")
     toml = (tmp_path / "c" / CONFIG).read_text()
     offsets = [round(-2.0 + 0.25 * i, 2) for i in range(17)]
-    (tmp_path / "c" / CONFIG).write_text(toml.replace(
-        toml[toml.index("offsets = "):toml.index("\n", toml.index("offsets = "))], f"offsets = {offsets}"))
+    (tmp_path / "c" / CONFIG).write_text(
+        toml.replace(
+            toml[toml.index("offsets = ") : toml.index("\n", toml.index("offsets = "))],
+            f"offsets = {offsets}",
+        )
+    )
     _refused(path, str(path), "it has 19 actions", "has 17", "env.offsets=")
     (tmp_path / "c" / CONFIG).write_text(toml.replace("history = 2", "history = 1"))
     _refused(path, META, "extra: dice_lag2, log_lr_lag2")
@@ -240,8 +284,9 @@ def test_trust_travels_to_the_workers_without_changing_journal_keys():
 def test_resume_unpickles_nothing_and_restores_the_checkpoint(tmp_path):
     config = load_config("fast", {**TINY, "env.epochs": 2})
     env = VecNormalize(DummyVecEnv([lambda: UNetLREnv(config=config)]), norm_reward=False)  # as train's
-    model = PPO("MlpPolicy", env, n_steps=4, batch_size=4, seed=0, device="cpu",
-                policy_kwargs={"net_arch": [8]})
+    model = PPO(
+        "MlpPolicy", env, n_steps=4, batch_size=4, seed=0, device="cpu", policy_kwargs={"net_arch": [8]}
+    )
     model.learn(4)
     path, marker = tmp_path / "ckpt.zip", tmp_path / "ran"
     model.save(path)

@@ -93,10 +93,22 @@ class OffsetActionEnv(CountingEnv):
 def test_config_defaults_are_cleanrl_and_sb3_ones_and_frozen():
     """n_steps and n_epochs as CleanRL's PPO, the rest as SB3's: results stay comparable with both."""
     assert dataclasses.asdict(PPOConfig()) == {
-        "n_steps": 128, "batch_size": 64, "n_epochs": 4, "learning_rate": 3e-4, "gamma": 0.99,
-        "gae_lambda": 0.95, "clip_range": 0.2, "clip_value": None, "ent_coef": 0.0, "vf_coef": 0.5,
-        "max_grad_norm": 0.5, "target_kl": None, "normalize_advantage": True, "hidden": (64, 64),
-        "anneal_lr": False}
+        "n_steps": 128,
+        "batch_size": 64,
+        "n_epochs": 4,
+        "learning_rate": 3e-4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_range": 0.2,
+        "clip_value": None,
+        "ent_coef": 0.0,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "target_kl": None,
+        "normalize_advantage": True,
+        "hidden": (64, 64),
+        "anneal_lr": False,
+    }
     with pytest.raises(dataclasses.FrozenInstanceError):
         PPOConfig().n_steps = 1
     assert PPOConfig(n_steps=1, batch_size=1, n_epochs=1).n_epochs == 1
@@ -133,8 +145,15 @@ def test_gae_matches_sb3_rollout_buffer():
     last_values = rng.normal(size=n_envs).astype(np.float32)
     assert dones[1:-1].sum() >= 5  # terminations in the middle of the rollout
 
-    buffer = RolloutBuffer(n_steps, spaces.Box(-1, 1, (2,)), spaces.Discrete(2), "cpu",
-                           gae_lambda=gae_lambda, gamma=gamma, n_envs=n_envs)
+    buffer = RolloutBuffer(
+        n_steps,
+        spaces.Box(-1, 1, (2,)),
+        spaces.Discrete(2),
+        "cpu",
+        gae_lambda=gae_lambda,
+        gamma=gamma,
+        n_envs=n_envs,
+    )
     buffer.rewards[:] = rewards
     buffer.values[:] = values
     buffer.episode_starts[1:] = dones[:-1]
@@ -213,8 +232,14 @@ def test_loss_and_statistics_by_hand(shift: float):
     with torch.no_grad():
         value = ((agent.critic(kept.obs).squeeze(-1) - kept.returns) ** 2).mean()
         entropy = agent.actor.distribution(kept.obs).entropy().mean()
-    expected = {"policy_loss": policy, "value_loss": value, "entropy": entropy, "ratio_mean": ratio,
-                "approx_kl": (ratio - 1) + shift, "clip_fraction": float(abs(ratio - 1) > 0.2)}
+    expected = {
+        "policy_loss": policy,
+        "value_loss": value,
+        "entropy": entropy,
+        "ratio_mean": ratio,
+        "approx_kl": (ratio - 1) + shift,
+        "clip_fraction": float(abs(ratio - 1) > 0.2),
+    }
     for key, want in expected.items():
         assert stats[key].item() == pytest.approx(float(want), rel=1e-5, abs=1e-7), key
     assert loss.item() == pytest.approx(float(policy - 0.01 * entropy + 0.5 * value), rel=1e-5)
@@ -328,8 +353,11 @@ def test_truncation_bootstraps_termination_does_not_and_reset_steps_are_masked()
         return torch.where(invalid.reshape(-1, *[1] * (x.dim() - 1)), torch.full_like(x, value), x)
 
     corrupted = dataclasses.replace(
-        batch, obs=garbage(batch.obs, 100.0), logprobs=garbage(batch.logprobs, -50.0),
-        values=garbage(batch.values, 1e6), advantages=garbage(batch.advantages, 1e6),
+        batch,
+        obs=garbage(batch.obs, 100.0),
+        logprobs=garbage(batch.logprobs, -50.0),
+        values=garbage(batch.values, 1e6),
+        advantages=garbage(batch.advantages, 1e6),
         returns=garbage(batch.returns, -1e6),
     )
     loss, stats = agent.compute_loss(batch)
@@ -342,14 +370,24 @@ def test_truncation_bootstraps_termination_does_not_and_reset_steps_are_masked()
 def test_logs_episodes_from_record_episode_statistics():
     logs: list[tuple[dict[str, float], int]] = []
     envs = RecordEpisodeStatistics(counting_envs())
-    agent = ReferencePPO(envs, PPOConfig(n_steps=10, batch_size=20), seed=0,
-                         log_fn=lambda s, n: logs.append((s, n)))
+    agent = ReferencePPO(
+        envs, PPOConfig(n_steps=10, batch_size=20), seed=0, log_fn=lambda s, n: logs.append((s, n))
+    )
     agent.learn(20)
 
     assert [n for _, n in logs] == [20]
     stats = logs[0][0]
-    required = {"approx_kl", "clip_fraction", "explained_variance", "policy_loss", "value_loss", "entropy",
-                "learning_rate", "episode_return_mean", "episode_length_mean"}
+    required = {
+        "approx_kl",
+        "clip_fraction",
+        "explained_variance",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "learning_rate",
+        "episode_return_mean",
+        "episode_length_mean",
+    }
     assert required <= stats.keys()
     # Two episodes of 3 steps (env 0) and two of 4 (env 1) end in the 10-step rollout; raw env rewards.
     assert stats["episode_return_mean"] == 3.5
@@ -390,8 +428,9 @@ def test_pendulum_runs_with_actions_clipped_to_its_own_bounds():
     limit ends every episode at 200 steps."""
     logs: list[dict[str, float]] = []
     envs = RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, vectorization_mode="sync"))
-    agent = ReferencePPO(envs, PPOConfig(n_steps=128, batch_size=64), seed=0,
-                         log_fn=lambda s, n: logs.append(s))
+    agent = ReferencePPO(
+        envs, PPOConfig(n_steps=128, batch_size=64), seed=0, log_fn=lambda s, n: logs.append(s)
+    )
     log_std_before = agent.actor.log_std.detach().clone()
     agent.learn(512)
     assert len(logs) == 2 and all(math.isfinite(s["value_loss"]) for s in logs)
@@ -413,8 +452,16 @@ def test_pendulum_runs_with_actions_clipped_to_its_own_bounds():
 @pytest.mark.slow
 def test_solves_cartpole():
     """SB3-zoo CartPole settings; seeds 0-7 all reach 500 by ~30k steps and keep it to 50k."""
-    config = PPOConfig(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
-                       learning_rate=1e-3, anneal_lr=True, ent_coef=0.0)
+    config = PPOConfig(
+        n_steps=32,
+        batch_size=256,
+        n_epochs=20,
+        gamma=0.98,
+        gae_lambda=0.8,
+        learning_rate=1e-3,
+        anneal_lr=True,
+        ent_coef=0.0,
+    )
     agent = ReferencePPO(make_cartpole(8), config, seed=0)
     start = time.perf_counter()
     agent.learn(50_000)
@@ -431,8 +478,10 @@ def test_solves_cartpole():
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
-    print(f"CartPole: mean return {np.mean(returns):.1f} after {agent.num_timesteps} steps "
-          f"({train_seconds:.1f}s training)")
+    print(
+        f"CartPole: mean return {np.mean(returns):.1f} after {agent.num_timesteps} steps "
+        f"({train_seconds:.1f}s training)"
+    )
     assert np.mean(returns) >= 475
 
 
@@ -459,8 +508,9 @@ def test_save_load_roundtrip_and_resume(tmp_path):
     np.testing.assert_array_equal(loaded.predict(obs)[0], agent.predict(obs)[0])
     assert loaded.predict(obs[0])[0] == agent.predict(obs[0])[0]
     # The sampling RNG is restored too.
-    np.testing.assert_array_equal(loaded.predict(obs, deterministic=False)[0],
-                                  agent.predict(obs, deterministic=False)[0])
+    np.testing.assert_array_equal(
+        loaded.predict(obs, deterministic=False)[0], agent.predict(obs, deterministic=False)[0]
+    )
     with pytest.raises(RuntimeError, match="predict-only"):
         loaded.learn(128)
 
@@ -505,11 +555,11 @@ def test_rejects_batch_size_that_does_not_divide_rollout():
 
 
 def test_rejects_same_step_autoreset():
-    envs = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    envs = gym.make_vec(
+        "CartPole-v1", 2, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+    )
     with pytest.raises(ValueError, match="NEXT_STEP"):
         ReferencePPO(envs)
-
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

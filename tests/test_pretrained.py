@@ -9,19 +9,24 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from rlsched import compare
-from rlsched import evaluate
-from rlsched import train
-from rlsched.config import load_config
+from rlsched import compare, evaluate, train
 from rlsched.agents.loading import load_policy, resolve_agent_path
+from rlsched.common.files import read_jsonl
+from rlsched.config import load_config
 from rlsched.pretrained import CONFIG, ENV_VAR, META, MODEL, NORM, PROVENANCE, export
 from rlsched.pretrained import __main__ as pretrained_cli
-from rlsched.common.files import read_jsonl
 from rlsched.scheduler import RLScheduler
 
 # 16x16 images, 2-epoch budgets and absolute actions (as envs/family.toml uses): a real run in seconds
-TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2", 'env.action="absolute"',
-        "env.heldout_instances=1", "env.train_instances=1"]
+TINY = [
+    "data.image_size=16",
+    "data.n_train=16",
+    "data.n_val=8",
+    "env.epochs=2",
+    'env.action="absolute"',
+    "env.heldout_instances=1",
+    "env.train_instances=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +35,27 @@ def run_dir(tmp_path_factory):
     likely action barely depends on the observation, and the loop tests want to see the LR move."""
     root = tmp_path_factory.mktemp("runs")
     sets = [arg for o in TINY for arg in ("--set", o)]
-    assert train.main(["--preset", "fast", *sets, "--n-envs", "1", "--total-timesteps", "4", "--bc-episodes", "0",
-                       "--episodes-per-rollout", "2", "--no-eval", "--runs-dir", str(root)]) == 0
+    assert (
+        train.main(
+            [
+                "--preset",
+                "fast",
+                *sets,
+                "--n-envs",
+                "1",
+                "--total-timesteps",
+                "4",
+                "--bc-episodes",
+                "0",
+                "--episodes-per-rollout",
+                "2",
+                "--no-eval",
+                "--runs-dir",
+                str(root),
+            ]
+        )
+        == 0
+    )
     (run,) = root.iterdir()
     model = PPO.load(run / "model.zip", device="cpu")
     with torch.no_grad():
@@ -49,7 +73,9 @@ def shipped(run_dir, tmp_path, monkeypatch):
 
 
 def test_export_copies_the_run_with_its_provenance(run_dir, shipped):
-    assert sorted(p.name for p in shipped.iterdir()) == sorted([MODEL, NORM, CONFIG, PROVENANCE, META])  # no temps
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(
+        [MODEL, NORM, CONFIG, PROVENANCE, META]
+    )  # no temps
     assert (shipped / MODEL).read_bytes() == (run_dir / "model.zip").read_bytes()
     assert (shipped / META).read_bytes() == (run_dir / "model.policy.json").read_bytes()
     assert (shipped / NORM).read_bytes() == (run_dir / "model.obs_norm.json").read_bytes()
@@ -64,8 +90,13 @@ def test_export_copies_the_run_with_its_provenance(run_dir, shipped):
 
 class _SmallCNN(torch.nn.Sequential):
     def __init__(self) -> None:
-        super().__init__(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
-                         torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        super().__init__(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16, 3),
+        )
 
 
 def _plain_loop(make_optimizer, epochs: int) -> tuple[RLScheduler, list[float], float]:
@@ -92,8 +123,11 @@ def _plain_loop(make_optimizer, epochs: int) -> tuple[RLScheduler, list[float], 
     return scheduler, lrs, user_lr
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-                                            lambda p: torch.optim.Adam(p, lr=1e-3)], ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), lambda p: torch.optim.Adam(p, lr=1e-3)],
+    ids=["sgd", "adam"],
+)
 def test_pretrained_steers_a_plain_loop_of_any_model(shipped, make_optimizer):
     scheduler, lrs, _ = _plain_loop(make_optimizer, epochs=6)
     env = load_config(shipped / CONFIG).env
@@ -104,7 +138,9 @@ def test_pretrained_steers_a_plain_loop_of_any_model(shipped, make_optimizer):
 def test_no_shipped_controller_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(FileNotFoundError, match="no pretrained controller is shipped .*--export runs/<run-id>"):
+    with pytest.raises(
+        FileNotFoundError, match="no pretrained controller is shipped .*--export runs/<run-id>"
+    ):
         RLScheduler.pretrained(optimizer)
     assert pretrained_cli.main([]) == 1
     assert "python -m rlsched.pretrained --export" in capsys.readouterr().err
@@ -131,13 +167,16 @@ def _copy_without(run_dir, tmp_path, *missing):
     return copy
 
 
-@pytest.mark.parametrize("missing, extra, error, match", [
-    (("model.zip",), "model.pt", ValueError, "reference-PPO or RLlib run; only SB3 policies"),
-    (("model.zip",), None, FileNotFoundError, "has not finished .* --resume"),
-    (("model.zip", "checkpoints"), None, FileNotFoundError, "no model.zip"),
-    (("model.obs_norm.json",), None, FileNotFoundError, "model.obs_norm.json is missing"),
-    (("episodes.jsonl",), None, FileNotFoundError, "no episodes.jsonl"),
-])
+@pytest.mark.parametrize(
+    "missing, extra, error, match",
+    [
+        (("model.zip",), "model.pt", ValueError, "reference-PPO or RLlib run; only SB3 policies"),
+        (("model.zip",), None, FileNotFoundError, "has not finished .* --resume"),
+        (("model.zip", "checkpoints"), None, FileNotFoundError, "no model.zip"),
+        (("model.obs_norm.json",), None, FileNotFoundError, "model.obs_norm.json is missing"),
+        (("episodes.jsonl",), None, FileNotFoundError, "no episodes.jsonl"),
+    ],
+)
 def test_export_refuses_what_is_not_a_finished_sb3_run(run_dir, tmp_path, missing, extra, error, match):
     source = _copy_without(run_dir, tmp_path, *missing)
     if extra:
@@ -173,10 +212,30 @@ def test_pretrained_is_an_agent_path_with_its_training_epochs(shipped):
 
 
 def test_compare_and_evaluate_take_pretrained(shipped, tmp_path):
-    assert compare.main(["--agent", "pretrained", "--schedules", "constant", "--tune-instances", "1",
-                         "--grid-per-decade", "1", "--set", "env.initial_lr_min=0.01", "--set",
-                         "env.initial_lr_max=0.1", "--no-robustness", "--workers", "1",
-                         "--runs-dir", str(tmp_path / "compare")]) == 0
+    assert (
+        compare.main(
+            [
+                "--agent",
+                "pretrained",
+                "--schedules",
+                "constant",
+                "--tune-instances",
+                "1",
+                "--grid-per-decade",
+                "1",
+                "--set",
+                "env.initial_lr_min=0.01",
+                "--set",
+                "env.initial_lr_max=0.1",
+                "--no-robustness",
+                "--workers",
+                "1",
+                "--runs-dir",
+                str(tmp_path / "compare"),
+            ]
+        )
+        == 0
+    )
     (out,) = (tmp_path / "compare").iterdir()
     with open(out / "summary.csv", newline="") as handle:
         rows = {r["method"]: r for r in csv.DictReader(handle)}
@@ -187,8 +246,11 @@ def test_compare_and_evaluate_take_pretrained(shipped, tmp_path):
     assert (heldout / "heldout.json").is_file() and not (shipped / "heldout.json").exists()
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9),
-                                            lambda p: torch.optim.Adam(p, lr=1e-4)], ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9), lambda p: torch.optim.Adam(p, lr=1e-4)],
+    ids=["sgd", "adam"],
+)
 def test_the_shipped_controller_steers_a_plain_loop(make_optimizer, monkeypatch):
     """The controller in the package itself (no $RLSCHED_PRETRAINED_DIR), in the loop a user writes, with a model
     that is not a UNet: after the first epoch (the user's LR) it sets an LR from that epoch's update size."""

@@ -14,23 +14,34 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from rlsched import compare
-from rlsched import train
+from rlsched import compare, train  # noqa: E402
+from rlsched.agents.loading import load_policy  # noqa: E402
+from rlsched.common.files import read_jsonl  # noqa: E402
 from rlsched.config import load_config  # noqa: E402
 from rlsched.control.env import UNetLREnv, make_instances  # noqa: E402
 from rlsched.experiment.harness import PolicyController, run_episode  # noqa: E402
-from rlsched.agents.loading import load_policy  # noqa: E402
-from rlsched.common.files import read_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 # as in tests/test_compare.py: 16x16 images, 2-epoch budgets, 2 held-out and 2 train instances, LRs in [0.01, 0.1]
-TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 2,
-        "env.heldout_instances": 2, "env.train_instances": 2, "env.initial_lr_min": 0.01,
-        "env.initial_lr_max": 0.1}
+TINY = {
+    "data.image_size": 16,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "env.epochs": 2,
+    "env.heldout_instances": 2,
+    "env.train_instances": 2,
+    "env.initial_lr_min": 0.01,
+    "env.initial_lr_max": 0.1,
+}
 SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
-SETTINGS = {"schedules": ("constant", "cosine"), "tune_instances": 1, "grid_per_decade": 1, "robustness": (10.0,),
-            "workers": 2}
+SETTINGS = {
+    "schedules": ("constant", "cosine"),
+    "tune_instances": 1,
+    "grid_per_decade": 1,
+    "robustness": (10.0,),
+    "workers": 2,
+}
 
 
 def trajectories(results):
@@ -58,8 +69,12 @@ def pbt_members_cannot_read_the_test_split():
 def local_ray():
     this_module = sys.modules[__name__]  # workers cannot import the tests: send the setup hook by value
     ray.cloudpickle.register_pickle_by_value(this_module)
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False,  # a declared GPU: Ray places on it, torch uses CPU
-             runtime_env={"worker_process_setup_hook": pbt_members_cannot_read_the_test_split})
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,  # a declared GPU: Ray places on it, torch uses CPU
+        runtime_env={"worker_process_setup_hook": pbt_members_cannot_read_the_test_split},
+    )
     ray.cloudpickle.unregister_pickle_by_value(this_module)
     yield
     ray.shutdown()
@@ -71,13 +86,38 @@ def config():
 
 
 def test_rllib_trains_and_its_policy_loads_like_any_other(tmp_path, config):
-    assert train.main(["--preset", "fast", *SETS, "--backend", "rllib", "--num-env-runners", "2",
-                       "--episodes-per-rollout", "1", "--total-timesteps", "8", "--no-eval",
-                       "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        train.main(
+            [
+                "--preset",
+                "fast",
+                *SETS,
+                "--backend",
+                "rllib",
+                "--num-env-runners",
+                "2",
+                "--episodes-per-rollout",
+                "1",
+                "--total-timesteps",
+                "8",
+                "--no-eval",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("fast__ppo-rllib__s0__")
-    assert {"config.toml", "args.json", "episodes.jsonl", "progress.jsonl", "checkpoints", "tb",
-            "model.rllib"} <= {p.name for p in run_dir.iterdir()}
+    assert {
+        "config.toml",
+        "args.json",
+        "episodes.jsonl",
+        "progress.jsonl",
+        "checkpoints",
+        "tb",
+        "model.rllib",
+    } <= {p.name for p in run_dir.iterdir()}
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 8
     assert (run_dir / "checkpoints" / "last" / "rllib_checkpoint.json").is_file()
     progress = read_jsonl(run_dir / "progress.jsonl")
@@ -105,17 +145,42 @@ def test_rllib_sigterm_checkpoints_and_resume_finishes(tmp_path):
     The run is asked for far more steps than it can take before the signal lands (an idle machine finished a
     40-step run first); the resume then shortens it to a few steps past the checkpoint."""
     address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "rlsched.train", "--preset", "fast", *SETS, "--backend", "rllib",
-               "--num-env-runners", "1", "--episodes-per-rollout", "1", "--total-timesteps", "100000",
-               "--no-eval", "--address", address, "--runs-dir", str(tmp_path)]
-    proc = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "rlsched.train",
+        "--preset",
+        "fast",
+        *SETS,
+        "--backend",
+        "rllib",
+        "--num-env-runners",
+        "1",
+        "--episodes-per-rollout",
+        "1",
+        "--total-timesteps",
+        "100000",
+        "--no-eval",
+        "--address",
+        address,
+        "--runs-dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:  # a loaded machine can take minutes to the first checkpoint; a failed wait must not leave the run going
         deadline = time.time() + 600
         while not list(tmp_path.glob("*/checkpoints/last.json")):
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()  # reading the output of a live process would block until it ends (100000 steps)
-                pytest.fail(f"no checkpoint before the run ended or 600 s passed:\n{proc.communicate()[0][-3000:]}")
+                pytest.fail(
+                    f"no checkpoint before the run ended or 600 s passed:\n{proc.communicate()[0][-3000:]}"
+                )
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=300)[0]
@@ -152,6 +217,7 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
             if target is EpisodeWorker:
                 actors.append(options)
             return decorate(target)
+
         return apply
 
     def recording_with_resources(trainable, resources):
@@ -181,12 +247,16 @@ def test_compare_on_ray_equals_the_local_pool_and_adds_pbt(config, monkeypatch):
     # about K x budget x instances (a member copying one behind it retrains a step), beyond one evaluation run
     trained = int(method.epochs_before) + 2 * 2
     assert 2 * 2 * 2 <= trained <= 2 * 2 * 2 + 2
-    assert (f"population 2 x 2 epochs on each of 2 held-out instance(s): {trained} epochs trained in all "
-            "(nominal 8)") in method.accounting
+    assert (
+        f"population 2 x 2 epochs on each of 2 held-out instance(s): {trained} epochs trained in all "
+        "(nominal 8)"
+    ) in method.accounting
     rows = {r["method"]: r for r in compare.summarize(on_ray) if r["factor"] is None}
     assert rows["pbt"]["n"] == 2 and math.isfinite(rows["pbt"]["final_dice_mean"])
     assert rows["pbt"]["test_dice_mean"] == pytest.approx(np.mean([r.test_dice for r in pbt]))
-    assert f"| pbt | a population per run | PBT | {trained - 4} |" in compare.report(on_ray, compare.summarize(on_ray))
+    assert f"| pbt | a population per run | PBT | {trained - 4} |" in compare.report(
+        on_ray, compare.summarize(on_ray)
+    )
 
 
 def test_a_gpu_share_needs_a_cluster_with_that_many_gpus(config):
@@ -256,10 +326,15 @@ def test_a_dead_ray_actor_is_replaced_and_its_job_retried(config):
     first = next(stream)
     # Ray titles an actor's process after its class ("ray::EpisodeWorker"); ours descend from this process (the
     # raylet is its child), where another Ray session on the machine has actors of the same name
-    actors = [pid for pid, command in processes().items()
-              if command.startswith(b"ray::EpisodeWorker") and os.getpid() in ancestors(pid)]
+    actors = [
+        pid
+        for pid, command in processes().items()
+        if command.startswith(b"ray::EpisodeWorker") and os.getpid() in ancestors(pid)
+    ]
     os.kill(actors[0], signal.SIGKILL)
     with pytest.warns(UserWarning, match="retrying, attempt 2 of 3"):
         rest = list(stream)
     outcomes = dict([first, *rest])
-    assert sorted(outcomes) == [0, 1, 2, 3] and all(o.final_dice == outcomes[0].final_dice for o in outcomes.values())
+    assert sorted(outcomes) == [0, 1, 2, 3] and all(
+        o.final_dice == outcomes[0].final_dice for o in outcomes.values()
+    )

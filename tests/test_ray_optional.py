@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from rlsched import compare
-from rlsched import train
+from rlsched import compare, train
 from rlsched.agents import rllib
 
 INSTALL = 'pip install -e ".[ray]"'
@@ -41,8 +40,18 @@ def test_ray_only_flags_need_their_backend(tmp_path, capsys):
         compare.main(["--preset", "fast", "--num-gpus-per-worker", "0.5", "--runs-dir", str(tmp_path)])
     assert "--num-gpus-per-worker places Ray actors: add --backend ray" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        compare.main(["--preset", "fast", "--backend", "ray", "--num-gpus-per-worker", "-1",
-                      "--runs-dir", str(tmp_path)])
+        compare.main(
+            [
+                "--preset",
+                "fast",
+                "--backend",
+                "ray",
+                "--num-gpus-per-worker",
+                "-1",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
     assert "a GPU share is a number >= 0" in capsys.readouterr().err
 
 

@@ -6,8 +6,16 @@ import time
 
 import pytest
 
-from rlsched.common.files import (append_jsonl, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                          new_run_dir, read_jsonl, refuse_links)
+from rlsched.common.files import (
+    append_jsonl,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    new_run_dir,
+    read_jsonl,
+    refuse_links,
+)
 
 
 def test_run_dirs_are_unique_and_named(tmp_path, monkeypatch):
@@ -68,7 +76,9 @@ def test_appends_refuse_a_symbolic_link_rather_than_write_where_it_points(tmp_pa
     assert list(elsewhere.iterdir()) == []
     with pytest.raises(ValueError, match="episodes.jsonl is a symbolic link"):
         refuse_links(run_dir, "metrics.jsonl", "episodes.jsonl")
-    (run_dir / "checkpoints").symlink_to(elsewhere, target_is_directory=True)  # a folder on the way counts too
+    (run_dir / "checkpoints").symlink_to(
+        elsewhere, target_is_directory=True
+    )  # a folder on the way counts too
     with pytest.raises(ValueError, match="checkpoints is a symbolic link"):
         refuse_links(run_dir, "checkpoints/last.json")
     refuse_links(run_dir, "metrics.jsonl", "tb/events")  # absent files are fine: they will be created inside

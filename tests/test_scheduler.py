@@ -43,8 +43,13 @@ def test_scheduler_reproduces_the_env_lr_sequence(policy_run):
     reset = episode.records[0]
     assert scheduler.start(val_loss=reset["val_loss"], dice=reset["dice_mean"]) == pytest.approx(env_lrs[1])
     for record, next_lr in zip(episode.records[1:], env_lrs[2:]):
-        lr = scheduler.step(train_loss=record["train_loss"], val_loss=record["val_loss"], dice=record["dice_mean"],
-                            grad_norm=record["grad_norm"], update_ratio=record["update_ratio"])
+        lr = scheduler.step(
+            train_loss=record["train_loss"],
+            val_loss=record["val_loss"],
+            dice=record["dice_mean"],
+            grad_norm=record["grad_norm"],
+            update_ratio=record["update_ratio"],
+        )
         assert lr == pytest.approx(next_lr) and scheduler.get_last_lr() == [lr]
 
 
@@ -90,12 +95,24 @@ class _Scripted:
         return self.actions[len(self.seen) - 1], None
 
 
-@pytest.mark.parametrize(("actions_mode", "actions"), [
-    ({"env.factors": [0.5, 1.0, 2.0]}, [2, 2, 0, 1, 2, 1]),
-    ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 0.5]}, [2, 1, 0, 1, 0, 1]),
-    # offset 6 blows up: the env undoes that slice, the scheduler that epoch, and both back off the suggestion
-    ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 6.0], "env.lr_max": 1e4, "env.on_divergence": "rollback"},
-     [1, 2, 1, 2, 0, 1])], ids=["discrete", "residual", "rollback"])
+@pytest.mark.parametrize(
+    ("actions_mode", "actions"),
+    [
+        ({"env.factors": [0.5, 1.0, 2.0]}, [2, 2, 0, 1, 2, 1]),
+        ({"env.action": "residual", "env.offsets": [-0.5, 0.0, 0.5]}, [2, 1, 0, 1, 0, 1]),
+        # offset 6 blows up: the env undoes that slice, the scheduler that epoch, and both back off the suggestion
+        (
+            {
+                "env.action": "residual",
+                "env.offsets": [-0.5, 0.0, 6.0],
+                "env.lr_max": 1e4,
+                "env.on_divergence": "rollback",
+            },
+            [1, 2, 1, 2, 0, 1],
+        ),
+    ],
+    ids=["discrete", "residual", "rollback"],
+)
 def test_plain_loop_with_scheduler_sees_exactly_the_env_observations(actions_mode, actions):
     """The same instance trained by the env and by a plain Trainer loop steered by RLScheduler (which measures
     gradient norm and update ratio itself): identical observations at every epoch, hence identical LRs
@@ -123,7 +140,9 @@ def test_plain_loop_with_scheduler_sees_exactly_the_env_observations(actions_mod
         trainer._diverged = False  # a plain loop has no such flag: the scheduler put its weights back
     assert len(env_policy.seen) == config.env.epochs and len(loop_policy.seen) == config.env.epochs + 1
     rolled_back = [r["rolled_back"] for r in episode.records[1:]]
-    assert rolled_back == [a == 2 and "env.on_divergence" in actions_mode for a in actions[:config.env.epochs]]
+    assert rolled_back == [
+        a == 2 and "env.on_divergence" in actions_mode for a in actions[: config.env.epochs]
+    ]
     assert scheduler.rollbacks == sum(rolled_back)
     for step, (from_env, from_loop) in enumerate(zip(env_policy.seen, loop_policy.seen)):
         assert from_loop == pytest.approx(from_env, abs=1e-5), f"observation {step} differs"
@@ -146,8 +165,15 @@ def test_a_blown_up_epoch_in_a_plain_loop_is_undone_buffers_too():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
-                                  "env.on_divergence": "rollback"})
+    config = load_config(
+        "fast",
+        {
+            "env.epochs": 4,
+            "env.action": "residual",
+            "env.offsets": [0.0, 0.5],
+            "env.on_divergence": "rollback",
+        },
+    )
     scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env, model=model)
     x = torch.randn(64, 4)
 
@@ -171,14 +197,23 @@ def test_a_blown_up_epoch_in_a_plain_loop_is_undone_buffers_too():
     assert scheduler.rolled_back and scheduler.rollbacks == 1
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(s["momentum_buffer"], m) for s, m in zip(optimizer.state.values(), momentum))
-    assert lr == pytest.approx(min(lr_before, 1.0) * 10 ** -config.env.backoff_decades)
+    assert lr == pytest.approx(min(lr_before, 1.0) * 10**-config.env.backoff_decades)
 
 
 def test_an_undone_epoch_puts_float64_weights_back_exactly():
-    weight = torch.nn.Parameter(torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))  # not representable in float32
+    weight = torch.nn.Parameter(
+        torch.tensor([1 / 3, 2 / 3], dtype=torch.float64)
+    )  # not representable in float32
     optimizer = torch.optim.SGD([weight], lr=0.01)
-    config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
-                                  "env.on_divergence": "rollback"})
+    config = load_config(
+        "fast",
+        {
+            "env.epochs": 4,
+            "env.action": "residual",
+            "env.offsets": [0.0, 0.5],
+            "env.on_divergence": "rollback",
+        },
+    )
     scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
     kept = weight.detach().clone()
     with torch.no_grad():
@@ -191,8 +226,16 @@ def test_an_undone_epoch_puts_float64_weights_back_exactly():
 def test_a_validation_loss_spike_in_a_plain_loop_is_undone_when_the_policy_was_trained_so(val_spike, undone):
     weight = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([weight], lr=0.01)
-    config = load_config("fast", {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
-                                  "env.on_divergence": "rollback", "env.val_spike": val_spike})
+    config = load_config(
+        "fast",
+        {
+            "env.epochs": 4,
+            "env.action": "residual",
+            "env.offsets": [0.0, 0.5],
+            "env.on_divergence": "rollback",
+            "env.val_spike": val_spike,
+        },
+    )
     scheduler = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
     scheduler.step(train_loss=1.0, val_loss=1.2, dice=0.5)
     kept = weight.detach().clone()
@@ -202,14 +245,22 @@ def test_a_validation_loss_spike_in_a_plain_loop_is_undone_when_the_policy_was_t
     assert scheduler.rolled_back is undone
     assert torch.equal(weight.detach(), kept) is undone
     restored = RLScheduler(_Scripted([0] * 5), optimizer, config.env)
-    restored.load_state_dict(scheduler.state_dict())  # the healthy references travel (they differ from `before`)
+    restored.load_state_dict(
+        scheduler.state_dict()
+    )  # the healthy references travel (they differ from `before`)
     assert (restored._state.healthy_loss, restored._state.healthy_val_loss) == (
-        scheduler._state.healthy_loss, scheduler._state.healthy_val_loss)
+        scheduler._state.healthy_loss,
+        scheduler._state.healthy_val_loss,
+    )
     assert restored._state.loss_limits() == scheduler._state.loss_limits()
 
 
-ROLLBACK = {"env.epochs": 4, "env.action": "residual", "env.offsets": [0.0, 0.5],
-            "env.on_divergence": "rollback"}
+ROLLBACK = {
+    "env.epochs": 4,
+    "env.action": "residual",
+    "env.offsets": [0.0, 0.5],
+    "env.on_divergence": "rollback",
+}
 
 
 def _scheduler(weight: torch.nn.Parameter, policy: _Scripted | None = None) -> RLScheduler:
@@ -239,10 +290,15 @@ def test_a_negative_loss_is_refused_and_a_zero_loss_sets_no_spike_limit():
     assert not scheduler.rolled_back and scheduler.rollbacks == 0
 
 
-@pytest.mark.parametrize(("dice", "error", "match"), [
-    (85.0, ValueError, r"dice=85.0 is outside \[0, 1\]: .*percentage"),
-    (1.5, ValueError, r"outside \[0, 1\]"), (-0.1, ValueError, r"outside \[0, 1\]"),
-    (None, TypeError, "dice=None: pass a number")])
+@pytest.mark.parametrize(
+    ("dice", "error", "match"),
+    [
+        (85.0, ValueError, r"dice=85.0 is outside \[0, 1\]: .*percentage"),
+        (1.5, ValueError, r"outside \[0, 1\]"),
+        (-0.1, ValueError, r"outside \[0, 1\]"),
+        (None, TypeError, "dice=None: pass a number"),
+    ],
+)
 def test_a_dice_outside_zero_one_is_a_clear_error(dice, error, match):
     scheduler = _scheduler(torch.nn.Parameter(torch.ones(2)))
     with pytest.raises(error, match=match):
@@ -351,9 +407,11 @@ def test_an_lr_set_by_something_else_between_steps_warns():
         scheduler.step(train_loss=loss, val_loss=1.0, dice=0.5)
 
 
-@pytest.mark.parametrize(("lr", "total_epochs", "match"), [
-    (0.0, None, "first param group's LR is 0.0: .*positive LR first"), (0.1, 0, "total_epochs=0: pass")],
-    ids=["lr-0", "total-epochs-0"])
+@pytest.mark.parametrize(
+    ("lr", "total_epochs", "match"),
+    [(0.0, None, "first param group's LR is 0.0: .*positive LR first"), (0.1, 0, "total_epochs=0: pass")],
+    ids=["lr-0", "total-epochs-0"],
+)
 def test_a_zero_first_lr_or_epoch_budget_is_a_clear_error(lr, total_epochs, match):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=lr)
     with pytest.raises(ValueError, match=match):

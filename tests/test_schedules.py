@@ -100,8 +100,16 @@ def test_base_lr_must_be_positive_and_finite(base_lr):
 
 def test_lr_grid_covers_the_range_at_round_log_spaced_values():
     assert lr_grid(1e-4, 1e-3) == [0.0001, 0.000316227766, 0.001]  # two per decade by default
-    assert lr_grid(2e-4, 0.2) == [0.0001, 0.000316227766, 0.001, 0.003162277660, 0.01, 0.031622776602, 0.1,
-                                  0.316227766017]
+    assert lr_grid(2e-4, 0.2) == [
+        0.0001,
+        0.000316227766,
+        0.001,
+        0.003162277660,
+        0.01,
+        0.031622776602,
+        0.1,
+        0.316227766017,
+    ]
     assert lr_grid(0.01, 0.1, per_decade=1) == [0.01, 0.1]
     assert lr_grid(0.05, 0.05, per_decade=4) == [0.031622776602, 0.056234132519]
 

@@ -4,8 +4,8 @@ import dataclasses
 import math
 
 import pytest
-
 from by_hand import T975, t_interval, t_test_pvalue, wilcoxon_exact_pvalue
+
 from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note, mean_ci, paired_test
 
 # Final Dice of a baseline on six instances (wide spread between instances) and of a method that gains a
@@ -66,8 +66,10 @@ def test_paired_test_is_a_minus_b():
     assert backward.mean_difference == pytest.approx(-forward.mean_difference)
     assert backward.ci.low == pytest.approx(-forward.ci.high)
     assert backward.ci.high == pytest.approx(-forward.ci.low)
-    assert (backward.t_pvalue, backward.wilcoxon_pvalue) == (pytest.approx(forward.t_pvalue),
-                                                             pytest.approx(forward.wilcoxon_pvalue))
+    assert (backward.t_pvalue, backward.wilcoxon_pvalue) == (
+        pytest.approx(forward.t_pvalue),
+        pytest.approx(forward.wilcoxon_pvalue),
+    )
 
 
 def test_two_instances_are_enough_for_a_paired_test():
@@ -95,7 +97,10 @@ def test_an_interval_past_what_a_dice_can_be_is_shown_clipped_with_n_and_kept_ra
     impossible values, so the display clips it to [0, 1] and says n, while low/high stay the raw t interval."""
     wide = mean_ci([0.1, 0.9])
     half = T975[1] * math.sqrt(0.32) / math.sqrt(2)
-    assert (wide.low, wide.high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))  # raw, for JSON/CSV
+    assert (wide.low, wide.high) == (
+        pytest.approx(0.5 - half),
+        pytest.approx(0.5 + half),
+    )  # raw, for JSON/CSV
     assert wide.text(bounds=UNIT) == "0.500 [0.000, 1.000] (clipped, n=2)"
     assert str(wide) == f"0.500 ± {half:.3f}"  # without bounds (a quantity of no known range): as before
     narrow = mean_ci([0.5, 0.52, 0.54])

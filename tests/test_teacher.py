@@ -7,15 +7,20 @@ import pytest
 
 from rlsched.agents.sb3 import PPOSettings, build_ppo, make_vec
 from rlsched.agents.teacher import behaviour_clone
-from rlsched.experiment.tuning import search_grid, search_target
 from rlsched.config import load_config
-from rlsched.control.interface import absolute_lrs, encode_lr, feature_index, observation_names
 from rlsched.control.env import UNetLREnv
+from rlsched.control.interface import absolute_lrs, encode_lr, feature_index, observation_names
 from rlsched.control.rules import ScriptedRule
 from rlsched.experiment.harness import ScriptedController, run_episode
+from rlsched.experiment.tuning import search_grid, search_target
 
-TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "env.epochs": 4,
-        "env.factors": [0.25, 0.5, 1.0, 2.0, 4.0]}
+TINY = {
+    "data.image_size": 16,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "env.epochs": 4,
+    "env.factors": [0.25, 0.5, 1.0, 2.0, 4.0],
+}
 
 
 def test_rule_steers_towards_its_target_without_overshooting():
@@ -26,17 +31,22 @@ def test_rule_steers_towards_its_target_without_overshooting():
     assert rule.action(0.05) == 2 and rule.action(0.06) == 2  # at (or near) the target: hold
     assert rule.action(0.3) == 0 and rule.action(0.12) == 1  # from above: x0.25 -> 0.075, x0.5 -> 0.06
     raw = np.zeros((2, 5), np.float32)
-    raw[:, 0] = [encode_lr(env, 0.001), encode_lr(env, 0.3)]  # the rule reads the LR back from the log_lr feature
+    raw[:, 0] = [
+        encode_lr(env, 0.001),
+        encode_lr(env, 0.3),
+    ]  # the rule reads the LR back from the log_lr feature
     assert rule.actions(raw).tolist() == [4, 0]
     with pytest.raises(ValueError, match="factor of 1.0"):
         ScriptedRule(load_config("fast", {"env.action": "continuous"}).env, 0.05)
 
 
 def test_with_absolute_actions_the_rule_jumps_to_the_grid_lr_nearest_its_target():
-    env = load_config("fast", {"env.action": "absolute", "env.grid_points": 21}).env  # quarter decades, 1e-5..1
+    env = load_config(
+        "fast", {"env.action": "absolute", "env.grid_points": 21}
+    ).env  # quarter decades, 1e-5..1
     rule = ScriptedRule(env, target=0.05)
     grid = absolute_lrs(env)
-    assert grid[rule.action(1e-4)] == pytest.approx(10 ** -1.25) == pytest.approx(grid[rule.action(0.9)])
+    assert grid[rule.action(1e-4)] == pytest.approx(10**-1.25) == pytest.approx(grid[rule.action(0.9)])
 
 
 def test_the_suggestion_rule_probes_at_its_target_then_follows_the_suggested_lr():
@@ -45,7 +55,8 @@ def test_the_suggestion_rule_probes_at_its_target_then_follows_the_suggested_lr(
     raw = np.zeros((2, len(observation_names(env))), np.float32)
     raw[:, feature_index("log_lr")] = encode_lr(env, 0.01)
     raw[:, feature_index("log_lr_suggested")] = encode_lr(env, 1e-3)
-    raw[0, feature_index("first_step")] = 1.0  # before the first slice nothing is suggested yet: probe at 0.01
+    # before the first slice nothing is suggested yet: probe at 0.01
+    raw[0, feature_index("first_step")] = 1.0
     grid = absolute_lrs(env)
     assert grid[rule.actions(raw)].tolist() == pytest.approx([1e-2, 1e-3])
 
@@ -66,8 +77,9 @@ def test_with_residual_actions_the_suggestion_rule_is_the_offset_zero_after_its_
     whatever the initial LR), then does nothing, and the env trains at exactly the suggested LR."""
     config = load_config("fast", {**TINY, "env.action": "residual"})
     env = UNetLREnv(config=config)
-    episode = run_episode(env, ScriptedController(0.01, follow_suggestion=True), env.instances["heldout"][0],
-                          initial_lr=0.2)
+    episode = run_episode(
+        env, ScriptedController(0.01, follow_suggestion=True), env.instances["heldout"][0], initial_lr=0.2
+    )
     lrs = [r["lr"] for r in episode.records[1:]]
     first = episode.records[1]
     suggested = first["lr"] * config.env.target_update_ratio / first["update_ratio"]
@@ -79,7 +91,9 @@ def test_with_residual_actions_the_suggestion_rule_is_the_offset_zero_after_its_
     raw[0, feature_index("log_lr")] = encode_lr(config.env, 0.01)
     raw[0, feature_index("log_lr_suggested")] = encode_lr(config.env, 0.003)
     assert rule.actions(raw).tolist() == [zero]
-    fixed_target = ScriptedRule(config.env, target=0.03)  # the plain rule: the offset from the suggestion to 0.03
+    fixed_target = ScriptedRule(
+        config.env, target=0.03
+    )  # the plain rule: the offset from the suggestion to 0.03
     assert config.env.offsets[int(fixed_target.actions(raw)[0])] == pytest.approx(1.0)
 
 
@@ -107,7 +121,6 @@ def test_behaviour_cloning_makes_the_policy_follow_the_rule(tmp_path):
     assert math.isfinite(stats["bc/value_loss"])
 
 
-
 def test_the_teacher_target_is_grid_searched_on_train_instances():
     """The warm start's target LR comes from the comparison's base-LR search (one grid point per decade)."""
     config = load_config("fast", {**TINY, "env.epochs": 2})
@@ -132,7 +145,9 @@ def test_exploring_warm_start_steps_off_the_rule_yet_labels_with_it(tmp_path, mo
     rule = RecordedRule(config.env, target=0.02)
     step, evaluate = vec.step, model.policy.evaluate_actions
     monkeypatch.setattr(vec, "step", lambda a: (taken.append(int(a[0])), step(a))[1])
-    monkeypatch.setattr(model.policy, "evaluate_actions", lambda x, a: (fitted.append(a.tolist()), evaluate(x, a))[1])
+    monkeypatch.setattr(
+        model.policy, "evaluate_actions", lambda x, a: (fitted.append(a.tolist()), evaluate(x, a))[1]
+    )
     behaviour_clone(model, rule, episodes_per_env=2, epochs=1, explore=1.0, seed=3)
     assert len(taken) == len(rules) == 2 * config.env.steps
     assert taken != rules and len(set(taken)) > 1  # random actions were taken ...

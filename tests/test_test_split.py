@@ -13,19 +13,34 @@ import pytest
 import torch
 
 from rlsched import compare
-from rlsched.control import env as env_module
-from rlsched.config import load_config
-from rlsched.control.env import UNetLREnv, make_instances
-from rlsched.experiment.harness import (EpisodeResult, Job, PolicyController, RandomController, ScheduleController,
-                             ScriptedController, run_episode)
-from rlsched.experiment.jobs import run_journaled
 from rlsched.common.journal import Journal
+from rlsched.config import load_config
+from rlsched.control import env as env_module
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.experiment.harness import (
+    EpisodeResult,
+    Job,
+    PolicyController,
+    RandomController,
+    ScheduleController,
+    ScriptedController,
+    run_episode,
+)
+from rlsched.experiment.jobs import run_journaled
 from rlsched.seg.trainer import Trainer
 
 # as in tests/test_compare.py: 16x16 images, 2-epoch budgets, 2 held-out and 2 train instances, LRs in [0.01, 0.1]
-TINY = {"data.image_size": 16, "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "env.epochs": 2,
-        "env.heldout_instances": 2, "env.train_instances": 2, "env.initial_lr_min": 0.01,
-        "env.initial_lr_max": 0.1}
+TINY = {
+    "data.image_size": 16,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "data.n_test": 8,
+    "env.epochs": 2,
+    "env.heldout_instances": 2,
+    "env.train_instances": 2,
+    "env.initial_lr_min": 0.01,
+    "env.initial_lr_max": 0.1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +85,18 @@ class Watched:
 def episodes(config):
     """Every kind of controller on every held-out instance, and every observation they were shown."""
     env, seen = UNetLREnv(config=config), []
-    controllers = [ScheduleController("plateau", 0.05), ScheduleController("cosine"), RandomController(seed=3),
-                   ScriptedController(0.05), PolicyController(ObservationHash())]
-    results = [run_episode(env, Watched(controller, seen), instance)
-               for instance in make_instances(config, "heldout") for controller in controllers]
+    controllers = [
+        ScheduleController("plateau", 0.05),
+        ScheduleController("cosine"),
+        RandomController(seed=3),
+        ScriptedController(0.05),
+        PolicyController(ObservationHash()),
+    ]
+    results = [
+        run_episode(env, Watched(controller, seen), instance)
+        for instance in make_instances(config, "heldout")
+        for controller in controllers
+    ]
     return results, seen
 
 
@@ -82,7 +105,9 @@ def decisions(results):
     return json.dumps([(r.method, r.instance.index, r.total_reward, r.records) for r in results])
 
 
-def test_garbage_in_the_test_split_changes_no_observation_reward_or_lr_only_the_test_dice(config, monkeypatch):
+def test_garbage_in_the_test_split_changes_no_observation_reward_or_lr_only_the_test_dice(
+    config, monkeypatch
+):
     clean, clean_seen = episodes(config)
     poison(monkeypatch)
     dirty, dirty_seen = episodes(config)
@@ -93,14 +118,21 @@ def test_garbage_in_the_test_split_changes_no_observation_reward_or_lr_only_the_
 
 
 def test_garbage_in_the_test_split_changes_no_tuning_choice_only_the_test_columns(config, monkeypatch):
-    settings = compare.Settings(schedules=("constant", "plateau", "scripted"), tune_instances=2, grid_per_decade=1,
-                                robustness=(10.0,), workers=1)
+    settings = compare.Settings(
+        schedules=("constant", "plateau", "scripted"),
+        tune_instances=2,
+        grid_per_decade=1,
+        robustness=(10.0,),
+        workers=1,
+    )
     clean = compare.run_comparison(config, [], settings, progress=False)
     poison(monkeypatch)
     dirty = compare.run_comparison(config, [], settings, progress=False)
     assert dirty.tuning == clean.tuning and compare.best_fixed(dirty) == compare.best_fixed(clean)
     assert decisions(dirty.results) == decisions(clean.results)
-    assert all(decisions(dirty.robustness[f][1]) == decisions(runs) for f, (_, runs) in clean.robustness.items())
+    assert all(
+        decisions(dirty.robustness[f][1]) == decisions(runs) for f, (_, runs) in clean.robustness.items()
+    )
     rows = [compare.summarize(c) for c in (clean, dirty)]
 
     def decided(row):
@@ -141,9 +173,13 @@ def test_test_dice_is_scored_once_after_the_last_step(config, monkeypatch):
 def test_a_diverged_episode_scores_test_dice_zero_without_evaluating(config, monkeypatch):
     reads = []
     evaluate = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val": reads.append(split) or evaluate(self, split))
+    monkeypatch.setattr(
+        Trainer, "evaluate", lambda self, split="val": reads.append(split) or evaluate(self, split)
+    )
     env = UNetLREnv(config=dataclasses.replace(config, env=dataclasses.replace(config.env, lr_max=1e4)))
-    result = run_episode(env, ScheduleController("constant", base_lr=1e4), make_instances(config, "heldout")[0])
+    result = run_episode(
+        env, ScheduleController("constant", base_lr=1e4), make_instances(config, "heldout")[0]
+    )
     assert result.diverged and result.final_dice == 0.0 and result.test_dice == 0.0
     assert "test" not in reads
 
@@ -151,8 +187,15 @@ def test_a_diverged_episode_scores_test_dice_zero_without_evaluating(config, mon
 def test_undefined_test_dice_counts_as_zero(config, monkeypatch):
     """No foreground in the test split and none predicted: Dice is NaN, and counted_dice makes it 0."""
     evaluate = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="val": dataclasses.replace(
-        evaluate(self, split), dice_mean=math.nan) if split == "test" else evaluate(self, split))
+    monkeypatch.setattr(
+        Trainer,
+        "evaluate",
+        lambda self, split="val": (
+            dataclasses.replace(evaluate(self, split), dice_mean=math.nan)
+            if split == "test"
+            else evaluate(self, split)
+        ),
+    )
     env = UNetLREnv(config=config)
     result = run_episode(env, ScheduleController("constant"), make_instances(config, "heldout")[0])
     assert not result.diverged and result.final_dice > 0 and result.test_dice == 0.0
@@ -160,8 +203,10 @@ def test_undefined_test_dice_counts_as_zero(config, monkeypatch):
 
 def test_test_dice_round_trips_through_the_journal(config, tmp_path):
     instance = make_instances(config, "heldout")[0]
-    jobs = [Job("constant", "schedule", "constant", instance, base_lr=0.05), Job("cosine", "schedule", "cosine",
-                                                                                  instance)]
+    jobs = [
+        Job("constant", "schedule", "constant", instance, base_lr=0.05),
+        Job("cosine", "schedule", "cosine", instance),
+    ]
     journal = Journal(tmp_path / "jobs.jsonl")
     ran, reused = run_journaled(config, jobs, journal)
     assert reused == 0 and all(0 < r.test_dice < 1 for r in ran)
@@ -174,6 +219,9 @@ def test_an_episode_saved_before_test_splits_existed_is_refused_naming_the_fix(c
     env = UNetLREnv(config=config)
     saved = run_episode(env, ScheduleController("constant"), make_instances(config, "heldout")[0]).to_dict()
     del saved["test_dice"]
-    with pytest.raises(ValueError, match=r"'constant' episode on heldout instance 0 was saved before test "
-                                         r"splits existed and has no test Dice: start a new comparison"):
+    with pytest.raises(
+        ValueError,
+        match=r"'constant' episode on heldout instance 0 was saved before test "
+        r"splits existed and has no test Dice: start a new comparison",
+    ):
         EpisodeResult.from_dict(saved)

@@ -11,15 +11,29 @@ from pathlib import Path
 import pytest
 
 from rlsched.common.checkpoint import load_checkpoint
+from rlsched.common.files import read_jsonl
 from rlsched.config import load_config
 from rlsched.control.env import UNetLREnv, make_instances
 from rlsched.experiment.harness import ScheduleController, run_episode
-from rlsched.common.files import read_jsonl
 from rlsched.experiment.tuning import search_grid
 from rlsched.train import main
 
-TINY = ["--preset", "fast", "--set", "data.image_size=16", "--set", "data.n_train=16", "--set", "data.n_val=8",
-        "--set", "env.epochs=4", "--set", "env.heldout_instances=2", "--episodes-per-rollout", "1"]
+TINY = [
+    "--preset",
+    "fast",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "data.n_train=16",
+    "--set",
+    "data.n_val=8",
+    "--set",
+    "env.epochs=4",
+    "--set",
+    "env.heldout_instances=2",
+    "--episodes-per-rollout",
+    "1",
+]
 
 
 def only_run(runs: Path) -> Path:
@@ -30,15 +44,21 @@ def only_run(runs: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sb3", "reference"])
 def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
-    code = main(TINY + ["--algo", algo, "--n-envs", "2", "--total-timesteps", "32", "--runs-dir", str(tmp_path)])
+    code = main(
+        TINY + ["--algo", algo, "--n-envs", "2", "--total-timesteps", "32", "--runs-dir", str(tmp_path)]
+    )
     assert code == 0
     run_dir = only_run(tmp_path)
     model = run_dir / ("model.zip" if algo == "sb3" else "model.pt")
     assert model.is_file() and (run_dir / "config.toml").is_file() and (run_dir / "args.json").is_file()
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] >= 32
     episodes = read_jsonl(run_dir / "episodes.jsonl")
-    assert len(episodes) >= 6 and all(len(e["lrs"]) == 4 for e in episodes)  # NEXT_STEP autoreset: 5 calls/episode
-    if algo == "sb3":  # warm-started by default: the teacher's target search and the cloned episodes count too
+    assert len(episodes) >= 6 and all(
+        len(e["lrs"]) == 4 for e in episodes
+    )  # NEXT_STEP autoreset: 5 calls/episode
+    if (
+        algo == "sb3"
+    ):  # warm-started by default: the teacher's target search and the cloned episodes count too
         searched = [e for e in episodes if e.get("phase") == "teacher-search"]
         assert len(searched) == 4 * len(search_grid(load_config(run_dir / "config.toml"), 1))
         assert len(episodes) >= len(searched) + 4 * 2
@@ -47,21 +67,43 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
     assert len(heldout["learned_final_dice"]) == len(heldout["constant_final_dice"]) == 2
     config = load_config(run_dir / "config.toml")  # the headline is test Dice: the constant's, recomputed
     env = UNetLREnv(config=config)
-    constant = [run_episode(env, ScheduleController("constant"), i) for i in make_instances(config, "heldout")]
+    constant = [
+        run_episode(env, ScheduleController("constant"), i) for i in make_instances(config, "heldout")
+    ]
     assert heldout["constant_test_dice"] == pytest.approx([r.test_dice for r in constant])
     assert heldout["constant_final_dice"] == pytest.approx([r.final_dice for r in constant])
     learned = heldout["learned_test_dice"]
-    assert heldout["test_difference_mean"] == pytest.approx(sum(learned) / 2 - sum(r.test_dice for r in constant) / 2)
-    assert "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |" in (run_dir / "heldout.md").read_text()
+    assert heldout["test_difference_mean"] == pytest.approx(
+        sum(learned) / 2 - sum(r.test_dice for r in constant) / 2
+    )
+    assert (
+        "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |"
+        in (run_dir / "heldout.md").read_text()
+    )
     out = capsys.readouterr().out
     assert "learned policy" in out and str(run_dir) in out
 
 
 def start(tmp_path, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "rlsched.train", *TINY, "--n-envs", "1", "--no-eval",
-                             "--runs-dir", str(tmp_path), *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlsched.train",
+            *TINY,
+            "--n-envs",
+            "1",
+            "--no-eval",
+            "--runs-dir",
+            str(tmp_path),
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_checkpoint(tmp_path, proc, timeout=180):
@@ -89,7 +131,9 @@ def test_resume_after_kill_9_finishes_the_run(tmp_path):
     assert (run_dir / "model.zip").is_file()
     assert not list(run_dir.rglob("*.tmp"))  # nothing half-written is left behind
     stepped = [e for e in read_jsonl(run_dir / "episodes.jsonl") if e.get("phase") != "teacher-search"]
-    assert len(stepped) == target // 4  # no episode of the discarded rollout kept (the search has no env steps)
+    assert (
+        len(stepped) == target // 4
+    )  # no episode of the discarded rollout kept (the search has no env steps)
 
 
 def test_resume_sets_aside_episodes_recorded_after_the_last_checkpoint(tmp_path, capsys):
@@ -102,8 +146,9 @@ def test_resume_sets_aside_episodes_recorded_after_the_last_checkpoint(tmp_path,
         return {"model": prefix.with_suffix(".pt")}
 
     save_checkpoint(tmp_path / "checkpoints", write, num_timesteps=8, episodes=2)
-    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps({"final_dice": i}) + "\n" for i in range(5))
-                                             + '{"final_dice": 5, "li')  # and a line a kill cut off
+    (tmp_path / "episodes.jsonl").write_text(
+        "".join(json.dumps({"final_dice": i}) + "\n" for i in range(5)) + '{"final_dice": 5, "li'
+    )  # and a line a kill cut off
     assert _resume_point(tmp_path, EpisodeLog(tmp_path / "episodes.jsonl")).num_timesteps == 8
     assert [r["final_dice"] for r in read_jsonl(tmp_path / "episodes.jsonl")] == [0, 1]
     assert (tmp_path / "episodes.jsonl").read_text().endswith("\n")  # the next record starts on its own line
@@ -115,11 +160,26 @@ def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normali
     import numpy as np
     from stable_baselines3 import PPO
 
-    from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
     from rlsched.agents.loading import load_policy
+    from rlsched.agents.normalize import NormalizedPredictor, ObsNorm
 
-    assert main(TINY + ["--n-envs", "1", "--total-timesteps", "8", "--bc-episodes", "0", "--no-eval",
-                        "--runs-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            TINY
+            + [
+                "--n-envs",
+                "1",
+                "--total-timesteps",
+                "8",
+                "--bc-episodes",
+                "0",
+                "--no-eval",
+                "--runs-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     run_dir = only_run(tmp_path)
     assert main(["--resume", str(run_dir), "--total-timesteps", "16", "--no-eval"]) == 0
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"] == 16
@@ -132,7 +192,10 @@ def test_total_timesteps_extends_a_finished_run_and_the_policy_keeps_its_normali
     assert norm.count > 16 and not np.allclose(norm.mean, 0)  # statistics of the observations it trained on
     raw = PPO.load(run_dir / "model.zip", device="cpu")
     obs = np.random.default_rng(0).uniform(-1, 1, raw.observation_space.shape).astype(np.float32)
-    logits = lambda o: raw.policy.get_distribution(raw.policy.obs_to_tensor(o)[0]).distribution.logits
+
+    def logits(o):
+        return raw.policy.get_distribution(raw.policy.obs_to_tensor(o)[0]).distribution.logits
+
     assert np.allclose(logits(norm(obs)).detach().numpy(), logits(policy.norm(obs)).detach().numpy())
     assert policy.predict(obs)[0] == raw.predict(norm(obs), deterministic=True)[0]
 
@@ -160,7 +223,11 @@ def test_batch_size_must_divide_the_rollout(tmp_path):
 
 
 def test_warm_start_flags_are_checked_before_anything_starts(tmp_path, capsys):
-    for bad in (["--bc-episodes", "2", "--algo", "reference"], ["--bc-episodes", "-1"], ["--bc-explore", "1.5"]):
+    for bad in (
+        ["--bc-episodes", "2", "--algo", "reference"],
+        ["--bc-episodes", "-1"],
+        ["--bc-explore", "1.5"],
+    ):
         with pytest.raises(SystemExit):
             main(TINY + bad + ["--runs-dir", str(tmp_path)])
         assert bad[0] in capsys.readouterr().err
@@ -197,7 +264,9 @@ def refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     code, err = exit_info.value.code, capsys.readouterr().err
-    if isinstance(code, str):  # SystemExit("error: ..."): Python prints it as the last stderr line, exit status 1
+    if isinstance(
+        code, str
+    ):  # SystemExit("error: ..."): Python prints it as the last stderr line, exit status 1
         err += code + "\n"
     else:
         assert code != 0
@@ -207,14 +276,31 @@ def refused(argv, capsys):
     return errors[0]
 
 
-@pytest.mark.parametrize("flag, value", [
-    ("--total-timesteps", "-5"), ("--gamma", "2"), ("--gamma", "nan"), ("--gae-lambda", "1.5"),
-    ("--clip-range", "0"), ("--ent-coef", "-0.1"), ("--n-epochs", "0"), ("--episodes-per-rollout", "0"),
-    ("--batch-size", "-1"), ("--learning-rate", "-1"), ("--learning-rate", "inf"),
-    ("--teacher-lr", "0"), ("--teacher-lr", "-1"), ("--n-envs", "0"), ("--num-env-runners", "-1"),
-    ("--num-gpus-per-env-runner", "-1"), ("--seed", "-1"), ("--bc-episodes", "-1"), ("--bc-explore", "1.5"),
-    ("--teacher-search-instances", "0"),
-])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--total-timesteps", "-5"),
+        ("--gamma", "2"),
+        ("--gamma", "nan"),
+        ("--gae-lambda", "1.5"),
+        ("--clip-range", "0"),
+        ("--ent-coef", "-0.1"),
+        ("--n-epochs", "0"),
+        ("--episodes-per-rollout", "0"),
+        ("--batch-size", "-1"),
+        ("--learning-rate", "-1"),
+        ("--learning-rate", "inf"),
+        ("--teacher-lr", "0"),
+        ("--teacher-lr", "-1"),
+        ("--n-envs", "0"),
+        ("--num-env-runners", "-1"),
+        ("--num-gpus-per-env-runner", "-1"),
+        ("--seed", "-1"),
+        ("--bc-episodes", "-1"),
+        ("--bc-explore", "1.5"),
+        ("--teacher-search-instances", "0"),
+    ],
+)
 def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsys, flag, value):
     """These trained anyway (--gamma 2, --total-timesteps -5 wrote an untrained model.zip) or crashed after the
     run directory existed, some after the episodes ran (--n-epochs 0, --teacher-lr 0)."""
@@ -223,15 +309,18 @@ def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsy
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("extra, flag, need", [
-    (["--num-env-runners", "4"], "--num-env-runners", "--backend rllib"),
-    (["--num-gpus-per-env-runner", "0.5"], "--num-gpus-per-env-runner", "--backend rllib"),
-    (["--teacher-lr", "0.01"], "--teacher-lr", "the warm start"),
-    (["--teacher", "scripted"], "--teacher", "the warm start"),
-    (["--teacher-search-instances", "2"], "--teacher-search-instances", "the warm start"),
-    (["--bc-explore", "0.25"], "--bc-explore", "the warm start"),
-    (["--algo", "reference", "--no-normalize-obs"], "--no-normalize-obs", "--algo sb3 --backend sb3"),
-])
+@pytest.mark.parametrize(
+    "extra, flag, need",
+    [
+        (["--num-env-runners", "4"], "--num-env-runners", "--backend rllib"),
+        (["--num-gpus-per-env-runner", "0.5"], "--num-gpus-per-env-runner", "--backend rllib"),
+        (["--teacher-lr", "0.01"], "--teacher-lr", "the warm start"),
+        (["--teacher", "scripted"], "--teacher", "the warm start"),
+        (["--teacher-search-instances", "2"], "--teacher-search-instances", "the warm start"),
+        (["--bc-explore", "0.25"], "--bc-explore", "the warm start"),
+        (["--algo", "reference", "--no-normalize-obs"], "--no-normalize-obs", "--algo sb3 --backend sb3"),
+    ],
+)
 def test_a_flag_this_run_would_ignore_is_refused(tmp_path, capsys, extra, flag, need):
     """QUICK has no warm start (--bc-episodes 0) and the sb3 backend: each of these ran, silently ignored."""
     line = refused(QUICK + ["--runs-dir", str(tmp_path), *extra], capsys)
@@ -240,10 +329,15 @@ def test_a_flag_this_run_would_ignore_is_refused(tmp_path, capsys, extra, flag, 
 
 
 def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlsched.train", "--gamma", "2", "--runs-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlsched.train", "--gamma", "2", "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "python -m rlsched.train: error: argument --gamma: got 2; expected a number in [0, 1]"]
+        "python -m rlsched.train: error: argument --gamma: got 2; expected a number in [0, 1]"
+    ]
     assert not list(tmp_path.iterdir())
 
 
@@ -268,7 +362,9 @@ def test_a_runs_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     runs = tmp_path / "runs"
     runs.write_text("not a folder")
     assert f"--runs-dir {runs} is a file" in refused(QUICK + ["--runs-dir", str(runs)], capsys)
-    assert f"--runs-dir {runs / 'sub'}: cannot create" in refused(QUICK + ["--runs-dir", str(runs / "sub")], capsys)
+    assert f"--runs-dir {runs / 'sub'}: cannot create" in refused(
+        QUICK + ["--runs-dir", str(runs / "sub")], capsys
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -290,12 +386,15 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
     assert "--preset 'demo' (the run used 'fast')" in line and "--set ['env.epochs=8']" in line
     assert "--total-timesteps" in line  # the flags that do apply
     # what a resume can change, and the run's own flags repeated, are accepted
-    assert parse_args(["--resume", str(run_dir), "--total-timesteps", "99", "--no-eval"]).total_timesteps == 99
+    assert (
+        parse_args(["--resume", str(run_dir), "--total-timesteps", "99", "--no-eval"]).total_timesteps == 99
+    )
     parse_args(["--resume", str(run_dir), "--preset", "fast", "--n-envs", "1"])
 
 
 def fake_training(calls, error=None, episode=False):
     """A train_sb3 stand-in: what a start leaves in the run directory, then ``error`` (None: a model path)."""
+
     def train_sb3(run_dir, args, config):
         calls.append(run_dir)
         (run_dir / "tb").mkdir(exist_ok=True)
@@ -306,6 +405,7 @@ def fake_training(calls, error=None, episode=False):
         if error is not None:
             raise error
         return run_dir / "model.zip"
+
     return train_sb3
 
 
@@ -314,7 +414,9 @@ def test_a_start_that_fails_before_its_first_episode_leaves_no_run_directory(tmp
     from rlsched.config import ConfigError
 
     calls = []
-    monkeypatch.setattr(train, "train_sb3", fake_training(calls, ConfigError("[env] found bad only in an env")))
+    monkeypatch.setattr(
+        train, "train_sb3", fake_training(calls, ConfigError("[env] found bad only in an env"))
+    )
     assert "found bad only in an env" in refused(QUICK + ["--runs-dir", str(tmp_path)], capsys)
     assert calls and not list(tmp_path.iterdir())
     monkeypatch.setattr(train, "train_sb3", fake_training(calls, RuntimeError("a bug")))

@@ -1,11 +1,10 @@
 import math
 
+import by_hand
 import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-
-import by_hand
 
 from rlsched.config import load_config
 from rlsched.seg.sources import make_dataset
@@ -27,7 +26,9 @@ def test_training_lowers_the_loss_and_reports_dynamics(fast_config, data):
     for _ in range(3):
         last = trainer.train_epoch()
     assert last.loss < first.loss
-    assert not last.diverged and last.batches == math.ceil(len(data.train_images) / fast_config.optim.batch_size)
+    assert not last.diverged and last.batches == math.ceil(
+        len(data.train_images) / fast_config.optim.batch_size
+    )
     assert last.grad_norm > 0 and 0 < last.update_ratio < 1 and last.lr == 0.05
 
     # evaluate() scores the whole validation set: Dice, IoU and loss by hand from the model's logits
@@ -99,24 +100,31 @@ def test_an_undone_blow_up_restores_weights_and_optimizer_but_spends_its_epochs(
     result = trainer.train_slice(1e4, 2, undo_divergence=True)
     assert result.rolled_back and not result.diverged and result.record()["rolled_back"]
     assert torch.equal(params(trainer), good) and trainer.epoch == 1 + len(result.epochs)
-    assert result.evaluation.loss == pytest.approx(trainer.evaluate().loss) and math.isfinite(result.evaluation.loss)
+    assert result.evaluation.loss == pytest.approx(trainer.evaluate().loss) and math.isfinite(
+        result.evaluation.loss
+    )
     restored = trainer.state_dict()["optimizer"]["state"]
-    assert all(torch.equal(restored[k]["momentum_buffer"], v["momentum_buffer"])
-               for k, v in momentum["state"].items())
+    assert all(
+        torch.equal(restored[k]["momentum_buffer"], v["momentum_buffer"])
+        for k, v in momentum["state"].items()
+    )
     # alive again: the next slice trains, at a sane LR, like any other
     assert not trainer.train_slice(0.05, 1).diverged and not torch.equal(params(trainer), good)
 
 
 def test_a_healthy_slice_is_the_same_with_or_without_undo(fast_config, data):
     plain, guarded = (Trainer(fast_config, data, seed=0, lr=0.05) for _ in range(2))
-    records = [trainer.train_slice(0.05, 2, undo_divergence=undo).record() for trainer, undo in
-               ((plain, False), (guarded, True))]
+    records = [
+        trainer.train_slice(0.05, 2, undo_divergence=undo).record()
+        for trainer, undo in ((plain, False), (guarded, True))
+    ]
     assert records[0] | {"seconds": 0} == records[1] | {"seconds": 0}  # wall time aside
     assert torch.equal(params(plain), params(guarded))
 
 
-def test_a_bad_batch_mid_epoch_is_found_at_the_end_and_the_trainer_stops_until_reloaded(fast_config, data,
-                                                                                         monkeypatch):
+def test_a_bad_batch_mid_epoch_is_found_at_the_end_and_the_trainer_stops_until_reloaded(
+    fast_config, data, monkeypatch
+):
     trainer = Trainer(fast_config, data, seed=0, lr=0.05)
     start = trainer.state_dict()
     loss, calls = trainer.head.loss, []
@@ -230,7 +238,9 @@ def test_training_works_when_the_caller_disabled_gradients(fast_config, data):
 def test_a_loss_spike_is_undone_like_a_blow_up_only_when_undoing(fast_config, data):
     guarded, plain = (Trainer(fast_config, data, seed=0, lr=0.05) for _ in range(2))
     start = params(guarded).clone()
-    spiked = guarded.train_slice(0.05, 1, undo_divergence=True, loss_limit=0.0)  # every finite loss is above 0
+    spiked = guarded.train_slice(
+        0.05, 1, undo_divergence=True, loss_limit=0.0
+    )  # every finite loss is above 0
     assert spiked.rolled_back and torch.equal(params(guarded), start) and guarded.epoch == 1
     assert not plain.train_slice(0.05, 1, loss_limit=0.0).rolled_back  # the limit is part of undoing
 

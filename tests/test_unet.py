@@ -62,7 +62,11 @@ def test_widths_double_per_level() -> None:
 
 def test_conv_bias_only_without_norm() -> None:
     def conv3x3_biases(model: nn.Module) -> set[bool]:
-        return {m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)}
+        return {
+            m.bias is not None
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+        }
 
     assert conv3x3_biases(UNet(1, 1, norm="batch")) == {False}
     assert conv3x3_biases(UNet(1, 1, norm="none")) == {True}

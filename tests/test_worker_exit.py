@@ -76,15 +76,23 @@ def wait_until(condition, timeout: float):
 
 @pytest.mark.parametrize("kind", STARTERS)
 def test_workers_exit_when_their_parent_is_killed_with_9(kind, tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", STARTERS[kind]], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", STARTERS[kind]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     workers: set[int] = set()
     try:
         if kind == "job pool":  # each pool worker names the job it runs by a marker file named by its pid
-            busy = wait_until(lambda: len(list(tmp_path.glob("rlsched-jobs-*/*"))) == 2 or parent.poll() is not None,
-                              120)
+            busy = wait_until(
+                lambda: len(list(tmp_path.glob("rlsched-jobs-*/*"))) == 2 or parent.poll() is not None, 120
+            )
         else:
-            busy = wait_until(lambda: parent.poll() is not None or "stepping" in parent.stdout.readline(), 120)
+            busy = wait_until(
+                lambda: parent.poll() is not None or "stepping" in parent.stdout.readline(), 120
+            )
         assert busy and parent.poll() is None, parent.communicate()
         time.sleep(0.5)  # the env processes are inside their long step now
         workers = descendants(parent.pid)
@@ -92,7 +100,9 @@ def test_workers_exit_when_their_parent_is_killed_with_9(kind, tmp_path):
         parent.kill()
         parent.wait()
         left = wait_until(lambda: not any(running(pid) for pid in workers), 10)
-        assert left, f"still running 10 s after the parent's kill -9: {sorted(p for p in workers if running(p))}"
+        assert left, (
+            f"still running 10 s after the parent's kill -9: {sorted(p for p in workers if running(p))}"
+        )
     finally:
         parent.kill()
         for pid in filter(running, workers):  # the test's own processes, by pid, should a check above fail

@@ -23,10 +23,31 @@ def test_every_registered_id_has_rollouts_of_whole_episodes_and_dividing_minibat
 
 def test_zoo_trains_ppo_on_the_fast_id(tmp_path):
     pytest.importorskip("rl_zoo3", reason='RL Baselines3 Zoo is not installed: pip install -e ".[zoo]"')
-    command = [sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "rlsched/UNetLR-fast-v0",
-               "--gym-packages", "rlsched", "--conf-file", "rlsched.agents.zoo_ppo",
-               "--env-kwargs", "data:dict(image_size=16,n_train=16,n_val=8)",  # 1 batch per epoch
-               "-n", "24", "--eval-freq", "-1", "--seed", "0", "--num-threads", "1", "-f", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "rl_zoo3.train",
+        "--algo",
+        "ppo",
+        "--env",
+        "rlsched/UNetLR-fast-v0",
+        "--gym-packages",
+        "rlsched",
+        "--conf-file",
+        "rlsched.agents.zoo_ppo",
+        "--env-kwargs",
+        "data:dict(image_size=16,n_train=16,n_val=8)",  # 1 batch per epoch
+        "-n",
+        "24",
+        "--eval-freq",
+        "-1",
+        "--seed",
+        "0",
+        "--num-threads",
+        "1",
+        "-f",
+        str(tmp_path),
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     (model,) = tmp_path.glob("ppo/rlsched-UNetLR-fast-v0_1/*.zip")

@@ -36,12 +36,23 @@ class EpisodeRecorder(gym.Wrapper):
         self._lrs.append(float(info["lr"]))
         self._penalty += float(info.get("penalty", 0.0))
         if terminated or truncated:
-            append_jsonl(self.path, [{
-                "worker": self.worker, "split": info["split"], "instance": info["instance"],
-                "initial_lr": info["initial_lr"], "initial_dice": info.get("initial_dice", math.nan),
-                "final_dice": info.get("final_dice", info["dice_mean"]), "diverged": bool(info["diverged"]),
-                "epochs": info["epoch"], "penalty": self._penalty, "lrs": self._lrs,
-            }])
+            append_jsonl(
+                self.path,
+                [
+                    {
+                        "worker": self.worker,
+                        "split": info["split"],
+                        "instance": info["instance"],
+                        "initial_lr": info["initial_lr"],
+                        "initial_dice": info.get("initial_dice", math.nan),
+                        "final_dice": info.get("final_dice", info["dice_mean"]),
+                        "diverged": bool(info["diverged"]),
+                        "epochs": info["epoch"],
+                        "penalty": self._penalty,
+                        "lrs": self._lrs,
+                    }
+                ],
+            )
         return obs, reward, terminated, truncated, info
 
 
@@ -49,10 +60,19 @@ def harness_record(result: Any, phase: str) -> dict[str, Any]:
     """The ``episodes.jsonl`` record of an episode run through the harness (e.g. a teacher's target search),
     so every epoch a training run spends is in one file."""
     records = result.records
-    return {"worker": -1, "phase": phase, "split": result.instance.split, "instance": result.instance.index,
-            "initial_lr": result.instance.initial_lr, "initial_dice": result.dices[0],
-            "final_dice": result.final_dice, "diverged": result.diverged, "epochs": result.epochs,
-            "penalty": 0.0, "lrs": [float(r["lr"]) for r in records[1:]]}
+    return {
+        "worker": -1,
+        "phase": phase,
+        "split": result.instance.split,
+        "instance": result.instance.index,
+        "initial_lr": result.instance.initial_lr,
+        "initial_dice": result.dices[0],
+        "final_dice": result.final_dice,
+        "diverged": result.diverged,
+        "epochs": result.epochs,
+        "penalty": 0.0,
+        "lrs": [float(r["lr"]) for r in records[1:]],
+    }
 
 
 class EpisodeLog:
@@ -85,7 +105,7 @@ class EpisodeLog:
         if not self.path.exists():
             return {}
         records = read_jsonl(self.path)
-        fresh, self._seen = records[self._seen:], len(records)
+        fresh, self._seen = records[self._seen :], len(records)
         if not fresh:
             return {}
         final_lrs = np.log10([r["lrs"][-1] for r in fresh])

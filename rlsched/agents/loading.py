@@ -75,14 +75,18 @@ def load_policy(path: str | Path, trust: bool = False) -> LoadedPolicy:
     ``PolicyError`` naming the file."""
     path = resolve_agent_path(path)
     if not (path.is_file() or (path.is_dir() and path.suffix == ".rllib")):
-        raise FileNotFoundError(f"no policy at {path}: pass runs/<run-id>/model.zip (or model.pt, model.rllib) "
-                                "written by python -m rlsched.train, or pretrained")
+        raise FileNotFoundError(
+            f"no policy at {path}: pass runs/<run-id>/model.zip (or model.pt, model.rllib) "
+            "written by python -m rlsched.train, or pretrained"
+        )
     # <model>.toml: the shipped controller; config.toml: a run directory, or its checkpoints/ folder's parent
     candidates = (path.with_suffix(".toml"), path.parent / "config.toml", path.parent.parent / "config.toml")
     config_path = next((c for c in candidates if c.is_file()), candidates[-1])
     if not config_path.is_file():
-        raise FileNotFoundError(f"{path}: no config.toml beside it, so its observation/action interface is "
-                                "unknown; keep the model inside its run directory")
+        raise FileNotFoundError(
+            f"{path}: no config.toml beside it, so its observation/action interface is "
+            "unknown; keep the model inside its run directory"
+        )
     config = load_config(config_path)
     meta = read_meta(path)
     if meta is not None:
@@ -97,26 +101,32 @@ def load_policy(path: str | Path, trust: bool = False) -> LoadedPolicy:
         try:
             predictor = ReferencePPO.load(path)
         except pickle.UnpicklingError as err:
-            raise PolicyError(f"{path}: holds more than tensors and plain data, which the safe loader "
-                              f"refuses ({str(err).splitlines()[0]}); not a reference-PPO checkpoint of "
-                              "rlsched") from None
+            raise PolicyError(
+                f"{path}: holds more than tensors and plain data, which the safe loader "
+                f"refuses ({str(err).splitlines()[0]}); not a reference-PPO checkpoint of "
+                "rlsched"
+            ) from None
         except (RuntimeError, EOFError, ValueError, KeyError) as err:
-            raise PolicyError(f"{path}: not a readable reference-PPO checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0]}); the file is truncated or corrupt: "
-                              "retrain") from None
+            raise PolicyError(
+                f"{path}: not a readable reference-PPO checkpoint ({type(err).__name__}: "
+                f"{str(err).splitlines()[0]}); the file is truncated or corrupt: "
+                "retrain"
+            ) from None
     elif path.suffix == ".rllib":
         if not trust:
-            raise PolicyError(f"{path}: an RLlib checkpoint, which RLlib restores by unpickling Python "
-                              f"objects (no safe way exists); {TRUST_HINT}")
+            raise PolicyError(
+                f"{path}: an RLlib checkpoint, which RLlib restores by unpickling Python "
+                f"objects (no safe way exists); {TRUST_HINT}"
+            )
         from rlsched.agents.rllib import RLlibPolicy
 
         predictor = RLlibPolicy.load(path)
     else:
-        raise ValueError(f"{path}: unknown policy format; expected .zip (SB3), .pt (reference PPO) or .rllib "
-                         "(RLlib PPO)")
+        raise ValueError(
+            f"{path}: unknown policy format; expected .zip (SB3), .pt (reference PPO) or .rllib (RLlib PPO)"
+        )
     space = predictor.observation_space  # type: ignore[attr-defined]
-    check_dims(path, config_path, config.env, int(np.prod(space.shape)),
-               action_size(predictor.action_space))  # type: ignore[attr-defined]
+    check_dims(path, config_path, config.env, int(np.prod(space.shape)), action_size(predictor.action_space))  # type: ignore[attr-defined]
     return LoadedPolicy(predictor, config, path, trusted=trust)
 
 
@@ -129,19 +139,25 @@ def _normalised(path: Path, policy: Any, meta: dict[str, Any] | None) -> Any:
     normalised, source = _trained_normalised(path, meta)
     norm_file = norm_path(path)
     if normalised and not norm_file.is_file():
-        raise PolicyError(f"{norm_file} is missing, and {path} trained on normalised observations "
-                          f"({source}): without its statistics it would act on features at the wrong scale; "
-                          "restore the file from where the policy was trained")
+        raise PolicyError(
+            f"{norm_file} is missing, and {path} trained on normalised observations "
+            f"({source}): without its statistics it would act on features at the wrong scale; "
+            "restore the file from where the policy was trained"
+        )
     if normalised is False and norm_file.is_file():
-        raise PolicyError(f"{norm_file}: observation statistics beside {path}, which trained on raw "
-                          f"observations ({source}), so they belong to another run; remove the file")
+        raise PolicyError(
+            f"{norm_file}: observation statistics beside {path}, which trained on raw "
+            f"observations ({source}), so they belong to another run; remove the file"
+        )
     if not norm_file.is_file():
         return policy
     norm = ObsNorm.load(norm_file)
     if len(norm.mean) != policy.observation_space.shape[0]:
-        raise PolicyError(f"{norm_file}: statistics of {len(norm.mean)} features, but the policy takes "
-                          f"{policy.observation_space.shape[0]}; they belong to another run: restore this "
-                          "one's")
+        raise PolicyError(
+            f"{norm_file}: statistics of {len(norm.mean)} features, but the policy takes "
+            f"{policy.observation_space.shape[0]}; they belong to another run: restore this "
+            "one's"
+        )
     return NormalizedPredictor(policy, norm)
 
 
@@ -158,8 +174,10 @@ def _trained_normalised(path: Path, meta: dict[str, Any] | None) -> tuple[bool |
             try:
                 args = json.loads(args_file.read_text())
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise PolicyError(f"{args_file}: unreadable ({err}); it says how {path} was trained: "
-                                  "restore it from where the run was trained") from None
+                raise PolicyError(
+                    f"{args_file}: unreadable ({err}); it says how {path} was trained: "
+                    "restore it from where the run was trained"
+                ) from None
             if isinstance(args, dict) and isinstance(args.get("normalize_obs"), bool):
                 return args["normalize_obs"], f"{args_file} normalize_obs={args['normalize_obs']}"
     return None, "unknown"
@@ -170,16 +188,23 @@ def check_compatible(policy: LoadedPolicy, config: Config) -> None:
     trained, used = policy.config.env, config.env
     mismatched = [k for k in interface_keys(trained) if getattr(trained, k) != getattr(used, k)]
     if mismatched:
-        details = "; ".join(f"env.{k}: policy {getattr(trained, k)!r} vs env {getattr(used, k)!r}"
-                            for k in mismatched)
-        raise ConfigError(f"{policy.path} was trained with a different observation/action interface ({details}); "
-                          "use the preset it was trained on or override these keys to match")
+        details = "; ".join(
+            f"env.{k}: policy {getattr(trained, k)!r} vs env {getattr(used, k)!r}" for k in mismatched
+        )
+        raise ConfigError(
+            f"{policy.path} was trained with a different observation/action interface ({details}); "
+            "use the preset it was trained on or override these keys to match"
+        )
     if policy.config.env.epochs != config.env.epochs:
-        warnings.warn(f"{policy.path} was trained on {policy.config.env.epochs}-epoch budgets and now runs "
-                      f"{config.env.epochs}-epoch ones: it sees the same budget fractions, but over epochs it "
-                      "never trained on", stacklevel=2)
+        warnings.warn(
+            f"{policy.path} was trained on {policy.config.env.epochs}-epoch budgets and now runs "
+            f"{config.env.epochs}-epoch ones: it sees the same budget fractions, but over epochs it "
+            "never trained on",
+            stacklevel=2,
+        )
     space = getattr(policy.predictor, "observation_space", None)
     if space is not None and space.shape != observation_space(config.env).shape:
-        raise ConfigError(f"{policy.path}: observation shape {space.shape} does not match the env's "
-                          f"{observation_space(config.env).shape}")
-
+        raise ConfigError(
+            f"{policy.path}: observation shape {space.shape} does not match the env's "
+            f"{observation_space(config.env).shape}"
+        )

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from rlsched.common.files import atomic_write_json
 from rlsched.agents.policy_meta import PolicyError
+from rlsched.common.files import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ class ObsNorm:
     @classmethod
     def from_vecnormalize(cls, vec: Any) -> "ObsNorm":
         rms = vec.obs_rms
-        return cls(rms.mean.tolist(), rms.var.tolist(), float(rms.count), float(vec.epsilon),
-                   float(vec.clip_obs))
+        return cls(
+            rms.mean.tolist(), rms.var.tolist(), float(rms.count), float(vec.epsilon), float(vec.clip_obs)
+        )
 
     def apply_to(self, vec: Any) -> None:
         """Restore the running statistics of a ``VecNormalize`` (resuming a run)."""
@@ -53,14 +54,22 @@ class ObsNorm:
         """The statistics of ``path``; a truncated or foreign file raises ``PolicyError`` naming it."""
         try:
             norm = cls(**json.loads(Path(path).read_text()))
-            consistent = (len(norm.mean) == len(norm.var) > 0 and np.all(np.isfinite(norm.mean))
-                          and np.all(np.asarray(norm.var) >= 0) and norm.count > 0)
+            consistent = (
+                len(norm.mean) == len(norm.var) > 0
+                and np.all(np.isfinite(norm.mean))
+                and np.all(np.asarray(norm.var) >= 0)
+                and norm.count > 0
+            )
         except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
-            raise PolicyError(f"{path}: unreadable observation statistics ({err}); the file is truncated or "
-                              "corrupt: restore it from where the policy was trained") from None
+            raise PolicyError(
+                f"{path}: unreadable observation statistics ({err}); the file is truncated or "
+                "corrupt: restore it from where the policy was trained"
+            ) from None
         if not consistent:
-            raise PolicyError(f"{path}: not observation statistics (mean and var must be equally long, "
-                              "finite, var >= 0, count > 0); restore it from where the policy was trained")
+            raise PolicyError(
+                f"{path}: not observation statistics (mean and var must be equally long, "
+                "finite, var >= 0, count > 0); restore it from where the policy was trained"
+            )
         return norm
 
 

@@ -18,16 +18,28 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from rlsched.config import EnvConfig
-from rlsched.control.interface import HISTORY_FEATURES, OBS_FEATURES, action_space, observation_names, observation_space
 from rlsched.common.files import atomic_write_json
+from rlsched.config import EnvConfig
+from rlsched.control.interface import (
+    HISTORY_FEATURES,
+    OBS_FEATURES,
+    action_space,
+    observation_names,
+    observation_space,
+)
 
 FORMAT = 1
 # what an action means, per action mode: only the chosen mode's keys are part of the interface
-ACTION_KEYS = {"discrete": ("factors",), "continuous": ("max_log10_change",), "absolute": ("grid_points",),
-               "residual": ("offsets", "probe_lr")}
-TRUST_HINT = ("load it only if you trust where it came from: trust=True (load_policy, RLScheduler.load) or "
-              "--trust-model (compare, evaluate) unpickles it in full, which can run any code")
+ACTION_KEYS = {
+    "discrete": ("factors",),
+    "continuous": ("max_log10_change",),
+    "absolute": ("grid_points",),
+    "residual": ("offsets", "probe_lr"),
+}
+TRUST_HINT = (
+    "load it only if you trust where it came from: trust=True (load_policy, RLScheduler.load) or "
+    "--trust-model (compare, evaluate) unpickles it in full, which can run any code"
+)
 
 
 class PolicyError(ValueError):
@@ -56,13 +68,20 @@ def read_meta(model_path: Path | str) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PolicyError(f"{path}: unreadable policy metadata ({err}); the file is truncated or corrupt: "
-                          "restore it from where the policy was trained") from None
+        raise PolicyError(
+            f"{path}: unreadable policy metadata ({err}); the file is truncated or corrupt: "
+            "restore it from where the policy was trained"
+        ) from None
     features = meta.get("observation_features") if isinstance(meta, dict) else None
-    if (not isinstance(features, list) or not all(isinstance(f, str) for f in features)
-            or not isinstance(meta.get("normalize_obs"), bool)):
-        raise PolicyError(f"{path}: not policy metadata (it needs observation_features, a list of names, and "
-                          "normalize_obs, true or false); restore it from where the policy was trained")
+    if (
+        not isinstance(features, list)
+        or not all(isinstance(f, str) for f in features)
+        or not isinstance(meta.get("normalize_obs"), bool)
+    ):
+        raise PolicyError(
+            f"{path}: not policy metadata (it needs observation_features, a list of names, and "
+            "normalize_obs, true or false); restore it from where the policy was trained"
+        )
     return meta
 
 
@@ -81,9 +100,11 @@ def feature_difference(saved: list[str], current: list[str]) -> str:
 def check_features(model_path: Path, meta: dict[str, Any], env: EnvConfig) -> None:
     difference = feature_difference(meta["observation_features"], observation_names(env))
     if difference:
-        raise PolicyError(f"{meta_path(model_path)}: the policy was trained on other observation features "
-                          f"than this rlsched builds ({difference}); it would act on numbers that mean "
-                          "something else: retrain it, or use it with the rlsched version that trained it")
+        raise PolicyError(
+            f"{meta_path(model_path)}: the policy was trained on other observation features "
+            f"than this rlsched builds ({difference}); it would act on numbers that mean "
+            "something else: retrain it, or use it with the rlsched version that trained it"
+        )
 
 
 def action_size(space: spaces.Space) -> int:
@@ -99,8 +120,12 @@ def check_dims(model_path: Path, config_path: Path, env: EnvConfig, obs_dim: int
         problems.append(f"it takes {obs_dim} observation features, the config gives {want_obs} ({lags})")
     if n_actions != want_actions:
         keys = ", ".join(f"env.{k}={getattr(env, k)!r}" for k in ACTION_KEYS[env.action])
-        problems.append(f"it has {n_actions} actions, the config's env.action={env.action!r} has "
-                        f"{want_actions} ({keys}), so its action indices would mean other LRs")
+        problems.append(
+            f"it has {n_actions} actions, the config's env.action={env.action!r} has "
+            f"{want_actions} ({keys}), so its action indices would mean other LRs"
+        )
     if problems:
-        raise PolicyError(f"{model_path} does not fit {config_path}: {'; '.join(problems)}; use the "
-                          "config.toml it was trained with, or retrain")
+        raise PolicyError(
+            f"{model_path} does not fit {config_path}: {'; '.join(problems)}; use the "
+            "config.toml it was trained with, or retrain"
+        )

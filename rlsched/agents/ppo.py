@@ -35,8 +35,8 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from rlsched.common.files import atomic_write
 from rlsched.agents.space_io import space_from_dict, space_to_dict
+from rlsched.common.files import atomic_write
 
 LogFn = Callable[[dict[str, float], int], None]  # (stats, num_timesteps) after every update
 
@@ -67,8 +67,14 @@ class PPOConfig:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
-                terminations: torch.Tensor, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE(gamma, lambda) advantages and lambda-returns, computed backwards in time.
 
     All inputs are shaped (T, n_envs). ``next_values[t]`` is V(s_{t+1}), the value of the observation
@@ -119,8 +125,9 @@ def _layer(in_features: int, out_features: int, gain: float, generator: torch.Ge
     return layer
 
 
-def _mlp(in_features: int, hidden: tuple[int, ...], out_features: int, out_gain: float,
-         generator: torch.Generator) -> nn.Sequential:
+def _mlp(
+    in_features: int, hidden: tuple[int, ...], out_features: int, out_gain: float, generator: torch.Generator
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [_layer(in_features, width, math.sqrt(2), generator), nn.Tanh()]
@@ -132,8 +139,9 @@ def _mlp(in_features: int, hidden: tuple[int, ...], out_features: int, out_gain:
 class Actor(nn.Module):
     """Policy: Categorical logits for Discrete; diagonal Gaussian with state-independent log_std for Box."""
 
-    def __init__(self, obs_dim: int, action_space: spaces.Space, hidden: tuple[int, ...],
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, obs_dim: int, action_space: spaces.Space, hidden: tuple[int, ...], generator: torch.Generator
+    ) -> None:
         super().__init__()
         self.continuous = isinstance(action_space, spaces.Box)
         out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
@@ -157,14 +165,28 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ReferencePPO:
     """Readable PPO; see the module docstring for the autoreset and bootstrap rules it follows."""
 
-    def __init__(self, envs: gym.vector.VectorEnv, config: PPOConfig = PPOConfig(), seed: int = 0,
-                 device: str = "cpu", log_fn: LogFn | None = None) -> None:
-        self._setup(envs, envs.single_observation_space, envs.single_action_space, config, seed, device,
-                    log_fn)
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        config: PPOConfig = PPOConfig(),
+        seed: int = 0,
+        device: str = "cpu",
+        log_fn: LogFn | None = None,
+    ) -> None:
+        self._setup(
+            envs, envs.single_observation_space, envs.single_action_space, config, seed, device, log_fn
+        )
 
-    def _setup(self, envs: gym.vector.VectorEnv | None, observation_space: spaces.Space,
-               action_space: spaces.Space, config: PPOConfig, seed: int, device: str, log_fn: LogFn | None
-               ) -> None:
+    def _setup(
+        self,
+        envs: gym.vector.VectorEnv | None,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        config: PPOConfig,
+        seed: int,
+        device: str,
+        log_fn: LogFn | None,
+    ) -> None:
         """Shared by ``__init__`` and ``load`` (which may have no envs)."""
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"observation space must be a Box, got {observation_space!r}")
@@ -176,9 +198,11 @@ class ReferencePPO:
                 raise ValueError(f"ReferencePPO needs autoreset_mode=NEXT_STEP (the default), got {mode}")
             samples = config.n_steps * envs.num_envs
             if samples % config.batch_size:
-                raise ValueError(f"batch_size={config.batch_size} must divide n_steps * n_envs = "
-                                 f"{config.n_steps} * {envs.num_envs} = {samples}; pick a divisor of "
-                                 f"{samples} or change n_steps")
+                raise ValueError(
+                    f"batch_size={config.batch_size} must divide n_steps * n_envs = "
+                    f"{config.n_steps} * {envs.num_envs} = {samples}; pick a divisor of "
+                    f"{samples} or change n_steps"
+                )
         self.envs = envs
         self.observation_space = observation_space
         self.action_space = action_space
@@ -313,8 +337,9 @@ class ReferencePPO:
         dist = self.actor.distribution(mb.obs)
         log_ratio = dist.log_prob(mb.actions) - mb.logprobs  # against the STORED old log-probs
         ratio = log_ratio.exp()
-        surrogate = torch.max(-advantages * ratio,
-                              -advantages * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+        surrogate = torch.max(
+            -advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+        )
         policy_loss = _masked_mean(surrogate, mask)
 
         # Squared error without a 1/2 factor (SB3 convention, so SB3 vf_coef values transfer).
@@ -349,7 +374,7 @@ class ReferencePPO:
         for _ in range(cfg.n_epochs):
             order = torch.as_tensor(self._np_rng.permutation(n_samples), device=self.device)
             for start in range(0, n_samples, cfg.batch_size):
-                loss, stats = self.compute_loss(batch[order[start:start + cfg.batch_size]])
+                loss, stats = self.compute_loss(batch[order[start : start + cfg.batch_size]])
                 for key, value in stats.items():
                     history[key].append(value.item())
                 self.last_update_ratios.append(stats["ratio_mean"].item())
@@ -366,12 +391,14 @@ class ReferencePPO:
         result = {key: float(np.mean(values)) for key, values in history.items() if key != "ratio_mean"}
         returns, values = batch.returns[batch.valid], batch.values[batch.valid]
         var_returns = returns.var()
-        result["explained_variance"] = (float("nan") if var_returns == 0
-                                        else float(1 - (returns - values).var() / var_returns))
+        result["explained_variance"] = (
+            float("nan") if var_returns == 0 else float(1 - (returns - values).var() / var_returns)
+        )
         return result
 
-    def learn(self, total_timesteps: int, callback: Callable[[ReferencePPO], bool] | None = None
-              ) -> ReferencePPO:
+    def learn(
+        self, total_timesteps: int, callback: Callable[[ReferencePPO], bool] | None = None
+    ) -> ReferencePPO:
         """Train until ``num_timesteps >= total_timesteps`` (so a loaded agent resumes where it stopped).
 
         ``callback(self)`` runs after each rollout+update; returning False (not None) stops training.
@@ -417,17 +444,25 @@ class ReferencePPO:
         atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], envs: gym.vector.VectorEnv | None = None, device: str = "cpu",
-             log_fn: LogFn | None = None) -> ReferencePPO:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        envs: gym.vector.VectorEnv | None = None,
+        device: str = "cpu",
+        log_fn: LogFn | None = None,
+    ) -> ReferencePPO:
         """Restore a checkpoint; ``envs=None`` gives a predict-only agent. With envs, learn() resets them."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = PPOConfig(**{**state["config"], "hidden": tuple(state["config"]["hidden"])})
         observation_space = space_from_dict(state["observation_space"])
         action_space = space_from_dict(state["action_space"])
-        if envs is not None and (envs.single_observation_space != observation_space
-                                 or envs.single_action_space != action_space):
-            raise ValueError(f"envs spaces ({envs.single_observation_space}, {envs.single_action_space}) "
-                             f"differ from the checkpoint's ({observation_space}, {action_space})")
+        if envs is not None and (
+            envs.single_observation_space != observation_space or envs.single_action_space != action_space
+        ):
+            raise ValueError(
+                f"envs spaces ({envs.single_observation_space}, {envs.single_action_space}) "
+                f"differ from the checkpoint's ({observation_space}, {action_space})"
+            )
         agent = cls.__new__(cls)
         agent._setup(envs, observation_space, action_space, config, state["seed"], device, log_fn)
         agent.actor.load_state_dict(state["actor"])

@@ -23,9 +23,9 @@ import torch
 from gymnasium import spaces
 from tqdm import tqdm
 
-from rlsched.config import Config
-from rlsched.common.files import append_jsonl, atomic_write_json
 from rlsched.agents.sb3 import PPOSettings
+from rlsched.common.files import append_jsonl, atomic_write_json
+from rlsched.config import Config
 
 ENV_NAME = "rlsched/UNetLR-rllib"  # the env registered with Ray: UNetLREnv on the run's config
 MODEL_SUFFIX = ".rllib"  # model.rllib/: an RLModule checkpoint directory
@@ -67,8 +67,8 @@ def register(config: Config, episodes_path: Path) -> None:
     from ray.tune.registry import register_env
 
     def make(context: Any) -> Any:
-        from rlsched.control.env import UNetLREnv
         from rlsched.agents.episodes import EpisodeRecorder
+        from rlsched.control.env import UNetLREnv
 
         torch.set_num_threads(1)  # the runner's job: the env leaves torch's threads alone
         return EpisodeRecorder(UNetLREnv(config=config), episodes_path, int(context.worker_index))
@@ -86,15 +86,28 @@ def build_algo(config: Config, settings: PPOSettings, args: argparse.Namespace) 
     ppo = (
         PPOConfig()
         .environment(ENV_NAME)
-        .env_runners(num_env_runners=args.num_env_runners, num_envs_per_env_runner=1, num_cpus_per_env_runner=1,
-                     num_gpus_per_env_runner=args.num_gpus_per_env_runner,
-                     rollout_fragment_length=settings.n_steps(config), batch_mode="complete_episodes")
-        .training(train_batch_size_per_learner=settings.n_steps(config) * runners,
-                  minibatch_size=settings.minibatch(config, runners), num_epochs=settings.n_epochs,
-                  lr=settings.learning_rate, gamma=settings.gamma, lambda_=settings.gae_lambda,
-                  clip_param=settings.clip_range, entropy_coeff=settings.ent_coef,
-                  vf_loss_coeff=settings.vf_coef, grad_clip=settings.max_grad_norm, use_kl_loss=False,
-                  vf_clip_param=math.inf)  # as SB3 (clip_range_vf=None): returns reach reward_scale
+        .env_runners(
+            num_env_runners=args.num_env_runners,
+            num_envs_per_env_runner=1,
+            num_cpus_per_env_runner=1,
+            num_gpus_per_env_runner=args.num_gpus_per_env_runner,
+            rollout_fragment_length=settings.n_steps(config),
+            batch_mode="complete_episodes",
+        )
+        .training(
+            train_batch_size_per_learner=settings.n_steps(config) * runners,
+            minibatch_size=settings.minibatch(config, runners),
+            num_epochs=settings.n_epochs,
+            lr=settings.learning_rate,
+            gamma=settings.gamma,
+            lambda_=settings.gae_lambda,
+            clip_param=settings.clip_range,
+            entropy_coeff=settings.ent_coef,
+            vf_loss_coeff=settings.vf_coef,
+            grad_clip=settings.max_grad_norm,
+            use_kl_loss=False,
+            vf_clip_param=math.inf,
+        )  # as SB3 (clip_range_vf=None): returns reach reward_scale
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden)))
         .learners(num_learners=0)  # a small MLP: it learns in the driver; the runners own the UNets
         .debugging(seed=args.seed)
@@ -109,7 +122,11 @@ def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(_scalars(value, f"{name}/"))
-        elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
+        elif (
+            isinstance(value, (int, float, np.number))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
             flat[name] = float(value)
     return flat
 
@@ -140,11 +157,16 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
     returns ``model.rllib``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from rlsched.common.ray_backend import connect
     from rlsched.agents.episodes import EpisodeLog
+    from rlsched.common.ray_backend import connect
 
     connect(args.address, "--backend rllib")
-    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+    from ray.rllib.core import (
+        COMPONENT_LEARNER,
+        COMPONENT_LEARNER_GROUP,
+        COMPONENT_RL_MODULE,
+        DEFAULT_MODULE_ID,
+    )
 
     register(config, (run_dir / "episodes.jsonl").resolve())
     algo = build_algo(config, settings, args)
@@ -154,8 +176,10 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
     if args.resume and last.is_dir():
         algo.restore_from_path(str(last.resolve()))
         steps = int(json.loads((run_dir / "checkpoints" / "last.json").read_text())["num_timesteps"])
-    print(f"training RLlib PPO for {args.total_timesteps - steps} env steps ({steps} done) with "
-          f"{args.num_env_runners} env runner(s)")
+    print(
+        f"training RLlib PPO for {args.total_timesteps - steps} env steps ({steps} done) with "
+        f"{args.num_env_runners} env runner(s)"
+    )
     try:
         with tqdm(total=args.total_timesteps, initial=steps, desc="RLlib PPO", unit="step") as bar:
             while steps < args.total_timesteps:
@@ -173,6 +197,7 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
         algo.stop()
     model = run_dir / f"model{MODEL_SUFFIX}"
     shutil.rmtree(model, ignore_errors=True)
-    shutil.copytree(last / COMPONENT_LEARNER_GROUP / COMPONENT_LEARNER / COMPONENT_RL_MODULE / DEFAULT_MODULE_ID,
-                    model)
+    shutil.copytree(
+        last / COMPONENT_LEARNER_GROUP / COMPONENT_LEARNER / COMPONENT_RL_MODULE / DEFAULT_MODULE_ID, model
+    )
     return model

@@ -13,13 +13,13 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-from rlsched.common.checkpoint import save_checkpoint
-from rlsched.config import Config, EnvConfig
-from rlsched.common.files import atomic_write
 from rlsched.agents.episodes import EpisodeLog
 from rlsched.agents.normalize import ObsNorm, norm_path
 from rlsched.agents.policy_meta import write_meta
 from rlsched.agents.workers import env_factory, start_method
+from rlsched.common.checkpoint import save_checkpoint
+from rlsched.common.files import atomic_write
+from rlsched.config import Config, EnvConfig
 
 
 @dataclass(frozen=True)
@@ -48,21 +48,30 @@ class PPOSettings:
         rollout = self.n_steps(config) * n_envs
         size = self.batch_size or max(1, rollout // 2)
         if rollout % size:
-            raise ValueError(f"batch_size={size} does not divide the rollout of {rollout} steps "
-                             f"({self.episodes_per_rollout} episodes x {config.env.steps} steps x {n_envs} envs); "
-                             f"pick a divisor of {rollout}")
+            raise ValueError(
+                f"batch_size={size} does not divide the rollout of {rollout} steps "
+                f"({self.episodes_per_rollout} episodes x {config.env.steps} steps x {n_envs} envs); "
+                f"pick a divisor of {rollout}"
+            )
         return size
 
 
-def make_vec(config: Config, n_envs: int, episodes_path: Path | None, normalize_obs: bool = False,
-             norm: ObsNorm | None = None) -> VecEnv:
+def make_vec(
+    config: Config,
+    n_envs: int,
+    episodes_path: Path | None,
+    normalize_obs: bool = False,
+    norm: ObsNorm | None = None,
+) -> VecEnv:
     """``SubprocVecEnv`` (forkserver/spawn so CUDA works in workers) for n_envs > 1, else in-process; wrapped in
     an observation-only ``VecNormalize`` (restored from ``norm`` when resuming) if asked."""
     if n_envs == 1:
         env: VecEnv = DummyVecEnv([env_factory(config, 0, episodes_path, in_worker=False)])
     else:
-        env = SubprocVecEnv([env_factory(config, i, episodes_path, in_worker=True, n_workers=n_envs)
-                             for i in range(n_envs)], start_method=start_method())
+        env = SubprocVecEnv(
+            [env_factory(config, i, episodes_path, in_worker=True, n_workers=n_envs) for i in range(n_envs)],
+            start_method=start_method(),
+        )
     if not normalize_obs:
         return env
     env = VecNormalize(env, norm_obs=True, norm_reward=False, clip_obs=10.0)
@@ -122,7 +131,8 @@ def save_atomic(model: PPO, path: Path, env: EnvConfig | None = None) -> None:
 
 def build_ppo(config: Config, settings: PPOSettings, env: VecEnv, seed: int, tensorboard_dir: Path) -> PPO:
     return PPO(
-        "MlpPolicy", env,
+        "MlpPolicy",
+        env,
         n_steps=settings.n_steps(config),
         batch_size=settings.minibatch(config, env.num_envs),
         n_epochs=settings.n_epochs,

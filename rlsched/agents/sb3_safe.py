@@ -25,9 +25,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
+from rlsched.agents.policy_meta import TRUST_HINT, PolicyError, check_dims
 from rlsched.config import EnvConfig
 from rlsched.control.interface import action_space, observation_space
-from rlsched.agents.policy_meta import TRUST_HINT, PolicyError, check_dims
 
 # ActorCriticPolicy arguments SB3 stores as plain JSON values (a class or a function is pickled: trust only)
 PLAIN_KWARGS = ("net_arch", "ortho_init", "log_std_init", "share_features_extractor", "full_std")
@@ -57,12 +57,19 @@ def load_sb3(path: Path, config_path: Path, env: EnvConfig, trust: bool = False)
     obs_dim, n_actions = _dims(path, weights)
     check_dims(path, config_path, env, obs_dim, n_actions)
     try:
-        policy = ActorCriticPolicy(observation_space(env), action_space(env), lambda _: 0.0,
-                                   use_sde=data.get("use_sde") is True, **_policy_kwargs(path, data))
+        policy = ActorCriticPolicy(
+            observation_space(env),
+            action_space(env),
+            lambda _: 0.0,
+            use_sde=data.get("use_sde") is True,
+            **_policy_kwargs(path, data),
+        )
         policy.load_state_dict(weights, strict=True)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise PolicyError(f"{path}: its weights are not those of an SB3 MlpPolicy built from its "
-                          f"policy_kwargs ({str(err).splitlines()[0]}); {TRUST_HINT}") from None
+        raise PolicyError(
+            f"{path}: its weights are not those of an SB3 MlpPolicy built from its "
+            f"policy_kwargs ({str(err).splitlines()[0]}); {TRUST_HINT}"
+        ) from None
     policy.set_training_mode(False)
     return SB3Policy(policy)
 
@@ -77,20 +84,34 @@ def load_resumable(path: Path, env: VecEnv, clip_range: float, tensorboard_log: 
     data, _ = _read(path, raw)  # every .pth checked to hold only tensors before SB3 reads them
     _policy_kwargs(path, data)
     pickled = {k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
-    rebuilt = {"policy_class": ActorCriticPolicy, "observation_space": env.observation_space,
-               "action_space": env.action_space, "clip_range": clip_range, "lr_schedule": None,
-               "rollout_buffer_class": None, "_last_obs": None, "_last_original_obs": None,
-               "_last_episode_starts": None, "ep_info_buffer": None, "ep_success_buffer": None}
+    rebuilt = {
+        "policy_class": ActorCriticPolicy,
+        "observation_space": env.observation_space,
+        "action_space": env.action_space,
+        "clip_range": clip_range,
+        "lr_schedule": None,
+        "rollout_buffer_class": None,
+        "_last_obs": None,
+        "_last_original_obs": None,
+        "_last_episode_starts": None,
+        "ep_info_buffer": None,
+        "ep_success_buffer": None,
+    }
     if pickled - set(rebuilt):
-        raise PolicyError(f"{path}: its data holds pickled {', '.join(sorted(pickled - set(rebuilt)))}, "
-                          "which no checkpoint of rlsched holds; nothing was unpickled: resume from a run's "
-                          "own checkpoint, or start a new run")
+        raise PolicyError(
+            f"{path}: its data holds pickled {', '.join(sorted(pickled - set(rebuilt)))}, "
+            "which no checkpoint of rlsched holds; nothing was unpickled: resume from a run's "
+            "own checkpoint, or start a new run"
+        )
     try:
-        return PPO.load(io.BytesIO(raw), env=env, device="cpu", custom_objects=rebuilt,
-                        tensorboard_log=tensorboard_log)
+        return PPO.load(
+            io.BytesIO(raw), env=env, device="cpu", custom_objects=rebuilt, tensorboard_log=tensorboard_log
+        )
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise PolicyError(f"{path}: does not fit this run's env and settings ({str(err).splitlines()[0]}); "
-                          "resume from the run's own checkpoint, or start a new run") from None
+        raise PolicyError(
+            f"{path}: does not fit this run's env and settings ({str(err).splitlines()[0]}); "
+            "resume from the run's own checkpoint, or start a new run"
+        ) from None
 
 
 def _read(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -107,33 +128,42 @@ def _read(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], dict[st
     loaded = {name: _weights_only(path, name, content) for name, content in files.items()}
     weights = loaded["policy.pth"]
     if not isinstance(weights, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
         raise PolicyError(f"{path}: its policy.pth is no state dict of tensors: not an SB3 model")
     return data, weights
 
 
 def _unreadable(path: Path, err: Exception) -> PolicyError:
-    return PolicyError(f"{path}: not a readable SB3 model ({type(err).__name__}: {err}); the file is "
-                       "truncated or corrupt: copy it again, or retrain")
+    return PolicyError(
+        f"{path}: not a readable SB3 model ({type(err).__name__}: {err}); the file is "
+        "truncated or corrupt: copy it again, or retrain"
+    )
 
 
 def _weights_only(path: Path, name: str, content: bytes) -> Any:
     try:
         return torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise PolicyError(f"{path}: its {name} holds more than tensors, which the safe loader refuses "
-                          f"({str(err).splitlines()[0]}); {TRUST_HINT}") from None
+        raise PolicyError(
+            f"{path}: its {name} holds more than tensors, which the safe loader refuses "
+            f"({str(err).splitlines()[0]}); {TRUST_HINT}"
+        ) from None
     except (RuntimeError, EOFError, ValueError) as err:
-        raise PolicyError(f"{path}: its {name} is unreadable ({str(err).splitlines()[0]}); the file is "
-                          "truncated or corrupt: copy it again, or retrain") from None
+        raise PolicyError(
+            f"{path}: its {name} is unreadable ({str(err).splitlines()[0]}); the file is "
+            "truncated or corrupt: copy it again, or retrain"
+        ) from None
 
 
 def _dims(path: Path, weights: dict[str, torch.Tensor]) -> tuple[int, int]:
     """(observation features, actions) of the network: the first layer's inputs, the action head's outputs."""
     head = weights.get("action_net.weight")
     if head is None or head.dim() != 2:
-        raise PolicyError(f"{path}: its policy.pth has no action head (action_net.weight): not an SB3 PPO "
-                          f"MlpPolicy; {TRUST_HINT}")
+        raise PolicyError(
+            f"{path}: its policy.pth has no action head (action_net.weight): not an SB3 PPO "
+            f"MlpPolicy; {TRUST_HINT}"
+        )
     first = weights.get("mlp_extractor.policy_net.0.weight", head)
     return int(first.shape[1]), int(head.shape[0])
 
@@ -141,10 +171,13 @@ def _dims(path: Path, weights: dict[str, torch.Tensor]) -> tuple[int, int]:
 def _policy_kwargs(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     kwargs = data.get("policy_kwargs", {})
     if not isinstance(kwargs, dict) or ":serialized:" in kwargs:
-        raise PolicyError(f"{path}: its policy_kwargs are pickled Python objects (a custom network), which "
-                          f"the safe loader does not unpickle; {TRUST_HINT}")
+        raise PolicyError(
+            f"{path}: its policy_kwargs are pickled Python objects (a custom network), which "
+            f"the safe loader does not unpickle; {TRUST_HINT}"
+        )
     other = sorted(set(kwargs) - set(PLAIN_KWARGS))
     if other:
-        raise PolicyError(f"{path}: its policy_kwargs set {', '.join(other)}, which rlsched never sets; "
-                          f"{TRUST_HINT}")
+        raise PolicyError(
+            f"{path}: its policy_kwargs set {', '.join(other)}, which rlsched never sets; {TRUST_HINT}"
+        )
     return kwargs

@@ -12,8 +12,12 @@ from gymnasium import spaces
 def space_to_dict(space: spaces.Space) -> dict[str, Any]:
     """A ``Box`` or ``Discrete`` (the spaces the reference PPO supports) as lists, numbers and strings."""
     if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(),
-                "dtype": str(space.dtype)}
+        return {
+            "type": "Box",
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+            "dtype": str(space.dtype),
+        }
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     raise TypeError(f"unsupported space {space!r}")

@@ -17,8 +17,14 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from rlsched.control.rules import ScriptedRule
 
 
-def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epochs: int = 200,
-                    explore: float = 0.0, seed: int = 0) -> dict[str, float]:
+def behaviour_clone(
+    model: PPO,
+    rule: ScriptedRule,
+    episodes_per_env: int,
+    epochs: int = 200,
+    explore: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
     """Run the rule for whole episodes on ``model``'s vector env, then fit the policy to its actions
     (cross-entropy) and the value head to the returns that followed (so PPO's first advantages are sane).
 
@@ -68,4 +74,7 @@ def behaviour_clone(model: PPO, rule: ScriptedRule, episodes_per_env: int, epoch
     with torch.no_grad():
         predicted = policy.get_distribution(x).distribution.probs.argmax(-1)
     model.num_timesteps += steps * venv.num_envs
-    return {"bc/accuracy": float((predicted == a).float().mean()), "bc/value_loss": float(value_loss.detach())}
+    return {
+        "bc/accuracy": float((predicted == a).float().mean()),
+        "bc/value_loss": float(value_loss.detach()),
+    }

@@ -15,8 +15,8 @@ from typing import Callable
 import gymnasium as gym
 import torch
 
-from rlsched.config import Config
 from rlsched.agents.episodes import EpisodeRecorder
+from rlsched.config import Config
 
 
 def start_method() -> str:
@@ -58,8 +58,9 @@ def worker_threads(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
-def env_factory(config: Config, rank: int, episodes_path: Path | None, in_worker: bool,
-                n_workers: int = 1) -> Callable[[], gym.Env]:
+def env_factory(
+    config: Config, rank: int, episodes_path: Path | None, in_worker: bool, n_workers: int = 1
+) -> Callable[[], gym.Env]:
     """A picklable factory for env ``rank``; it sets the process's torch threads (in a subprocess: its share
     of the cores; in-process: ``env.torch_threads`` if set), which the env itself never touches, and in a
     subprocess leaves Ctrl-C to the parent, which saves a checkpoint and then closes the workers, and exits

@@ -17,8 +17,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from rlsched.config import load_config
 from rlsched.agents.sb3 import PPOSettings
+from rlsched.config import load_config
 
 ENV_IDS = ("rlsched/UNetLR-v0", "rlsched/UNetLR-fast-v0")
 ROLLOUTS = 16  # n_timesteps, in rollouts: the default of ``python -m rlsched.train`` (--total-timesteps 0)

@@ -17,8 +17,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def ranged(kind: Callable[[str], Any], low: float = -math.inf, high: float = math.inf, *, above: bool = False,
-           or_zero: bool = False) -> Callable[[str], Any]:
+def ranged(
+    kind: Callable[[str], Any],
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    above: bool = False,
+    or_zero: bool = False,
+) -> Callable[[str], Any]:
     """An argparse ``type``: ``kind(text)``, finite and in ``[low, high]`` (``above``: ``> low``; ``or_zero``:
     0 also allowed); else argparse's one-line error for the flag, saying what it expects, e.g.
     ``argument --gamma: got 2; expected a number in [0, 1]``."""

@@ -41,15 +41,22 @@ def _parts(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("ckpt-*") if _PART.match(p.name))
 
 
-def save_checkpoint(folder: Path, write: Callable[[Path], dict[str, Path]], num_timesteps: int,
-                    episodes: int) -> None:
+def save_checkpoint(
+    folder: Path, write: Callable[[Path], dict[str, Path]], num_timesteps: int, episodes: int
+) -> None:
     """``write(prefix)`` writes the parts as ``prefix.<suffix>`` files and returns them by role; the manifest
     naming them is written after them, and the parts no manifest names any more are removed last."""
     folder.mkdir(parents=True, exist_ok=True)
     number = 1 + max((int(_PART.match(p.name).group(1)) for p in _parts(folder)), default=0)
     parts = write(folder / f"ckpt-{number:06d}")
-    atomic_write_json(folder / MANIFEST, {"num_timesteps": num_timesteps, "episodes": episodes,
-                                          "parts": {role: _describe(path) for role, path in parts.items()}})
+    atomic_write_json(
+        folder / MANIFEST,
+        {
+            "num_timesteps": num_timesteps,
+            "episodes": episodes,
+            "parts": {role: _describe(path) for role, path in parts.items()},
+        },
+    )
     named = {path.name for path in parts.values()}
     for stale in _parts(folder):
         if stale.name not in named:
@@ -64,17 +71,27 @@ def load_checkpoint(folder: Path) -> tuple[Checkpoint | None, str]:
     manifest = folder / MANIFEST
     if not manifest.is_file():
         written = sorted(p.name for p in folder.glob("[!.]*"))
-        return None, (f"{folder} holds {', '.join(written)} but no {MANIFEST}: the first checkpoint's save was "
-                      "cut off before it completed (or an older rlsched wrote it)" if written else "")
+        return None, (
+            f"{folder} holds {', '.join(written)} but no {MANIFEST}: the first checkpoint's save was "
+            "cut off before it completed (or an older rlsched wrote it)"
+            if written
+            else ""
+        )
     try:
         saved = json.loads(manifest.read_text())
         entries = saved["parts"]
-        checkpoint = Checkpoint(int(saved["num_timesteps"]), int(saved["episodes"]),
-                                {role: folder / entry["name"] for role, entry in entries.items()})
+        checkpoint = Checkpoint(
+            int(saved["num_timesteps"]),
+            int(saved["episodes"]),
+            {role: folder / entry["name"] for role, entry in entries.items()},
+        )
         if not all(_PART.match(path.name) and path.parent == folder for path in checkpoint.parts.values()):
             raise ValueError("a part outside the checkpoint folder")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return None, f"{manifest} does not list a checkpoint's parts (written by an older rlsched, or damaged)"
+        return (
+            None,
+            f"{manifest} does not list a checkpoint's parts (written by an older rlsched, or damaged)",
+        )
     for role, entry in entries.items():
         path = checkpoint.parts[role]
         if not path.is_file() or path.is_symlink():

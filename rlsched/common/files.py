@@ -55,8 +55,10 @@ def new_run_dir(*parts: str, root: Path | str = RUNS_ROOT) -> Path:
     try:
         path.mkdir(parents=True)
     except OSError as err:
-        raise RunDirError(f"--runs-dir {root}: cannot create a run directory in it ({err.strerror or err}); "
-                          "pass a folder you can write to") from None
+        raise RunDirError(
+            f"--runs-dir {root}: cannot create a run directory in it ({err.strerror or err}); "
+            "pass a folder you can write to"
+        ) from None
     return path
 
 
@@ -68,8 +70,11 @@ def remove_unstarted(run_dir: Path, started: Iterable[str]) -> bool:
     allowed = set(started)
     for path in run_dir.rglob("*"):
         empty = path.is_file() and path.stat().st_size == 0
-        if not (path.relative_to(run_dir).parts[0] in allowed or empty
-                or (path.is_dir() and not path.is_symlink())):
+        if not (
+            path.relative_to(run_dir).parts[0] in allowed
+            or empty
+            or (path.is_dir() and not path.is_symlink())
+        ):
             return False
     shutil.rmtree(run_dir)
     return True
@@ -142,9 +147,11 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _link_error(path: Path) -> ValueError:
-    return ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): a run keeps its files inside its "
-                      "own folder, and writing through the link would change a file elsewhere; replace the link "
-                      "by a copy of the file (or remove it)")
+    return ValueError(
+        f"{path} is a symbolic link (to {os.readlink(path)}): a run keeps its files inside its "
+        "own folder, and writing through the link would change a file elsewhere; replace the link "
+        "by a copy of the file (or remove it)"
+    )
 
 
 def refuse_links(run_dir: Path | str, *names: str) -> None:

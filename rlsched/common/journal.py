@@ -15,7 +15,6 @@ from typing import Any
 
 from rlsched.common.files import append_text, atomic_write_text, refuse_links
 
-
 CONTEXT = "__context__"  # the key of the entry that ties a journal to its settings
 
 
@@ -54,8 +53,11 @@ class Journal:
                 entry = key = None
             if key is None or not line.endswith("\n"):
                 self.dropped += 1
-                warnings.warn(f"{path}: line {number} is cut off or unreadable (a kill during a write?): "
-                              "dropped, its job runs again", stacklevel=3)
+                warnings.warn(
+                    f"{path}: line {number} is cut off or unreadable (a kill during a write?): "
+                    "dropped, its job runs again",
+                    stacklevel=3,
+                )
                 continue
             kept.append(line)
             self.entries[key] = entry
@@ -69,8 +71,10 @@ class Journal:
         if saved is None:
             self.add(CONTEXT, {"context": context})
         elif saved["context"] != context:
-            raise ValueError(f"{self.path} was written with other settings: move it away (or pick another "
-                             "journal) to start over, or restore the settings it was written with")
+            raise ValueError(
+                f"{self.path} was written with other settings: move it away (or pick another "
+                "journal) to start over, or restore the settings it was written with"
+            )
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries

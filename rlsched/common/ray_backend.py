@@ -19,7 +19,9 @@ def require_ray(feature: str) -> Any:
     try:
         import ray
     except ImportError:
-        raise ImportError(f"{feature} needs Ray (RLlib and Tune), which is not installed: {INSTALL}") from None
+        raise ImportError(
+            f"{feature} needs Ray (RLlib and Tune), which is not installed: {INSTALL}"
+        ) from None
     return ray
 
 

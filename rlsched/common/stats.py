@@ -73,9 +73,11 @@ def clipped_note(shown: Iterable[tuple[MeanCI, tuple[float, float]]], fix: str) 
     sizes = sorted({ci.n for ci, bounds in shown if ci.exceeds(bounds)})
     if not sizes:
         return ""
-    return (f"Warning: the intervals marked 'clipped' ran past the values they bound (a Dice lies in [0, 1], a "
-            f"difference of two in [-1, 1]) and are shown cut to them: n = {', '.join(map(str, sizes))} is too "
-            f"small a sample for a t interval to say much; {fix}. The raw bounds are in the JSON/CSV files.")
+    return (
+        f"Warning: the intervals marked 'clipped' ran past the values they bound (a Dice lies in [0, 1], a "
+        f"difference of two in [-1, 1]) and are shown cut to them: n = {', '.join(map(str, sizes))} is too "
+        f"small a sample for a t interval to say much; {fix}. The raw bounds are in the JSON/CSV files."
+    )
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,36 @@ and orchestration), ``summary`` (metrics and statistics), ``report`` (tables and
 """
 
 from rlsched.compare.cli import main
-from rlsched.compare.methods import (BASELINES, CONSTANT_INITIAL, SCRIPTED, Comparison, Method, Settings, Tuning, agent_methods,
-                      training_epochs)
+from rlsched.compare.methods import (
+    BASELINES,
+    CONSTANT_INITIAL,
+    SCRIPTED,
+    Comparison,
+    Method,
+    Settings,
+    Tuning,
+    agent_methods,
+    training_epochs,
+)
 from rlsched.compare.report import report, write_results
 from rlsched.compare.running import run_comparison
 from rlsched.compare.summary import best_fixed, run_metrics, summarize
 
-__all__ = ["BASELINES", "CONSTANT_INITIAL", "SCRIPTED", "Comparison", "Method", "Settings", "Tuning", "agent_methods",
-           "best_fixed", "main", "report", "run_comparison", "run_metrics", "summarize",
-           "training_epochs", "write_results"]
+__all__ = [
+    "BASELINES",
+    "CONSTANT_INITIAL",
+    "SCRIPTED",
+    "Comparison",
+    "Method",
+    "Settings",
+    "Tuning",
+    "agent_methods",
+    "best_fixed",
+    "main",
+    "report",
+    "run_comparison",
+    "run_metrics",
+    "summarize",
+    "training_epochs",
+    "write_results",
+]

@@ -30,20 +30,34 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from rlsched.common.arguments import Parser, given_flags
-from rlsched.config import (Config, ConfigError, config_from_dict, config_to_toml, load_config, nest_overrides,
-                      parse_override)
-from rlsched.seg.sources import check_dataset
-from rlsched.seg.dataset import DatasetError
-from rlsched.experiment.jobs import BACKENDS
-from rlsched.common.journal import Journal
 from rlsched.agents.loading import load_policy, resolve_agent_path
-from rlsched.common.files import (Interrupted, RunDirError, atomic_write_json, atomic_write_text, interrupt_on_sigterm,
-                    new_run_dir, removed_if_unstarted)
-from rlsched.seg.schedules import SCHEDULES
+from rlsched.common.arguments import Parser, given_flags
+from rlsched.common.files import (
+    Interrupted,
+    RunDirError,
+    atomic_write_json,
+    atomic_write_text,
+    interrupt_on_sigterm,
+    new_run_dir,
+    removed_if_unstarted,
+)
+from rlsched.common.journal import Journal
 from rlsched.compare.methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
 from rlsched.compare.report import write_results
 from rlsched.compare.running import check_baselines, check_fits, run_comparison
+from rlsched.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_toml,
+    load_config,
+    nest_overrides,
+    parse_override,
+)
+from rlsched.experiment.jobs import BACKENDS
+from rlsched.seg.dataset import DatasetError
+from rlsched.seg.schedules import SCHEDULES
+from rlsched.seg.sources import check_dataset
 
 JOURNAL = "jobs.jsonl"
 STARTED = ("config.toml", "args.json", "inputs.json")  # what a start writes before its first episode
@@ -51,87 +65,184 @@ STARTED = ("config.toml", "args.json", "inputs.json")  # what a start writes bef
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = Parser(prog="python -m rlsched.compare", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default=None,
-                   help="preset name in envs/ or a .toml path (default: the first agent's config, else demo)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a preset value, e.g. --set env.epochs=8 (repeatable)")
-    p.add_argument("--agent", action="append", default=[], metavar="MODEL",
-                   help="runs/<id>/model.zip (SB3) or model.pt (reference PPO), or 'pretrained' (the controller "
-                        "shipped in the package); repeat to compare several")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="preset name in envs/ or a .toml path (default: the first agent's config, else demo)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a preset value, e.g. --set env.epochs=8 (repeatable)",
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="runs/<id>/model.zip (SB3) or model.pt (reference PPO), or 'pretrained' (the controller "
+        "shipped in the package); repeat to compare several",
+    )
     defaults = Settings()
     p.add_argument("--seeds", type=int, default=None, help="held-out instances to evaluate on (default: all)")
-    p.add_argument("--schedules", nargs="+", default=list(defaults.schedules), metavar="NAME",
-                   help=f"fixed schedules to compare (default: all of {', '.join(SCHEDULES)}); add "
-                        f"'{SCRIPTED}' for the scripted rule (steer towards a target LR tuned on the same grid), "
-                        "'suggested' for the suggested-LR rule (first slice at a tuned LR, then the LR its update "
-                        "size suggests)")
-    p.add_argument("--at-initial-lr", nargs="+", default=list(defaults.at_initial_lr), metavar="NAME",
-                   help="fixed schedules also run untuned, from each instance's own initial LR: what a user who "
-                        "does not tune gets (default: %(default)s)")
-    p.add_argument("--tune-instances", type=int, default=defaults.tune_instances,
-                   help="train instances of the base-LR grid search (default: %(default)s)")
-    p.add_argument("--grid-per-decade", type=int, default=defaults.grid_per_decade,
-                   help="base-LR grid points per decade (default: %(default)s)")
-    p.add_argument("--robustness", type=float, nargs="+", default=list(defaults.robustness), metavar="FACTOR",
-                   help="initial LR = FACTOR x best tuned constant LR (default: %(default)s)")
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        default=list(defaults.schedules),
+        metavar="NAME",
+        help=f"fixed schedules to compare (default: all of {', '.join(SCHEDULES)}); add "
+        f"'{SCRIPTED}' for the scripted rule (steer towards a target LR tuned on the same grid), "
+        "'suggested' for the suggested-LR rule (first slice at a tuned LR, then the LR its update "
+        "size suggests)",
+    )
+    p.add_argument(
+        "--at-initial-lr",
+        nargs="+",
+        default=list(defaults.at_initial_lr),
+        metavar="NAME",
+        help="fixed schedules also run untuned, from each instance's own initial LR: what a user who "
+        "does not tune gets (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tune-instances",
+        type=int,
+        default=defaults.tune_instances,
+        help="train instances of the base-LR grid search (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grid-per-decade",
+        type=int,
+        default=defaults.grid_per_decade,
+        help="base-LR grid points per decade (default: %(default)s)",
+    )
+    p.add_argument(
+        "--robustness",
+        type=float,
+        nargs="+",
+        default=list(defaults.robustness),
+        metavar="FACTOR",
+        help="initial LR = FACTOR x best tuned constant LR (default: %(default)s)",
+    )
     p.add_argument("--no-robustness", action="store_true", help="skip the mis-set initial LR runs")
-    p.add_argument("--dice-target", type=float, default=defaults.dice_target,
-                   help="Dice for the epochs-to-target column (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=defaults.workers,
-                   help="episode worker processes, or Ray actors with --backend ray (default: %(default)s)")
-    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                   help="local: a process pool; ray: Ray actors, a cluster with --address (needs the ray extra)")
+    p.add_argument(
+        "--dice-target",
+        type=float,
+        default=defaults.dice_target,
+        help="Dice for the epochs-to-target column (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="episode worker processes, or Ray actors with --backend ray (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend,
+        help="local: a process pool; ray: Ray actors, a cluster with --address (needs the ray extra)",
+    )
     p.add_argument("--address", default=None, help="ray: Ray cluster address (default: start a local Ray)")
-    p.add_argument("--pb2-population", type=int, default=0, metavar="K",
-                   help="ray: add PB2 (PBT whose explore step is a GP bandit over log10 LR; needs GPy, in the ray "
-                        "extra) with K members per held-out instance (default: off)")
-    p.add_argument("--pbt-population", type=int, default=0, metavar="K",
-                   help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)")
-    p.add_argument("--num-gpus-per-worker", type=float, default=defaults.gpus_per_worker, metavar="G",
-                   help="ray: GPU share of each actor and PBT member, e.g. 0.25 = four per GPU (default: "
-                        "%(default)s: Ray assigns them no GPU)")
-    p.add_argument("--baselines", nargs="+", default=[], metavar="NAME",
-                   help="add what practitioners use instead of a learned schedule: "
-                        f"{', '.join(BASELINES)}; or the groups {', '.join(BASELINE_GROUPS)} (default: none; "
-                        "the tuning-free optimizers need the tuningfree extra, optuna the search extra)")
-    p.add_argument("--optuna-epochs", type=int, default=None, metavar="N",
-                   help="Optuna's budget of trained epochs (default: what the first --agent's PPO training spent)")
-    p.add_argument("--sampled-rollouts", type=int, default=0, metavar="K",
-                   help="also evaluate each agent on sampled actions: K seeded rollouts per instance, averaged "
-                        "per instance (default: off; the agent's own row uses its most likely action)")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow loading --agent models by unpickling (SB3's full load, RLlib checkpoints), "
-                        "which can run any code: only for models from a source you trust (default: weights "
-                        "and plain data only)")
+    p.add_argument(
+        "--pb2-population",
+        type=int,
+        default=0,
+        metavar="K",
+        help="ray: add PB2 (PBT whose explore step is a GP bandit over log10 LR; needs GPy, in the ray "
+        "extra) with K members per held-out instance (default: off)",
+    )
+    p.add_argument(
+        "--pbt-population",
+        type=int,
+        default=0,
+        metavar="K",
+        help="ray: add PBT (Ray Tune) with K members per held-out instance (default: off)",
+    )
+    p.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        default=defaults.gpus_per_worker,
+        metavar="G",
+        help="ray: GPU share of each actor and PBT member, e.g. 0.25 = four per GPU (default: "
+        "%(default)s: Ray assigns them no GPU)",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="add what practitioners use instead of a learned schedule: "
+        f"{', '.join(BASELINES)}; or the groups {', '.join(BASELINE_GROUPS)} (default: none; "
+        "the tuning-free optimizers need the tuningfree extra, optuna the search extra)",
+    )
+    p.add_argument(
+        "--optuna-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Optuna's budget of trained epochs (default: what the first --agent's PPO training spent)",
+    )
+    p.add_argument(
+        "--sampled-rollouts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also evaluate each agent on sampled actions: K seeded rollouts per instance, averaged "
+        "per instance (default: off; the agent's own row uses its most likely action)",
+    )
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow loading --agent models by unpickling (SB3's full load, RLlib checkpoints), "
+        "which can run any code: only for models from a source you trust (default: weights "
+        "and plain data only)",
+    )
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
-                        "then write every result file; flags given with it must equal the run's")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
+        "then write every result file; flags given with it must equal the run's",
+    )
     args = p.parse_args(argv)
     if args.no_robustness and "robustness" in given_flags(p, argv):
         p.error("--no-robustness skips the mis-set initial LR runs that --robustness sets: drop one of them")
     if args.resume:
         args = _resumed_args(p, argv, Path(args.resume))
     if args.sampled_rollouts and not args.agent:
-        p.error("--sampled-rollouts samples the actions of the --agent policies, and none is given: add --agent, "
-                "or drop --sampled-rollouts")
+        p.error(
+            "--sampled-rollouts samples the actions of the --agent policies, and none is given: add --agent, "
+            "or drop --sampled-rollouts"
+        )
     return p, args
 
 
-def _resumed_args(parser: argparse.ArgumentParser, argv: list[str] | None, run_dir: Path) -> argparse.Namespace:
+def _resumed_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, run_dir: Path
+) -> argparse.Namespace:
     """The run's saved flags; a flag given now with another value is refused, naming it (options added since
     the run started take their defaults)."""
     saved_file = run_dir / "args.json"
     if not saved_file.is_file() or not (run_dir / "config.toml").is_file():
-        parser.error(f"--resume {run_dir}: not a comparison run (no args.json/config.toml there); pass a folder made "
-                     "by python -m rlsched.compare")
+        parser.error(
+            f"--resume {run_dir}: not a comparison run (no args.json/config.toml there); pass a folder made "
+            "by python -m rlsched.compare"
+        )
     saved = {k: v for k, v in json.loads(saved_file.read_text()).items() if k != "resume"}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**saved))  # explicit flags override the saved
-    changed = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (the run used {v!r})" for k, v in saved.items()
-               if getattr(args, k) != v]
+    changed = [
+        f"--{k.replace('_', '-')} {getattr(args, k)!r} (the run used {v!r})"
+        for k, v in saved.items()
+        if getattr(args, k) != v
+    ]
     if changed:
-        parser.error(f"--resume {run_dir}: a resumed comparison must run with its own arguments; differs: "
-                     f"{'; '.join(changed)}. Start a new comparison to change them.")
+        parser.error(
+            f"--resume {run_dir}: a resumed comparison must run with its own arguments; differs: "
+            f"{'; '.join(changed)}. Start a new comparison to change them."
+        )
     args.resume = str(run_dir)
     return args
 
@@ -165,13 +276,17 @@ def _check_unchanged(run_dir: Path, config_text: str, agents: dict[str, str]) ->
     now = _flat(tomllib.loads(config_text))
     keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if keys:
-        raise ConfigError(f"--resume {run_dir}: the preset changed since the comparison started ({', '.join(keys)}); "
-                          "restore it or start a new comparison")
+        raise ConfigError(
+            f"--resume {run_dir}: the preset changed since the comparison started ({', '.join(keys)}); "
+            "restore it or start a new comparison"
+        )
     inputs = json.loads((run_dir / "inputs.json").read_text()) if (run_dir / "inputs.json").is_file() else {}
     moved = [path for path, digest in agents.items() if inputs.get(path) != digest]
     if moved:
-        raise ValueError(f"--resume {run_dir}: agent model(s) changed since the comparison started: "
-                         f"{', '.join(moved)}; restore them or start a new comparison")
+        raise ValueError(
+            f"--resume {run_dir}: agent model(s) changed since the comparison started: "
+            f"{', '.join(moved)}; restore them or start a new comparison"
+        )
 
 
 def _check_device(config: Config) -> None:
@@ -188,14 +303,23 @@ def _check_device(config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     try:
-        settings = Settings(seeds=args.seeds, schedules=tuple(args.schedules),
-                            tune_instances=args.tune_instances, grid_per_decade=args.grid_per_decade,
-                            robustness=() if args.no_robustness else tuple(args.robustness),
-                            dice_target=args.dice_target, workers=args.workers, backend=args.backend,
-                            pbt_population=args.pbt_population, pb2_population=args.pb2_population,
-                            gpus_per_worker=args.num_gpus_per_worker,
-                            baselines=tuple(args.baselines), optuna_epochs=args.optuna_epochs,
-                            sampled_rollouts=args.sampled_rollouts, at_initial_lr=tuple(args.at_initial_lr))
+        settings = Settings(
+            seeds=args.seeds,
+            schedules=tuple(args.schedules),
+            tune_instances=args.tune_instances,
+            grid_per_decade=args.grid_per_decade,
+            robustness=() if args.no_robustness else tuple(args.robustness),
+            dice_target=args.dice_target,
+            workers=args.workers,
+            backend=args.backend,
+            pbt_population=args.pbt_population,
+            pb2_population=args.pb2_population,
+            gpus_per_worker=args.num_gpus_per_worker,
+            baselines=tuple(args.baselines),
+            optuna_epochs=args.optuna_epochs,
+            sampled_rollouts=args.sampled_rollouts,
+            at_initial_lr=tuple(args.at_initial_lr),
+        )
         overrides = dict(parse_override(o) for o in args.set)
         agent_paths = [resolve_agent_path(path) for path in args.agent]
         policies = [load_policy(path, trust=args.trust_model) for path in agent_paths]
@@ -239,8 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         with removed_if_unstarted(run_dir, fresh=not args.resume, started=STARTED):
             comparison = run_comparison(config, agents, settings, journal=journal)
     except (KeyboardInterrupt, Interrupted):
-        print(f"\ninterrupted: {len(journal)} finished episodes are saved in {journal.path}. Continue with:\n"
-              f"  python -m rlsched.compare --resume {run_dir}", file=sys.stderr)
+        print(
+            f"\ninterrupted: {len(journal)} finished episodes are saved in {journal.path}. Continue with:\n"
+            f"  python -m rlsched.compare --resume {run_dir}",
+            file=sys.stderr,
+        )
         return 130
     except (ConfigError, DatasetError) as err:  # bad input found late, e.g. in an instance's config
         parser.error(str(err))

@@ -7,15 +7,15 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+from rlsched.agents.loading import LoadedPolicy, check_compatible
+from rlsched.common.files import read_jsonl
 from rlsched.config import Config
 from rlsched.control.env import Instance
-from rlsched.experiment.tuning import SCRIPTED, TUNABLE, Tuning, tuned_kind
+from rlsched.experiment.baselines import KINDS, method_job
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import BACKENDS, JobFailure
-from rlsched.experiment.baselines import KINDS, method_job
-from rlsched.agents.loading import LoadedPolicy, check_compatible
+from rlsched.experiment.tuning import SCRIPTED, TUNABLE, Tuning, tuned_kind
 from rlsched.pretrained import AGENT_NAME, PROVENANCE, read_provenance
-from rlsched.common.files import read_jsonl
 from rlsched.seg.schedules import SCHEDULES
 from rlsched.seg.tuningfree import OPTIMIZERS
 
@@ -27,23 +27,41 @@ def initial_lr_name(schedule: str) -> str:
 
 CONSTANT_INITIAL = initial_lr_name("constant")
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
-# what a practitioner runs instead of a learned schedule (rlsched.experiment.baselines, rlsched.experiment.search): name -> (kind, arg)
-BASELINES = {"range_test+onecycle": ("range_test", "onecycle"), "range_test+cosine": ("range_test", "cosine"),
-             **{name: ("optimizer", name) for name in OPTIMIZERS}, "nnunet": ("nnunet", ""),
-             "optuna": ("optuna", "")}
-BASELINE_GROUPS = {"range_test": ("range_test+onecycle", "range_test+cosine"), "tuningfree": tuple(OPTIMIZERS),
-                   "all": tuple(BASELINES)}
-NEEDS = {"policy": "a trained controller", "schedule": "an LR grid search", SCRIPTED: "an LR grid search",
-         "range_test": "nothing (an LR sweep per run)", "optimizer": "nothing", "nnunet": "nothing (a recipe)",
-         "optuna": "an Optuna search", "pbt": "a population per run", "random": "nothing"}
+# what a practitioner runs instead of a learned schedule (experiment.baselines, experiment.search):
+# name -> (kind, arg)
+BASELINES = {
+    "range_test+onecycle": ("range_test", "onecycle"),
+    "range_test+cosine": ("range_test", "cosine"),
+    **{name: ("optimizer", name) for name in OPTIMIZERS},
+    "nnunet": ("nnunet", ""),
+    "optuna": ("optuna", ""),
+}
+BASELINE_GROUPS = {
+    "range_test": ("range_test+onecycle", "range_test+cosine"),
+    "tuningfree": tuple(OPTIMIZERS),
+    "all": tuple(BASELINES),
+}
+NEEDS = {
+    "policy": "a trained controller",
+    "schedule": "an LR grid search",
+    SCRIPTED: "an LR grid search",
+    "range_test": "nothing (an LR sweep per run)",
+    "optimizer": "nothing",
+    "nnunet": "nothing (a recipe)",
+    "optuna": "an Optuna search",
+    "pbt": "a population per run",
+    "random": "nothing",
+}
 
 
 def expand_baselines(names: tuple[str, ...]) -> tuple[str, ...]:
     """Baseline names with groups (``range_test``, ``tuningfree``, ``all``) spelled out, in order, once each."""
     unknown = [n for n in names if n not in BASELINES and n not in BASELINE_GROUPS]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from: "
-                         f"{', '.join([*BASELINES, *BASELINE_GROUPS])}")
+        raise ValueError(
+            f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from: "
+            f"{', '.join([*BASELINES, *BASELINE_GROUPS])}"
+        )
     spelled = [m for n in names for m in BASELINE_GROUPS.get(n, (n,))]
     return tuple(dict.fromkeys(spelled))
 
@@ -65,8 +83,10 @@ class Settings:
     pb2_population: int = 0  # > 0: add PB2 (PBT with a GP-bandit explore) with this population
     baselines: tuple[str, ...] = ()  # BASELINES (or BASELINE_GROUPS) to add
     optuna_epochs: int | None = None  # Optuna's budget (None: what the first learned agent's training spent)
-    sampled_rollouts: int = 0  # > 0: also each agent's sampled actions, this many rollouts per instance, averaged
-    at_initial_lr: tuple[str, ...] = ("constant",)  # schedules also run untuned, from each instance's initial LR
+    # > 0: also each agent's sampled actions, this many rollouts per instance, averaged
+    sampled_rollouts: int = 0
+    # schedules also run untuned, from each instance's initial LR
+    at_initial_lr: tuple[str, ...] = ("constant",)
 
     def __post_init__(self) -> None:
         if self.sampled_rollouts < 0:
@@ -75,16 +95,23 @@ class Settings:
         if self.optuna_epochs is not None and self.optuna_epochs < 1:
             raise ValueError(f"--optuna-epochs {self.optuna_epochs}: the search needs a budget of >= 1 epoch")
         if self.optuna_epochs is not None and "optuna" not in self.baselines:
-            raise ValueError("--optuna-epochs is the optuna baseline's budget, and it is not compared: add "
-                             "--baselines optuna, or drop --optuna-epochs")
+            raise ValueError(
+                "--optuna-epochs is the optuna baseline's budget, and it is not compared: add "
+                "--baselines optuna, or drop --optuna-epochs"
+            )
         unknown = [s for s in self.schedules if s not in TUNABLE]
         if unknown or not self.schedules:
-            raise ValueError(f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "
-                             f"{', '.join(TUNABLE)}" if unknown else "no schedules: pass at least one")
+            raise ValueError(
+                f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TUNABLE)}"
+                if unknown
+                else "no schedules: pass at least one"
+            )
         untunable = [s for s in self.at_initial_lr if s not in SCHEDULES]
         if untunable:
-            raise ValueError(f"--at-initial-lr {', '.join(map(repr, untunable))}: not a fixed schedule; choose from: "
-                             f"{', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"--at-initial-lr {', '.join(map(repr, untunable))}: not a fixed schedule; choose from: "
+                f"{', '.join(SCHEDULES)}"
+            )
         if self.seeds is not None and self.seeds < 1:
             raise ValueError(f"--seeds {self.seeds}: evaluate on at least 1 held-out instance")
         if self.tune_instances < 1 or self.grid_per_decade < 1 or self.workers < 1:
@@ -100,9 +127,13 @@ class Settings:
         if not (math.isfinite(self.gpus_per_worker) and self.gpus_per_worker >= 0):
             raise ValueError(f"--num-gpus-per-worker {self.gpus_per_worker}: a GPU share is a number >= 0")
         if self.gpus_per_worker and self.backend != "ray":
-            raise ValueError("--num-gpus-per-worker places Ray actors: add --backend ray "
-                             "(local workers see every GPU)")
-        for flag, population in (("--pbt-population", self.pbt_population), ("--pb2-population", self.pb2_population)):
+            raise ValueError(
+                "--num-gpus-per-worker places Ray actors: add --backend ray (local workers see every GPU)"
+            )
+        for flag, population in (
+            ("--pbt-population", self.pbt_population),
+            ("--pb2-population", self.pb2_population),
+        ):
             if population < 0 or population == 1:
                 raise ValueError(f"{flag} {population}: a population needs at least 2 members")
 
@@ -112,9 +143,11 @@ class Method:
     """One controller under comparison, with the training epochs it consumed before evaluation."""
 
     name: str
-    kind: str  # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by rlsched.experiment.pbt)
+    # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by experiment.pbt)
+    kind: str
     arg: str  # model path | schedule name | random seed
-    base_lr: float | None = None  # schedules: tuned base LR (None: the instance's initial LR); scripted: target
+    # schedules: tuned base LR (None: the instance's initial LR); scripted: target
+    base_lr: float | None = None
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
     accounting: str = "nothing"  # how epochs_before was counted, for the report
     needs: str = ""  # what it needed from the user (default: by kind, NEEDS)
@@ -131,8 +164,9 @@ class Method:
         """Whether a forced initial LR means anything to it: the range test picks its own LR, the tuning-free
         optimizers and the nnU-Net recipe have theirs (and a schedule at the initial LR would repeat the tuned
         schedule's robustness run)."""
-        return (self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample")
-                and not self.at_initial_lr)
+        return (
+            self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample") and not self.at_initial_lr
+        )
 
     @property
     def at_initial_lr(self) -> bool:
@@ -154,8 +188,19 @@ class Method:
         if self.kind in KINDS:
             return [method_job(config, self.kind, self.arg, self.name, instance, self.base_lr, initial_lr)]
         base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
-        return [Job(self.name, self.kind, self.arg, instance, base_lr=base_lr, initial_lr=initial_lr, rollout=k,
-                    trust=self.trust) for k in range(self.rollouts)]
+        return [
+            Job(
+                self.name,
+                self.kind,
+                self.arg,
+                instance,
+                base_lr=base_lr,
+                initial_lr=initial_lr,
+                rollout=k,
+                trust=self.trust,
+            )
+            for k in range(self.rollouts)
+        ]
 
 
 @dataclass
@@ -188,17 +233,28 @@ def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
         base = AGENT_NAME if shipped else f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
         name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
         epochs, source = training_epochs(policy)
-        methods.append(Method(name, "policy", str(policy.path), epochs_before=epochs, trust=policy.trusted,
-                              accounting=f"PPO training of {'the shipped controller, ' if shipped else ''}"
-                                         f"{policy.path} ({source})"))
+        methods.append(
+            Method(
+                name,
+                "policy",
+                str(policy.path),
+                epochs_before=epochs,
+                trust=policy.trusted,
+                accounting=f"PPO training of {'the shipped controller, ' if shipped else ''}"
+                f"{policy.path} ({source})",
+            )
+        )
     return methods
 
 
 def sampled_methods(agents: list[Method], rollouts: int) -> list[Method]:
     """Each agent again, acting on sampled rather than most likely actions: ``rollouts`` seeded episodes per
     instance, averaged per instance (the policy is stochastic; its argmax is one way to use it)."""
-    return [replace(m, name=f"{m.name} (sampled, mean of {rollouts})", kind="policy_sample", rollouts=rollouts)
-            for m in agents if rollouts and m.kind == "policy"]
+    return [
+        replace(m, name=f"{m.name} (sampled, mean of {rollouts})", kind="policy_sample", rollouts=rollouts)
+        for m in agents
+        if rollouts and m.kind == "policy"
+    ]
 
 
 def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
@@ -206,8 +262,10 @@ def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
     shipped controller: from the provenance its export copied out of that run)."""
     shipped = read_provenance(policy.path)
     if shipped is not None:
-        return (float(shipped["training_epochs"]),
-                f"{shipped['training_episodes']} episodes of run {shipped['source_run']}, in {PROVENANCE}")
+        return (
+            float(shipped["training_epochs"]),
+            f"{shipped['training_episodes']} episodes of run {shipped['source_run']}, in {PROVENANCE}",
+        )
     for run_dir in (policy.path.parent, policy.path.parent.parent):
         episodes = run_dir / "episodes.jsonl"
         if episodes.is_file():
@@ -223,10 +281,13 @@ def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
 
 def baseline_methods(tuning: Tuning, at_initial_lr: tuple[str, ...] = ("constant",)) -> list[Method]:
     """Tuned fixed schedules, the schedules run from the instance's initial LR and the random policy."""
-    search = (f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
-              f"{tuning.epochs} epochs")
-    tuned = [Method(name, tuned_kind(name), name, lr, tuning.epochs_per_schedule,
-                    search) for name, lr in tuning.base_lrs.items()]
+    search = (
+        f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
+        f"{tuning.epochs} epochs"
+    )
+    tuned = [
+        Method(name, tuned_kind(name), name, lr, tuning.epochs_per_schedule, search)
+        for name, lr in tuning.base_lrs.items()
+    ]
     untuned = [Method(initial_lr_name(name), "schedule", name) for name in at_initial_lr]
     return tuned + untuned + [Method("random", "random", "0")]
-

@@ -54,7 +54,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         "controllers observed and were rewarded on and what base-LR tuning, reduce-on-plateau and PBT selected "
         f"on, so it flatters them. AUC = mean validation Dice over the {cfg.epochs} epochs (diverged = 0 from "
         f"then on). Epochs to validation Dice {target:g}: mean over the runs that reached it. Diverged: runs that "
-        "ended blown up; \"+k undone\": epochs that blew up and were rolled back (env.on_divergence), the run going "
+        'ended blown up; "+k undone": epochs that blew up and were rolled back (env.on_divergence), the run going '
         f"on. Wall time: training and validation per run. {_duration(comparison)}",
         "",
         f"| method | needs from the user | base LR | epochs before eval | test Dice | final val Dice "
@@ -63,21 +63,28 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
     ]
     for r in main:
         kind = methods[r["method"]].kind
-        base = (f"{r['base_lr']:.3g}" if r["base_lr"] is not None
-                else {"pbt": "PBT", "range_test": "LR sweep"}.get(kind, "instance's initial"))
+        base = (
+            f"{r['base_lr']:.3g}"
+            if r["base_lr"] is not None
+            else {"pbt": "PBT", "range_test": "LR sweep"}.get(kind, "instance's initial")
+        )
         lines.append(
             f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} "
             f"| {_ci(r, 'test_dice')} | {_ci(r, 'final_dice')} | {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} "
             f"| {_ci(r, 'epochs_to_target', 1)} "
             f"({r['reached_target']}/{r['runs']}) | {r['diverged']}/{r['runs']}{_undone(r)}{_failed(r)} "
-            f"| {_ci(r, 'seconds', 2)} |")
+            f"| {_ci(r, 'seconds', 2)} |"
+        )
     if comparison.robustness:
         factors = list(comparison.robustness)
         source, reference = tuning.reference
-        headers = [f"{f:g}x (LR {lr:.3g}{'' if math.isclose(lr, f * reference) else ', clipped'})"
-                   for f, (lr, _) in comparison.robustness.items()]
+        headers = [
+            f"{f:g}x (LR {lr:.3g}{'' if math.isclose(lr, f * reference) else ', clipped'})"
+            for f, (lr, _) in comparison.robustness.items()
+        ]
         lines += [
-            "", "## Robustness: mis-set initial LR",
+            "",
+            "## Robustness: mis-set initial LR",
             "",
             f"Test Dice when every method starts from factor x {reference:.3g} (the tuned base LR of "
             f"{source}), clipped to [{cfg.lr_min:g}, {cfg.lr_max:g}]: learned and random policies start "
@@ -88,47 +95,81 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         ]
         cells = {(r["method"], r["factor"]): r for r in rows if r["factor"] is not None}
         for name in (r["method"] for r in main if (r["method"], factors[0]) in cells):
-            row = [_ci(c, "test_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "") + _failed(c)
-                   for c in (cells[name, f] for f in factors)]
+            row = [
+                _ci(c, "test_dice") + (f" ({c['diverged']} d)" if c["diverged"] else "") + _failed(c)
+                for c in (cells[name, f] for f in factors)
+            ]
             lines.append(f"| {label(name)} | " + " | ".join(row) + " |")
     tests = paired_tests(comparison)
     if tests:
         best = best_fixed(comparison)
-        lines += ["", f"## Paired test: learned policy vs the best fixed schedule ({best})", "",
-                  f"Test Dice difference on the same held-out instances. The comparator ({best}) was chosen by "
-                  "its validation score in the grid search on train instances, before any held-out run.", "",
-                  "| policy | difference (95% CI) | paired t p | Wilcoxon p | n |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Paired test: learned policy vs the best fixed schedule ({best})",
+            "",
+            f"Test Dice difference on the same held-out instances. The comparator ({best}) was chosen by "
+            "its validation score in the grid search on train instances, before any held-out run.",
+            "",
+            "| policy | difference (95% CI) | paired t p | Wilcoxon p | n |",
+            "|---|---|---|---|---|",
+        ]
         for name, t in tests.items():
-            lines.append(f"| **{name}** − {best} | {t.mean_difference:+.3f} ({t.ci.span(DIFFERENCE)}) "
-                         f"| {t.t_pvalue:.3g} | {t.wilcoxon_pvalue:.3g} | {t.n} |")
-    shown = [(_row_ci(r, key), UNIT) for r in rows for key in DICE_METRICS  # robustness rows: test Dice only
-             if r["factor"] is None or key == "test_dice"]
+            lines.append(
+                f"| **{name}** − {best} | {t.mean_difference:+.3f} ({t.ci.span(DIFFERENCE)}) "
+                f"| {t.t_pvalue:.3g} | {t.wilcoxon_pvalue:.3g} | {t.n} |"
+            )
+    shown = [
+        (_row_ci(r, key), UNIT)
+        for r in rows
+        for key in DICE_METRICS  # robustness rows: test Dice only
+        if r["factor"] is None or key == "test_dice"
+    ]
     note = clipped_note(shown + [(t.ci, DIFFERENCE) for t in tests.values()], MORE_INSTANCES)
     if note:
         lines += ["", note]
-    lines += ["", "## Tuned base LRs", "",
-              f"Grid: {len(tuning.grid)} LRs from {tuning.grid[0]:g} to {tuning.grid[-1]:g} "
-              f"({settings.grid_per_decade} per decade over the preset's initial-LR range), each on "
-              f"{tuning.instances} train instance(s); best mean final validation Dice wins.", "",
-              "| schedule | tuned base LR | train final val Dice | train AUC val Dice |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Tuned base LRs",
+        "",
+        f"Grid: {len(tuning.grid)} LRs from {tuning.grid[0]:g} to {tuning.grid[-1]:g} "
+        f"({settings.grid_per_decade} per decade over the preset's initial-LR range), each on "
+        f"{tuning.instances} train instance(s); best mean final validation Dice wins.",
+        "",
+        "| schedule | tuned base LR | train final val Dice | train AUC val Dice |",
+        "|---|---|---|---|",
+    ]
     for name, lr in tuning.base_lrs.items():
         final, auc = tuning.scores[name][lr]
         lines.append(f"| {name} | {lr:g} | {final:.3f} | {auc:.3f} |")
-    lines += ["", "## Compute before evaluation", "",
-              "UNet training epochs each method consumed before the evaluation; the evaluation itself costs "
-              f"every method the same {n} x {cfg.epochs} epochs.", "",
-              "| method | epochs | counted from |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Compute before evaluation",
+        "",
+        "UNet training epochs each method consumed before the evaluation; the evaluation itself costs "
+        f"every method the same {n} x {cfg.epochs} epochs.",
+        "",
+        "| method | epochs | counted from |",
+        "|---|---|---|",
+    ]
     for m in comparison.methods:
         lines.append(f"| {label(m.name)} | {_count(m.epochs_before)} | {m.accounting} |")
     if comparison.failures:
-        lines += ["", "## Failed jobs", "",
-                  "Their worker process died on every attempt (killed, out of memory); they are left out of the "
-                  "statistics above (n counts the runs that finished). Resume the comparison to run them again.",
-                  "", "| job | instance | initial LR forced | attempts | reason |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Failed jobs",
+            "",
+            "Their worker process died on every attempt (killed, out of memory); they are left out of the "
+            "statistics above (n counts the runs that finished). Resume the comparison to run them again.",
+            "",
+            "| job | instance | initial LR forced | attempts | reason |",
+            "|---|---|---|---|---|",
+        ]
         for f in comparison.failures:
             forced = "—" if f.job.initial_lr is None else f"{f.job.initial_lr:.3g}"
-            lines.append(f"| {f.method} | {f.job.instance.split} {f.job.instance.index} | {forced} | {f.attempts} "
-                         f"| {f.reason} |")
+            lines.append(
+                f"| {f.method} | {f.job.instance.split} {f.job.instance.index} | {forced} | {f.attempts} "
+                f"| {f.reason} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -136,8 +177,10 @@ def _duration(comparison: Comparison) -> str:
     workers = f"with {comparison.settings.workers} worker(s)"
     if not comparison.reused:
         return f"The comparison took {comparison.seconds:.0f} s {workers}."
-    return (f"Resumed: {comparison.reused} episodes were read back from the journal; this session took "
-            f"{comparison.seconds:.0f} s {workers}.")
+    return (
+        f"Resumed: {comparison.reused} episodes were read back from the journal; this session took "
+        f"{comparison.seconds:.0f} s {workers}."
+    )
 
 
 def _undone(row: dict[str, Any]) -> str:
@@ -159,20 +202,32 @@ def episode_rows(comparison: Comparison) -> list[dict[str, Any]]:
             base_lr = tuned if tuned is not None else result.instance.initial_lr
             last = len(result.records) - 1
             for step, (record, dice) in enumerate(zip(result.records, result.dices)):
-                rows.append({"method": result.method, "factor": factor, "instance": result.instance.index,
-                             "base_lr": base_lr, "epoch": record["epoch"],
-                             "lr": record["lr"] if record["epoch"] else None,  # epoch 0: nothing trained yet
-                             "train_loss": record.get("train_loss"), "val_loss": record["val_loss"],
-                             "dice": dice, "diverged": record["diverged"],
-                             "rolled_back": record.get("rolled_back", False),
-                             "test_dice": result.test_dice if step == last else None})
+                rows.append(
+                    {
+                        "method": result.method,
+                        "factor": factor,
+                        "instance": result.instance.index,
+                        "base_lr": base_lr,
+                        "epoch": record["epoch"],
+                        "lr": record["lr"] if record["epoch"] else None,  # epoch 0: nothing trained yet
+                        "train_loss": record.get("train_loss"),
+                        "val_loss": record["val_loss"],
+                        "dice": dice,
+                        "diverged": record["diverged"],
+                        "rolled_back": record.get("rolled_back", False),
+                        "test_dice": result.test_dice if step == last else None,
+                    }
+                )
     return rows
 
 
 def tuning_rows(tuning: Tuning) -> list[dict[str, Any]]:
     chosen = tuning.base_lrs
-    return [{"schedule": name, "lr": lr, "final_dice": final, "auc_dice": auc, "chosen": lr == chosen[name]}
-            for name, by_lr in tuning.scores.items() for lr, (final, auc) in by_lr.items()]
+    return [
+        {"schedule": name, "lr": lr, "final_dice": final, "auc_dice": auc, "chosen": lr == chosen[name]}
+        for name, by_lr in tuning.scores.items()
+        for lr, (final, auc) in by_lr.items()
+    ]
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -181,8 +236,12 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
-                         for k, v in row.items()})
+        writer.writerow(
+            {
+                k: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+                for k, v in row.items()
+            }
+        )
     return buffer.getvalue()
 
 
@@ -196,4 +255,3 @@ def write_results(comparison: Comparison, out_dir: Path) -> str:
     atomic_write_text(out_dir / "summary.md", text)
     plot(comparison, out_dir)
     return text
-

@@ -11,13 +11,21 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from rlsched.common.journal import Journal, journal_key
+from rlsched.compare.methods import (
+    BASELINES,
+    NEEDS,
+    Comparison,
+    Method,
+    Settings,
+    baseline_methods,
+    sampled_methods,
+)
 from rlsched.config import Config, ConfigError
 from rlsched.control.env import Instance, make_instances
+from rlsched.experiment.baselines import method_job, recipe
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import JobFailure, Outcome, run_journaled
-from rlsched.common.journal import Journal, journal_key
-from rlsched.experiment.baselines import method_job, recipe
-from rlsched.compare.methods import BASELINES, NEEDS, Comparison, Method, Settings, baseline_methods, sampled_methods
 from rlsched.experiment.tuning import search_grid, tune_base_lrs
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -37,8 +45,15 @@ class Runner:
 
     def __call__(self, jobs: list[Job]) -> list[Outcome]:
         settings = self.settings
-        outcomes, reused = run_journaled(self.config, jobs, self.journal, settings.workers, self._finished,
-                                         backend=settings.backend, gpus_per_worker=settings.gpus_per_worker)
+        outcomes, reused = run_journaled(
+            self.config,
+            jobs,
+            self.journal,
+            settings.workers,
+            self._finished,
+            backend=settings.backend,
+            gpus_per_worker=settings.gpus_per_worker,
+        )
         self.reused += reused
         self.bar.update(reused)
         return outcomes
@@ -56,16 +71,25 @@ def check_fits(config: Config, settings: Settings) -> None:
     """The preset must have the instances the settings ask for."""
     env = config.env
     if settings.seeds is not None and settings.seeds > env.heldout_instances:
-        raise ConfigError(f"--seeds {settings.seeds}: preset {config.name!r} has only "
-                          f"{env.heldout_instances} held-out instances; add them with "
-                          f"--set env.heldout_instances={settings.seeds}")
+        raise ConfigError(
+            f"--seeds {settings.seeds}: preset {config.name!r} has only "
+            f"{env.heldout_instances} held-out instances; add them with "
+            f"--set env.heldout_instances={settings.seeds}"
+        )
     if settings.tune_instances > env.train_instances:
-        raise ConfigError(f"--tune-instances {settings.tune_instances}: preset {config.name!r} has only "
-                          f"{env.train_instances} train instances; raise env.train_instances or lower it")
+        raise ConfigError(
+            f"--tune-instances {settings.tune_instances}: preset {config.name!r} has only "
+            f"{env.train_instances} train instances; raise env.train_instances or lower it"
+        )
 
 
-def run_comparison(config: Config, agents: list[Method], settings: Settings, progress: bool = True,
-                   journal: Journal | None = None) -> Comparison:
+def run_comparison(
+    config: Config,
+    agents: list[Method],
+    settings: Settings,
+    progress: bool = True,
+    journal: Journal | None = None,
+) -> Comparison:
     """Tune the fixed schedules, then run every method on the held-out (and robustness) instances. Episodes in
     ``journal`` (a resumed comparison) are read back instead of run; new ones are added as they finish."""
     check_fits(config, settings)
@@ -80,29 +104,43 @@ def run_comparison(config: Config, agents: list[Method], settings: Settings, pro
         train = make_instances(config, "train")[: settings.tune_instances]
         tuning = tune_base_lrs(config, settings.schedules, grid, train, run)
         bar.set_description("baselines")
-        methods = (agents + sampled_methods(agents, settings.sampled_rollouts)
-                   + baseline_methods(tuning, settings.at_initial_lr)
-                   + extra_methods(config, settings, agents, train, journal))
+        methods = (
+            agents
+            + sampled_methods(agents, settings.sampled_rollouts)
+            + baseline_methods(tuning, settings.at_initial_lr)
+            + extra_methods(config, settings, agents, train, journal)
+        )
         _, reference = tuning.reference
         robust_lrs = robustness_lrs(settings.robustness, reference, env.lr_min, env.lr_max)
         jobs = [job for m in methods for i in instances for job in m.jobs(config, i)]
-        jobs += [job for lr in robust_lrs.values() for m in methods if m.robust for i in instances
-                 for job in m.jobs(config, i, lr)]
+        jobs += [
+            job
+            for lr in robust_lrs.values()
+            for m in methods
+            if m.robust
+            for i in instances
+            for job in m.jobs(config, i, lr)
+        ]
         bar.total = tuning_jobs + len(jobs)
         bar.set_description("evaluating on held-out instances")
         outcomes = run(jobs)
     main = _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr is None])
-    robustness = {f: (lr, _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr == lr]))
-                  for f, lr in robust_lrs.items()}
+    robustness = {
+        f: (lr, _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr == lr]))
+        for f, lr in robust_lrs.items()
+    }
     methods = [_count_sweeps(m, main) if m.kind == "range_test" else m for m in methods]
     for algorithm, population in (("pbt", settings.pbt_population), ("pb2", settings.pb2_population)):
         if population:
-            method, runs = pbt_runs(config, instances, population, journal, settings.gpus_per_worker, algorithm)
+            method, runs = pbt_runs(
+                config, instances, population, journal, settings.gpus_per_worker, algorithm
+            )
             methods.append(method)
             main += runs
     seconds = time.perf_counter() - start
-    return Comparison(config, settings, methods, tuning, instances, main, robustness, seconds, run.failures,
-                      run.reused)
+    return Comparison(
+        config, settings, methods, tuning, instances, main, robustness, seconds, run.failures, run.reused
+    )
 
 
 def check_baselines(config: Config, settings: Settings, agents: list[Method]) -> None:
@@ -115,14 +153,17 @@ def check_baselines(config: Config, settings: Settings, agents: list[Method]) ->
 
             require_optuna()
             if settings.optuna_epochs is None and not any(math.isfinite(m.epochs_before) for m in agents):
-                raise ConfigError("--baselines optuna: give its budget with --optuna-epochs N (no learned agent "
-                                  "whose training epochs are known to match)")
+                raise ConfigError(
+                    "--baselines optuna: give its budget with --optuna-epochs N (no learned agent "
+                    "whose training epochs are known to match)"
+                )
         elif kind in ("optimizer", "nnunet"):
             method_job(config, kind, arg, name, make_instances(config, "heldout")[0])
 
 
-def extra_methods(config: Config, settings: Settings, agents: list[Method], train: list[Instance],
-                  journal: Journal) -> list[Method]:
+def extra_methods(
+    config: Config, settings: Settings, agents: list[Method], train: list[Instance], journal: Journal
+) -> list[Method]:
     """The practitioners' alternatives asked for with ``--baselines``; Optuna searches here, on train instances."""
     methods = []
     for name in settings.baselines:
@@ -130,17 +171,23 @@ def extra_methods(config: Config, settings: Settings, agents: list[Method], trai
         if kind == "optuna":
             methods.append(optuna_method(config, settings, agents, train, journal))
         elif kind == "range_test":
-            methods.append(Method(name, kind, arg, accounting="the LR sweep in front of each run (counted below)"))
+            methods.append(
+                Method(name, kind, arg, accounting="the LR sweep in front of each run (counted below)")
+            )
         else:
             schedule, lr, _ = recipe(kind, arg)
-            source = (f"{arg} at its recommended LR, {schedule}" if kind == "optimizer"
-                      else f"nnU-Net's recipe (SGD, Nesterov 0.99, {schedule} 0.9 from {lr:g})")
+            source = (
+                f"{arg} at its recommended LR, {schedule}"
+                if kind == "optimizer"
+                else f"nnU-Net's recipe (SGD, Nesterov 0.99, {schedule} 0.9 from {lr:g})"
+            )
             methods.append(Method(name, kind, arg, lr, accounting=f"nothing: {source}"))
     return methods
 
 
-def optuna_method(config: Config, settings: Settings, agents: list[Method], train: list[Instance],
-                  journal: Journal) -> Method:
+def optuna_method(
+    config: Config, settings: Settings, agents: list[Method], train: list[Instance], journal: Journal
+) -> Method:
     """Optuna TPE + median pruning over (schedule, base LR) on the train instances, given the epochs the first
     learned agent's PPO training spent (or ``--optuna-epochs``): "spend the compute on search instead". The
     choice is journaled, so a resumed comparison does not search again."""
@@ -150,37 +197,60 @@ def optuna_method(config: Config, settings: Settings, agents: list[Method], trai
     if budget is None:
         spent = [m.epochs_before for m in agents if math.isfinite(m.epochs_before)]
         if not spent:
-            raise ConfigError("--baselines optuna: give its budget with --optuna-epochs N (no learned agent whose "
-                              "training epochs are known to match)")
+            raise ConfigError(
+                "--baselines optuna: give its budget with --optuna-epochs N (no learned agent whose "
+                "training epochs are known to match)"
+            )
         budget = int(spent[0])
     key = journal_key({"method": "optuna", "budget": budget, "instances": [asdict(i) for i in train]})
     if key not in journal:
         found = search(config, budget, instances=train, seed=0)
-        journal.add(key, {"schedule": found.schedule, "base_lr": found.base_lr, "epochs": found.epochs_spent,
-                          "trials": len(found.trials)})
+        journal.add(
+            key,
+            {
+                "schedule": found.schedule,
+                "base_lr": found.base_lr,
+                "epochs": found.epochs_spent,
+                "trials": len(found.trials),
+            },
+        )
     chosen = journal.get(key)
-    return Method("optuna", "schedule", chosen["schedule"], chosen["base_lr"], float(chosen["epochs"]),
-                  f"Optuna TPE + median pruning: {chosen['trials']} trials over (schedule, base LR) on "
-                  f"{len(train)} train instance(s), budget {budget:,} epochs", needs=NEEDS["optuna"])
+    return Method(
+        "optuna",
+        "schedule",
+        chosen["schedule"],
+        chosen["base_lr"],
+        float(chosen["epochs"]),
+        f"Optuna TPE + median pruning: {chosen['trials']} trials over (schedule, base LR) on "
+        f"{len(train)} train instance(s), budget {budget:,} epochs",
+        needs=NEEDS["optuna"],
+    )
 
 
 def _count_sweeps(method: Method, results: list[EpisodeResult]) -> Method:
     """A range-test method's epochs before evaluation: its sweeps, one per held-out run."""
     sweeps = [r.extra_epochs for r in results if r.method == method.name]
     per_run = sweeps[0] if sweeps else math.nan
-    return replace(method, epochs_before=float(sum(sweeps)),
-                   accounting=f"an LR sweep before each of {len(sweeps)} runs ({per_run:.2f} epochs each)")
+    return replace(
+        method,
+        epochs_before=float(sum(sweeps)),
+        accounting=f"an LR sweep before each of {len(sweeps)} runs ({per_run:.2f} epochs each)",
+    )
 
 
-def robustness_lrs(factors: tuple[float, ...], reference: float, lr_min: float, lr_max: float) -> dict[float, float]:
+def robustness_lrs(
+    factors: tuple[float, ...], reference: float, lr_min: float, lr_max: float
+) -> dict[float, float]:
     """factor -> the initial LR it forces (clipped to the env's range); a factor that clips to the LR of an earlier
     one would only repeat its runs, so it is dropped with a warning."""
     lrs: dict[float, float] = {}
     for factor in factors:
         lr = min(max(factor * reference, lr_min), lr_max)
         if lr in lrs.values():
-            warnings.warn(f"robustness factor {factor:g} clips to LR {lr:g} like an earlier factor: skipped",
-                          stacklevel=2)
+            warnings.warn(
+                f"robustness factor {factor:g} clips to LR {lr:g} like an earlier factor: skipped",
+                stacklevel=2,
+            )
             continue
         lrs[factor] = lr
     return lrs
@@ -191,8 +261,14 @@ def _episodes(outcomes: list[Outcome]) -> list[EpisodeResult]:
     return [o for o in outcomes if isinstance(o, EpisodeResult)]
 
 
-def pbt_runs(config: Config, instances: list[Instance], population: int, journal: Journal,
-             gpus_per_member: float = 0.0, algorithm: str = "pbt") -> tuple[Method, list[EpisodeResult]]:
+def pbt_runs(
+    config: Config,
+    instances: list[Instance],
+    population: int,
+    journal: Journal,
+    gpus_per_member: float = 0.0,
+    algorithm: str = "pbt",
+) -> tuple[Method, list[EpisodeResult]]:
     """PBT on every held-out instance, journaled per instance; its compute is the population's epochs beyond
     one evaluation run."""
     from rlsched.experiment.pbt import PBTSettings, run_pbt
@@ -208,8 +284,12 @@ def pbt_runs(config: Config, instances: list[Instance], population: int, journal
         runs.append(EpisodeResult.from_dict(entry["result"]))
         total += int(entry["epochs"])
     own = len(instances) * config.env.epochs
-    accounting = (f"{algorithm.upper()}: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
-                  f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
-                  "the best member by validation Dice reported (its test Dice in the tables)")
-    method = Method(algorithm, "pbt", str(population), epochs_before=float(total - own), accounting=accounting)
+    accounting = (
+        f"{algorithm.upper()}: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
+        f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
+        "the best member by validation Dice reported (its test Dice in the tables)"
+    )
+    method = Method(
+        algorithm, "pbt", str(population), epochs_before=float(total - own), accounting=accounting
+    )
     return method, runs

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rlsched.experiment.harness import EpisodeResult
 from rlsched.common.stats import PairedTest, mean_ci, paired_test
 from rlsched.compare.methods import Comparison
+from rlsched.experiment.harness import EpisodeResult
 
 METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
 
@@ -34,9 +34,15 @@ def run_metrics(result: EpisodeResult, steps: int, target: float) -> dict[str, f
     steps), epochs to validation Dice ``target`` (NaN if never reached), diverged (0/1) and wall time."""
     dices = result.dice_curve(steps)
     reached = [float(r["epoch"]) for r, d in zip(result.records, result.dices) if d >= target]
-    return {"test_dice": result.test_dice, "final_dice": float(dices[-1]), "best_dice": float(dices.max()),
-            "auc_dice": float(dices[1:].mean()), "epochs_to_target": reached[0] if reached else math.nan,
-            "diverged": float(result.diverged), "seconds": result.seconds}
+    return {
+        "test_dice": result.test_dice,
+        "final_dice": float(dices[-1]),
+        "best_dice": float(dices.max()),
+        "auc_dice": float(dices[1:].mean()),
+        "epochs_to_target": reached[0] if reached else math.nan,
+        "diverged": float(result.diverged),
+        "seconds": result.seconds,
+    }
 
 
 def by_method(results: list[EpisodeResult]) -> dict[str, list[EpisodeResult]]:
@@ -76,11 +82,18 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
             by_instance: dict[int, list[dict[str, float]]] = {}
             for result, m in zip(runs[method.name], metrics):
                 by_instance.setdefault(result.instance.index, []).append(m)
-            means = [{key: _mean_finite([m[key] for m in ms]) for key in METRICS} for ms in by_instance.values()]
+            means = [
+                {key: _mean_finite([m[key] for m in ms]) for key in METRICS} for ms in by_instance.values()
+            ]
             row: dict[str, Any] = {
-                "method": method.name, "factor": factor, "initial_lr": initial_lr,
+                "method": method.name,
+                "factor": factor,
+                "initial_lr": initial_lr,
                 "base_lr": method.base_lr if factor is None else initial_lr,
-                "epochs_before_eval": method.epochs_before, "n": len(means), "runs": len(metrics)}
+                "epochs_before_eval": method.epochs_before,
+                "n": len(means),
+                "runs": len(metrics),
+            }
             for key in METRICS:
                 ci = mean_ci([m[key] for m in means if math.isfinite(m[key])])
                 row.update({f"{key}_mean": ci.mean, f"{key}_low": ci.low, f"{key}_high": ci.high})
@@ -97,16 +110,21 @@ def best_fixed(comparison: Comparison) -> str:
     AUC) in the grid search on *train* instances. Picking it by held-out results and then testing against it
     on those same results would favour the fixed schedules."""
     tuning = comparison.tuning
-    chosen = {m.name: tuning.scores[m.name][tuning.base_lrs[m.name]] for m in comparison.methods
-              if m.tuned and m.name in tuning.scores}  # the grid-searched ones (Optuna's score is not comparable)
+    chosen = {
+        m.name: tuning.scores[m.name][tuning.base_lrs[m.name]]
+        for m in comparison.methods
+        if m.tuned and m.name in tuning.scores
+    }  # the grid-searched ones (Optuna's score is not comparable)
     return max(chosen, key=chosen.__getitem__)
 
 
 def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
     """Each learned policy minus the best fixed schedule, test Dice on the instances both finished (a failed
     job removes its instance from that pair only)."""
-    runs = {name: dict(zip(sorted({r.instance.index for r in rs}), per_instance(rs, lambda r: r.test_dice)))
-            for name, rs in by_method(comparison.results).items()}
+    runs = {
+        name: dict(zip(sorted({r.instance.index for r in rs}), per_instance(rs, lambda r: r.test_dice)))
+        for name, rs in by_method(comparison.results).items()
+    }
     best = runs.get(best_fixed(comparison), {})
     tests = {}
     for m in comparison.methods:
@@ -114,4 +132,3 @@ def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
             common = sorted(runs[m.name].keys() & best.keys())
             tests[m.name] = paired_test([runs[m.name][i] for i in common], [best[i] for i in common])
     return tests
-

@@ -12,11 +12,19 @@ import numpy as np
 from gymnasium import spaces
 
 from rlsched.config import Config, DataConfig, load_config, with_overrides
-from rlsched.control.interface import ControlState, Dynamics, action_space, clip_lr, next_lr, observation_space, undone
-from rlsched.seg.sources import make_dataset
-from rlsched.seg.dataset import SegmentationData
-from rlsched.family import Overrides
+from rlsched.control.interface import (
+    ControlState,
+    Dynamics,
+    action_space,
+    clip_lr,
+    next_lr,
+    observation_space,
+    undone,
+)
 from rlsched.control.penalties import CombinedPenalty, Penalty, Transition
+from rlsched.family import Overrides
+from rlsched.seg.dataset import SegmentationData
+from rlsched.seg.sources import make_dataset
 from rlsched.seg.trainer import Trainer, counted_dice
 
 SPLITS = ("train", "heldout")
@@ -50,17 +58,23 @@ def make_instances(config: Config, split: str) -> list[Instance]:
     log_lrs = rng.uniform(math.log10(env.initial_lr_min), math.log10(env.initial_lr_max), size=count)
     family_rng = np.random.default_rng([env.instance_seed, SPLITS.index(split), 0xFA3, 0x11])
     picks = [family_rng.integers(len(axis.options), size=count) for axis in config.family]
-    variants = [tuple(pair for axis, pick in zip(config.family, picks) for pair in axis.options[pick[i]])
-                for i in range(count)]
-    return [Instance(split, i, int(seeds[i, 0]), int(seeds[i, 1]), float(10 ** log_lrs[i]), variants[i])
-            for i in range(count)]
+    variants = [
+        tuple(pair for axis, pick in zip(config.family, picks) for pair in axis.options[pick[i]])
+        for i in range(count)
+    ]
+    return [
+        Instance(split, i, int(seeds[i, 0]), int(seeds[i, 1]), float(10 ** log_lrs[i]), variants[i])
+        for i in range(count)
+    ]
 
 
 def instance_config(config: Config, instance: Instance, pinned: Overrides = ()) -> Config:
     """The config ``instance`` trains under: ``config``, then the instance's variant, then ``pinned`` (a method's
     own changes, e.g. the nnU-Net recipe's optimizer, win over the family's). Every trainer and dataset built for an
     instance comes from here."""
-    return with_overrides(with_overrides(replace(config, family=()), instance.variant, "instance variant"), pinned)
+    return with_overrides(
+        with_overrides(replace(config, family=()), instance.variant, "instance variant"), pinned
+    )
 
 
 # --------------------------------------------------------------------------------------------- the env
@@ -126,7 +140,7 @@ class UNetLREnv(gym.Env):
     ## Arguments
     ``gymnasium.make("rlsched/UNetLR-v0", preset="envs/demo.toml", penalty=None, **overrides)`` where overrides
     are section tables (``env={"epochs": 8}``) or dotted keys (``**{"env.epochs": 8}``). ``pinned`` (``(("optim.name",
-    '"sgd"'), ...)``) is applied after each instance's variant: how ``rlsched.experiment.jobs`` makes a method's overrides win.
+    '"sgd"'), ...)``) is applied after each instance's variant: how ``experiment.jobs`` makes a method's overrides win.
     ``rlsched/UNetLR-fast-v0`` is the same with ``preset="fast"`` and needs no arguments.
 
     ## Version History
@@ -135,12 +149,20 @@ class UNetLREnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, preset: str | None = None, penalty: Penalty | None = None, config: Config | None = None,
-                 pinned: Overrides = (), **overrides: Any) -> None:
+    def __init__(
+        self,
+        preset: str | None = None,
+        penalty: Penalty | None = None,
+        config: Config | None = None,
+        pinned: Overrides = (),
+        **overrides: Any,
+    ) -> None:
         self.config = config if config is not None else load_config(preset, overrides)
         if config is not None and (preset is not None or overrides):
             raise ValueError("pass either config=... or preset/overrides, not both")
-        self.pinned = tuple((str(k), str(v)) for k, v in pinned)  # applied after each instance's variant (instance_config): a method's overrides win
+        self.pinned = tuple(
+            (str(k), str(v)) for k, v in pinned
+        )  # applied after each instance's variant (instance_config): a method's overrides win
         cfg = self.config.env
         self.action_space: spaces.Space = action_space(cfg)
         self.observation_space = observation_space(cfg)
@@ -173,15 +195,24 @@ class UNetLREnv(gym.Env):
         on 7, and a continuous action would be clipped silently."""
         space, value = self.action_space, np.asarray(action)
         if isinstance(space, spaces.Discrete):
-            ok = value.size == 1 and np.issubdtype(value.dtype, np.integer) and space.contains(int(value.flat[0]))
+            ok = (
+                value.size == 1
+                and np.issubdtype(value.dtype, np.integer)
+                and space.contains(int(value.flat[0]))
+            )
             expected = f"an integer in {space.start}..{space.start + space.n - 1}"
         else:
-            ok = (value.size == int(np.prod(space.shape)) and np.issubdtype(value.dtype, np.number)
-                  and space.contains(value.reshape(space.shape).astype(space.dtype)))
+            ok = (
+                value.size == int(np.prod(space.shape))
+                and np.issubdtype(value.dtype, np.number)
+                and space.contains(value.reshape(space.shape).astype(space.dtype))
+            )
             expected = f"{space.shape[0]} float(s) in [{space.low.min():g}, {space.high.max():g}]"
         if not ok:
-            raise ValueError(f"action {action!r} is outside the action space {space} (env.action = "
-                             f"{self.config.env.action!r}): pass {expected}")
+            raise ValueError(
+                f"action {action!r} is outside the action space {space} (env.action = "
+                f"{self.config.env.action!r}): pass {expected}"
+            )
 
     def set_lr(self, lr: float) -> None:
         """The next step trains at ``lr`` whatever its action: how fixed schedules drive the env."""
@@ -216,7 +247,9 @@ class UNetLREnv(gym.Env):
             if chosen is None:
                 chosen = int(self.np_random.integers(len(pool)))
             if not 0 <= int(chosen) < len(pool):
-                raise ValueError(f"instance {chosen} out of range: the {split} split has {len(pool)} instances")
+                raise ValueError(
+                    f"instance {chosen} out of range: the {split} split has {len(pool)} instances"
+                )
             instance = pool[int(chosen)]
         if "lr" in options:
             instance = replace(instance, initial_lr=float(options["lr"]))
@@ -224,8 +257,12 @@ class UNetLREnv(gym.Env):
 
     def _info(self, record: Mapping[str, Any]) -> dict[str, Any]:
         assert self.instance is not None
-        return {**record, "instance": self.instance.index, "split": self.instance.split,
-                "initial_lr": self.instance.initial_lr}
+        return {
+            **record,
+            "instance": self.instance.index,
+            "split": self.instance.split,
+            "initial_lr": self.instance.initial_lr,
+        }
 
     # ------------------------------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -234,13 +271,15 @@ class UNetLREnv(gym.Env):
         self._lr = clip_lr(self.config.env, self.instance.initial_lr)
         self._forced_lr = None
         config = instance_config(self.config, self.instance, self.pinned)
-        self.trainer = Trainer(config, self._data(self.instance.data_seed, config.data), self.instance.init_seed,
-                               lr=self._lr)
+        self.trainer = Trainer(
+            config, self._data(self.instance.data_seed, config.data), self.instance.init_seed, lr=self._lr
+        )
         evaluation = self.trainer.evaluate()
         record = evaluation.record(self._lr, 0)
         dice = counted_dice(record)
-        self._control = ControlState(self.config.env, Dynamics(self._lr, evaluation.loss, evaluation.loss, dice,
-                                                               0.0, 0.0))
+        self._control = ControlState(
+            self.config.env, Dynamics(self._lr, evaluation.loss, evaluation.loss, dice, 0.0, 0.0)
+        )
         self._initial_dice = dice
         self._done = self._diverged = False
         obs = self._control.observation()
@@ -258,20 +297,31 @@ class UNetLREnv(gym.Env):
             lr = next_lr(cfg, self._lr, action, self._control.suggested)
         self._forced_lr = None
         loss_limit, val_loss_limit = self._control.loss_limits()
-        result = self.trainer.train_slice(lr, cfg.epochs_per_step, cfg.on_divergence == "rollback", loss_limit,
-                                          val_loss_limit)
+        result = self.trainer.train_slice(
+            lr, cfg.epochs_per_step, cfg.on_divergence == "rollback", loss_limit, val_loss_limit
+        )
         record = result.record()
         del record["seconds"]  # info must be deterministic (env checker); wall time lives in self.seconds
         self.seconds += result.seconds
         dice = result.counted_dice
-        measured = Dynamics(lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"],
-                            record["update_ratio"])
+        measured = Dynamics(
+            lr, record["train_loss"], record["val_loss"], dice, record["grad_norm"], record["update_ratio"]
+        )
         now = undone(lr, self._control.now) if result.rolled_back else measured
         self._control.advance(now, rolled_back=result.rolled_back)
         before = self._control.before
-        transition = Transition(before.lr, lr, before.dice, dice, before.val_loss, record["val_loss"],
-                                result.diverged or result.rolled_back, self._control.step, cfg.steps,
-                                result.seconds)
+        transition = Transition(
+            before.lr,
+            lr,
+            before.dice,
+            dice,
+            before.val_loss,
+            record["val_loss"],
+            result.diverged or result.rolled_back,
+            self._control.step,
+            cfg.steps,
+            result.seconds,
+        )
         penalty, parts = self.penalty(transition)
         reward = (dice - before.dice) * cfg.reward_scale - penalty
         terminated = result.diverged or self._control.step >= cfg.steps

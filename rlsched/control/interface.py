@@ -29,9 +29,14 @@ OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("log_grad_norm", -8.0, 8.0, "log10 mean gradient norm of the last slice (0 at reset: see first_step)"),
     ("log_update_ratio", -8.0, 2.0, "log10 ||dw|| / ||w|| of the last slice (0 at reset: see first_step)"),
     ("first_step", 0.0, 1.0, "1 before the first slice (no gradient or update measured yet), else 0"),
-    ("log_lr_suggested", -1.0, 1.0, "the LR the first slice's update size suggests (see suggested_lr), lowered "
-                                    "after each undone blow-up (backed_off_lr), scaled like log_lr; the current "
-                                    "LR before the first slice"),
+    (
+        "log_lr_suggested",
+        -1.0,
+        1.0,
+        "the LR the first slice's update size suggests (see suggested_lr), lowered "
+        "after each undone blow-up (backed_off_lr), scaled like log_lr; the current "
+        "LR before the first slice",
+    ),
 )
 HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
 
@@ -124,11 +129,17 @@ def suggested_lr(env: EnvConfig, first: Dynamics) -> float:
 def backed_off_lr(env: EnvConfig, suggested: float, blown_up_at: float) -> float:
     """The suggested LR after a slice at ``blown_up_at`` blew up and was undone: ``env.backoff_decades`` below
     the lower of the two, so following the suggestion never retries an LR that is known to blow up."""
-    return clip_lr(env, min(suggested, blown_up_at) * 10 ** -env.backoff_decades)
+    return clip_lr(env, min(suggested, blown_up_at) * 10**-env.backoff_decades)
 
 
-def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics,
-                      history: list[tuple[float, float]], suggested: float | None = None) -> np.ndarray:
+def build_observation(
+    env: EnvConfig,
+    step: int,
+    now: Dynamics,
+    before: Dynamics,
+    history: list[tuple[float, float]],
+    suggested: float | None = None,
+) -> np.ndarray:
     """Features of ``OBS_FEATURES`` (+ history lags); non-finite values go to the bound they ran towards."""
     low, high = _bounds(env.history)
 
@@ -147,7 +158,7 @@ def build_observation(env: EnvConfig, step: int, now: Dynamics, before: Dynamics
         "log_lr_suggested": encode_lr(env, suggested if suggested is not None else now.lr),
     }
     values = [features[name] for name, *_ in OBS_FEATURES]
-    padded = history[-env.history:] if env.history else []
+    padded = history[-env.history :] if env.history else []
     padded = [history[0] if history else (now.dice, now.lr)] * (env.history - len(padded)) + padded
     for dice, lr in reversed(padded):
         values += [dice, encode_lr(env, lr)]
@@ -230,6 +241,7 @@ class ControlState:
         and ``env.val_spike`` x the last healthy slice's; before the first, the untrained network's validation
         loss); inf where the factor is 0, rollbacks are off, or the healthy loss is not > 0 (a perfect or an
         undefined fit gives no scale to call a spike against: ``factor x 0`` would undo every later slice)."""
+
         def limit(factor: float, healthy: float) -> float:
             on = factor and healthy > 0 and self.env.on_divergence == "rollback"
             return factor * healthy if on else math.inf

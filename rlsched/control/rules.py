@@ -38,9 +38,11 @@ class ScriptedRule:
 
     def __post_init__(self) -> None:
         if self.env.action == "continuous" or (self.env.action == "discrete" and 1.0 not in self.env.factors):
-            raise ValueError("the scripted rule needs env.action = 'absolute' or 'residual', or 'discrete' with a "
-                             f"factor of 1.0 among env.factors (got action={self.env.action!r}, "
-                             f"factors={self.env.factors})")
+            raise ValueError(
+                "the scripted rule needs env.action = 'absolute' or 'residual', or 'discrete' with a "
+                f"factor of 1.0 among env.factors (got action={self.env.action!r}, "
+                f"factors={self.env.factors})"
+            )
 
     def action(self, lr: float, target: float | None = None, suggested: float | None = None) -> int:
         """The action from LR ``lr`` towards ``target`` (default: the rule's own); ``suggested``: the suggested
@@ -57,9 +59,16 @@ class ScriptedRule:
     def actions(self, raw_obs: np.ndarray) -> np.ndarray:
         """One action per row of raw (unnormalised) observations, from their LR features."""
         residual = self.env.action == "residual"
-        return np.array([self.action(decode_lr(self.env, float(row[LOG_LR])), self._target(row),
-                                     self._suggested(row) if residual else None)
-                         for row in np.atleast_2d(raw_obs)])
+        return np.array(
+            [
+                self.action(
+                    decode_lr(self.env, float(row[LOG_LR])),
+                    self._target(row),
+                    self._suggested(row) if residual else None,
+                )
+                for row in np.atleast_2d(raw_obs)
+            ]
+        )
 
     def _suggested(self, row: np.ndarray) -> float | None:
         """The suggested LR once the first slice measured it (before, the feature holds the current LR)."""

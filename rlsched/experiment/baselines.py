@@ -36,8 +36,13 @@ Overrides = tuple[tuple[str, str], ...]
 
 NNUNET_LR = 1e-2
 NNUNET_SCHEDULE = "poly"  # lr = base * (1 - step / steps) ** 0.9, nnU-Net's PolyLRScheduler
-NNUNET: Overrides = (("optim.name", "sgd"), ("optim.momentum", "0.99"), ("optim.nesterov", "true"),
-                     ("optim.weight_decay", "3e-05"), ("optim.grad_clip", "12.0"))
+NNUNET: Overrides = (
+    ("optim.name", "sgd"),
+    ("optim.momentum", "0.99"),
+    ("optim.nesterov", "true"),
+    ("optim.weight_decay", "3e-05"),
+    ("optim.grad_clip", "12.0"),
+)
 
 
 @dataclass
@@ -56,7 +61,9 @@ class RangeTestController:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"range test: unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"range test: unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
         self.name = self.name or f"range_test+{self.schedule}"
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
@@ -64,7 +71,9 @@ class RangeTestController:
         cfg = env.config.env
         sweep = range_test(env.trainer, cfg.lr_min, cfg.lr_max, self.batches)
         env.seconds += sweep.seconds
-        info.update(extra_epochs=sweep.epochs, range_test_batches=sweep.batches, range_test_lr=sweep.suggestion)
+        info.update(
+            extra_epochs=sweep.epochs, range_test_batches=sweep.batches, range_test_lr=sweep.suggestion
+        )
         self._follow = ScheduleController(self.schedule, sweep.suggestion, name=self.name)
         self._follow.start(env, info)
 
@@ -86,12 +95,16 @@ class RecipeController:
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
         if with_overrides(env.config, self.needs) != env.config:
-            raise ValueError(f"job {self.name!r} must run in an env built with {dict(self.needs)}: make the job with "
-                             "rlsched.experiment.baselines.method_job, whose overrides run_jobs applies")
+            raise ValueError(
+                f"job {self.name!r} must run in an env built with {dict(self.needs)}: make the job with "
+                "rlsched.experiment.baselines.method_job, whose overrides run_jobs applies"
+            )
         cfg = env.config.env
         if not cfg.lr_min <= self.base_lr <= cfg.lr_max:
-            raise ValueError(f"job {self.name!r}: base LR {self.base_lr:g} lies outside env [lr_min, lr_max] = "
-                             f"[{cfg.lr_min:g}, {cfg.lr_max:g}] and would be clipped: method_job widens the range")
+            raise ValueError(
+                f"job {self.name!r}: base LR {self.base_lr:g} lies outside env [lr_min, lr_max] = "
+                f"[{cfg.lr_min:g}, {cfg.lr_max:g}] and would be clipped: method_job widens the range"
+            )
         self._follow = ScheduleController(self.schedule, self.base_lr, name=self.name)
         self._follow.start(env, info)
 
@@ -122,8 +135,15 @@ def _lr_range(env: EnvConfig, lr: float) -> Overrides:
     return ()
 
 
-def method_job(config: Config, kind: str, arg: str, method: str, instance: Instance, base_lr: float | None = None,
-               initial_lr: float | None = None) -> Job:
+def method_job(
+    config: Config,
+    kind: str,
+    arg: str,
+    method: str,
+    instance: Instance,
+    base_lr: float | None = None,
+    initial_lr: float | None = None,
+) -> Job:
     """The harness job of method ``kind`` (see the module docstring) on ``instance``, with the overrides it needs
     on top of ``config`` (the config ``run_jobs`` gets); checked here, before anything trains."""
     if kind == "range_test":

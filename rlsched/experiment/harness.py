@@ -14,13 +14,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from rlsched.control.rules import ScriptedRule
-from rlsched.control.env import Instance, UNetLREnv
-from rlsched.common.journal import journal_key
 from rlsched.agents.loading import Predictor
+from rlsched.common.journal import journal_key
+from rlsched.control.env import Instance, UNetLREnv
+from rlsched.control.rules import ScriptedRule
 from rlsched.seg.schedules import FixedSchedule
 from rlsched.seg.trainer import counted_dice
-
 
 
 class Controller(Protocol):
@@ -150,23 +149,38 @@ class EpisodeResult:
         return float(self.records[0].get("extra_epochs", 0.0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "instance": asdict(self.instance), "records": self.records,
-                "total_reward": self.total_reward, "seconds": self.seconds, "test_dice": self.test_dice}
+        return {
+            "method": self.method,
+            "instance": asdict(self.instance),
+            "records": self.records,
+            "total_reward": self.total_reward,
+            "seconds": self.seconds,
+            "test_dice": self.test_dice,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpisodeResult:
         """An episode from ``to_dict``; one journaled before test splits existed has no test Dice to report,
         and making one up would put validation numbers (or NaN) in a test column: refused."""
         if "test_dice" not in data:
-            raise ValueError(f"the {data['method']!r} episode on {data['instance']['split']} instance "
-                             f"{data['instance']['index']} was saved before test splits existed and has no test "
-                             "Dice: start a new comparison (or journal) instead of resuming the old one")
-        return cls(data["method"], Instance(**data["instance"]), data["records"], data["total_reward"],
-                   data["seconds"], data["test_dice"])
+            raise ValueError(
+                f"the {data['method']!r} episode on {data['instance']['split']} instance "
+                f"{data['instance']['index']} was saved before test splits existed and has no test "
+                "Dice: start a new comparison (or journal) instead of resuming the old one"
+            )
+        return cls(
+            data["method"],
+            Instance(**data["instance"]),
+            data["records"],
+            data["total_reward"],
+            data["seconds"],
+            data["test_dice"],
+        )
 
 
-def run_episode(env: UNetLREnv, controller: Controller, instance: Instance, initial_lr: float | None = None
-                ) -> EpisodeResult:
+def run_episode(
+    env: UNetLREnv, controller: Controller, instance: Instance, initial_lr: float | None = None
+) -> EpisodeResult:
     """Run one full episode of ``controller`` on ``instance`` (optionally forcing the initial LR), then score
     it once on the instance's test split: the controller has acted on validation alone."""
     options: dict[str, Any] = {"instance": instance}
@@ -189,16 +203,19 @@ class Job:
     """One episode to run, described by value so it can travel to a worker process."""
 
     method: str  # the name results are reported under
-    kind: str  # "policy" (arg = model path; "policy_sample": its sampled actions) | "schedule" (arg = schedule
-    # name) | "random" | "scripted" (base_lr = its target LR) | rlsched.experiment.baselines.KINDS (made by methods.method_job)
+    # "policy" (arg = model path; "policy_sample": its sampled actions) | "schedule" (arg = schedule name) |
+    # "random" | "scripted" (base_lr = its target LR) | experiment.baselines.KINDS (made by baselines.method_job)
+    kind: str
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
     initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
-    # config changes this episode trains under, as ("section.key", "TOML value") pairs (rlsched.experiment.baselines makes them)
+    # config changes this episode trains under, as ("section.key", "TOML value") pairs (experiment.baselines makes
+    # them)
     overrides: tuple[tuple[str, str], ...] = ()
     rollout: int = 0  # "policy_sample": which stochastic rollout of the policy (seeds its action sampling)
-    trust: bool = False  # policies: load with trust=True (the user allowed unpickling it); how, not what, it runs
+    # policies: load with trust=True (the user allowed unpickling it); how, not what, it runs
+    trust: bool = False
 
     @property
     def key(self) -> str:

@@ -24,14 +24,22 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from rlsched.agents.loading import Predictor, load_policy
+from rlsched.common.journal import Journal
 from rlsched.config import Config, with_overrides
 from rlsched.control.env import UNetLREnv
 from rlsched.control.rules import SUGGESTED_RULE
-from rlsched.experiment.harness import (Controller, EpisodeResult, Job, PolicyController, RandomController,
-                                        ScheduleController, ScriptedController, run_episode)
-from rlsched.common.journal import Journal
 from rlsched.experiment.baselines import KINDS, method_controller
-from rlsched.agents.loading import Predictor, load_policy
+from rlsched.experiment.harness import (
+    Controller,
+    EpisodeResult,
+    Job,
+    PolicyController,
+    RandomController,
+    ScheduleController,
+    ScriptedController,
+    run_episode,
+)
 
 BACKENDS = ("local", "ray")
 ATTEMPTS = 3  # runs of a job whose worker keeps dying before it is reported as failed
@@ -61,8 +69,9 @@ def _policy(path: str, trust: bool) -> Predictor:
 def make_controller(job: Job) -> Controller:
     if job.kind in ("policy", "policy_sample"):
         sampled = job.kind == "policy_sample"
-        return PolicyController(_policy(job.arg, job.trust), name=job.method, deterministic=not sampled,
-                                seed=job.rollout)
+        return PolicyController(
+            _policy(job.arg, job.trust), name=job.method, deterministic=not sampled, seed=job.rollout
+        )
     if job.kind == "schedule":
         return ScheduleController(job.arg, job.base_lr, name=job.method)
     if job.kind == "random":
@@ -73,8 +82,10 @@ def make_controller(job: Job) -> Controller:
         return ScriptedController(job.base_lr, name=job.method, follow_suggestion=job.arg == SUGGESTED_RULE)
     if job.kind in KINDS:
         return method_controller(job)
-    raise ValueError(f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random', 'scripted' or one of "
-                     f"{', '.join(map(repr, KINDS))}")
+    raise ValueError(
+        f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random', 'scripted' or one of "
+        f"{', '.join(map(repr, KINDS))}"
+    )
 
 
 # --------------------------------------------------------------------------------------------- one worker
@@ -119,7 +130,9 @@ def _worker_env(overrides: tuple[tuple[str, str], ...]) -> UNetLREnv:
     are pinned: in a family preset they apply after each instance's variant, so a method's optimizer wins."""
     assert _worker_config is not None, "worker not initialised"
     if overrides not in _worker_envs:
-        _worker_envs[overrides] = UNetLREnv(config=with_overrides(_worker_config, overrides), pinned=overrides)
+        _worker_envs[overrides] = UNetLREnv(
+            config=with_overrides(_worker_config, overrides), pinned=overrides
+        )
         while len(_worker_envs) > WORKER_ENVS:
             _worker_envs.popitem(last=False)
     _worker_envs.move_to_end(overrides)
@@ -158,17 +171,26 @@ class Retries:
         where = f"{job.method!r} on {job.instance.split} instance {job.instance.index}"
         if deaths >= self.attempts:
             del self.pending[index]
-            warnings.warn(f"the worker running {where} died {deaths} times ({reason}): reported as failed",
-                          stacklevel=2)
+            warnings.warn(
+                f"the worker running {where} died {deaths} times ({reason}): reported as failed", stacklevel=2
+            )
             return JobFailure(job, deaths, reason)
-        warnings.warn(f"the worker running {where} died ({reason}): retrying, attempt {deaths + 1} of "
-                      f"{self.attempts}", stacklevel=2)
+        warnings.warn(
+            f"the worker running {where} died ({reason}): retrying, attempt {deaths + 1} of {self.attempts}",
+            stacklevel=2,
+        )
         return None
 
 
-def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
-             on_result: Callable[[Job, Outcome], None] | None = None, backend: str = "local",
-             gpus_per_worker: float = 0.0, attempts: int = ATTEMPTS) -> list[Outcome]:
+def run_jobs(
+    config: Config,
+    jobs: list[Job],
+    workers: int = 1,
+    on_result: Callable[[Job, Outcome], None] | None = None,
+    backend: str = "local",
+    gpus_per_worker: float = 0.0,
+    attempts: int = ATTEMPTS,
+) -> list[Outcome]:
     """Run every job, in ``workers`` one-thread processes (small UNets train fastest that way on CPUs) or,
     with ``backend="ray"``, one-CPU Ray actors (a cluster) holding ``gpus_per_worker`` of a GPU each.
     ``on_result`` sees each outcome the moment it exists (to persist it); the list comes back in job order."""
@@ -189,13 +211,21 @@ def run_jobs(config: Config, jobs: list[Job], workers: int = 1,
     return outcomes  # type: ignore[return-value]
 
 
-def run_journaled(config: Config, jobs: list[Job], journal: Journal, workers: int = 1,
-                  on_result: Callable[[Job, Outcome], None] | None = None, **options: Any
-                  ) -> tuple[list[Outcome], int]:
+def run_journaled(
+    config: Config,
+    jobs: list[Job],
+    journal: Journal,
+    workers: int = 1,
+    on_result: Callable[[Job, Outcome], None] | None = None,
+    **options: Any,
+) -> tuple[list[Outcome], int]:
     """``run_jobs`` for long batches: the jobs ``journal`` holds are read back, the others run and are journaled
     the moment each finishes (failures are not: a resume retries them). Also returns how many were read back."""
-    done = {i: EpisodeResult.from_dict(journal.get(job.key)["result"])
-            for i, job in enumerate(jobs) if job.key in journal}
+    done = {
+        i: EpisodeResult.from_dict(journal.get(job.key)["result"])
+        for i, job in enumerate(jobs)
+        if job.key in journal
+    }
 
     def finished(job: Job, outcome: Outcome) -> None:
         if isinstance(outcome, EpisodeResult):
@@ -213,13 +243,19 @@ def episodes(outcomes: list[Outcome]) -> list[EpisodeResult]:
     failed = [o for o in outcomes if isinstance(o, JobFailure)]
     if failed:
         names = ", ".join(f"{f.method} (instance {f.job.instance.index})" for f in failed)
-        raise RuntimeError(f"{len(failed)} job(s) failed: their worker died {failed[0].attempts} times: {names}; "
-                           "free memory (fewer --workers) and run again")
+        raise RuntimeError(
+            f"{len(failed)} job(s) failed: their worker died {failed[0].attempts} times: {names}; "
+            "free memory (fewer --workers) and run again"
+        )
     return outcomes  # type: ignore[return-value]
 
 
-def _iter_local(config: Config, jobs: list[Job], workers: int, attempts: int) -> Iterator[tuple[int, Outcome]]:
-    if workers <= 1 or len(jobs) <= 1:  # in this process: nothing to survive, the caller's resume covers a kill
+def _iter_local(
+    config: Config, jobs: list[Job], workers: int, attempts: int
+) -> Iterator[tuple[int, Outcome]]:
+    if (
+        workers <= 1 or len(jobs) <= 1
+    ):  # in this process: nothing to survive, the caller's resume covers a kill
         init_worker(config, config.env.torch_threads or torch.get_num_threads())
         for index, job in enumerate(jobs):
             yield index, run_job(job)
@@ -241,17 +277,20 @@ def _iter_local(config: Config, jobs: list[Job], workers: int, attempts: int) ->
                     yield index, failure
             crashes += not culprits
             if crashes >= attempts:
-                raise RuntimeError(f"worker processes died {crashes} times between jobs: check memory and "
-                                   "the machine's logs")
+                raise RuntimeError(
+                    f"worker processes died {crashes} times between jobs: check memory and the machine's logs"
+                )
 
 
-def _iter_pool(config: Config, retries: Retries, workers: int, context: Any, markers: str
-               ) -> Iterator[tuple[int, EpisodeResult]]:
+def _iter_pool(
+    config: Config, retries: Retries, workers: int, context: Any, markers: str
+) -> Iterator[tuple[int, EpisodeResult]]:
     """Run the pending jobs in one pool until they are done or a worker dies (then the caller starts a new
     pool for the rest). The pool's workers are terminated on every way out, a Ctrl-C included."""
     before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
-                               initargs=(config, 1, markers, os.getpid()))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=init_worker, initargs=(config, 1, markers, os.getpid())
+    )
     finished = False
     try:
         futures = {pool.submit(_run_marked, index, job): index for index, job in retries.pending.items()}
@@ -281,8 +320,9 @@ class EpisodeWorker:
         return run_job(job)
 
 
-def _iter_ray(config: Config, jobs: list[Job], workers: int, gpus_per_worker: float, attempts: int
-              ) -> Iterator[tuple[int, Outcome]]:
+def _iter_ray(
+    config: Config, jobs: list[Job], workers: int, gpus_per_worker: float, attempts: int
+) -> Iterator[tuple[int, Outcome]]:
     """Run ``jobs`` on up to ``workers`` one-CPU Ray actors (capped at what the cluster's CPUs, and GPUs when
     ``gpus_per_worker`` > 0, hold); a dead actor is replaced and its job retried. Ray assigns a GPU only to an
     actor that asks for one: without ``gpus_per_worker`` an actor sees no GPU (older Ray empties

@@ -97,26 +97,37 @@ def _train_instances(config: Config, instances: int | Sequence[Instance]) -> lis
         return pool[:instances]
     leaked = [i for i in instances if i.split != "train"]
     if leaked or not instances:
-        raise ValueError(f"the search tunes on train instances only, got {leaked or 'none'}: held-out instances "
-                         "are for evaluation")
+        raise ValueError(
+            f"the search tunes on train instances only, got {leaked or 'none'}: held-out instances "
+            "are for evaluation"
+        )
     return list(instances)
 
 
-def search(config: Config, budget_epochs: int, instances: int | Sequence[Instance] = 1,
-           schedules: Sequence[str] = tuple(SCHEDULES), seed: int = 0, pruner: optuna.pruners.BasePruner | None = None
-           ) -> SearchResult:
+def search(
+    config: Config,
+    budget_epochs: int,
+    instances: int | Sequence[Instance] = 1,
+    schedules: Sequence[str] = tuple(SCHEDULES),
+    seed: int = 0,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> SearchResult:
     """TPE (seeded, so reproducible) over ``schedules`` x a log-uniform base LR in the preset's initial-LR range,
     pruned by the median rule (Optuna's defaults), until ``budget_epochs`` trained epochs are spent."""
     optuna = require_optuna()
     unknown = [s for s in schedules if s not in SCHEDULES]
     if unknown or not schedules:
-        raise ValueError(f"search: unknown schedule(s) {unknown or 'none given'}; choose from {', '.join(SCHEDULES)}")
+        raise ValueError(
+            f"search: unknown schedule(s) {unknown or 'none given'}; choose from {', '.join(SCHEDULES)}"
+        )
     chosen = _train_instances(config, instances)
     cfg = config.env
     trial_epochs = cfg.epochs * len(chosen)
     if budget_epochs < trial_epochs:
-        raise ValueError(f"budget_epochs={budget_epochs} does not cover one trial ({cfg.epochs} epochs x "
-                         f"{len(chosen)} instance(s) = {trial_epochs}): raise the budget or use fewer instances")
+        raise ValueError(
+            f"budget_epochs={budget_epochs} does not cover one trial ({cfg.epochs} epochs x "
+            f"{len(chosen)} instance(s) = {trial_epochs}): raise the budget or use fewer instances"
+        )
     env = UNetLREnv(config=config)
     spent = 0
 
@@ -128,8 +139,9 @@ def search(config: Config, budget_epochs: int, instances: int | Sequence[Instanc
         used = 0
         try:
             for k, instance in enumerate(chosen):
-                controller = _Reporting(ScheduleController(schedule, lr), trial, k * cfg.steps,
-                                        budget_epochs - spent - used)
+                controller = _Reporting(
+                    ScheduleController(schedule, lr), trial, k * cfg.steps, budget_epochs - spent - used
+                )
                 try:
                     finals.append(run_episode(env, controller, instance).final_dice)
                 finally:
@@ -146,9 +158,14 @@ def search(config: Config, budget_epochs: int, instances: int | Sequence[Instanc
             trial.set_user_attr("epochs", used)
         return float(np.mean(finals))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would drown the caller's progress bar
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=pruner or optuna.pruners.MedianPruner())
+    optuna.logging.set_verbosity(
+        optuna.logging.WARNING
+    )  # a line per trial would drown the caller's progress bar
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner or optuna.pruners.MedianPruner(),
+    )
     while budget_epochs - spent >= cfg.epochs_per_step:
         study.optimize(objective, n_trials=1)
     trials = tuple(_record(t) for t in study.trials)
@@ -162,5 +179,11 @@ def search(config: Config, budget_epochs: int, instances: int | Sequence[Instanc
 def _record(trial: optuna.trial.FrozenTrial) -> Trial:
     complete = trial.state.name == "COMPLETE"
     state = "complete" if complete else "budget" if trial.user_attrs.get("budget") else "pruned"
-    return Trial(trial.number, trial.params["schedule"], trial.params["base_lr"], state, trial.user_attrs["epochs"],
-                 trial.value if complete else math.nan)
+    return Trial(
+        trial.number,
+        trial.params["schedule"],
+        trial.params["base_lr"],
+        state,
+        trial.user_attrs["epochs"],
+        trial.value if complete else math.nan,
+    )

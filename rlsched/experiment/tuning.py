@@ -17,7 +17,8 @@ from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import Outcome, episodes, run_jobs
 from rlsched.seg.schedules import SCHEDULES, lr_grid
 
-SCRIPTED = "scripted"  # Job kind of the scripted rules (control.rules.ScriptedRule), their target LR tuned like a base LR
+# the Job kind of the scripted rules (control.rules.ScriptedRule), their target LR tuned like a base LR
+SCRIPTED = "scripted"
 TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -55,15 +56,19 @@ class Tuning:
         return name, lrs[name]
 
 
-
-def tune_base_lrs(config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance],
-                  run: Run) -> Tuning:
+def tune_base_lrs(
+    config: Config, schedules: tuple[str, ...], grid: list[float], instances: list[Instance], run: Run
+) -> Tuning:
     """Grid-search each schedule's base LR on train instances (never the held-out ones it is judged on), by
     validation Dice: a choice, so never by test Dice. Scores are the mean final validation Dice and the mean
     area under the validation Dice curve (the tie-break). An LR whose every run failed (dead workers) scores
     -inf: it cannot be chosen."""
-    jobs = [Job(f"{name}@{lr:g}", tuned_kind(name), name, instance, base_lr=lr)
-            for name in schedules for lr in grid for instance in instances]
+    jobs = [
+        Job(f"{name}@{lr:g}", tuned_kind(name), name, instance, base_lr=lr)
+        for name in schedules
+        for lr in grid
+        for instance in instances
+    ]
     curves: dict[str, dict[float, list[np.ndarray]]] = {s: {lr: [] for lr in grid} for s in schedules}
     for job, result in zip(jobs, run(jobs)):
         if isinstance(result, EpisodeResult):
@@ -85,8 +90,9 @@ def search_grid(config: Config, per_decade: int) -> list[float]:
     return sorted({min(max(lr, env.lr_min), env.lr_max) for lr in grid})
 
 
-def search_target(config: Config, instances: int, workers: int, rule: str = "scripted"
-                  ) -> tuple[float, list[EpisodeResult]]:
+def search_target(
+    config: Config, instances: int, workers: int, rule: str = "scripted"
+) -> tuple[float, list[EpisodeResult]]:
     """The target LR of scripted rule ``rule`` (``control.rules.SCRIPTED_RULES``), grid-searched on the first
     ``instances`` *train* instances like a fixed schedule's base LR in ``rlsched.compare`` (one point per decade
     of the initial-LR range); returns the target and the episodes it cost."""
@@ -94,7 +100,7 @@ def search_target(config: Config, instances: int, workers: int, rule: str = "scr
 
     def run(jobs: list[Job]) -> list[EpisodeResult]:
         spent.extend(episodes(run_jobs(config, jobs, workers)))
-        return spent[-len(jobs):]
+        return spent[-len(jobs) :]
 
     train = make_instances(config, "train")[:instances]
     tuning = tune_base_lrs(config, (rule,), search_grid(config, 1), train, run)

@@ -41,8 +41,9 @@ try:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities.model_helpers import is_overridden
 except ImportError as err:  # an optional extra
-    raise ImportError("rlsched.integrations.lightning needs Lightning: "
-                      "pip install 'rlsched[lightning]'") from err
+    raise ImportError(
+        "rlsched.integrations.lightning needs Lightning: pip install 'rlsched[lightning]'"
+    ) from err
 
 from rlsched.scheduler import RLScheduler
 
@@ -62,9 +63,14 @@ class RLSchedulerCallback(pl.Callback):
     optimizer state come back, the epoch stays spent.
     """
 
-    def __init__(self, train_loss: str = "train_loss", val_loss: str = "val_loss", score: str = "val_dice",
-                 controller: str | Path | SchedulerFactory = "pretrained",
-                 total_epochs: int | None = None) -> None:
+    def __init__(
+        self,
+        train_loss: str = "train_loss",
+        val_loss: str = "val_loss",
+        score: str = "val_dice",
+        controller: str | Path | SchedulerFactory = "pretrained",
+        total_epochs: int | None = None,
+    ) -> None:
         self.names = {"train_loss": train_loss, "val_loss": val_loss, "dice": score}
         self.controller, self.total_epochs = controller, total_epochs
         self.scheduler: RLScheduler | None = None
@@ -82,27 +88,41 @@ class RLSchedulerCallback(pl.Callback):
         self.scheduler = None
         self._reset()
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"RLSchedulerCallback steers one optimizer, but configure_optimizers gave "
-                             f"{len(trainer.optimizers)}: return one (param groups are fine: they keep "
-                             "their LR ratios)")
+            raise ValueError(
+                f"RLSchedulerCallback steers one optimizer, but configure_optimizers gave "
+                f"{len(trainer.optimizers)}: return one (param groups are fine: they keep "
+                "their LR ratios)"
+            )
         if trainer.lr_scheduler_configs:
             kinds = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
-            raise ValueError(f"configure_optimizers returns an LR scheduler ({kinds}) for the optimizer "
-                             "RLSchedulerCallback steers: return only the optimizer, the controller sets "
-                             "the LR")
+            raise ValueError(
+                f"configure_optimizers returns an LR scheduler ({kinds}) for the optimizer "
+                "RLSchedulerCallback steers: return only the optimizer, the controller sets "
+                "the LR"
+            )
         interval = trainer.val_check_interval
-        if (getattr(trainer, "_val_check_time_interval", None) is not None or not isinstance(interval, float)
-                or interval != 1.0 or trainer.check_val_every_n_epoch != 1):
-            raise ValueError(f"RLSchedulerCallback decides once per epoch from that epoch's validation, but "
-                             f"val_check_interval={interval!r}, check_val_every_n_epoch="
-                             f"{trainer.check_val_every_n_epoch!r}: use Lightning's defaults (1.0 and 1)")
+        if (
+            getattr(trainer, "_val_check_time_interval", None) is not None
+            or not isinstance(interval, float)
+            or interval != 1.0
+            or trainer.check_val_every_n_epoch != 1
+        ):
+            raise ValueError(
+                f"RLSchedulerCallback decides once per epoch from that epoch's validation, but "
+                f"val_check_interval={interval!r}, check_val_every_n_epoch="
+                f"{trainer.check_val_every_n_epoch!r}: use Lightning's defaults (1.0 and 1)"
+            )
         if trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module):
-            raise ValueError("RLSchedulerCallback reads validation numbers, but this run never validates: "
-                             "define validation_step, pass val_dataloaders and keep limit_val_batches > 0")
+            raise ValueError(
+                "RLSchedulerCallback reads validation numbers, but this run never validates: "
+                "define validation_step, pass val_dataloaders and keep limit_val_batches > 0"
+            )
         if self.total_epochs is None and not (trainer.max_epochs and trainer.max_epochs > 0):
-            raise ValueError(f"RLSchedulerCallback needs the epoch budget, but max_epochs="
-                             f"{trainer.max_epochs}: pass Trainer(max_epochs=N) or "
-                             "RLSchedulerCallback(total_epochs=N)")
+            raise ValueError(
+                f"RLSchedulerCallback needs the epoch budget, but max_epochs="
+                f"{trainer.max_epochs}: pass Trainer(max_epochs=N) or "
+                "RLSchedulerCallback(total_epochs=N)"
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Built here, after Lightning restored a checkpoint's weights and optimizer state: the update
@@ -119,17 +139,20 @@ class RLSchedulerCallback(pl.Callback):
             self._saved = None
 
     @torch.no_grad()
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32)
-                                                         for g in grads]))
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+            )
             self._grad_norm_sum = norm if self._grad_norm_sum is None else self._grad_norm_sum + norm
             self._grad_steps += 1
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._train_loss_per_step is None:  # a metric logged on_epoch only appears at epoch end
             self._train_loss_per_step = self.names["train_loss"] in trainer.callback_metrics
 
@@ -140,8 +163,10 @@ class RLSchedulerCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.scheduler is not None
         if not self._validated:
-            raise ValueError(f"RLSchedulerCallback: epoch {trainer.current_epoch} ended without validation "
-                             "(no validation batches?): the controller needs each epoch's validation")
+            raise ValueError(
+                f"RLSchedulerCallback: epoch {trainer.current_epoch} ended without validation "
+                "(no validation batches?): the controller needs each epoch's validation"
+            )
         self._validated = False
         grad_norm = float(self._grad_norm_sum) / self._grad_steps if self._grad_steps else 0.0
         self._grad_norm_sum, self._grad_steps = None, 0
@@ -157,13 +182,17 @@ class RLSchedulerCallback(pl.Callback):
         if self._train_loss_per_step:
             names["train_loss"] = f"{names['train_loss']}_epoch"  # logged on_step and on_epoch
             if names["train_loss"] not in metrics:
-                raise ValueError(f"RLSchedulerCallback: {self.names['train_loss']!r} is logged per step "
-                                 "only; log it with on_epoch=True so the controller reads the epoch's mean")
+                raise ValueError(
+                    f"RLSchedulerCallback: {self.names['train_loss']!r} is logged per step "
+                    "only; log it with on_epoch=True so the controller reads the epoch's mean"
+                )
         missing = ", ".join(repr(name) for name in names.values() if name not in metrics)
         if missing:
-            raise ValueError(f"RLSchedulerCallback: no logged metric {missing}; logged: "
-                             f"{', '.join(sorted(metrics)) or 'nothing'}: pass the names your self.log "
-                             "calls use")
+            raise ValueError(
+                f"RLSchedulerCallback: no logged metric {missing}; logged: "
+                f"{', '.join(sorted(metrics)) or 'nothing'}: pass the names your self.log "
+                "calls use"
+            )
         return {key: float(metrics[name]) for key, name in names.items()}
 
     def state_dict(self) -> dict[str, Any]:

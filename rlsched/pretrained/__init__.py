@@ -27,12 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from rlsched.agents.policy_meta import meta_path
-from rlsched.config import load_config
 from rlsched.common.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from rlsched.config import load_config
 
 ENV_VAR = "RLSCHED_PRETRAINED_DIR"
 AGENT_NAME = "pretrained"  # what --agent and load_policy take for the shipped controller
-MODEL, NORM, CONFIG, PROVENANCE = "controller.zip", "controller.obs_norm.json", "controller.toml", "controller.json"
+MODEL, NORM, CONFIG, PROVENANCE = (
+    "controller.zip",
+    "controller.obs_norm.json",
+    "controller.toml",
+    "controller.json",
+)
 META = "controller.policy.json"  # agents.policy_meta.meta_path of MODEL
 HOW_TO_EXPORT = "python -m rlsched.pretrained --export runs/<run-id>"
 
@@ -46,8 +51,10 @@ def controller_path(folder: Path | str | None = None) -> Path:
     """The shipped ``controller.zip``: a clear error when none (or an interrupted export) is there."""
     folder = Path(folder) if folder else pretrained_dir()
     if not all((folder / name).is_file() for name in (PROVENANCE, MODEL, CONFIG)):
-        raise FileNotFoundError(f"no pretrained controller is shipped in {folder}: export a finished SB3 run into "
-                                f"it with {HOW_TO_EXPORT} (or load a run's model.zip with RLScheduler.load)")
+        raise FileNotFoundError(
+            f"no pretrained controller is shipped in {folder}: export a finished SB3 run into "
+            f"it with {HOW_TO_EXPORT} (or load a run's model.zip with RLScheduler.load)"
+        )
     return folder / MODEL
 
 
@@ -74,7 +81,9 @@ def export(run_dir: Path | str, dest: Path | str | None = None) -> dict[str, Any
         "preset": load_config(run_dir / "config.toml").name,
         "args": args,
         "training_episodes": len(records),
-        "training_epochs": sum(int(r["epochs"]) for r in records),  # what compare charges it before evaluation
+        "training_epochs": sum(
+            int(r["epochs"]) for r in records
+        ),  # what compare charges it before evaluation
         "observations_normalised": normalised,
         "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "trained": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(model.stat().st_mtime)),
@@ -82,7 +91,9 @@ def export(run_dir: Path | str, dest: Path | str | None = None) -> dict[str, Any
         "git_commit": _git_commit(),  # of the rlsched checkout that exported it; None outside a git checkout
     }
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / PROVENANCE).unlink(missing_ok=True)  # until the last write below, the folder reads as "none shipped"
+    (dest / PROVENANCE).unlink(
+        missing_ok=True
+    )  # until the last write below, the folder reads as "none shipped"
     atomic_write_bytes(dest / MODEL, model.read_bytes())
     if normalised:
         atomic_write_bytes(dest / NORM, (run_dir / "model.obs_norm.json").read_bytes())
@@ -100,34 +111,51 @@ def export(run_dir: Path | str, dest: Path | str | None = None) -> dict[str, Any
 def _check_run(run_dir: Path) -> dict[str, Any]:
     """Refuse anything but a finished SB3 run, naming the fix; returns its ``args.json``."""
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such folder; pass a run directory of python -m rlsched.train "
-                                "(runs/<run-id>)")
+        raise FileNotFoundError(
+            f"{run_dir}: no such folder; pass a run directory of python -m rlsched.train (runs/<run-id>)"
+        )
     if not (run_dir / "model.zip").is_file():
         if (run_dir / "model.pt").is_file() or (run_dir / "model.rllib").is_dir():
-            raise ValueError(f"{run_dir}: a reference-PPO or RLlib run; only SB3 policies (model.zip) are shipped: "
-                             "train one with python -m rlsched.train (--algo sb3, --backend sb3: the defaults)")
+            raise ValueError(
+                f"{run_dir}: a reference-PPO or RLlib run; only SB3 policies (model.zip) are shipped: "
+                "train one with python -m rlsched.train (--algo sb3, --backend sb3: the defaults)"
+            )
         if (run_dir / "checkpoints" / "last.json").is_file():
-            raise FileNotFoundError(f"{run_dir}: the run has not finished (no model.zip, only a checkpoint); "
-                                    f"finish it with python -m rlsched.train --resume {run_dir}")
-        raise FileNotFoundError(f"{run_dir}: no model.zip; pass a finished run directory of python -m rlsched.train")
+            raise FileNotFoundError(
+                f"{run_dir}: the run has not finished (no model.zip, only a checkpoint); "
+                f"finish it with python -m rlsched.train --resume {run_dir}"
+            )
+        raise FileNotFoundError(
+            f"{run_dir}: no model.zip; pass a finished run directory of python -m rlsched.train"
+        )
     if not zipfile.is_zipfile(run_dir / "model.zip"):
         raise ValueError(f"{run_dir / 'model.zip'}: not an SB3 model (not a zip file)")
     for name in ("config.toml", "args.json", "episodes.jsonl"):
         if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir}: no {name}; python -m rlsched.train writes config.toml, args.json "
-                                    "and episodes.jsonl beside model.zip: export the whole run directory")
+            raise FileNotFoundError(
+                f"{run_dir}: no {name}; python -m rlsched.train writes config.toml, args.json "
+                "and episodes.jsonl beside model.zip: export the whole run directory"
+            )
     args = json.loads((run_dir / "args.json").read_text())
     if args.get("normalize_obs", True) and not (run_dir / "model.obs_norm.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: model.obs_norm.json is missing, and the policy trained on normalised "
-                                "observations: without its statistics it would act on features at the wrong scale. "
-                                "Restore the file from where the run was trained, or retrain")
+        raise FileNotFoundError(
+            f"{run_dir}: model.obs_norm.json is missing, and the policy trained on normalised "
+            "observations: without its statistics it would act on features at the wrong scale. "
+            "Restore the file from where the run was trained, or retrain"
+        )
     return args
 
 
 def _git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None

@@ -52,9 +52,11 @@ def check_memory(cfg: DataConfig, n_images: int, fewer: str) -> None:
     needed = _BUILD_FACTOR[cfg.source] * pixels * (4 * cfg.channels + label_planes)
     free = available_memory()
     if free is not None and needed > free:
-        raise DatasetError(f"[data] image_size={cfg.image_size} with {n_images} images needs about "
-                           f"{_bytes_text(needed)} of memory to build the dataset and {_bytes_text(free)} is "
-                           f"available: lower data.image_size or {fewer}")
+        raise DatasetError(
+            f"[data] image_size={cfg.image_size} with {n_images} images needs about "
+            f"{_bytes_text(needed)} of memory to build the dataset and {_bytes_text(free)} is "
+            f"available: lower data.image_size or {fewer}"
+        )
 
 
 def _bytes_text(size: float) -> str:
@@ -86,15 +88,16 @@ class SegmentationData:
     ignore_index: int
 
 
-def pack_dataset(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int,
-                 n_val: int) -> SegmentationData:
+def pack_dataset(
+    cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train: int, n_val: int
+) -> SegmentationData:
     """Wrap raw images (N, C, H, W) and uint8 masks as tensors: the first ``n_train`` form the train split, the
     next ``n_val`` the validation split and the rest the test split.
 
     Every source ends here so all share one rule: per-channel zero mean / unit variance computed on the train
     split only (neither held-out split may leak into training) and applied to all three.
     """
-    train, val, test = images[:n_train], images[n_train:n_train + n_val], images[n_train + n_val:]
+    train, val, test = images[:n_train], images[n_train : n_train + n_val], images[n_train + n_val :]
     mean = train.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
     std = np.maximum(train.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64), 1e-6)
 
@@ -105,10 +108,12 @@ def pack_dataset(cfg: DataConfig, images: np.ndarray, masks: np.ndarray, n_train
         train_images=tensor(((train - mean) / std).astype(np.float32)),
         train_masks=tensor(masks[:n_train]),
         val_images=tensor(((val - mean) / std).astype(np.float32)),
-        val_masks=tensor(masks[n_train:n_train + n_val]),
+        val_masks=tensor(masks[n_train : n_train + n_val]),
         test_images=tensor(((test - mean) / std).astype(np.float32)),
-        test_masks=tensor(masks[n_train + n_val:]),
-        task=cfg.task, classes=cfg.classes, ignore_index=cfg.ignore_index,
+        test_masks=tensor(masks[n_train + n_val :]),
+        task=cfg.task,
+        classes=cfg.classes,
+        ignore_index=cfg.ignore_index,
     )
 
 
@@ -127,17 +132,22 @@ def summary(cfg: DataConfig, data: SegmentationData) -> str:
     if data.task == "multilabel":  # (N, K, H, W): a pixel is ignored when all K planes say so
         total = sum(m[:, 0].numel() for m in masks)
         ignored = sum(int((m == data.ignore_index).all(dim=1).sum()) for m in masks)
-        shares = [(f"label {k + 1}", sum(int((m[:, k] == 1).sum()) for m in masks) / total)
-                  for k in range(data.classes)]
+        shares = [
+            (f"label {k + 1}", sum(int((m[:, k] == 1).sum()) for m in masks) / total)
+            for k in range(data.classes)
+        ]
     else:
         total = sum(m.numel() for m in masks)
         counts = sum(torch.bincount(m.flatten().long(), minlength=256) for m in masks)
         ignored = int(counts[data.ignore_index])
-        names = ["background"] + (["foreground"] if data.task == "binary" else
-                                  [f"class {k}" for k in range(1, data.classes + 1)])
+        names = ["background"] + (
+            ["foreground"] if data.task == "binary" else [f"class {k}" for k in range(1, data.classes + 1)]
+        )
         shares = [(name, int(counts[k]) / total) for k, name in enumerate(names)]
     classes = ", ".join(f"{name} {share_text(share)}" for name, share in shares[:9])
     more = f" (+{len(shares) - 9} more)" if len(shares) > 9 else ""
-    return (f"data: {source}, {data.task}: {sum(n)} images of {size[0]}x{size[1]}x{data.train_images.shape[1]} "
-            f"({n[0]} train, {n[1]} validation, {n[2]} test); pixels: {classes}{more}, ignored "
-            f"{share_text(ignored / total)}")
+    return (
+        f"data: {source}, {data.task}: {sum(n)} images of {size[0]}x{size[1]}x{data.train_images.shape[1]} "
+        f"({n[0]} train, {n[1]} validation, {n[2]} test); pixels: {classes}{more}, ignored "
+        f"{share_text(ignored / total)}"
+    )

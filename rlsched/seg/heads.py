@@ -73,12 +73,18 @@ def _check_index_map(target: Tensor, task: str) -> None:
     if target.ndim == 3:
         return
     if target.ndim == 4 and shape[1] == 1:
-        raise TargetError(f"{task} target has shape {shape} = (N, 1, H, W); pass (N, H, W) class-index maps: "
-                          "target.squeeze(1)")
+        raise TargetError(
+            f"{task} target has shape {shape} = (N, 1, H, W); pass (N, H, W) class-index maps: "
+            "target.squeeze(1)"
+        )
     if target.ndim == 2:
-        raise TargetError(f"{task} target has shape {shape} = (H, W); add the batch dimension: target.unsqueeze(0)")
-    raise TargetError(f"{task} target has shape {shape}; expected (N, H, W) class indices (one value per pixel, "
-                      "not one-hot channels)")
+        raise TargetError(
+            f"{task} target has shape {shape} = (H, W); add the batch dimension: target.unsqueeze(0)"
+        )
+    raise TargetError(
+        f"{task} target has shape {shape}; expected (N, H, W) class indices (one value per pixel, "
+        "not one-hot channels)"
+    )
 
 
 class Head(ABC):
@@ -92,8 +98,10 @@ class Head(ABC):
         if dice_weight < 0:
             raise ValueError(f"dice_weight={dice_weight}: must be >= 0 (0 disables the Dice term)")
         if not self.max_value < ignore_index <= 255:
-            raise ValueError(f"ignore_index={ignore_index} collides with the target values 0..{self.max_value} "
-                             f"(or does not fit in uint8); use a value in {self.max_value + 1}..255, e.g. 255")
+            raise ValueError(
+                f"ignore_index={ignore_index} collides with the target values 0..{self.max_value} "
+                f"(or does not fit in uint8); use a value in {self.max_value + 1}..255, e.g. 255"
+            )
         self.classes = classes
         self.dice_weight = dice_weight
         self.ignore_index = ignore_index
@@ -113,29 +121,37 @@ class Head(ABC):
         bad = (target > self.max_value) & (target != self.ignore_index)
         if bad.any():
             values = torch.unique(target[bad]).tolist()
-            raise TargetError(f"{self.task} target holds values {values[:8]}; allowed are 0..{self.max_value} and "
-                              f"ignore_index={self.ignore_index}. Remap the raw mask values to classes (for folder "
-                              "data, [data] mask_map, e.g. {\"255\" = 1}) or mark them as ignore_index")
+            raise TargetError(
+                f"{self.task} target holds values {values[:8]}; allowed are 0..{self.max_value} and "
+                f"ignore_index={self.ignore_index}. Remap the raw mask values to classes (for folder "
+                'data, [data] mask_map, e.g. {"255" = 1}) or mark them as ignore_index'
+            )
 
     def _check_layout(self, target: Tensor, logits: Tensor | None) -> None:
         if not isinstance(target, Tensor):
             raise TargetError(f"target is a {type(target).__name__}; pass a torch.uint8 tensor")
         if target.dtype != torch.uint8:
-            raise TargetError(f"{self.task} target has dtype {target.dtype}; masks are torch.uint8 class maps "
-                              "(not probabilities or one-hot floats). If the values are already integers in "
-                              "0..255, convert with target.to(torch.uint8)")
+            raise TargetError(
+                f"{self.task} target has dtype {target.dtype}; masks are torch.uint8 class maps "
+                "(not probabilities or one-hot floats). If the values are already integers in "
+                "0..255, convert with target.to(torch.uint8)"
+            )
         self._check_target_shape(target)
         if logits is not None:
             self._check_logits(logits)
             expected = self._target_shape(logits)
             if tuple(target.shape) != expected:
-                raise TargetError(f"target shape {tuple(target.shape)} does not match logits shape "
-                                  f"{tuple(logits.shape)}: a {self.task} head needs a target of shape {expected}")
+                raise TargetError(
+                    f"target shape {tuple(target.shape)} does not match logits shape "
+                    f"{tuple(logits.shape)}: a {self.task} head needs a target of shape {expected}"
+                )
 
     def _check_logits(self, logits: Tensor) -> None:
         if not (logits.is_floating_point() and logits.ndim == 4 and logits.shape[1] == self.out_channels):
-            raise TargetError(f"logits have shape {tuple(logits.shape)} and dtype {logits.dtype}; a {self.task} head "
-                              f"expects floating (N, {self.out_channels}, H, W) raw model outputs")
+            raise TargetError(
+                f"logits have shape {tuple(logits.shape)} and dtype {logits.dtype}; a {self.task} head "
+                f"expects floating (N, {self.out_channels}, H, W) raw model outputs"
+            )
 
     @abstractmethod
     def _check_target_shape(self, target: Tensor) -> None: ...
@@ -159,8 +175,9 @@ class _SigmoidHead(Head):
 
     max_value = 1
 
-    def __init__(self, classes: int, pos_weight: float, dice_weight: float, threshold: float,
-                 ignore_index: int) -> None:
+    def __init__(
+        self, classes: int, pos_weight: float, dice_weight: float, threshold: float, ignore_index: int
+    ) -> None:
         super().__init__(classes, dice_weight, ignore_index)
         if pos_weight < 0:
             raise ValueError(f"pos_weight={pos_weight}: must be >= 0 (0 disables it)")
@@ -180,7 +197,9 @@ class _SigmoidHead(Head):
         t = self._channels(target)
         valid = t != self.ignore_index
         pos_weight = z.new_tensor(self.pos_weight) if self.pos_weight > 0 else None
-        loss = F.binary_cross_entropy_with_logits(z, (t == 1).to(z.dtype), pos_weight=pos_weight, reduction="none")
+        loss = F.binary_cross_entropy_with_logits(
+            z, (t == 1).to(z.dtype), pos_weight=pos_weight, reduction="none"
+        )
         return _safe_divide(torch.where(valid, loss, 0.0).sum(), valid.sum())
 
     def _dice_loss(self, z: Tensor, target: Tensor) -> Tensor:
@@ -198,8 +217,13 @@ class BinaryHead(_SigmoidHead):
     task = "binary"
     out_channels = 1
 
-    def __init__(self, pos_weight: float = 0.0, dice_weight: float = 0.0, threshold: float = 0.5,
-                 ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        pos_weight: float = 0.0,
+        dice_weight: float = 0.0,
+        threshold: float = 0.5,
+        ignore_index: int = 255,
+    ) -> None:
         super().__init__(1, pos_weight, dice_weight, threshold, ignore_index)
 
     def _check_target_shape(self, target: Tensor) -> None:
@@ -222,8 +246,9 @@ class MultilabelHead(_SigmoidHead):
 
     task = "multilabel"
 
-    def __init__(self, classes: int, dice_weight: float = 0.0, threshold: float = 0.5,
-                 ignore_index: int = 255) -> None:
+    def __init__(
+        self, classes: int, dice_weight: float = 0.0, threshold: float = 0.5, ignore_index: int = 255
+    ) -> None:
         if classes < 1:
             raise ValueError(f"classes={classes}: a multilabel head needs at least 1 label")
         self.out_channels = classes
@@ -233,17 +258,23 @@ class MultilabelHead(_SigmoidHead):
         super().validate_target(target, logits)
         ignored = target == self.ignore_index
         if (ignored.any(1) != ignored.all(1)).any():
-            raise TargetError(f"multilabel target ignores some pixels in only some channels; an ignored pixel "
-                              f"must be ignore_index={self.ignore_index} in all {self.classes} channels")
+            raise TargetError(
+                f"multilabel target ignores some pixels in only some channels; an ignored pixel "
+                f"must be ignore_index={self.ignore_index} in all {self.classes} channels"
+            )
 
     def _check_target_shape(self, target: Tensor) -> None:
         shape = tuple(target.shape)
         if target.ndim == 3:
-            raise TargetError(f"multilabel target has shape {shape}; expected (N, {self.classes}, H, W), one 0/1 map "
-                              "per label (an (N, H, W) class-index map belongs to task='multiclass')")
+            raise TargetError(
+                f"multilabel target has shape {shape}; expected (N, {self.classes}, H, W), one 0/1 map "
+                "per label (an (N, H, W) class-index map belongs to task='multiclass')"
+            )
         if target.ndim != 4 or shape[1] != self.classes:
-            raise TargetError(f"multilabel target has shape {shape}; expected (N, {self.classes}, H, W) "
-                              f"for classes={self.classes}")
+            raise TargetError(
+                f"multilabel target has shape {shape}; expected (N, {self.classes}, H, W) "
+                f"for classes={self.classes}"
+            )
 
     def _target_shape(self, logits: Tensor) -> tuple[int, ...]:
         return tuple(logits.shape)
@@ -261,16 +292,24 @@ class MulticlassHead(Head):
 
     task = "multiclass"
 
-    def __init__(self, classes: int, class_weights: tuple[float, ...] = (), label_smoothing: float = 0.0,
-                 dice_weight: float = 0.0, ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        classes: int,
+        class_weights: tuple[float, ...] = (),
+        label_smoothing: float = 0.0,
+        dice_weight: float = 0.0,
+        ignore_index: int = 255,
+    ) -> None:
         if classes < 1:
             raise ValueError(f"classes={classes}: a multiclass head needs at least 1 foreground class")
         self.out_channels = classes + 1
         self.max_value = classes
         super().__init__(classes, dice_weight, ignore_index)
         if class_weights and len(class_weights) != classes + 1:
-            raise ValueError(f"class_weights has {len(class_weights)} entries but classes={classes} needs "
-                             f"{classes + 1}: background (class 0) first, then classes 1..{classes}")
+            raise ValueError(
+                f"class_weights has {len(class_weights)} entries but classes={classes} needs "
+                f"{classes + 1}: background (class 0) first, then classes 1..{classes}"
+            )
         if any(w < 0 for w in class_weights):
             raise ValueError(f"class_weights={tuple(class_weights)}: weights must be >= 0")
         if not 0 <= label_smoothing < 1:
@@ -291,8 +330,14 @@ class MulticlassHead(Head):
         labels = target.long()
         valid = target != self.ignore_index
         weight = z.new_tensor(self.class_weights) if self.class_weights else None
-        total = F.cross_entropy(z, labels, weight=weight, ignore_index=self.ignore_index,
-                                label_smoothing=self.label_smoothing, reduction="sum")
+        total = F.cross_entropy(
+            z,
+            labels,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+        )
         if weight is None:
             return _safe_divide(total, valid.sum())
         pixel_weight = torch.where(valid, weight[torch.where(valid, labels, 0)], 0.0)
@@ -301,7 +346,9 @@ class MulticlassHead(Head):
     def _dice_loss(self, z: Tensor, target: Tensor) -> Tensor:
         foreground = torch.arange(1, self.classes + 1, device=target.device).view(1, -1, 1, 1)
         truth = target.unsqueeze(1) == foreground  # ignore_index > K never matches a class
-        return soft_dice_loss(torch.softmax(z, dim=1)[:, 1:], truth, (target != self.ignore_index).unsqueeze(1))
+        return soft_dice_loss(
+            torch.softmax(z, dim=1)[:, 1:], truth, (target != self.ignore_index).unsqueeze(1)
+        )
 
     def predict(self, logits: Tensor) -> Tensor:
         """(N, K+1, H, W) logits -> (N, H, W) uint8 class indices."""
@@ -313,17 +360,30 @@ def make_head(data: DataConfig, loss: LossConfig) -> Head:
     """The head for ``data.task`` with the ``[loss]`` settings; settings another task would use are rejected,
     because silently ignoring them would run a different experiment from the one the preset describes."""
     if data.task != "binary" and loss.pos_weight > 0:
-        raise ConfigError(f"[loss] pos_weight={loss.pos_weight} only applies to task='binary', not {data.task!r}; "
-                          "set it to 0 (for multiclass, class_weights holds one weight per class, background first)")
+        raise ConfigError(
+            f"[loss] pos_weight={loss.pos_weight} only applies to task='binary', not {data.task!r}; "
+            "set it to 0 (for multiclass, class_weights holds one weight per class, background first)"
+        )
     if data.task != "multiclass" and (loss.class_weights or loss.label_smoothing > 0):
-        raise ConfigError(f"[loss] class_weights and label_smoothing only apply to task='multiclass', not "
-                          f"{data.task!r}; remove them (for binary, pos_weight up-weights the foreground)")
+        raise ConfigError(
+            f"[loss] class_weights and label_smoothing only apply to task='multiclass', not "
+            f"{data.task!r}; remove them (for binary, pos_weight up-weights the foreground)"
+        )
     if data.task == "binary":
         return BinaryHead(loss.pos_weight, loss.dice_weight, loss.threshold, data.ignore_index)
     if data.task == "multiclass":
-        return MulticlassHead(data.classes, loss.class_weights, loss.label_smoothing, loss.dice_weight,
-                              data.ignore_index)
+        return MulticlassHead(
+            data.classes, loss.class_weights, loss.label_smoothing, loss.dice_weight, data.ignore_index
+        )
     return MultilabelHead(data.classes, loss.dice_weight, loss.threshold, data.ignore_index)
 
 
-__all__ = ["BinaryHead", "Head", "MulticlassHead", "MultilabelHead", "TargetError", "make_head", "soft_dice_loss"]
+__all__ = [
+    "BinaryHead",
+    "Head",
+    "MulticlassHead",
+    "MultilabelHead",
+    "TargetError",
+    "make_head",
+    "soft_dice_loss",
+]

@@ -34,8 +34,10 @@ class SegmentationMetrics:
             raise ValueError(f"classes={classes}: needs >= 1 foreground class (exactly 1 for task='binary')")
         max_value = classes if task == "multiclass" else 1
         if ignore_index <= max_value:
-            raise ValueError(f"ignore_index={ignore_index} collides with the target values 0..{max_value}; "
-                             "use a larger value, e.g. 255")
+            raise ValueError(
+                f"ignore_index={ignore_index} collides with the target values 0..{max_value}; "
+                "use a larger value, e.g. 255"
+            )
         self.task = task
         self.classes = classes
         self.ignore_index = ignore_index
@@ -71,8 +73,10 @@ class SegmentationMetrics:
         expected = "(N, K, H, W)" if self.task == "multilabel" else "(N, H, W)"
         ndim = 4 if self.task == "multilabel" else 3
         if prediction.shape != target.shape or target.ndim != ndim:
-            raise ValueError(f"{self.task} metrics need prediction and target of the same shape {expected}; got "
-                             f"{tuple(prediction.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"{self.task} metrics need prediction and target of the same shape {expected}; got "
+                f"{tuple(prediction.shape)} and {tuple(target.shape)}"
+            )
         if self.task == "multilabel" and target.shape[1] != self.classes:
             raise ValueError(f"multilabel metrics for classes={self.classes} got {target.shape[1]} channels")
 

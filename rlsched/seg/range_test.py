@@ -63,18 +63,28 @@ def _batches(trainer: Trainer, generator: torch.Generator) -> Iterator[tuple[tor
         yield from zip(batches, flips)
 
 
-def range_test(trainer: Trainer, start_lr: float = 1e-6, end_lr: float = 1.0, batches: int = SWEEP_BATCHES,
-               beta: float = 0.98, explode: float = 4.0) -> RangeTest:
+def range_test(
+    trainer: Trainer,
+    start_lr: float = 1e-6,
+    end_lr: float = 1.0,
+    batches: int = SWEEP_BATCHES,
+    beta: float = 0.98,
+    explode: float = 4.0,
+) -> RangeTest:
     """Sweep the LR from ``start_lr`` to ``end_lr`` over at most ``batches`` mini-batches on a copy of
     ``trainer``; stop once the smoothed loss exceeds ``explode`` x its best or is not finite."""
     name = trainer.config.optim.name
     if name in TUNING_FREE:
-        raise ValueError(f"optim.name={name!r} sets its own step size, so an LR range test means nothing: "
-                         "sweep with sgd, adam or adamw")
+        raise ValueError(
+            f"optim.name={name!r} sets its own step size, so an LR range test means nothing: "
+            "sweep with sgd, adam or adamw"
+        )
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise ValueError(f"the sweep needs 0 < start_lr < end_lr, got {start_lr!r} .. {end_lr!r}")
     if batches < 2 or not 0 <= beta < 1 or explode <= 1:
-        raise ValueError(f"need batches >= 2, 0 <= beta < 1 and explode > 1, got {batches}, {beta}, {explode}")
+        raise ValueError(
+            f"need batches >= 2, 0 <= beta < 1 and explode > 1, got {batches}, {beta}, {explode}"
+        )
     began = time.perf_counter()
     model = copy.deepcopy(trainer.model).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -116,8 +126,10 @@ def range_test(trainer: Trainer, start_lr: float = 1e-6, end_lr: float = 1.0, ba
         if smoothed > explode * best:
             break
     if not lrs:
-        raise RuntimeError(f"the loss was not finite at the sweep's first LR ({start_lr:g}): the model or data "
-                           "is broken, not the LR")
+        raise RuntimeError(
+            f"the loss was not finite at the sweep's first LR ({start_lr:g}): the model or data "
+            "is broken, not the LR"
+        )
     # fastai ignores the first tenth of the planned sweep (the average is still settling) and the last five
     # points (the blow-up); a sweep that stopped too early to leave two points keeps them all
     keep = slice(batches // 10, len(lrs) - 5)

@@ -26,10 +26,14 @@ def _warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> lr_scheduler.LRSch
     warmup = max(1, round(0.1 * steps))
     if steps <= warmup:
         return lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=steps)
-    return lr_scheduler.SequentialLR(opt, [
-        lr_scheduler.LinearLR(opt, start_factor=0.1, end_factor=1.0, total_iters=warmup),
-        lr_scheduler.CosineAnnealingLR(opt, T_max=steps - warmup),
-    ], milestones=[warmup])
+    return lr_scheduler.SequentialLR(
+        opt,
+        [
+            lr_scheduler.LinearLR(opt, start_factor=0.1, end_factor=1.0, total_iters=warmup),
+            lr_scheduler.CosineAnnealingLR(opt, T_max=steps - warmup),
+        ],
+        milestones=[warmup],
+    )
 
 
 SCHEDULES: dict[str, SchedulerFactory] = {
@@ -41,7 +45,9 @@ SCHEDULES: dict[str, SchedulerFactory] = {
     "cosine": lambda opt, steps: lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
     "warmup_cosine": _warmup_cosine,
     # base LR is the peak; starts at peak/25 as torch's default, three-phase off
-    "onecycle": lambda opt, steps: lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=steps),
+    "onecycle": lambda opt, steps: lr_scheduler.OneCycleLR(
+        opt, max_lr=opt.param_groups[0]["lr"], total_steps=steps
+    ),
     # nnU-Net: lr = base * (1 - t/T) ** 0.9
     "poly": lambda opt, steps: lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9),
     # halve when validation Dice has not improved for 2 steps

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from rlsched.seg import tuningfree
 from rlsched.config import Config
+from rlsched.seg import tuningfree
 from rlsched.seg.dataset import SegmentationData
 from rlsched.seg.heads import make_head
 from rlsched.seg.metrics import SegmentationMetrics
@@ -56,8 +56,15 @@ class EvalStats:
 
     def record(self, lr: float, epoch: int) -> dict[str, Any]:
         """A validation without training before it (a run's start), in the keys of ``SliceResult.record``."""
-        return {"lr": lr, "epoch": epoch, "val_loss": self.loss, "dice_mean": self.dice_mean,
-                "dice": self.dice, "diverged": False, "rolled_back": False}
+        return {
+            "lr": lr,
+            "epoch": epoch,
+            "val_loss": self.loss,
+            "dice_mean": self.dice_mean,
+            "dice": self.dice,
+            "diverged": False,
+            "rolled_back": False,
+        }
 
 
 def counted_dice(record: Mapping[str, Any]) -> float:
@@ -117,7 +124,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"[optim] device={name!r} but CUDA is not available: use device = \"auto\" or \"cpu\"")
+        raise RuntimeError(f'[optim] device={name!r} but CUDA is not available: use device = "auto" or "cpu"')
     return device
 
 
@@ -136,8 +143,13 @@ def build_optimizer(config: Config, params: Any, lr: float, total_steps: int = 0
     if opt.name in tuningfree.OPTIMIZERS:
         return tuningfree.build(opt.name, params, lr, opt.momentum, opt.weight_decay, total_steps)
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0,
-                               weight_decay=opt.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov and opt.momentum > 0,
+            weight_decay=opt.weight_decay,
+        )
     if opt.name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=opt.weight_decay)
@@ -160,7 +172,9 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         self.amp_dtype = autocast_dtype(self.device, config.optim.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.memory_format = torch.channels_last if (config.optim.channels_last and on_cuda) else torch.contiguous_format
+        self.memory_format = (
+            torch.channels_last if (config.optim.channels_last and on_cuda) else torch.contiguous_format
+        )
 
         in_channels = data.train_images.shape[1]
         with torch.random.fork_rng(devices=[]):  # built on the CPU: seed the CPU generator, restore it after
@@ -170,7 +184,9 @@ class Trainer:
         self.head = make_head(config.data, config.loss)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         steps = config.env.epochs * math.ceil(len(data.train_images) / config.optim.batch_size)
-        self.optimizer = build_optimizer(config, self.params, lr if lr is not None else config.optim.lr, steps)
+        self.optimizer = build_optimizer(
+            config, self.params, lr if lr is not None else config.optim.lr, steps
+        )
         # Schedule-Free: kept in eval mode (weights = the averaged point) outside train_epoch, so validation,
         # state_dict and any caller always see the weights to evaluate
         self._has_modes = tuningfree.has_modes(self.optimizer)
@@ -199,8 +215,13 @@ class Trainer:
             group["lr"] = lr
 
     # ----------------------------------------------------------------------------------------------- train
-    def _batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
-               flips: tuple[bool, bool] = (False, False)) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        idx: torch.Tensor,
+        flips: tuple[bool, bool] = (False, False),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather a batch, mirrored left-right and/or up-down as ``flips`` says (decided on the host)."""
         x = images[idx]
         y = masks[idx]
@@ -211,8 +232,9 @@ class Trainer:
         return x.contiguous(memory_format=self.memory_format), y
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                              enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        )
 
     def epoch_batches(self, generator: torch.Generator) -> tuple[list[torch.Tensor], list[list[bool]]]:
         """One epoch's batches (indices on the device) and their flips, drawn from ``generator``."""
@@ -234,7 +256,9 @@ class Trainer:
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # a cumulative average over the pass
-        for idx in torch.arange(len(self.train_images), device=self.device).split(self.config.optim.batch_size):
+        for idx in torch.arange(len(self.train_images), device=self.device).split(
+            self.config.optim.batch_size
+        ):
             with self._autocast():
                 self.model(self._batch(self.train_images, self.train_masks, idx)[0])
         for m, momentum in zip(norms, saved):
@@ -287,7 +311,8 @@ class Trainer:
         w_end = _flat_params(self.params)
         ratio = (w_end - w_start).norm() / w_start.norm().clamp_min(1e-12)
         loss_total, grad_total, n, ok, update_ratio = torch.stack(
-            [loss_sum, grad_sum, counted, finite.float(), ratio.float()]).tolist()  # the one read-back
+            [loss_sum, grad_sum, counted, finite.float(), ratio.float()]
+        ).tolist()  # the one read-back
         self._diverged = not ok or not math.isfinite(update_ratio)
         self.epoch += 1
         return EpochStats(
@@ -300,8 +325,14 @@ class Trainer:
             lr=self.lr,
         )
 
-    def train_slice(self, lr: float, epochs: int, undo_divergence: bool = False,
-                    loss_limit: float = math.inf, val_loss_limit: float = math.inf) -> SliceResult:
+    def train_slice(
+        self,
+        lr: float,
+        epochs: int,
+        undo_divergence: bool = False,
+        loss_limit: float = math.inf,
+        val_loss_limit: float = math.inf,
+    ) -> SliceResult:
         """Set the LR to ``lr``, train ``epochs`` epochs, then validate; stop at the first diverged epoch.
 
         ``undo_divergence``: a slice that blows up is undone, so one LR that was too high costs its epochs, not
@@ -339,7 +370,9 @@ class Trainer:
         reads, or ``"test"``, which only ``test_dice`` reads."""
         if split not in ("val", "test"):
             raise ValueError(f"split={split!r}: evaluate 'val' or 'test'")
-        images, masks = (self.val_images, self.val_masks) if split == "val" else (self.test_images, self.test_masks)
+        images, masks = (
+            (self.val_images, self.val_masks) if split == "val" else (self.test_images, self.test_masks)
+        )
         self.model.eval()
         start = time.perf_counter()
         self.metrics.reset()
@@ -387,4 +420,3 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
         self._diverged = False
-

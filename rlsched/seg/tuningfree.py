@@ -51,12 +51,14 @@ def require(name: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise ImportError(f"optimizer {name!r} needs the {package!r} package, which is not installed: "
-                          f"{INSTALL}") from None
+        raise ImportError(
+            f"optimizer {name!r} needs the {package!r} package, which is not installed: {INSTALL}"
+        ) from None
 
 
-def build(name: str, params: Any, lr: float, momentum: float, weight_decay: float,
-          total_steps: int) -> torch.optim.Optimizer:
+def build(
+    name: str, params: Any, lr: float, momentum: float, weight_decay: float, total_steps: int
+) -> torch.optim.Optimizer:
     """Optimizer ``name`` with its recommended defaults; ``total_steps`` (batches of the whole run) sets the
     Schedule-Free warmup."""
     spec = OPTIMIZERS[name]

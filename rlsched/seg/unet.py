@@ -37,7 +37,9 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "group":
         return nn.GroupNorm(group_count(channels), channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)  # affine, so every norm kind has a learned scale/shift
+        return nn.InstanceNorm2d(
+            channels, affine=True
+        )  # affine, so every norm kind has a learned scale/shift
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm={kind!r}: use one of {NORMS}")
@@ -83,8 +85,15 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """Encoder-decoder with skips; widths ``base_width * 2**level`` for levels 0..depth; returns logits."""
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int = 3, base_width: int = 8,
-                 up: str = "bilinear", norm: str = "batch") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        depth: int = 3,
+        base_width: int = 8,
+        up: str = "bilinear",
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
         if min(in_channels, out_channels, depth, base_width) < 1:
             raise ValueError("in_channels, out_channels, depth and base_width must all be >= 1")
@@ -102,8 +111,10 @@ class UNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) images -> (N, out_channels, H, W) raw logits."""
         if min(x.shape[-2:]) < 2**self.depth:
-            raise ValueError(f"input of size {tuple(x.shape[-2:])} is too small for depth={self.depth}: "
-                             f"both sides need at least 2**depth = {2**self.depth} pixels")
+            raise ValueError(
+                f"input of size {tuple(x.shape[-2:])} is too small for depth={self.depth}: "
+                f"both sides need at least 2**depth = {2**self.depth} pixels"
+            )
         skips = [self.stem(x)]
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], kernel_size=2)))
@@ -115,7 +126,9 @@ class UNet(nn.Module):
 
 def build_unet(cfg: ModelConfig, in_channels: int, out_channels: int) -> UNet:
     """The UNet a ``[model]`` section describes; channels come from the data (``DataConfig.out_channels``)."""
-    return UNet(in_channels, out_channels, depth=cfg.depth, base_width=cfg.base_width, up=cfg.up, norm=cfg.norm)
+    return UNet(
+        in_channels, out_channels, depth=cfg.depth, base_width=cfg.base_width, up=cfg.up, norm=cfg.norm
+    )
 
 
 __all__ = ["DoubleConv", "UNet", "Up", "build_unet", "group_count", "make_norm"]

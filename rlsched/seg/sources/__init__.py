@@ -1,6 +1,6 @@
 """Segmentation datasets as ready-to-train tensors, built by the source ``[data] source`` names: procedural
-synthetic tasks (``rlsched.seg.sources.synthetic``), image/mask folders (``rlsched.seg.sources.folder``) or brain MRI slices
-(``rlsched.seg.sources.brain``, an optional extra, imported only when asked for).
+synthetic tasks (``sources.synthetic``), image/mask folders (``sources.folder``) or brain MRI slices
+(``sources.brain``, an optional extra, imported only when asked for).
 
 Everything is loaded into memory once (the datasets are small), so an RL episode -- a short UNet training
 run -- never waits on I/O. ``make_dataset`` is a pure function of ``(cfg, seed)``: the same inputs give
@@ -31,15 +31,19 @@ def make_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     """
     labels = cfg.classes if cfg.task == "multiclass" else 1
     if cfg.ignore_index <= labels:
-        raise DatasetError(f"[data] ignore_index={cfg.ignore_index} collides with the labels 0..{labels} of "
-                           f"task={cfg.task!r}: set ignore_index above {labels}, e.g. 255")
+        raise DatasetError(
+            f"[data] ignore_index={cfg.ignore_index} collides with the labels 0..{labels} of "
+            f"task={cfg.task!r}: set ignore_index above {labels}, e.g. 255"
+        )
     if cfg.source == "synthetic":
         check_memory(cfg, cfg.n_train + cfg.n_val + cfg.n_test, "data.n_train / n_val / n_test")
         data = make_synthetic_dataset(cfg, seed)
     elif cfg.source == "folder":
         data = make_folder_dataset(cfg)  # checks memory itself, once it has counted the files
     else:
-        from rlsched.seg.sources.brain import make_brain_dataset  # lazy: it needs the optional nilearn/nibabel extra
+        from rlsched.seg.sources.brain import (
+            make_brain_dataset,
+        )  # lazy: it needs the optional nilearn/nibabel extra
 
         check_memory(cfg, cfg.n_train + cfg.n_val + cfg.n_test, "data.n_train / n_val / n_test")
         data = make_brain_dataset(cfg, seed)
@@ -53,4 +57,3 @@ def check_dataset(cfg: DataConfig) -> None:
     """Build the dataset once and drop it, so that a command stops on bad files or settings with a one-line
     error before it creates a run directory (its env workers build their own copies later)."""
     make_dataset(cfg, seed=0)
-

@@ -88,19 +88,24 @@ def load_template() -> np.ndarray:
     except ImportError as err:
         raise BrainExtraMissing(
             'data source "brain" needs nilearn and nibabel, which ship and read the MNI152 template: '
-            'pip install "rlsched[brain]"') from err
+            'pip install "rlsched[brain]"'
+        ) from err
     folder = resources.files(nilearn) / "datasets" / "data"
     maps = []
     for name in _MAPS:
         ref = folder / _TEMPLATE.format(name)
         if not ref.is_file():
-            raise FileNotFoundError(f"nilearn {nilearn.__version__} does not ship {ref.name}; "
-                                    'upgrade it: pip install -U "rlsched[brain]"')
+            raise FileNotFoundError(
+                f"nilearn {nilearn.__version__} does not ship {ref.name}; "
+                'upgrade it: pip install -U "rlsched[brain]"'
+            )
         with resources.as_file(ref) as path:
             volume = np.asarray(nibabel.load(path).dataobj)
         if volume.dtype != np.uint8:
-            raise ValueError(f"{ref.name}: expected uint8 voxels (0..255), got {volume.dtype}; "
-                             "this nilearn version packs the template differently")
+            raise ValueError(
+                f"{ref.name}: expected uint8 voxels (0..255), got {volume.dtype}; "
+                "this nilearn version packs the template differently"
+            )
         maps.append(volume)
     volumes = np.stack(maps)
     volumes.flags.writeable = False
@@ -139,8 +144,10 @@ def full_slices(plane: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     T1 (N, H, W) uint8 and ``tissue_labels`` (N, H, W) uint8, upright. For exporting the template's slices as
     they are (``rlsched.brain_folder``), rather than as an environment instance sees them."""
     if plane not in PLANES:
-        raise ValueError(f"plane {plane!r}: use one of {list(PLANES)} (sagittal slices of the symmetric "
-                         "template come in mirror-twin pairs)")
+        raise ValueError(
+            f"plane {plane!r}: use one of {list(PLANES)} (sagittal slices of the symmetric "
+            "template come in mirror-twin pairs)"
+        )
     slices = _layout(plane).slices
     stack = _plane_stack(load_template(), plane)[list(slices)]
     gm, wm = torch.from_numpy(stack[:, 1:3].astype(np.float32) / 255).unbind(1)
@@ -150,12 +157,16 @@ def full_slices(plane: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
 def _check(cfg: DataConfig) -> None:
     """Refuse settings the template cannot serve, with the fix in the message."""
     if cfg.task != "multiclass" or cfg.classes != 2:
-        raise ConfigError(f"[data] source='brain' is a multiclass task with 2 classes (grey, white matter); "
-                          f"got task={cfg.task!r}, classes={cfg.classes}: set task='multiclass', classes=2")
+        raise ConfigError(
+            f"[data] source='brain' is a multiclass task with 2 classes (grey, white matter); "
+            f"got task={cfg.task!r}, classes={cfg.classes}: set task='multiclass', classes=2"
+        )
     if not cfg.planes or len(set(cfg.planes)) != len(cfg.planes) or not set(cfg.planes) <= set(PLANES):
-        raise ConfigError(f"[data] planes={list(cfg.planes)}: use distinct planes out of {list(PLANES)} "
-                          "(sagittal slices of the symmetric template come in mirror-twin pairs that leak "
-                          "across a split)")
+        raise ConfigError(
+            f"[data] planes={list(cfg.planes)}: use distinct planes out of {list(PLANES)} "
+            "(sagittal slices of the symmetric template come in mirror-twin pairs that leak "
+            "across a split)"
+        )
 
 
 def _far(slices: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -186,7 +197,9 @@ def brain_split(cfg: DataConfig) -> BrainSlices:
         slab = (slices - slices[0]) // SLAB
         n_slabs = int(slab[-1]) + 1
         n_held = min(max(2, round(cfg.val_fraction * n_slabs)), n_slabs - 1)
-        held = np.random.default_rng([cfg.split_seed, PLANES.index(plane)]).choice(n_slabs, n_held, replace=False)
+        held = np.random.default_rng([cfg.split_seed, PLANES.index(plane)]).choice(
+            n_slabs, n_held, replace=False
+        )
         test_rng = np.random.default_rng([cfg.split_seed, PLANES.index(plane), 1])
         is_held = np.isin(slab, held)
         is_test = np.isin(slab, test_rng.choice(held, n_held // 2, replace=False))
@@ -213,15 +226,20 @@ def select_slices(cfg: DataConfig, seed: int) -> BrainSlices:
     """
     split = brain_split(cfg)
     if cfg.n_train > len(split.train) or cfg.n_val > len(split.val) or cfg.n_test > len(split.test):
-        raise ConfigError(f"[data] n_train={cfg.n_train}, n_val={cfg.n_val}, n_test={cfg.n_test}: the brain split "
-                          f"of planes {list(cfg.planes)} (val_fraction={cfg.val_fraction}) holds "
-                          f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test "
-                          f"slices; set n_train <= {len(split.train)}, n_val <= {len(split.val)} and n_test <= "
-                          f"{len(split.test)} (or raise val_fraction for more held-out slices)")
+        raise ConfigError(
+            f"[data] n_train={cfg.n_train}, n_val={cfg.n_val}, n_test={cfg.n_test}: the brain split "
+            f"of planes {list(cfg.planes)} (val_fraction={cfg.val_fraction}) holds "
+            f"{len(split.train)} training, {len(split.val)} validation and {len(split.test)} test "
+            f"slices; set n_train <= {len(split.train)}, n_val <= {len(split.val)} and n_test <= "
+            f"{len(split.test)} (or raise val_fraction for more held-out slices)"
+        )
     # the held-out samples draw from streams of the split seed that brain_split does not use
     val_rng, test_rng = (np.random.default_rng([cfg.split_seed, len(PLANES) + k]) for k in (0, 1))
-    return BrainSlices(train=_subset(split.train, cfg.n_train, np.random.default_rng([seed, 0])),
-                       val=_subset(split.val, cfg.n_val, val_rng), test=_subset(split.test, cfg.n_test, test_rng))
+    return BrainSlices(
+        train=_subset(split.train, cfg.n_train, np.random.default_rng([seed, 0])),
+        val=_subset(split.val, cfg.n_val, val_rng),
+        test=_subset(split.test, cfg.n_test, test_rng),
+    )
 
 
 def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -230,7 +248,7 @@ def _crop(slice_: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     out = np.zeros((slice_.shape[0], size, size), slice_.dtype)
     r0, r1 = max(top, 0), min(top + size, height)
     c0, c1 = max(left, 0), min(left + size, width)
-    out[:, r0 - top:r1 - top, c0 - left:c1 - left] = slice_[:, r0:r1, c0:c1]
+    out[:, r0 - top : r1 - top, c0 - left : c1 - left] = slice_[:, r0:r1, c0:c1]
     return out
 
 
@@ -258,8 +276,15 @@ def blocked_template(val: tuple[Slice, ...]) -> np.ndarray:
     return volumes
 
 
-def _render(volumes: np.ndarray, slices: tuple[Slice, ...], image_size: int, ignore_index: int, noise: float,
-            bias: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _render(
+    volumes: np.ndarray,
+    slices: tuple[Slice, ...],
+    image_size: int,
+    ignore_index: int,
+    noise: float,
+    bias: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, S, S) on the raw T1 scale and masks (N, S, S) uint8 for slices of ``blocked_template``.
 
     A pixel that any blocked voxel contributed to is ``ignore_index`` in the mask.
@@ -272,11 +297,22 @@ def _render(volumes: np.ndarray, slices: tuple[Slice, ...], image_size: int, ign
         layout, stack = _layout(plane), _plane_stack(volumes, plane)
         shift = round(MAX_SHIFT * layout.size)
         offsets = rng.integers(-shift, shift + 1, size=(len(indices), 2))
-        windows = np.stack([_crop(stack[i], layout.top + dy, layout.left + dx, layout.size)
-                            for i, (dy, dx) in zip(indices, offsets)])
+        windows = np.stack(
+            [
+                _crop(stack[i], layout.top + dy, layout.left + dx, layout.size)
+                for i, (dy, dx) in zip(indices, offsets)
+            ]
+        )
         # resample all maps alike (antialiased: this mostly shrinks), then label as the module docstring says
-        maps.append(F.interpolate(torch.from_numpy(windows).float().div_(255), size=(image_size, image_size),
-                                  mode="bilinear", antialias=True, align_corners=False))
+        maps.append(
+            F.interpolate(
+                torch.from_numpy(windows).float().div_(255),
+                size=(image_size, image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+        )
     t1, gm, wm, blocked = torch.cat(maps).unbind(1)
     masks = tissue_labels(gm, wm)
     masks[blocked > 0] = ignore_index
@@ -307,12 +343,27 @@ def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     slices = select_slices(cfg, seed)
     rng = np.random.default_rng([seed, 1])
     noise, bias = rng.uniform(*NOISE), rng.uniform(*BIAS)
-    train_images, train_masks = _render(blocked_template(slices.val + slices.test), slices.train, cfg.image_size,
-                                        cfg.ignore_index, noise, bias, rng)
-    val_images, val_masks = _render(blocked_template(()), slices.val, cfg.image_size, cfg.ignore_index,
-                                    noise, bias, rng)
-    test_images, test_masks = _render(blocked_template(slices.val), slices.test, cfg.image_size,
-                                      cfg.ignore_index, noise, bias, np.random.default_rng([seed, 2]))
+    train_images, train_masks = _render(
+        blocked_template(slices.val + slices.test),
+        slices.train,
+        cfg.image_size,
+        cfg.ignore_index,
+        noise,
+        bias,
+        rng,
+    )
+    val_images, val_masks = _render(
+        blocked_template(()), slices.val, cfg.image_size, cfg.ignore_index, noise, bias, rng
+    )
+    test_images, test_masks = _render(
+        blocked_template(slices.val),
+        slices.test,
+        cfg.image_size,
+        cfg.ignore_index,
+        noise,
+        bias,
+        np.random.default_rng([seed, 2]),
+    )
     mean, std = train_images.mean(), train_images.std()
 
     def standardised(images: torch.Tensor) -> torch.Tensor:
@@ -331,5 +382,15 @@ def make_brain_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     )
 
 
-__all__ = ["BrainExtraMissing", "BrainSlices", "PLANES", "blocked_template", "brain_split", "full_slices",
-           "load_template", "make_brain_dataset", "select_slices", "tissue_labels"]
+__all__ = [
+    "BrainExtraMissing",
+    "BrainSlices",
+    "PLANES",
+    "blocked_template",
+    "brain_split",
+    "full_slices",
+    "load_template",
+    "make_brain_dataset",
+    "select_slices",
+    "tissue_labels",
+]

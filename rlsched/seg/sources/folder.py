@@ -25,12 +25,16 @@ def _index(folder: Path) -> dict[str, Path]:
         if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in files:
-            raise DatasetError(f"{folder}: both {files[path.stem].name} and {path.name} have the stem "
-                               f"{path.stem!r}; keep one file per stem so that images and masks pair up")
+            raise DatasetError(
+                f"{folder}: both {files[path.stem].name} and {path.name} have the stem "
+                f"{path.stem!r}; keep one file per stem so that images and masks pair up"
+            )
         files[path.stem] = path
     if not files:
-        raise DatasetError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}): add them, or point "
-                           f"[data] root at a folder laid out as {_LAYOUT}")
+        raise DatasetError(
+            f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}): add them, or point "
+            f"[data] root at a folder laid out as {_LAYOUT}"
+        )
     return files
 
 
@@ -47,11 +51,14 @@ def _read(path: Path) -> Image.Image:
             image.load()
             return image
     except UnidentifiedImageError:
-        raise DatasetError(f"{path}: not an image PIL can read, whatever its {path.suffix} name says: "
-                           f"replace it with a real image or move it out of {path.parent}") from None
+        raise DatasetError(
+            f"{path}: not an image PIL can read, whatever its {path.suffix} name says: "
+            f"replace it with a real image or move it out of {path.parent}"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
-        raise DatasetError(f"{path}: cannot decode the image ({err}): replace it or move it out of "
-                           f"{path.parent}") from None
+        raise DatasetError(
+            f"{path}: cannot decode the image ({err}): replace it or move it out of {path.parent}"
+        ) from None
 
 
 def _square(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
@@ -83,10 +90,12 @@ def _image_array(image: Image.Image, path: Path, cfg: DataConfig) -> tuple[np.nd
     if colours.min() == colours.max() and _has_alpha(image):
         low, high = image.convert("RGBA").getchannel("A").getextrema()
         if low != high:
-            raise DatasetError(f"{path}: the image's content is only in its alpha channel (mode {image.mode}, "
-                               f"every colour value {colours.min()}): training reads colour, not alpha, so it "
-                               "would see a blank image; save the content as gray or colour, e.g. "
-                               "Image.open(p).getchannel('A').save(p)")
+            raise DatasetError(
+                f"{path}: the image's content is only in its alpha channel (mode {image.mode}, "
+                f"every colour value {colours.min()}): training reads colour, not alpha, so it "
+                "would see a blank image; save the content as gray or colour, e.g. "
+                "Image.open(p).getchannel('A').save(p)"
+            )
     pixels = np.asarray(_square(converted, cfg.image_size, Image.Resampling.BILINEAR), dtype=np.float32)
     return (pixels[None] if cfg.channels == 1 else pixels.transpose(2, 0, 1)), "8-bit"
 
@@ -94,8 +103,10 @@ def _image_array(image: Image.Image, path: Path, cfg: DataConfig) -> tuple[np.nd
 def _mask_array(mask: Image.Image, path: Path, cfg: DataConfig) -> np.ndarray:
     """(S, S) int64 raw label values; NEAREST resampling, so no label value is ever invented."""
     if len(mask.getbands()) != 1:
-        raise DatasetError(f"{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); save masks "
-                           "as single-channel label images (mode L or P, one class value per pixel)")
+        raise DatasetError(
+            f"{path}: mask has mode {mask.mode} ({len(mask.getbands())} channels); save masks "
+            "as single-channel label images (mode L or P, one class value per pixel)"
+        )
     return np.asarray(_square(mask, cfg.image_size, Image.Resampling.NEAREST)).astype(np.int64)
 
 
@@ -119,8 +130,9 @@ def _mapped_text(mapping: Mapping[int, int], histogram: Mapping[int, int]) -> st
     return ", ".join(f"{raw} -> {mapping[raw]}" for raw in sorted(histogram)[:10])
 
 
-def _suggested_map(cfg: DataConfig, histogram: Mapping[int, int],
-                   given: dict[int, int] | None = None) -> dict[int, int]:
+def _suggested_map(
+    cfg: DataConfig, histogram: Mapping[int, int], given: dict[int, int] | None = None
+) -> dict[int, int]:
     """A complete mask_map to propose, keeping the ``given`` entries: a guess the user confirms.
 
     Classes stay. In a binary task the most frequent non-zero raw value is foreground (the 255 of 0/255 masks,
@@ -160,18 +172,22 @@ def _mask_mapping(cfg: DataConfig, histogram: Mapping[int, int]) -> dict[int, in
         try:
             mapping[int(key)] = label
         except ValueError:
-            raise DatasetError(f"[data] mask_map key {key!r} is not an integer mask value; write e.g. "
-                               f"{_MAP_EXAMPLE}") from None
+            raise DatasetError(
+                f"[data] mask_map key {key!r} is not an integer mask value; write e.g. {_MAP_EXAMPLE}"
+            ) from None
     missing = sorted(raw_values - mapping.keys())
     if missing:
-        raise DatasetError(f"[data] mask_map does not list the raw mask values {missing[:10]}, which the "
-                           "masks hold; an explicit mask_map must map every raw value, e.g. "
-                           f"{_map_text(_suggested_map(cfg, histogram, mapping))}")
+        raise DatasetError(
+            f"[data] mask_map does not list the raw mask values {missing[:10]}, which the "
+            "masks hold; an explicit mask_map must map every raw value, e.g. "
+            f"{_map_text(_suggested_map(cfg, histogram, mapping))}"
+        )
     return mapping
 
 
-def _check_ignore_share(cfg: DataConfig, folder: Path, histogram: Mapping[int, int],
-                        mapping: dict[int, int]) -> None:
+def _check_ignore_share(
+    cfg: DataConfig, folder: Path, histogram: Mapping[int, int], mapping: dict[int, int]
+) -> None:
     """Stop when the implicit mapping ignores more pixels than it labels foreground: the 255 of 0/255 masks
     beside a few stray 1s reads as "ignore", and training then learns from almost nothing (Dice 0). An
     explicit mask_map confirms such a share."""
@@ -185,10 +201,12 @@ def _check_ignore_share(cfg: DataConfig, folder: Path, histogram: Mapping[int, i
         marks = f"marks foreground, set [data] {_map_text(_suggested_map(cfg, histogram))}"
     else:
         marks = "marks a class, map it to that class in [data] mask_map"
-    raise DatasetError(f"{folder}: {share_text(ignored)} of mask pixels are {cfg.ignore_index} = ignore_index "
-                       f"but only {share_text(foreground)} are foreground (raw values: "
-                       f"{_histogram_text(histogram)}). If {cfg.ignore_index} {marks}; if it marks pixels to "
-                       f"ignore, confirm that with [data] {_map_text({v: v for v in histogram})}")
+    raise DatasetError(
+        f"{folder}: {share_text(ignored)} of mask pixels are {cfg.ignore_index} = ignore_index "
+        f"but only {share_text(foreground)} are foreground (raw values: "
+        f"{_histogram_text(histogram)}). If {cfg.ignore_index} {marks}; if it marks pixels to "
+        f"ignore, confirm that with [data] {_map_text({v: v for v in histogram})}"
+    )
 
 
 def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
@@ -205,12 +223,15 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     more pixels than it labels foreground, a class no mask holds.
     """
     if cfg.task == "multilabel":
-        raise DatasetError("[data] source='folder' supports only task='binary' or 'multiclass' (one label "
-                           "image per case); use one of those, or source='synthetic' for a multilabel task")
+        raise DatasetError(
+            "[data] source='folder' supports only task='binary' or 'multiclass' (one label "
+            "image per case); use one of those, or source='synthetic' for a multilabel task"
+        )
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"[data] root={cfg.root!r} is not a folder: set root to a folder laid out as "
-                           f"{_LAYOUT}")
+        raise DatasetError(
+            f"[data] root={cfg.root!r} is not a folder: set root to a folder laid out as {_LAYOUT}"
+        )
     for sub in ("images", "masks"):
         if not (root / sub).is_dir():
             raise DatasetError(f"{root} has no {sub}/ folder: create {root / sub} (layout: {_LAYOUT})")
@@ -218,14 +239,18 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
 
     no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
     if no_mask or no_image:
-        raise DatasetError(f"{root}: {len(no_mask)} image(s) without a mask: {_names(no_mask, images)}; "
-                           f"{len(no_image)} mask(s) without an image: {_names(no_image, masks)}. Every "
-                           "image needs a mask with the same file stem (images/case01.jpg <-> "
-                           "masks/case01.png): add the missing files or remove the extra ones")
+        raise DatasetError(
+            f"{root}: {len(no_mask)} image(s) without a mask: {_names(no_mask, images)}; "
+            f"{len(no_image)} mask(s) without an image: {_names(no_image, masks)}. Every "
+            "image needs a mask with the same file stem (images/case01.jpg <-> "
+            "masks/case01.png): add the missing files or remove the extra ones"
+        )
     stems = sorted(images)
     if len(stems) < 3:
-        raise DatasetError(f"{root}: found {len(stems)} image/mask pair(s); need at least 3 (one each to train, "
-                           "validate and test on): add more pairs")
+        raise DatasetError(
+            f"{root}: found {len(stems)} image/mask pair(s); need at least 3 (one each to train, "
+            "validate and test on): add more pairs"
+        )
 
     check_memory(cfg, len(stems), f"move some of the {len(stems)} pairs out of {root}")
 
@@ -234,9 +259,11 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     for stem in stems:
         image, mask = _read(images[stem]), _read(masks[stem])
         if image.size != mask.size:
-            raise DatasetError(f"{images[stem].name} is {image.size[0]}x{image.size[1]} but its mask "
-                               f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at "
-                               "the image's size (width x height)")
+            raise DatasetError(
+                f"{images[stem].name} is {image.size[0]}x{image.size[1]} but its mask "
+                f"{masks[stem].name} is {mask.size[0]}x{mask.size[1]}: save the mask at "
+                "the image's size (width x height)"
+            )
         array, depth = _image_array(image, images[stem], cfg)
         pixels.append(array)
         depths.setdefault(depth, images[stem].name)
@@ -245,13 +272,17 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
         histogram.update(dict(zip(values.tolist(), counts.tolist())))
     if "float" in depths and len(depths) > 1:
         kinds = " and ".join(f"{name} is {depth}" for depth, name in depths.items())
-        raise DatasetError(f"{root / 'images'}: {kinds}: float images (and 32-bit ones past 65535) have no "
-                           "fixed range to put on the 8/16-bit scale, so they cannot share a folder with "
-                           "8- or 16-bit ones; save all images with one bit depth")
+        raise DatasetError(
+            f"{root / 'images'}: {kinds}: float images (and 32-bit ones past 65535) have no "
+            "fixed range to put on the 8/16-bit scale, so they cannot share a folder with "
+            "8- or 16-bit ones; save all images with one bit depth"
+        )
     if all(array.min() == array.max() for array in pixels):
-        raise DatasetError(f"{root / 'images'}: every image is one constant value (e.g. "
-                           f"{images[stems[0]].name}), so there is nothing to learn from: check that the "
-                           "files hold the images (not, say, a blank export)")
+        raise DatasetError(
+            f"{root / 'images'}: every image is one constant value (e.g. "
+            f"{images[stems[0]].name}), so there is nothing to learn from: check that the "
+            "files hold the images (not, say, a blank export)"
+        )
 
     # the default mapping depends on the values of all masks: an all-background mask alone says nothing
     mapping = _mask_mapping(cfg, histogram)
@@ -264,11 +295,13 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
         if bad:
             jpeg = masks[stem].suffix.lower() in (".jpg", ".jpeg")
             hint = " (JPEG compression changes label values: save masks as PNG)" if jpeg else ""
-            raise DatasetError(f"{masks[stem]}: raw mask values {bad[:10]} are not classes of "
-                               f"task={cfg.task!r} (allowed after mapping: 0..{top}, or {cfg.ignore_index} = "
-                               f"ignore){hint}; the masks hold {_histogram_text(histogram)}. Set [data] "
-                               "mask_map to map every raw value to a class, e.g. "
-                               f"{_map_text(_suggested_map(cfg, histogram))}")
+            raise DatasetError(
+                f"{masks[stem]}: raw mask values {bad[:10]} are not classes of "
+                f"task={cfg.task!r} (allowed after mapping: 0..{top}, or {cfg.ignore_index} = "
+                f"ignore){hint}; the masks hold {_histogram_text(histogram)}. Set [data] "
+                "mask_map to map every raw value to a class, e.g. "
+                f"{_map_text(_suggested_map(cfg, histogram))}"
+            )
         labels.append(mapped[inverse].reshape(raw.shape).astype(np.uint8))
     if not cfg.mask_map:
         _check_ignore_share(cfg, root / "masks", histogram, mapping)
@@ -277,28 +310,37 @@ def make_folder_dataset(cfg: DataConfig) -> SegmentationData:
     foreground = np.array([((label >= 1) & (label <= top)).any() for label in labels])
     if not foreground.any():
         ignored = np.mean([(label == cfg.ignore_index).mean() for label in labels])
-        raise DatasetError(f"{root / 'masks'}: no mask has a foreground pixel (class 1..{top}); raw values "
-                           f"map {_mapped_text(mapping, histogram)} and {ignored:.0%} of pixels are "
-                           f"ignore_index={cfg.ignore_index}. "
-                           "Map the raw value that marks foreground to a class in [data] mask_map, or "
-                           "replace the masks if they are empty")
+        raise DatasetError(
+            f"{root / 'masks'}: no mask has a foreground pixel (class 1..{top}); raw values "
+            f"map {_mapped_text(mapping, histogram)} and {ignored:.0%} of pixels are "
+            f"ignore_index={cfg.ignore_index}. "
+            "Map the raw value that marks foreground to a class in [data] mask_map, or "
+            "replace the masks if they are empty"
+        )
     # a class no mask holds can be neither learned nor scored: classes is set too high, or a raw value unmapped
     absent = [k for k in range(1, top + 1) if k not in {mapping[v] for v in histogram}]
     if absent:
-        raise DatasetError(f"{root / 'masks'}: no mask holds class(es) {absent} of classes={cfg.classes} (raw "
-                           f"values: {_histogram_text(histogram)}, mapped {_mapped_text(mapping, histogram)}): "
-                           "set [data] classes to the number of classes the masks hold, or map each class's "
-                           "raw value to it in mask_map")
+        raise DatasetError(
+            f"{root / 'masks'}: no mask holds class(es) {absent} of classes={cfg.classes} (raw "
+            f"values: {_histogram_text(histogram)}, mapped {_mapped_text(mapping, histogram)}): "
+            "set [data] classes to the number of classes the masks hold, or map each class's "
+            "raw value to it in mask_map"
+        )
     order = np.random.default_rng(cfg.split_seed).permutation(len(stems))
     n_val = min(max(1, round(cfg.val_fraction * len(stems))), len(stems) - 2)
     n_test = min(max(1, round(cfg.test_fraction * len(stems))), len(stems) - 1 - n_val)
-    splits = {"training": np.sort(order[n_val + n_test:]), "validation": np.sort(order[:n_val]),
-              "test": np.sort(order[n_val:n_val + n_test])}
+    splits = {
+        "training": np.sort(order[n_val + n_test :]),
+        "validation": np.sort(order[:n_val]),
+        "test": np.sort(order[n_val : n_val + n_test]),
+    }
     for name, part in splits.items():
         if not foreground[part].any():
             files = _names([stems[i] for i in part], masks)
-            raise DatasetError(f"{root}: no mask of the {name} split ({files}) has a foreground pixel: "
-                               "change [data] split_seed, val_fraction or test_fraction, or add images whose "
-                               "masks show foreground")
+            raise DatasetError(
+                f"{root}: no mask of the {name} split ({files}) has a foreground pixel: "
+                "change [data] split_seed, val_fraction or test_fraction, or add images whose "
+                "masks show foreground"
+            )
     picks = np.concatenate(list(splits.values()))  # train, validation, test; each by stem
     return pack_dataset(cfg, np.stack(pixels)[picks], np.stack(labels)[picks], len(splits["training"]), n_val)

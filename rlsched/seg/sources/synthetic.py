@@ -14,8 +14,15 @@ from rlsched.seg.dataset import DatasetError, SegmentationData, pack_dataset
 # Kind k uses SHAPES[k % 5]; kinds past the fifth reuse a shape but are brighter (see _paint_scene).
 SHAPES = ("disk", "cross", "triangle", "ring", "square")
 # How many radii each shape reaches from its centre; it sizes the window the shape is drawn in.
-_REACH = {"ellipse": 1.0, "blob": 1.5, "disk": 1.0, "square": 1.14, "triangle": 1.2, "ring": 1.0,
-          "cross": 1.06}
+_REACH = {
+    "ellipse": 1.0,
+    "blob": 1.5,
+    "disk": 1.0,
+    "square": 1.14,
+    "triangle": 1.2,
+    "ring": 1.0,
+    "cross": 1.06,
+}
 _STRIPE_PERIOD = 6.0  # pixels; multilabel texture, coarse enough to survive a blur of sigma ~1.5
 
 
@@ -31,8 +38,11 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
         cos1, sin1 = u / rho, v / rho  # of the polar angle; multiple-angle formulas are cheaper than arctan2
         cos2, sin2 = cos1 * cos1 - sin1 * sin1, 2 * cos1 * sin1
         cos3, sin3 = cos1 * cos2 - sin1 * sin2, sin1 * cos2 + cos1 * sin2
-        rim = (1.0 + amp[0] * (cos2 * np.cos(phase[0]) - sin2 * np.sin(phase[0]))
-               + amp[1] * (cos3 * np.cos(phase[1]) - sin3 * np.sin(phase[1])))
+        rim = (
+            1.0
+            + amp[0] * (cos2 * np.cos(phase[0]) - sin2 * np.sin(phase[0]))
+            + amp[1] * (cos3 * np.cos(phase[1]) - sin3 * np.sin(phase[1]))
+        )
         return rho <= rim
     if shape == "disk":
         return r2 <= 1.0
@@ -49,8 +59,9 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
     raise ValueError(f"unknown shape {shape!r}")  # pragma: no cover - programming error
 
 
-def _draw_shapes(names: list[str], cfg: DataConfig,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_shapes(
+    names: list[str], cfg: DataConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Randomly size, place and rotate shapes; return window corners (M, 2) and inside-masks (M, w, w).
 
     All windows share the size of the largest shape that could be drawn, so one image's shapes are evaluated
@@ -107,10 +118,10 @@ def _gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
     for _ in range(2):  # blur the last axis, then swap so that the other axis is last
         width = out.shape[-1]
         padded = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(radius, radius)], mode="reflect")
-        out = taps[radius] * padded[..., radius:radius + width]
+        out = taps[radius] * padded[..., radius : radius + width]
         for i in range(radius):  # the kernel is symmetric: one multiply per pair of taps
             mirror = 2 * radius - i
-            out += taps[i] * (padded[..., i:i + width] + padded[..., mirror:mirror + width])
+            out += taps[i] * (padded[..., i : i + width] + padded[..., mirror : mirror + width])
         out = out.swapaxes(-1, -2)
     return np.ascontiguousarray(out)
 
@@ -133,8 +144,9 @@ def _backgrounds(cfg: DataConfig, rng: np.random.Generator, n: int) -> np.ndarra
     return np.ascontiguousarray(np.broadcast_to(background[:, None] + cast, shape), dtype=np.float32)
 
 
-def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator,
-                 stripes: np.ndarray) -> np.ndarray:
+def _paint_scene(
+    image: np.ndarray, cfg: DataConfig, rng: np.random.Generator, stripes: np.ndarray
+) -> np.ndarray:
     """Paint distractors and objects onto one (C, H, W) background in place; return the scene's mask.
 
     Distractors are low-contrast ellipses of object size, some brighter and some darker than the background.
@@ -168,7 +180,9 @@ def _paint_scene(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator,
     width = insides.shape[-1]
     for j, ((y, x), inside, colour) in enumerate(zip(corners.tolist(), insides, colours)):
         ys, xs = slice(max(y, 0), min(y + width, size)), slice(max(x, 0), min(x + width, size))
-        hit = inside[ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]  # the window clipped to the image
+        hit = inside[
+            ys.start - y : ys.stop - y, xs.start - x : xs.stop - x
+        ]  # the window clipped to the image
         if j < n_distractors:
             image[:, ys, xs] += hit * colour[:, None, None]
             continue
@@ -203,8 +217,10 @@ def make_synthetic_dataset(cfg: DataConfig, seed: int) -> SegmentationData:
     ``ignore_index`` in the mask.
     """
     if cfg.noise < 0 or cfg.blur < 0 or cfg.contrast == 0:
-        raise DatasetError(f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need "
-                           "noise >= 0, blur >= 0 (0 = none) and contrast != 0")
+        raise DatasetError(
+            f"[data] noise={cfg.noise}, blur={cfg.blur}, contrast={cfg.contrast}: need "
+            "noise >= 0, blur >= 0 (0 = none) and contrast != 0"
+        )
     seen = cfg.n_train + cfg.n_val
     images, masks = _scenes(cfg, np.random.default_rng(seed), seen)
     test_images, test_masks = _scenes(cfg, np.random.default_rng([seed, 1]), cfg.n_test)
