@@ -106,6 +106,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         "does not tune gets (default: %(default)s)",
     )
     p.add_argument(
+        "--oracle",
+        type=int,
+        default=defaults.oracle_per_decade,
+        metavar="PER_DECADE",
+        help="add the per-instance oracle row (best of constant and cosine over this many LRs per decade on each "
+        "held-out instance, picked on validation Dice) and every method's regret to it; costs 2 x LRs runs per "
+        "instance (default: %(default)s = off)",
+    )
+    p.add_argument(
         "--tune-instances",
         type=int,
         default=defaults.tune_instances,
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             optuna_epochs=args.optuna_epochs,
             sampled_rollouts=args.sampled_rollouts,
             at_initial_lr=tuple(args.at_initial_lr),
+            oracle_per_decade=args.oracle,
         )
         overrides = dict(parse_override(o) for o in args.set)
         agent_paths = [resolve_agent_path(path) for path in args.agent]

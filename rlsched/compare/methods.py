@@ -26,6 +26,10 @@ def initial_lr_name(schedule: str) -> str:
 
 
 CONSTANT_INITIAL = initial_lr_name("constant")
+# the room a schedule has on an instance: the best of these over an LR grid, picked per held-out instance on its
+# validation Dice and reported on its test Dice (an upper bound no method can claim, not a method)
+ORACLE = "oracle"
+ORACLE_SCHEDULES = ("constant", "cosine")
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
 # what a practitioner runs instead of a learned schedule (experiment.baselines, experiment.search):
 # name -> (kind, arg)
@@ -50,6 +54,7 @@ NEEDS = {
     "nnunet": "nothing (a recipe)",
     "optuna": "an Optuna search",
     "pbt": "a population per run",
+    ORACLE: "a grid per held-out instance (an upper bound)",
     "random": "nothing",
 }
 
@@ -87,8 +92,14 @@ class Settings:
     sampled_rollouts: int = 0
     # schedules also run untuned, from each instance's initial LR
     at_initial_lr: tuple[str, ...] = ("constant",)
+    # > 0: the per-instance oracle (best of ORACLE_SCHEDULES over this many LRs per decade, picked on validation)
+    oracle_per_decade: int = 0
 
     def __post_init__(self) -> None:
+        if self.oracle_per_decade < 0:
+            raise ValueError(
+                f"--oracle {self.oracle_per_decade}: LRs per decade is >= 1 (or 0: no oracle row)"
+            )
         if self.sampled_rollouts < 0:
             raise ValueError(f"--sampled-rollouts {self.sampled_rollouts}: a number of rollouts is >= 0")
         object.__setattr__(self, "baselines", expand_baselines(self.baselines))
@@ -165,7 +176,8 @@ class Method:
         optimizers and the nnU-Net recipe have theirs (and a schedule at the initial LR would repeat the tuned
         schedule's robustness run)."""
         return (
-            self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample") and not self.at_initial_lr
+            self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample", ORACLE)
+            and not self.at_initial_lr
         )
 
     @property

@@ -10,7 +10,7 @@ from typing import Any
 
 from rlsched.common.files import atomic_write_text
 from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note
-from rlsched.compare.methods import Comparison, Tuning
+from rlsched.compare.methods import ORACLE, ORACLE_SCHEDULES, Comparison, Tuning
 from rlsched.compare.plots import plot
 from rlsched.compare.summary import best_fixed, paired_tests, summarize
 
@@ -66,7 +66,9 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         base = (
             f"{r['base_lr']:.3g}"
             if r["base_lr"] is not None
-            else {"pbt": "PBT", "range_test": "LR sweep"}.get(kind, "instance's initial")
+            else {"pbt": "PBT", "range_test": "LR sweep", ORACLE: "per instance"}.get(
+                kind, "instance's initial"
+            )
         )
         lines.append(
             f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} "
@@ -75,6 +77,24 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
             f"({r['reached_target']}/{r['runs']}) | {r['diverged']}/{r['runs']}{_undone(r)}{_failed(r)} "
             f"| {_ci(r, 'seconds', 2)} |"
         )
+    if ORACLE in methods:
+        lines += [
+            "",
+            "## Regret to the per-instance oracle",
+            "",
+            f"The oracle row is the best of {', '.join(ORACLE_SCHEDULES)} over an LR grid on each held-out instance, "
+            "picked by its final validation Dice and scored on test Dice: the room a schedule has, an upper bound "
+            "rather than a method. Regret = oracle minus method test Dice per instance (negative where a method "
+            "beat the oracle's validation pick on test).",
+            "",
+            "| method | mean regret | worst instance |",
+            "|---|---|---|",
+            *(
+                f"| {label(r['method'])} | {r['regret_mean']:+.3f} | {r['regret_worst']:+.3f} |"
+                for r in sorted(main, key=lambda r: r["regret_mean"])
+                if math.isfinite(r["regret_mean"])
+            ),
+        ]
     if comparison.robustness:
         factors = list(comparison.robustness)
         source, reference = tuning.reference

@@ -15,6 +15,8 @@ from rlsched.common.journal import Journal, journal_key
 from rlsched.compare.methods import (
     BASELINES,
     NEEDS,
+    ORACLE,
+    ORACLE_SCHEDULES,
     Comparison,
     Method,
     Settings,
@@ -121,15 +123,21 @@ def run_comparison(
             for i in instances
             for job in m.jobs(config, i, lr)
         ]
-        bar.total = tuning_jobs + len(jobs)
+        oracle = oracle_jobs(config, instances, settings.oracle_per_decade)
+        bar.total = tuning_jobs + len(jobs) + len(oracle)
         bar.set_description("evaluating on held-out instances")
-        outcomes = run(jobs)
+        outcomes = run(jobs + oracle)
+        outcomes, oracle_outcomes = outcomes[: len(jobs)], outcomes[len(jobs) :]
     main = _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr is None])
     robustness = {
         f: (lr, _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr == lr]))
         for f, lr in robust_lrs.items()
     }
     methods = [_count_sweeps(m, main) if m.kind == "range_test" else m for m in methods]
+    if oracle:
+        method, picked = oracle_runs(config, oracle, _episodes(oracle_outcomes), settings.oracle_per_decade)
+        methods.append(method)
+        main += picked
     for algorithm, population in (("pbt", settings.pbt_population), ("pb2", settings.pb2_population)):
         if population:
             method, runs = pbt_runs(
@@ -254,6 +262,51 @@ def robustness_lrs(
             continue
         lrs[factor] = lr
     return lrs
+
+
+def oracle_jobs(config: Config, instances: list[Instance], per_decade: int) -> list[Job]:
+    """Every ``ORACLE_SCHEDULES`` schedule at every LR of the tuning grid's range (``per_decade`` points a decade)
+    on every held-out instance: what the per-instance best fixed schedule is picked from."""
+    if not per_decade:
+        return []
+    grid = search_grid(config, per_decade)
+    return [
+        Job(f"{ORACLE} {schedule}@{lr:g}", "schedule", schedule, instance, base_lr=lr)
+        for instance in instances
+        for schedule in ORACLE_SCHEDULES
+        for lr in grid
+    ]
+
+
+def oracle_runs(
+    config: Config, jobs: list[Job], results: list[EpisodeResult], per_decade: int
+) -> tuple[Method, list[EpisodeResult]]:
+    """Per held-out instance, the oracle grid's run with the best final validation Dice (its area under the
+    validation curve breaks ties), reported under ``ORACLE`` with its test Dice: the room a schedule has there,
+    picked without reading test Dice, and an upper bound for any single method (it saw every schedule's end)."""
+    steps = config.env.steps
+    best: dict[int, EpisodeResult] = {}
+    for result in results:
+        index = result.instance.index
+        if index not in best or _score(result, steps) > _score(best[index], steps):
+            best[index] = result
+    picked = [replace(best[i], method=ORACLE) for i in sorted(best)]
+    per_instance = len(jobs) // max(len(best), 1)
+    spent = float(sum(r.epochs for r in results) - sum(r.epochs for r in picked))
+    choices = ", ".join(f"{i}: {best[i].method.removeprefix(ORACLE + ' ')}" for i in sorted(best))
+    accounting = (
+        f"{ORACLE}: {per_instance} runs per held-out instance ({', '.join(ORACLE_SCHEDULES)} x "
+        f"{per_instance // len(ORACLE_SCHEDULES)} LRs, {per_decade} per decade), the best by validation Dice "
+        f"reported; epochs beyond one run each; picked {choices}"
+    )
+    return Method(
+        ORACLE, ORACLE, ",".join(ORACLE_SCHEDULES), epochs_before=spent, accounting=accounting
+    ), picked
+
+
+def _score(result: EpisodeResult, steps: int) -> tuple[float, float]:
+    curve = result.dice_curve(steps)
+    return curve[-1], curve[1:].mean()
 
 
 def _episodes(outcomes: list[Outcome]) -> list[EpisodeResult]:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rlsched.common.stats import PairedTest, mean_ci, paired_test
-from rlsched.compare.methods import Comparison
+from rlsched.compare.methods import ORACLE, Comparison
 from rlsched.experiment.harness import EpisodeResult
 
 METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
@@ -72,6 +72,7 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
     rollouts on one instance averaged first), counts over runs, and accounting."""
     cfg, target = comparison.config.env, comparison.settings.dice_target
     failed = Counter((f.method, f.job.initial_lr) for f in comparison.failures)
+    oracle = _test_dice_by_instance(comparison.results).get(ORACLE, {})
     rows = []
     for factor, initial_lr, results in comparison.groups():
         runs = by_method(results)
@@ -101,8 +102,27 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
             row["diverged"] = int(sum(m["diverged"] for m in metrics))
             row["rollbacks"] = sum(r.rollbacks for r in runs[method.name])
             row["failed"] = failed[method.name, initial_lr]  # worker died on every attempt: not in n
+            # regret to the main runs' oracle; robustness runs start elsewhere, so they have none
+            own = dict(zip(by_instance, (m["test_dice"] for m in means)))
+            regret = _regrets(oracle, own) if factor is None and method.name != ORACLE else []
+            row["regret_mean"] = float(np.mean(regret)) if regret else math.nan
+            row["regret_worst"] = float(np.max(regret)) if regret else math.nan
             rows.append(row)
     return rows
+
+
+def _test_dice_by_instance(results: list[EpisodeResult]) -> dict[str, dict[int, float]]:
+    """method -> instance index -> test Dice (a method's rollouts on one instance averaged)."""
+    return {
+        name: dict(zip(sorted({r.instance.index for r in rs}), per_instance(rs, lambda r: r.test_dice)))
+        for name, rs in by_method(results).items()
+    }
+
+
+def _regrets(oracle: dict[int, float], method: dict[int, float]) -> list[float]:
+    """Oracle minus method test Dice on each instance both have: what the method left on the table there (the
+    oracle picked on validation, so a method can beat it on an instance: a negative regret)."""
+    return [oracle[i] - method[i] for i in sorted(oracle.keys() & method.keys())]
 
 
 def best_fixed(comparison: Comparison) -> str:
@@ -121,10 +141,7 @@ def best_fixed(comparison: Comparison) -> str:
 def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
     """Each learned policy minus the best fixed schedule, test Dice on the instances both finished (a failed
     job removes its instance from that pair only)."""
-    runs = {
-        name: dict(zip(sorted({r.instance.index for r in rs}), per_instance(rs, lambda r: r.test_dice)))
-        for name, rs in by_method(comparison.results).items()
-    }
+    runs = _test_dice_by_instance(comparison.results)
     best = runs.get(best_fixed(comparison), {})
     tests = {}
     for m in comparison.methods:
