@@ -11,3 +11,21 @@ torch.set_num_threads(1)  # tiny nets: one thread is fastest and keeps results i
 @pytest.fixture(scope="session")
 def fast_config() -> Config:
     return load_config("fast")
+
+
+def train_tiny(root, overrides, *extra: str):
+    """``python -m rlsched.train`` on ``fast`` with ``overrides`` (``section.key=value`` strings): one rollout of 2
+    episodes, no warm start unless ``extra`` asks for one, no held-out evaluation; returns the run directory."""
+    from rlsched import train
+
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    defaults = {
+        "--n-envs": "1",
+        "--total-timesteps": "4",
+        "--bc-episodes": "0",
+        "--episodes-per-rollout": "2",
+    }
+    flags = [arg for flag, value in defaults.items() if flag not in extra for arg in (flag, value)]
+    assert train.main(["--preset", "fast", *sets, *flags, *extra, "--no-eval", "--runs-dir", str(root)]) == 0
+    (run,) = root.iterdir()
+    return run

@@ -7,8 +7,9 @@ import shutil
 
 import by_hand
 import pytest
+from conftest import train_tiny
 
-from rlsched import compare, train
+from rlsched import compare
 from rlsched.agents.loading import load_policy
 from rlsched.common.files import read_jsonl
 from rlsched.compare.plots import plot
@@ -40,30 +41,7 @@ def sets(overrides):
 def agent(tmp_path_factory):
     """An SB3 PPO after one tiny rollout (2 episodes of 2 epochs, no warm start): untrained, but a real run
     directory."""
-    root = tmp_path_factory.mktemp("agents")
-    assert (
-        train.main(
-            [
-                "--preset",
-                "fast",
-                *sets(TINY),
-                "--n-envs",
-                "1",
-                "--total-timesteps",
-                "4",
-                "--bc-episodes",
-                "0",
-                "--episodes-per-rollout",
-                "2",
-                "--no-eval",
-                "--runs-dir",
-                str(root),
-            ]
-        )
-        == 0
-    )
-    (model,) = root.glob("*/model.zip")
-    return model
+    return train_tiny(tmp_path_factory.mktemp("agents"), TINY) / "model.zip"
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ defaults and the constant initial LR, on the same held-out instances."""
 import json
 
 import pytest
+from conftest import train_tiny
 
-from rlsched import evaluate, train
+from rlsched import evaluate
 from rlsched.config import load_config
 from rlsched.control.env import UNetLREnv, make_instances
 from rlsched.experiment.baselines import method_job
@@ -25,32 +26,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    sets = [arg for o in TINY for arg in ("--set", o)]
-    assert (
-        train.main(
-            [
-                "--preset",
-                "fast",
-                *sets,
-                "--n-envs",
-                "1",
-                "--total-timesteps",
-                "4",
-                "--bc-episodes",
-                "1",
-                "--teacher-lr",
-                "0.01",
-                "--episodes-per-rollout",
-                "2",
-                "--no-eval",
-                "--runs-dir",
-                str(root),
-            ]
-        )
-        == 0
-    )
-    (run,) = root.iterdir()
+    run = train_tiny(tmp_path_factory.mktemp("runs"), TINY, "--bc-episodes", "1", "--teacher-lr", "0.01")
     return run
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -142,44 +143,9 @@ def test_the_shipped_controller_records_its_observation_features():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A model written as ``python -m rlsched.train`` writes one (a rollout of 4 env steps)."""
-    from rlsched import train
-
-    root = tmp_path_factory.mktemp("runs")
-    sets = [
-        a
-        for o in (
-            "data.image_size=16",
-            "data.n_train=16",
-            "data.n_val=8",
-            "env.epochs=2",
-            "env.heldout_instances=1",
-            "env.train_instances=1",
-        )
-        for a in ("--set", o)
-    ]
-    assert (
-        train.main(
-            [
-                "--preset",
-                "fast",
-                *sets,
-                "--n-envs",
-                "1",
-                "--total-timesteps",
-                "4",
-                "--bc-episodes",
-                "0",
-                "--episodes-per-rollout",
-                "2",
-                "--no-eval",
-                "--runs-dir",
-                str(root),
-            ]
-        )
-        == 0
-    )
-    (run,) = root.iterdir()
-    return run
+    tiny = ("data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2", "env.heldout_instances=1",
+            "env.train_instances=1")  # fmt: skip
+    return train_tiny(tmp_path_factory.mktemp("runs"), tiny)
 
 
 def test_a_trained_model_loads_safely_with_its_features_and_acts_as_sb3_loads_it(trained_run):

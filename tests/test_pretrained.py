@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import train_tiny
 from stable_baselines3 import PPO
 
-from rlsched import compare, evaluate, train
+from rlsched import compare, evaluate
 from rlsched.agents.loading import load_policy, resolve_agent_path
 from rlsched.common.files import read_jsonl
 from rlsched.config import load_config
@@ -33,30 +34,7 @@ TINY = [
 def run_dir(tmp_path_factory):
     """A finished SB3 run of one tiny rollout. Its action head is then randomised: an untrained policy's most
     likely action barely depends on the observation, and the loop tests want to see the LR move."""
-    root = tmp_path_factory.mktemp("runs")
-    sets = [arg for o in TINY for arg in ("--set", o)]
-    assert (
-        train.main(
-            [
-                "--preset",
-                "fast",
-                *sets,
-                "--n-envs",
-                "1",
-                "--total-timesteps",
-                "4",
-                "--bc-episodes",
-                "0",
-                "--episodes-per-rollout",
-                "2",
-                "--no-eval",
-                "--runs-dir",
-                str(root),
-            ]
-        )
-        == 0
-    )
-    (run,) = root.iterdir()
+    run = train_tiny(tmp_path_factory.mktemp("runs"), TINY)
     model = PPO.load(run / "model.zip", device="cpu")
     with torch.no_grad():
         model.policy.action_net.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
