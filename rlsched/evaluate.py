@@ -19,7 +19,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlsched.agents.loading import check_compatible, load_policy
-from rlsched.common.files import RunDirError, atomic_write_json, atomic_write_text, new_run_dir
+from rlsched.common.files import (
+    RunDirError,
+    atomic_write_json,
+    atomic_write_text,
+    new_run_dir,
+    removed_if_unstarted,
+)
 from rlsched.common.stats import DIFFERENCE, UNIT, clipped_note, mean_ci, paired_test
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
 from rlsched.control.env import Instance, make_instances
@@ -246,12 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         p.error(str(err))
     out = args.out
-    if out is None and read_provenance(policy.path) is not None:
+    fresh = out is None and read_provenance(policy.path) is not None  # the package folder is not written into
+    if fresh:
         try:
             out = new_run_dir(config.name, "heldout", root=args.runs_dir)
         except RunDirError as err:
             p.error(str(err))
-    print(evaluate_heldout(policy.path, config, args.workers, out, trust=args.trust_model))
+    with removed_if_unstarted(Path(out or policy.path.parent), fresh=fresh, started=()):
+        report = evaluate_heldout(policy.path, config, args.workers, out, trust=args.trust_model)
+    print(report)
     print(f"results: {Path(out) if out else policy.path.parent}")
     return 0
 

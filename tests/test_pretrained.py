@@ -238,3 +238,15 @@ def test_the_shipped_controller_steers_a_plain_loop(make_optimizer, monkeypatch)
     assert all(env.lr_min <= lr <= env.lr_max for lr in lrs)
     assert scheduler.optimizer.param_groups[0]["lr"] == lrs[-1]
     assert lrs[0] != user_lr and scheduler.last_action is not None
+
+
+def test_an_evaluation_of_the_shipped_controller_that_fails_leaves_no_run_directory(
+    shipped, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a worker died")
+
+    monkeypatch.setattr(evaluate, "evaluate_heldout", broken)
+    with pytest.raises(RuntimeError, match="a worker died"):
+        evaluate.main(["pretrained", "--runs-dir", str(tmp_path / "heldout")])
+    assert not any((tmp_path / "heldout").iterdir())
