@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rlsched.family import Axis, check_family, family_toml, merge, parse_family, toml_value
-from rlsched.seg.tuningfree import OPTIMIZERS as TUNING_FREE
-from rlsched.seg.tuningfree import require as require_optimizer
+from rlsched.seg.optimizers import OPTIMIZERS as TUNING_FREE
+from rlsched.seg.optimizers import require as require_optimizer
 
 TASKS = ("binary", "multiclass", "multilabel")
 NORMS = ("batch", "group", "instance", "none")
@@ -150,7 +150,7 @@ class LossConfig:
 class OptimConfig:
     """Optimizer, batching and device."""
 
-    # sgd | adam | adamw | a tuning-free optimizer (rlsched.seg.tuningfree, the tuningfree extra)
+    # sgd | adam | adamw | a tuning-free optimizer (rlsched.seg.optimizers, the tuningfree extra)
     name: str = "sgd"
     lr: float = 0.01  # LR used when nothing else sets one (the env draws its own initial LR)
     momentum: float = 0.9

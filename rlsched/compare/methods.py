@@ -16,8 +16,8 @@ from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import BACKENDS, JobFailure
 from rlsched.experiment.tuning import SCRIPTED, TUNABLE, Tuning, tuned_kind
 from rlsched.pretrained import AGENT_NAME, PROVENANCE, read_provenance
+from rlsched.seg.optimizers import OPTIMIZERS
 from rlsched.seg.schedules import SCHEDULES
-from rlsched.seg.tuningfree import OPTIMIZERS
 
 
 def initial_lr_name(schedule: str) -> str:

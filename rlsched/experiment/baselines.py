@@ -11,7 +11,7 @@ Job kinds (``Job.kind``, ``Job.arg``):
 - ``"range_test"``, arg = a fixed schedule (``"onecycle"``, ``"cosine"``, ...): sweep the LR on a copy of the
   fresh trainer, then follow the schedule from the suggested base LR. The sweep's cost is
   ``EpisodeResult.extra_epochs``.
-- ``"optimizer"``, arg = a tuning-free optimizer (``rlsched.seg.tuningfree.OPTIMIZERS``) at its recommended
+- ``"optimizer"``, arg = a tuning-free optimizer (``rlsched.seg.optimizers.OPTIMIZERS``) at its recommended
   constant LR (``base_lr`` overrides it).
 - ``"nnunet"``, arg unused: SGD, Nesterov momentum 0.99, weight decay 3e-5, gradient-norm clip 12, poly decay
   (exponent 0.9) from LR 1e-2 (nnU-Net's ``nnUNetTrainer``).
@@ -27,9 +27,9 @@ import numpy as np
 from rlsched.config import Config, EnvConfig, with_overrides
 from rlsched.control.env import Instance, UNetLREnv
 from rlsched.experiment.harness import Controller, Job, ScheduleController
+from rlsched.seg.optimizers import OPTIMIZERS
 from rlsched.seg.range_test import SWEEP_BATCHES, range_test
 from rlsched.seg.schedules import SCHEDULES
-from rlsched.seg.tuningfree import OPTIMIZERS
 
 KINDS = ("range_test", "optimizer", "nnunet")
 Overrides = tuple[tuple[str, str], ...]

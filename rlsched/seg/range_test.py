@@ -16,8 +16,8 @@ from typing import Iterator
 
 import torch
 
+from rlsched.seg.optimizers import OPTIMIZERS as TUNING_FREE
 from rlsched.seg.trainer import Trainer, build_optimizer
-from rlsched.seg.tuningfree import OPTIMIZERS as TUNING_FREE
 
 SWEEP_BATCHES = 100  # fastai's num_it
 

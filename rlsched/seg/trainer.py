@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rlsched.config import Config
-from rlsched.seg import tuningfree
+from rlsched.seg import optimizers
 from rlsched.seg.dataset import SegmentationData
 from rlsched.seg.heads import make_head
 from rlsched.seg.metrics import SegmentationMetrics
@@ -140,8 +140,10 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 def build_optimizer(config: Config, params: Any, lr: float, total_steps: int = 0) -> torch.optim.Optimizer:
     """The configured optimizer; ``total_steps`` (optimizer steps of the whole run) sets Schedule-Free's warmup."""
     opt = config.optim
-    if opt.name in tuningfree.OPTIMIZERS:
-        return tuningfree.build(opt.name, params, lr, opt.momentum, opt.weight_decay, total_steps)
+    if opt.name in optimizers.OPTIMIZERS:
+        batch_norm = config.model.norm == "batch"
+        request = optimizers.Request(lr, opt.momentum, opt.weight_decay, total_steps, batch_norm)
+        return optimizers.build(opt.name, params, request)
     if opt.name == "sgd":
         return torch.optim.SGD(
             params,
@@ -189,7 +191,7 @@ class Trainer:
         )
         # Schedule-Free: kept in eval mode (weights = the averaged point) outside train_epoch, so validation,
         # state_dict and any caller always see the weights to evaluate
-        self._has_modes = tuningfree.has_modes(self.optimizer)
+        self._has_modes = optimizers.has_modes(self.optimizer)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
         self.head.validate_target(data.train_masks[:1])
