@@ -34,6 +34,19 @@ from rlsched.seg.schedules import lr_grid
 
 SHORT = {"batch_size": "bs", "base_width": "w", "momentum": "mom"}
 LEARNED = 0.1  # an instance whose best final Dice stays below this learned nothing: its "best" LR is noise
+CONTEXT = "__context__"  # the journal entry that ties a journal to the config it was run with
+
+
+def require_context(journal: Journal, context: str) -> None:
+    """Tie the journal to the config's TOML: the job keys do not hold the config, so a journal of other
+    settings is refused rather than mixed in."""
+    if CONTEXT not in journal:
+        journal.add(CONTEXT, {"context": context})
+    elif journal.get(CONTEXT)["context"] != context:
+        raise SystemExit(
+            f"{journal.path} was written with other settings: move it away (or pick another --journal) to "
+            "start over, or restore the settings it was written with"
+        )
 
 
 def variant_label(instance: Instance) -> str:
@@ -108,7 +121,7 @@ def main() -> None:
             for inst in instances
         ]
         journal = Journal(args.journal / f"{preset}.jsonl" if args.journal else None)
-        journal.require_context(config_to_toml(config))
+        require_context(journal, config_to_toml(config))
         start = time.perf_counter()
         outcomes, reused = run_journaled(config, jobs, journal, args.workers)
         results = episodes(outcomes)

@@ -2,13 +2,14 @@
 resuming with other arguments or a changed preset, and jobs whose worker keeps dying."""
 
 import csv
-import json
+import importlib.util
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -109,10 +110,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_tables(reference, tmp_path):
     total = len((reference / "jobs.jsonl").read_text().splitlines())
     assert 6 <= saved < total
 
-    with pytest.warns(UserWarning, match="line .* is cut off"):
+    with pytest.warns(UserWarning, match=f"line {saved + 1} is cut off"):
         assert compare.main(["--resume", str(run_dir)]) == 0
     assert tables(run_dir) == tables(reference)
-    assert len(journal.read_text().splitlines()) == total  # the torn line was dropped, its job ran again
+    lines = journal.read_text().splitlines()
+    assert len(lines) == total + 1 and lines[saved].startswith('{"key": "{')  # skipped, its job ran again
     assert f"Resumed: {saved} episodes were read back" in (run_dir / "summary.md").read_text()
 
 
@@ -158,18 +160,39 @@ def test_resuming_with_other_arguments_or_a_changed_preset_is_refused(reference,
     assert "not a comparison run" in capsys.readouterr().err
 
 
-def test_journal_drops_a_torn_last_line_and_appends_on_a_clean_line(tmp_path):
+def test_journal_skips_a_torn_last_line_with_a_warning_and_appends_on_a_clean_line(tmp_path):
     path = tmp_path / "jobs.jsonl"
     journal = Journal(path)
     journal.add("a", {"result": 1.0, "nan": float("nan")})
     journal.add("b", {"result": 2.0})
     path.write_text(path.read_text() + '{"key": "c", "resu')
-    with pytest.warns(UserWarning, match="line 3 is cut off"):
+    with pytest.warns(UserWarning, match="jobs.jsonl: line 3 is cut off"):
         reopened = Journal(path)
-    assert sorted(reopened.entries) == ["a", "b"] and reopened.dropped == 1
+    assert sorted(reopened.entries) == ["a", "b"]
     assert reopened.get("a")["nan"] != reopened.get("a")["nan"]  # NaN round-trips
     reopened.add("c", {"result": 3.0})
-    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+    assert path.read_text().splitlines()[2:] == ['{"key": "c", "resu', '{"key": "c", "result": 3.0}']
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the torn line was reported once
+        assert sorted(Journal(path).entries) == ["a", "b", "c"]
+
+
+def test_a_file_of_other_records_is_not_taken_for_a_journal(tmp_path):
+    path = tmp_path / "episodes.jsonl"
+    path.write_text('{"final_dice": 0.5}\n')
+    with pytest.raises(ValueError, match="without a job key: it is not a journal of finished jobs; move it"):
+        Journal(path)
+
+
+def test_the_lr_sensitivity_benchmark_refuses_a_journal_of_other_settings(tmp_path):
+    path = Path(__file__).parents[1] / "benchmarks" / "lr_sensitivity.py"
+    spec = importlib.util.spec_from_file_location("lr_sensitivity", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.require_context(Journal(tmp_path / "fast.jsonl"), "noise = 0.1")
+    benchmark.require_context(Journal(tmp_path / "fast.jsonl"), "noise = 0.1")  # the same settings: resumed
+    with pytest.raises(SystemExit, match="fast.jsonl was written with other settings: move it away"):
+        benchmark.require_context(Journal(tmp_path / "fast.jsonl"), "noise = 0.2")
 
 
 def test_resume_refuses_a_journal_that_is_a_symbolic_link(reference, tmp_path, capsys):

@@ -6,7 +6,6 @@ so SB3, the reference PPO and any other agent get the same record without touchi
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rlsched.common.files import append_jsonl, atomic_write_text, read_jsonl
+from rlsched.common.files import append_jsonl, read_jsonl, write_jsonl
 
 
 class EpisodeRecorder(gym.Wrapper):
@@ -97,7 +96,7 @@ class EpisodeLog:
             return 0
         if records[count:]:
             append_jsonl(archive, records[count:])
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records[:count]))
+        write_jsonl(self.path, records[:count])
         self._seen = min(self._seen, count)
         return max(0, len(records) - count)
 

@@ -2,6 +2,8 @@
 
 Every file a run keeps is written to a temporary file in the same folder and moved into place with
 ``os.replace``, so killing a process at any moment leaves either the old or the new file, never half of one.
+Every ``*.jsonl`` file (episodes, progress, the comparison journal) is appended with ``append_jsonl`` and read
+with ``read_jsonl``: one convention for NaN (kept) and for a line a kill cut off (skipped with a warning).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
@@ -134,7 +137,9 @@ def atomic_write_json(path: Path | str, data: Any) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so files stay valid JSON for any reader."""
+    """For ``.json`` files (summaries, arguments), which other tools read: JSON has no NaN/inf, so they are
+    written as null and the file stays valid JSON for any reader (``*.jsonl`` records keep them:
+    ``append_jsonl``)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -166,32 +171,83 @@ def refuse_links(run_dir: Path | str, *names: str) -> None:
                 raise _link_error(path)
 
 
-def append_text(path: Path | str, text: str) -> None:
-    """Append ``text`` and fsync it; a symbolic link at ``path`` is refused rather than followed
-    (``O_NOFOLLOW``), so an append never writes outside the folder the path names."""
+def _append_lines(path: Path | str, text: str) -> None:
+    """Append whole lines and fsync them. A file whose last line a kill cut off first gets that line ended,
+    so ``text`` starts on a line of its own (the fragment stays behind as one unreadable line). A symbolic
+    link at ``path`` is refused rather than followed (``O_NOFOLLOW``): an append never writes outside its
+    folder."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        fd = os.open(path, flags, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise _link_error(Path(path)) from None
         raise
     with os.fdopen(fd, "a") as handle:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            text = "\n" + text
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
 
 
+def _plain(value: Any) -> Any:
+    """``json.dumps``'s fallback: numpy / torch scalars and arrays as Python numbers and lists."""
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
+    raise TypeError(
+        f"{type(value).__name__} cannot be written as JSON: pass numbers, strings, lists or dicts"
+    )
+
+
+def _jsonl_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=_plain, allow_nan=True) + "\n"
+
+
 def append_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> None:
-    """Append whole lines; a reader skips a torn last line (see ``read_jsonl``)."""
-    append_text(path, "".join(json.dumps(to_jsonable(record)) + "\n" for record in records))
+    """Append one line per record, the JSONL convention of every ``*.jsonl`` a run keeps.
+
+    Lines are Python's JSON: NaN and +-inf are written as the literals ``NaN``/``Infinity``/``-Infinity``,
+    which ``read_jsonl`` (Python's ``json``) reads back as the same floats, so every float round-trips
+    exactly (a NaN Dice means a diverged run; ``null`` would lose that). Strict JSON parsers (``jq``,
+    JavaScript's ``JSON.parse``) reject those literals. Files written before this convention hold ``null``
+    there, which reads back as ``None``."""
+    _append_lines(path, "".join(_jsonl_line(record) for record in records))
+
+
+def write_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` (atomically) with these records, in ``append_jsonl``'s convention."""
+    atomic_write_text(path, "".join(_jsonl_line(record) for record in records))
+
+
+_WARNED: set[str] = set()  # the unreadable lines read_jsonl has reported in this process
 
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
-    """All complete records; a line cut off by a kill is ignored rather than failing the reader."""
-    records = []
-    for line in Path(path).read_text().splitlines():
+    """Every record of a ``*.jsonl`` file. A line that is not a whole JSON object (cut off by a kill, or
+    garbled) is skipped with a warning naming the file and its line numbers, once per process however often
+    the file is read (a training log is read after every update): a torn last line is expected after a kill,
+    and later appends start below it. The file is never changed."""
+    records, bad = [], []
+    for number, line in enumerate(Path(path).read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue  # the end of the file, or a line two appenders both ended: no record in it
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        message = (
+            f"{path}: line{'s' if len(bad) > 1 else ''} {shown} "
+            f"{'are' if len(bad) > 1 else 'is'} cut off or unreadable (a kill during a write?): skipped"
+        )
+        if message not in _WARNED:
+            _WARNED.add(message)
+            warnings.warn(message, stacklevel=2)
     return records
