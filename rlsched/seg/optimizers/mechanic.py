@@ -58,11 +58,11 @@ def build(spec: TuningFree, package: ModuleType, params: Any, request: Request) 
     return optimizer
 
 
-# README: "optimizer = mechanize(torch.optim.SGD)(model.parameters(), lr=1.0)" and "you can set the lr to anything
-# here, but excessively small values may cause numerical precision issues"; mechanize's other settings keep
-# their defaults ("s_decay ... We use a default of 0.01 in all our experiments"; betas (0.9, ..., 0.999999)
-# "seem to work well in a range of tasks"; s_init 1e-8; store_delta=False "to minimize memory usage"). SGD runs
-# with momentum 0.9, as the other SGD variants here.
+# README: "optimizer = mechanize(torch.optim.SGD)(model.parameters(), lr=1.0)"; the lr may be anything but
+# very small values (numerical precision). mechanize's other settings keep their defaults (README: s_decay
+# "We use a default of 0.01 in all our experiments"; the default betas (0.9, ..., 0.999999) work in a range of
+# tasks; s_init 1e-8; store_delta=False "to minimize memory usage"). SGD runs with momentum 0.9, as the other
+# SGD variants here.
 OPTIMIZERS = {
     "mechanic_sgd": TuningFree("mechanic_pytorch", "SGD", lr=1.0, momentum=0.9, build=build),
     "mechanic_adam": TuningFree("mechanic_pytorch", "Adam", lr=1.0, build=build),
