@@ -113,6 +113,7 @@ def test_every_output_is_written_and_readable(run_dir):
     expected = {
         "config.toml",
         "args.json",
+        "run.json",
         "inputs.json",
         "jobs.jsonl",
         "episodes.csv",

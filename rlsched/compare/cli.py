@@ -3,6 +3,7 @@
     python -m rlsched.compare --agent runs/<id>/model.zip [--agent runs/<id2>/model.pt] [--seeds N]
     python -m rlsched.compare --agent pretrained --preset demo     # the controller shipped in the package
     python -m rlsched.compare --backend ray [--address ADDR] [--pbt-population K] [--num-gpus-per-worker G]
+    python -m rlsched.compare --report runs/<compare-id> --to docs/results   # its results page (compare/page.py)
 
 Every method trains the same UNets (same data, initial weights and epoch budget) through the same harness, so
 results differ only by the LRs chosen. Fairness: each fixed schedule gets its base LR from a grid search on
@@ -14,7 +15,8 @@ Every episode is journaled the moment it finishes (``jobs.jsonl``): after Ctrl-C
 ``--resume runs/<compare-id>`` runs only the missing episodes and writes the same tables. A worker process that
 dies is replaced and its episode retried (3 attempts, then it is reported as failed).
 
-Writes ``runs/<preset>__compare__<time>/``: ``config.toml``, ``args.json``, ``inputs.json`` (agent file hashes),
+Writes ``runs/<preset>__compare__<time>/``: ``config.toml``, ``args.json``, ``run.json`` (command line, commit,
+dates: compare/record.py), ``inputs.json`` (agent file hashes),
 ``jobs.jsonl``, ``episodes.csv`` (one row per method x instance x epoch), ``tuning.csv`` (the grid search),
 ``summary.csv``, ``summary.md`` and plots (``dice_vs_epoch.png``, ``lr_vs_epoch.png``, ``final_dice.png``,
 ``robustness.png``).
@@ -43,6 +45,8 @@ from rlsched.common.files import (
 )
 from rlsched.common.journal import Journal
 from rlsched.compare.methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
+from rlsched.compare.page import PageError, write_page
+from rlsched.compare.record import RECORD, record_finish, record_resume, record_start
 from rlsched.compare.report import write_results
 from rlsched.compare.running import check_baselines, check_fits, run_comparison
 from rlsched.config import (
@@ -60,7 +64,7 @@ from rlsched.seg.schedules import SCHEDULES
 from rlsched.seg.sources import check_dataset
 
 JOURNAL = "jobs.jsonl"
-STARTED = ("config.toml", "args.json", "inputs.json")  # what a start writes before its first episode
+STARTED = ("config.toml", "args.json", RECORD, "inputs.json")  # what a start writes before its first episode
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -216,7 +220,28 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         help="finish an interrupted comparison: run only the episodes missing from RUN_DIR/jobs.jsonl, "
         "then write every result file; flags given with it must equal the run's",
     )
+    p.add_argument(
+        "--report",
+        metavar="RUN_DIR",
+        default=None,
+        help="write the results page of a finished comparison, RUN_DIR's command, commit, dates and tables, "
+        "into --to (as <preset>.md, replacing RUN_DIR's own section if the page has one); runs nothing",
+    )
+    p.add_argument("--to", metavar="DIR", default=None, help="--report: the folder of the results pages")
     args = p.parse_args(argv)
+    if args.report or args.to:
+        others = sorted(f"--{o.replace('_', '-')}" for o in given_flags(p, argv) - {"report", "to"})
+        if others:
+            p.error(
+                f"--report writes a finished run's results page and runs nothing: drop {', '.join(others)}"
+            )
+        if not args.to:
+            p.error(
+                "--report RUN_DIR needs --to DIR, the folder of the results pages (e.g. --to docs/results)"
+            )
+        if not args.report:
+            p.error("--to DIR is where --report RUN_DIR writes a results page: add --report, or drop --to")
+        return p, args
     if args.no_robustness and "robustness" in given_flags(p, argv):
         p.error("--no-robustness skips the mis-set initial LR runs that --robustness sets: drop one of them")
     if args.resume:
@@ -310,7 +335,14 @@ def _check_device(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser, args = parse_args(argv)
+    if args.report:
+        try:
+            print(f"wrote {write_page(Path(args.report), Path(args.to))}")
+        except (PageError, OSError) as err:
+            parser.error(str(err))
+        return 0
     try:
         settings = Settings(
             seeds=args.seeds,
@@ -363,11 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         atomic_write_text(run_dir / "config.toml", config_to_toml(config))
         atomic_write_json(run_dir / "args.json", vars(args))
+        record_start(run_dir, argv)
         atomic_write_json(run_dir / "inputs.json", fingerprints)
     try:
         journal = Journal(run_dir / JOURNAL)
     except ValueError as err:  # a symbolic link in the journal's place
         parser.error(str(err))
+    if args.resume:
+        record_resume(run_dir, argv)
     interrupt_on_sigterm()
     try:
         with removed_if_unstarted(run_dir, fresh=not args.resume, started=STARTED):
@@ -382,5 +417,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as err:  # bad input found late, e.g. in an instance's config
         parser.error(str(err))
     print(write_results(comparison, run_dir))
+    record_finish(run_dir, len(comparison.failures))
     print(f"results: {run_dir}")
     return 0

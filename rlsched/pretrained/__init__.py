@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from rlsched.agents.policy_meta import meta_path
 from rlsched.common.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from rlsched.common.provenance import git_commit
 from rlsched.config import load_config
 
 ENV_VAR = "RLSCHED_PRETRAINED_DIR"
@@ -88,7 +88,7 @@ def export(run_dir: Path | str, dest: Path | str | None = None) -> dict[str, Any
         "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "trained": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(model.stat().st_mtime)),
         "exported": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "git_commit": _git_commit(),  # of the rlsched checkout that exported it; None outside a git checkout
+        "git_commit": git_commit(),  # of the rlsched checkout that exported it; None outside a git checkout
     }
     dest.mkdir(parents=True, exist_ok=True)
     (dest / PROVENANCE).unlink(
@@ -144,18 +144,3 @@ def _check_run(run_dir: Path) -> dict[str, Any]:
             "Restore the file from where the run was trained, or retrain"
         )
     return args
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
