@@ -184,3 +184,22 @@ def test_atomic_writes_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
+
+
+def test_an_interrupt_reported_by_a_c_extension_is_unwrapped():
+    """Ray's core worker reports a SIGTERM that landed in it as a SystemError caused by the interrupt."""
+    from rlsched.common.files import Interrupted, unwrap_interrupt
+
+    for interrupt in (Interrupted(), KeyboardInterrupt()):
+        try:
+            raise SystemError(
+                "<cyfunction CoreWorker.wait> returned a result with an exception set"
+            ) from interrupt
+        except SystemError as err:
+            assert unwrap_interrupt(err) is interrupt
+    other = SystemError("a real bug")
+    assert unwrap_interrupt(other) is other
+    try:
+        raise SystemError("wrapped") from ValueError("not an interrupt")
+    except SystemError as err:
+        assert unwrap_interrupt(err) is err

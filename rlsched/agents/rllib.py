@@ -24,7 +24,7 @@ from gymnasium import spaces
 from tqdm import tqdm
 
 from rlsched.agents.sb3 import PPOSettings
-from rlsched.common.files import append_jsonl, atomic_write_json
+from rlsched.common.files import append_jsonl, atomic_write_json, unwrap_interrupt
 from rlsched.config import Config
 
 ENV_NAME = "rlsched/UNetLR-rllib"  # the env registered with Ray: UNetLREnv on the run's config
@@ -183,7 +183,14 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
     try:
         with tqdm(total=args.total_timesteps, initial=steps, desc="RLlib PPO", unit="step") as bar:
             while steps < args.total_timesteps:
-                metrics = _scalars(algo.train())
+                try:
+                    result = algo.train()
+                except SystemError as err:
+                    interrupt = unwrap_interrupt(err)
+                    if interrupt is err:
+                        raise
+                    raise interrupt from None
+                metrics = _scalars(result)
                 steps = int(metrics["env_runners/num_env_steps_sampled_lifetime"])
                 last = _save(algo, run_dir, steps)
                 metrics.update(episodes.new_means())

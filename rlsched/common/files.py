@@ -29,6 +29,16 @@ class Interrupted(Exception):
     """SIGTERM, turned into an exception so the same clean-up as Ctrl-C runs (a checkpoint, a resume hint)."""
 
 
+def unwrap_interrupt(err: BaseException) -> BaseException:
+    """The interrupt behind ``err`` when a SIGTERM or Ctrl-C landed inside a C extension (Ray's core worker
+    waiting on its actors), which reports it as a ``SystemError`` caused by it; else ``err`` itself. Either way
+    the caller re-raises what it gets, so an interrupt gets its clean-up (a checkpoint, a resume hint)."""
+    inner = err.__cause__ or err.__context__
+    return (
+        inner if isinstance(err, SystemError) and isinstance(inner, (KeyboardInterrupt, Interrupted)) else err
+    )
+
+
 def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted()
 
