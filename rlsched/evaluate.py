@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlsched.agents.loading import check_compatible, load_policy
+from rlsched.common.arguments import add_set_flag
 from rlsched.common.files import (
     RunDirError,
     atomic_write_json,
@@ -217,13 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="preset name in envs/ or a .toml path (default: the config the policy trained on)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a preset value, e.g. --set env.heldout_instances=8 (repeatable)",
-    )
+    add_set_flag(p, "env.heldout_instances=8")
     p.add_argument("--workers", type=int, default=1, help="episode worker processes (default: %(default)s)")
     p.add_argument(
         "--out",

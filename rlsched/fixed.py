@@ -12,7 +12,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from rlsched.common.arguments import Parser, ranged
+from rlsched.common.arguments import Parser, add_set_flag, ranged
 from rlsched.common.files import (
     RunDirError,
     append_jsonl,
@@ -68,13 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=ranged(int, 0, 2**32 - 1), default=0, help="seeds the data and the initial weights"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a preset value, e.g. --set env.epochs=20 (repeatable)",
-    )
+    add_set_flag(parser, "env.epochs=20")
     parser.add_argument("--runs-dir", default="runs")
     args = parser.parse_args(argv)
     try:

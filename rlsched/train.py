@@ -27,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rlsched.agents.sb3 import PPOSettings
-from rlsched.common.arguments import Parser, given_flags, ranged
+from rlsched.common.arguments import Parser, add_set_flag, given_flags, ranged
 from rlsched.common.checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
 from rlsched.common.files import (
     Interrupted,
@@ -58,13 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     episodes ran (--n-epochs 0), or train nonsense without a word (--gamma 2, --total-timesteps -5)."""
     p = Parser(prog="python -m rlsched.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="demo", help="preset name in envs/ or a .toml path (default: demo)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a preset value, e.g. --set env.epochs=8 (repeatable)",
-    )
+    add_set_flag(p)
     p.add_argument(
         "--algo", choices=ALGOS, default="sb3", help="sb3 (Stable-Baselines3 PPO) or reference PPO"
     )

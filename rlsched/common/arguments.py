@@ -52,3 +52,14 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
     namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
     parser.parse_args(argv, namespace=namespace)
     return {dest for dest, value in vars(namespace).items() if value is not unset}
+
+
+def add_set_flag(parser: argparse.ArgumentParser, example: str = "env.epochs=8") -> None:
+    """``--set SECTION.KEY=VALUE``, repeatable: the preset override every command line takes."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a preset value, e.g. --set {example} (repeatable)",
+    )

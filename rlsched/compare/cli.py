@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsched.agents.loading import load_policy, resolve_agent_path
-from rlsched.common.arguments import Parser, given_flags
+from rlsched.common.arguments import Parser, add_set_flag, given_flags
 from rlsched.common.files import (
     Interrupted,
     RunDirError,
@@ -74,13 +74,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         default=None,
         help="preset name in envs/ or a .toml path (default: the first agent's config, else demo)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a preset value, e.g. --set env.epochs=8 (repeatable)",
-    )
+    add_set_flag(p)
     p.add_argument(
         "--agent",
         action="append",
