@@ -268,10 +268,15 @@ def _iter_local(
         crashes = 0
         while retries.pending:
             yield from _iter_pool(config, retries, min(workers, len(retries.pending)), context, markers)
-            culprits = [path for path in Path(markers).iterdir()]
-            for path in culprits:
-                index = int(path.read_text())
+            culprits = []
+            for path in Path(markers).iterdir():
+                text = path.read_text().strip()
                 path.unlink()
+                if (
+                    text.isdigit()
+                ):  # empty: killed while noting its job, which is still pending and runs again
+                    culprits.append(int(text))
+            for index in culprits:
                 failure = retries.died(index, "worker process died")
                 if failure is not None:
                     yield index, failure
