@@ -34,7 +34,6 @@ first group's LR as the one the epoch trained at.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import warnings
@@ -47,6 +46,7 @@ import torch
 from rlsched.agents.loading import Predictor, load_policy
 from rlsched.config import EnvConfig
 from rlsched.control.interface import ControlState, Dynamics, clip_lr, next_lr, undone
+from rlsched.seg.restore_point import RestorePoint
 
 
 class RLScheduler:
@@ -86,7 +86,7 @@ class RLScheduler:
         self._previous_weights = self._weights()
         self.rolled_back = False  # the last step undid a blown-up epoch (env.on_divergence = "rollback")
         self.rollbacks = 0
-        self._before: tuple[dict[str, Any], list[torch.Tensor]] | None = None
+        self._before: RestorePoint | None = None
         self._keep_state()  # taken again at the first forward / optimizer step: after a checkpoint is loaded
         self._snapshot_due = True
         self._lr_set = first_lr  # the LR this scheduler last left in the first group
@@ -220,7 +220,7 @@ class RLScheduler:
             blew_up = blew_up or train_loss > loss_limit or val_loss > val_loss_limit
         self.rolled_back = blew_up and self._before is not None
         if self.rolled_back:
-            self._restore()
+            self._before.restore()
             self.rollbacks += 1
             # the network is the one before the epoch again: so are its validation numbers
             restored = self._state.now if self._state else Dynamics(lr, math.nan, math.nan, 0.0, 0.0, 0.0)
@@ -272,9 +272,13 @@ class RLScheduler:
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def _undoable(self) -> list[torch.Tensor]:
+    def _undoable(self) -> dict[str, torch.Tensor]:
         """What an undone epoch puts back besides the optimizer state: parameters, and the model's buffers."""
-        return [*self._params(), *(self.model.buffers() if self.model is not None else ())]
+        buffers = self.model.named_buffers() if self.model is not None else ()
+        return {
+            **{f"param.{i}": p for i, p in enumerate(self._params())},
+            **{f"buffer.{name}": b for name, b in buffers},
+        }
 
     def _keep_state(self) -> None:
         """What a blown-up epoch is undone to, in each tensor's own dtype and device (rollback policies only:
@@ -282,16 +286,7 @@ class RLScheduler:
         if self.env.on_divergence != "rollback":
             return
         self._before = None  # the old copy goes before the new one is made: one copy held at a time
-        kept = [t.detach().clone() for t in self._undoable()]
-        self._before = (copy.deepcopy(self.optimizer.state_dict()), kept)
-
-    @torch.no_grad()
-    def _restore(self) -> None:
-        assert self._before is not None
-        optimizer_state, saved = self._before
-        for tensor, kept in zip(self._undoable(), saved):
-            tensor.copy_(kept)
-        self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+        self._before = RestorePoint(self._undoable(), self.optimizer)
 
     def _weights(self) -> torch.Tensor:
         return torch.cat([p.detach().flatten().float().cpu() for p in self._params()])

@@ -3,7 +3,7 @@
 It knows nothing of RL or schedules: every controller (the env's actions, a fixed schedule, a PBT member) runs
 training as ``train_slice(lr, epochs)`` and reads back a ``SliceResult``. A non-finite loss or gradient is an
 *outcome* (``diverged=True``), never an exception, and ``counted_dice`` is the one rule for what such a run
-scores; with ``keep_last_good=True`` the state before each epoch is kept so a caller can roll back.
+scores; with ``train_slice(..., undo_divergence=True)`` a slice that blew up is undone (a ``RestorePoint``).
 
 On a GPU the host waits for the device once per epoch and once per validation, not once per batch: losses,
 gradient norms and the finiteness flag are accumulated as device tensors and read back together. It leaves
@@ -13,7 +13,6 @@ process does not see its stream depend on the instance being trained.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from rlsched.seg import optimizers
 from rlsched.seg.dataset import SegmentationData
 from rlsched.seg.heads import make_head
 from rlsched.seg.metrics import SegmentationMetrics
+from rlsched.seg.restore_point import RestorePoint
 from rlsched.seg.unet import build_unet
 
 
@@ -346,7 +346,8 @@ class Trainer:
         validation. The copy taken before the slice doubles the memory of model and optimizer, hence off by
         default.
         """
-        before = self.state_dict() if undo_divergence else None
+        # the generator is not kept: the batch stream goes on past an undone slice
+        before = RestorePoint(self._tensors(), self.optimizer, self.scaler) if undo_divergence else None
         self.set_lr(lr)
         done = []
         for _ in range(epochs):
@@ -360,10 +361,8 @@ class Trainer:
             return SliceResult(done, evaluation, self.epoch)
         if before is None:
             return SliceResult(done, None, self.epoch)
-        spent, batches = self.epoch, self.generator.get_state()
-        self.load_state_dict(before)
-        self.epoch = spent
-        self.generator.set_state(batches)
+        before.restore()
+        self._diverged = False
         return SliceResult(done, self.evaluate(), self.epoch, rolled_back=True)
 
     @torch.no_grad()
@@ -402,23 +401,19 @@ class Trainer:
         return counted_dice({"dice_mean": dice, "diverged": diverged})
 
     # ----------------------------------------------------------------------------------------------- state
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The model's parameters and buffers by name, the live tensors (what a ``RestorePoint`` overwrites)."""
+        return self.model.state_dict(keep_vars=True)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit: weights, optimizer, loss scale, epoch and the trainer's
-        own generator (training draws from nothing else)."""
-        return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "scaler": self.scaler.state_dict(),  # empty unless fp16 loss scaling is on
-            "epoch": self.epoch,
-            "generator": self.generator.get_state(),
-        }
+        own generator (training draws from nothing else). A ``RestorePoint``'s state plus the epoch: it is also
+        the checkpoint format (PBT's, resuming), so it stays a plain dict that a fresh trainer can load."""
+        point = RestorePoint(self._tensors(), self.optimizer, self.scaler, self.generator)
+        return {**point.state, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a ``state_dict`` (also how a diverged trainer is revived)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        RestorePoint(self._tensors(), self.optimizer, self.scaler, self.generator, state).restore()
         self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"])
         self._diverged = False
