@@ -413,3 +413,35 @@ def test_absolute_actions_set_a_grid_lr_and_fixed_schedules_still_drive_the_env(
     assert env.step(0)[4]["lr"] == pytest.approx(1e-4)
     env.set_lr(0.0123)  # how the harness runs a fixed schedule: the action is then ignored
     assert env.step(env.keep_action)[4]["lr"] == pytest.approx(0.0123)
+
+
+def test_restoring_a_snapshot_replays_the_episode_exactly_from_there():
+    """Branched rollouts try several actions from one state: a restored episode must continue bit for bit,
+    also after the env ran another instance in between, and must differ when a different action is taken."""
+    env = UNetLREnv("fast", **{"env.epochs": 4})
+    keep = env.keep_action
+    env.reset(seed=0, options={"instance": 1})
+    env.step(keep)
+    snapshot = env.snapshot()
+
+    def finish(first):
+        rewards = [env.step(first)[1]]
+        while True:
+            obs, reward, terminated, _, info = env.step(keep)
+            rewards.append(reward)
+            if terminated:
+                return rewards, obs, env.evaluate_test()
+
+    straight = finish(keep)
+    env.reset(options={"instance": 0})  # another instance's trainer in between
+    env.step(keep)
+    obs = env.restore(snapshot)
+    assert obs.shape == env.observation_space.shape
+    replayed = finish(keep)
+    assert replayed[0] == straight[0] and replayed[2] == straight[2]
+    np.testing.assert_array_equal(replayed[1], straight[1])
+    env.restore(snapshot)
+    other = finish(env.action_space.n - 1 if isinstance(env.action_space, spaces.Discrete) else keep)
+    assert other[0][0] != straight[0][0]
+    with pytest.raises(RuntimeError, match="running episode"):
+        env.snapshot()

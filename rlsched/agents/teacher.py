@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlsched.control.rules import ScriptedRule
@@ -57,23 +58,46 @@ def behaviour_clone(
         running = rewards[t] + running * (1.0 - dones[t])
         returns[t] = running
 
-    policy = model.policy
-    x = torch.as_tensor(np.concatenate(observations), dtype=torch.float32)
-    a = torch.as_tensor(np.concatenate(actions))
-    g = torch.as_tensor(returns.reshape(-1), dtype=torch.float32)
+    stats = fit_policy(
+        model.policy,
+        np.concatenate(observations),
+        np.concatenate(actions),
+        returns.reshape(-1),
+        epochs,
+    )
+    model.num_timesteps += steps * venv.num_envs
+    return stats
+
+
+def fit_policy(
+    policy: ActorCriticPolicy,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    returns: np.ndarray,
+    epochs: int = 200,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Fit ``policy`` to act as ``actions`` (cross-entropy) and its value head to ``returns``, full batch: the
+    cloning step of both the warm start and the branched improvement (``agents.branched``). ``observations`` are
+    what the policy sees (normalised, if the env normalises); ``weights`` (default: all 1) weigh each sample's
+    imitation term. Returns the imitation accuracy and value loss."""
+    x = torch.as_tensor(observations, dtype=torch.float32)
+    a = torch.as_tensor(actions)
+    g = torch.as_tensor(returns, dtype=torch.float32)
+    w = torch.ones(len(a)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    w = w / w.mean()
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     policy.set_training_mode(True)
     for _ in range(epochs):
         values, log_prob, _ = policy.evaluate_actions(x, a)
         value_loss = torch.nn.functional.mse_loss(values.flatten(), g)
-        loss = -log_prob.mean() + 0.5 * value_loss
+        loss = -(w * log_prob).mean() + 0.5 * value_loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     policy.set_training_mode(False)
     with torch.no_grad():
         predicted = policy.get_distribution(x).distribution.probs.argmax(-1)
-    model.num_timesteps += steps * venv.num_envs
     return {
         "bc/accuracy": float((predicted == a).float().mean()),
         "bc/value_loss": float(value_loss.detach()),

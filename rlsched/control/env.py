@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -28,6 +29,20 @@ from rlsched.seg.sources import make_dataset
 from rlsched.seg.trainer import Trainer, counted_dice
 
 SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class EnvSnapshot:
+    """A running episode frozen mid-way (``UNetLREnv.snapshot``): the network, optimizer and data order, and the
+    controller's view of the run, so ``restore`` continues it exactly as if nothing had happened since."""
+
+    instance: Instance
+    trainer: dict[str, Any]
+    control: ControlState
+    lr: float
+    forced_lr: float | None
+    initial_dice: float
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -332,6 +347,37 @@ class UNetLREnv(gym.Env):
         if terminated:
             info.update(final_dice=dice, initial_dice=self._initial_dice)
         return obs, float(reward), terminated, False, info
+
+    def snapshot(self) -> EnvSnapshot:
+        """The episode as it stands, to ``restore`` later: how branched rollouts try several actions from one
+        state (``rlsched.agents.branched``). Only a running episode can be frozen."""
+        if self.trainer is None or self._done or self.instance is None:
+            raise RuntimeError(
+                "snapshot() freezes a running episode: call reset() and step until before the end"
+            )
+        return EnvSnapshot(
+            self.instance,
+            self.trainer.state_dict(),
+            copy.deepcopy(self._control),
+            self._lr,
+            self._forced_lr,
+            self._initial_dice,
+            self.seconds,
+        )
+
+    def restore(self, snapshot: EnvSnapshot) -> np.ndarray:
+        """Continue from ``snapshot`` (of this env, any episode since); returns the observation it had. Later steps
+        give exactly what they would have given then: training on CPU is deterministic given its state."""
+        if self.trainer is None or self.instance != snapshot.instance:
+            self.reset(options={"instance": snapshot.instance})
+        assert self.trainer is not None
+        self.trainer.load_state_dict(copy.deepcopy(snapshot.trainer))
+        self.instance = snapshot.instance
+        self._control = copy.deepcopy(snapshot.control)
+        self._lr, self._forced_lr = snapshot.lr, snapshot.forced_lr
+        self._initial_dice, self.seconds = snapshot.initial_dice, snapshot.seconds
+        self._done = self._diverged = False
+        return self._control.observation()
 
     def evaluate_test(self) -> float:
         """Test Dice of the network as the finished episode left it (0 if it diverged): what a comparison reports
