@@ -31,9 +31,9 @@ from rlsched.common.stats import DIFFERENCE, UNIT, clipped_note, mean_ci, paired
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
 from rlsched.control.env import Instance, make_instances
 from rlsched.control.rules import SCRIPTED_RULES
-from rlsched.experiment.baselines import method_job
 from rlsched.experiment.harness import Job
 from rlsched.experiment.jobs import episodes, run_jobs
+from rlsched.experiment.kinds import method_job
 from rlsched.pretrained import read_provenance
 
 TEACHER_FILE = "teacher.json"  # written by train's warm start: {"rule": ..., "lr": ...}

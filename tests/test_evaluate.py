@@ -9,9 +9,9 @@ from conftest import train_tiny
 from rlsched import evaluate
 from rlsched.config import load_config
 from rlsched.control.env import UNetLREnv, make_instances
-from rlsched.experiment.baselines import method_job
 from rlsched.experiment.harness import ScriptedController, run_episode
 from rlsched.experiment.jobs import episodes, run_jobs
+from rlsched.experiment.kinds import method_job
 
 TINY = [
     "data.image_size=16",

@@ -14,9 +14,10 @@ import rlsched  # noqa: F401  (registers the env ids)
 from rlsched.config import ConfigError, config_from_dict, config_to_toml, load_config, with_overrides
 from rlsched.control.env import Instance, UNetLREnv, instance_config, make_instances
 from rlsched.experiment import jobs
-from rlsched.experiment.baselines import NNUNET, method_job
 from rlsched.experiment.harness import EpisodeResult, ScheduleController, run_episode
 from rlsched.experiment.jobs import run_jobs
+from rlsched.experiment.kinds import method_job
+from rlsched.experiment.kinds.nnunet import NNUNET
 from rlsched.fixed import main as fixed_main
 
 # 16x16 images, 2-epoch budgets: every episode well under a second

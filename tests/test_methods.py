@@ -10,9 +10,11 @@ import torch
 from rlsched.config import ConfigError, load_config, with_overrides
 from rlsched.control.env import UNetLREnv, make_instances
 from rlsched.experiment import jobs
-from rlsched.experiment.baselines import NNUNET_LR, RangeTestController, method_job
 from rlsched.experiment.harness import Job, ScheduleController, run_episode
 from rlsched.experiment.jobs import run_jobs
+from rlsched.experiment.kinds import method_job
+from rlsched.experiment.kinds.nnunet import NNUNET_LR
+from rlsched.experiment.kinds.range_test import RangeTestController
 from rlsched.seg.optimizers import OPTIMIZERS
 from rlsched.seg.range_test import range_test, valley
 from rlsched.seg.schedules import FixedSchedule

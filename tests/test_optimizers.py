@@ -96,7 +96,7 @@ def test_a_family_module_is_all_a_new_optimizer_needs(tmp_path):
         import torch
         from rlsched.compare.methods import BASELINE_GROUPS, BASELINES
         from rlsched.config import ConfigError, load_config
-        from rlsched.experiment.baselines import recipe
+        from rlsched.experiment.kinds.optimizer import recipe
         from rlsched.seg.trainer import build_optimizer
 
         config = load_config("fast", {"optim.name": "fake_sgd"})
@@ -104,7 +104,7 @@ def test_a_family_module_is_all_a_new_optimizer_needs(tmp_path):
         assert type(optimizer) is torch.optim.SGD, optimizer
         assert BASELINES["fake_sgd"] == ("optimizer", "fake_sgd") and "fake_sgd" in BASELINE_GROUPS["tuningfree"]
         pinned = (("optim.name", "fake_sgd"), ("optim.momentum", "0.5"))
-        assert recipe("optimizer", "fake_sgd") == ("constant", 0.5, pinned)
+        assert recipe("fake_sgd") == ("constant", 0.5, pinned)
         assert "dog" not in BASELINES
         try:
             load_config("fast", {"optim.name": "dog"})

@@ -6,11 +6,11 @@ import csv
 import pytest
 
 from rlsched import compare
-from rlsched.compare.methods import ORACLE, ORACLE_SCHEDULES
 from rlsched.compare.running import oracle_jobs, oracle_runs
 from rlsched.config import load_config
 from rlsched.control.env import Instance, UNetLREnv, make_instances
 from rlsched.experiment.harness import EpisodeResult, ScheduleController, run_episode
+from rlsched.experiment.kinds.oracle import ORACLE, ORACLE_SCHEDULES
 from rlsched.experiment.tuning import search_grid
 
 TINY = ["data.image_size=16", "data.n_train=16", "data.n_val=8", "env.epochs=2", "env.heldout_instances=2",

@@ -9,7 +9,6 @@ from rlsched.compare.cli import main
 from rlsched.compare.methods import (
     BASELINES,
     CONSTANT_INITIAL,
-    SCRIPTED,
     Comparison,
     Method,
     Settings,
@@ -20,6 +19,7 @@ from rlsched.compare.methods import (
 from rlsched.compare.report import report, write_results
 from rlsched.compare.running import run_comparison
 from rlsched.compare.summary import best_fixed, run_metrics, summarize
+from rlsched.experiment.tuning import SCRIPTED
 
 __all__ = [
     "BASELINES",

@@ -44,7 +44,7 @@ from rlsched.common.files import (
     removed_if_unstarted,
 )
 from rlsched.common.journal import Journal
-from rlsched.compare.methods import BASELINE_GROUPS, BASELINES, SCRIPTED, Settings, agent_methods
+from rlsched.compare.methods import BASELINE_GROUPS, BASELINES, Settings, agent_methods
 from rlsched.compare.page import PageError, write_page
 from rlsched.compare.record import RECORD, record_finish, record_resume, record_start
 from rlsched.compare.report import write_results
@@ -59,6 +59,7 @@ from rlsched.config import (
     parse_override,
 )
 from rlsched.experiment.jobs import BACKENDS
+from rlsched.experiment.tuning import SCRIPTED
 from rlsched.seg.dataset import DatasetError
 from rlsched.seg.schedules import SCHEDULES
 from rlsched.seg.sources import check_dataset

@@ -11,12 +11,19 @@ from rlsched.agents.loading import LoadedPolicy, check_compatible
 from rlsched.common.files import read_jsonl
 from rlsched.config import Config
 from rlsched.control.env import Instance
-from rlsched.experiment.baselines import KINDS, method_job
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import BACKENDS, JobFailure
-from rlsched.experiment.tuning import SCRIPTED, TUNABLE, Tuning, tuned_kind
+from rlsched.experiment.kinds import (
+    KINDS,
+    MethodKind,
+    method_job,
+    method_kind,
+    policy,
+    random_policy,
+    schedule,
+)
+from rlsched.experiment.tuning import TUNABLE, Tuning, tuned_kind
 from rlsched.pretrained import AGENT_NAME, PROVENANCE, read_provenance
-from rlsched.seg.optimizers import OPTIMIZERS
 from rlsched.seg.schedules import SCHEDULES
 
 
@@ -26,36 +33,13 @@ def initial_lr_name(schedule: str) -> str:
 
 
 CONSTANT_INITIAL = initial_lr_name("constant")
-# the room a schedule has on an instance: the best of these over an LR grid, picked per held-out instance on its
-# validation Dice and reported on its test Dice (an upper bound no method can claim, not a method)
-ORACLE = "oracle"
-ORACLE_SCHEDULES = ("constant", "cosine")
 AGENT_KINDS = {".zip": "sb3", ".pt": "reference", ".rllib": "rllib"}  # model suffix -> method name suffix
-# what a practitioner runs instead of a learned schedule (experiment.baselines, experiment.search):
+# what a practitioner runs instead of a learned schedule, as its kind declares them (experiment.kinds):
 # name -> (kind, arg)
-BASELINES = {
-    "range_test+onecycle": ("range_test", "onecycle"),
-    "range_test+cosine": ("range_test", "cosine"),
-    **{name: ("optimizer", name) for name in OPTIMIZERS},
-    "nnunet": ("nnunet", ""),
-    "optuna": ("optuna", ""),
-}
+BASELINES = {name: (kind.name, arg) for kind in KINDS.values() for name, arg in kind.baselines.items()}
 BASELINE_GROUPS = {
-    "range_test": ("range_test+onecycle", "range_test+cosine"),
-    "tuningfree": tuple(OPTIMIZERS),
+    **{kind.group: tuple(kind.baselines) for kind in KINDS.values() if kind.group},
     "all": tuple(BASELINES),
-}
-NEEDS = {
-    "policy": "a trained controller",
-    "schedule": "an LR grid search",
-    SCRIPTED: "an LR grid search",
-    "range_test": "nothing (an LR sweep per run)",
-    "optimizer": "nothing",
-    "nnunet": "nothing (a recipe)",
-    "optuna": "an Optuna search",
-    "pbt": "a population per run",
-    ORACLE: "a grid per held-out instance (an upper bound)",
-    "random": "nothing",
 }
 
 
@@ -92,7 +76,7 @@ class Settings:
     sampled_rollouts: int = 0
     # schedules also run untuned, from each instance's initial LR
     at_initial_lr: tuple[str, ...] = ("constant",)
-    # > 0: the per-instance oracle (best of ORACLE_SCHEDULES over this many LRs per decade, picked on validation)
+    # > 0: the per-instance oracle (best of its schedules over this many LRs per decade, picked on validation)
     oracle_per_decade: int = 0
 
     def __post_init__(self) -> None:
@@ -154,52 +138,58 @@ class Method:
     """One controller under comparison, with the training epochs it consumed before evaluation."""
 
     name: str
-    # harness Job kind: "policy" | "schedule" | "scripted" | "random"; or "pbt" (run by experiment.pbt)
-    kind: str
-    arg: str  # model path | schedule name | random seed
+    kind: (
+        str  # a registered kind (experiment.kinds): how its jobs run, and how it is counted, shown and drawn
+    )
+    arg: str  # model path | schedule name | random seed | ... (the kind's Job.arg)
     # schedules: tuned base LR (None: the instance's initial LR); scripted: target
     base_lr: float | None = None
     epochs_before: float = 0.0  # NaN when unknown (an agent without its training records)
     accounting: str = "nothing"  # how epochs_before was counted, for the report
-    needs: str = ""  # what it needed from the user (default: by kind, NEEDS)
+    needs: str = ""  # what it needed from the user (default: its kind's)
     rollouts: int = 1  # episodes per instance ("policy_sample": sampled rollouts, averaged per instance)
     trust: bool = False  # policies: loaded with trust=True (--trust-model), so their workers load them so too
 
     def __post_init__(self) -> None:
+        declared = self.declared  # an unknown kind is refused here, naming the registered ones
         if not self.needs:
-            needs = "an LR" if self.kind == "schedule" and self.base_lr is None else NEEDS.get(self.kind, "")
-            object.__setattr__(self, "needs", needs)
+            object.__setattr__(self, "needs", declared.needs)
+
+    @property
+    def declared(self) -> MethodKind:
+        """Its kind's declaration; without a base LR, the kind's untuned one where it has one (a schedule from
+        the instance's initial LR)."""
+        kind = method_kind(self.kind)
+        return kind.untuned if self.base_lr is None and kind.untuned is not None else kind
 
     @property
     def robust(self) -> bool:
-        """Whether a forced initial LR means anything to it: the range test picks its own LR, the tuning-free
-        optimizers and the nnU-Net recipe have theirs (and a schedule at the initial LR would repeat the tuned
-        schedule's robustness run)."""
-        return (
-            self.kind not in ("range_test", "optimizer", "nnunet", "policy_sample", ORACLE)
-            and not self.at_initial_lr
-        )
+        """Whether a forced initial LR means anything to it (its kind says: the range test picks its own LR,
+        the tuning-free optimizers and the nnU-Net recipe have theirs, a schedule at the initial LR would repeat
+        the tuned schedule's robustness run)."""
+        return self.declared.robust
 
     @property
     def at_initial_lr(self) -> bool:
         """A fixed schedule run untuned, from each instance's initial LR (what a user who does not tune gets)."""
-        return self.kind == "schedule" and self.base_lr is None
+        return self.base_lr is None and method_kind(self.kind).untuned is not None
 
     @property
     def learned(self) -> bool:
-        return self.kind in ("policy", "policy_sample")
+        return self.declared.learned
 
     @property
     def tuned(self) -> bool:
-        return self.kind in ("schedule", SCRIPTED) and self.base_lr is not None
+        return self.declared.tuned and self.base_lr is not None
 
     def jobs(self, config: Config, instance: Instance, initial_lr: float | None = None) -> list[Job]:
         """Its episodes on ``instance`` (one, or one per sampled rollout). Robustness runs (``initial_lr`` set)
         start every method, base LRs included, from that LR; the scripted rule keeps steering towards its tuned
         target from there."""
-        if self.kind in KINDS:
+        declared = self.declared
+        if declared.job is not None:  # a kind whose job it makes and checks itself: one per instance
             return [method_job(config, self.kind, self.arg, self.name, instance, self.base_lr, initial_lr)]
-        base_lr = self.base_lr if initial_lr is None or self.kind == SCRIPTED else initial_lr
+        base_lr = self.base_lr if initial_lr is None or declared.keeps_base_lr else initial_lr
         return [
             Job(
                 self.name,
@@ -239,21 +229,22 @@ class Comparison:
 def agent_methods(policies: list[LoadedPolicy], config: Config) -> list[Method]:
     """One method per trained agent; refuses agents whose observation/action interface is not the env's."""
     methods: list[Method] = []
-    for policy in policies:
-        check_compatible(policy, config)
-        shipped = read_provenance(policy.path) is not None
-        base = AGENT_NAME if shipped else f"learned-{AGENT_KINDS.get(policy.path.suffix, 'reference')}"
+    for loaded in policies:
+        check_compatible(loaded, config)
+        shipped = read_provenance(loaded.path) is not None
+        base = AGENT_NAME if shipped else f"learned-{AGENT_KINDS.get(loaded.path.suffix, 'reference')}"
         name = base if all(m.name != base for m in methods) else f"{base}#{len(methods) + 1}"
-        epochs, source = training_epochs(policy)
+        epochs, source = training_epochs(loaded)
         methods.append(
             Method(
                 name,
-                "policy",
-                str(policy.path),
+                policy.KIND.name,
+                str(loaded.path),
                 epochs_before=epochs,
-                trust=policy.trusted,
-                accounting=f"PPO training of {'the shipped controller, ' if shipped else ''}"
-                f"{policy.path} ({source})",
+                trust=loaded.trusted,
+                accounting=policy.KIND.account(
+                    model=f"{'the shipped controller, ' if shipped else ''}{loaded.path}", source=source
+                ),
             )
         )
     return methods
@@ -263,9 +254,11 @@ def sampled_methods(agents: list[Method], rollouts: int) -> list[Method]:
     """Each agent again, acting on sampled rather than most likely actions: ``rollouts`` seeded episodes per
     instance, averaged per instance (the policy is stochastic; its argmax is one way to use it)."""
     return [
-        replace(m, name=f"{m.name} (sampled, mean of {rollouts})", kind="policy_sample", rollouts=rollouts)
+        replace(
+            m, name=f"{m.name} (sampled, mean of {rollouts})", kind=policy.SAMPLED.name, rollouts=rollouts
+        )
         for m in agents
-        if rollouts and m.kind == "policy"
+        if rollouts and m.kind == policy.KIND.name
     ]
 
 
@@ -293,13 +286,17 @@ def training_epochs(policy: LoadedPolicy) -> tuple[float, str]:
 
 def baseline_methods(tuning: Tuning, at_initial_lr: tuple[str, ...] = ("constant",)) -> list[Method]:
     """Tuned fixed schedules, the schedules run from the instance's initial LR and the random policy."""
-    search = (
-        f"LR grid search: {len(tuning.grid)} LRs x {tuning.instances} train instances x "
-        f"{tuning.epochs} epochs"
-    )
+    facts = {"lrs": len(tuning.grid), "instances": tuning.instances, "epochs": tuning.epochs}
     tuned = [
-        Method(name, tuned_kind(name), name, lr, tuning.epochs_per_schedule, search)
+        Method(
+            name,
+            tuned_kind(name),
+            name,
+            lr,
+            tuning.epochs_per_schedule,
+            method_kind(tuned_kind(name)).account(**facts),
+        )
         for name, lr in tuning.base_lrs.items()
     ]
-    untuned = [Method(initial_lr_name(name), "schedule", name) for name in at_initial_lr]
-    return tuned + untuned + [Method("random", "random", "0")]
+    untuned = [Method(initial_lr_name(name), schedule.KIND.name, name) for name in at_initial_lr]
+    return tuned + untuned + [Method("random", random_policy.KIND.name, "0")]

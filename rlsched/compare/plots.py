@@ -24,21 +24,12 @@ LEARNED_COLOURS = ("#d62728", "#111111", "#8b0000", "#6a3d9a")
 def styles(methods: list[Method]) -> dict[str, dict[str, Any]]:
     """Learned policies bold red/black on top; schedules in distinct colours, practitioners' alternatives (range
     test, tuning-free optimizers, recipes) in the same cycle, dash-dotted; baselines grey and dashed."""
-    learned, fixed = itertools.cycle(LEARNED_COLOURS), itertools.cycle(SCHEDULE_COLOURS)
+    palettes = {"learned": itertools.cycle(LEARNED_COLOURS), "fixed": itertools.cycle(SCHEDULE_COLOURS)}
     out = {}
     for m in methods:
-        if m.learned:
-            out[m.name] = {"color": next(learned), "lw": 3.0, "ls": "-"}
-        elif m.tuned or m.kind == "pbt":
-            out[m.name] = {"color": next(fixed), "lw": 1.8, "ls": "-"}
-        elif m.kind in ("range_test", "optimizer", "nnunet"):
-            out[m.name] = {"color": next(fixed), "lw": 1.8, "ls": "-."}
-        else:
-            out[m.name] = {
-                "color": "#7f7f7f" if m.kind == "random" else "#444444",
-                "lw": 1.8,
-                "ls": "--" if m.kind == "random" else ":",
-            }
+        style = m.declared.style  # as its kind declares it (experiment.kinds)
+        colour = next(palettes[style.palette]) if style.palette else style.colour
+        out[m.name] = {"color": colour, "lw": style.width, "ls": style.line}
     return out
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from rlsched.common.files import atomic_write_text
 from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note
-from rlsched.compare.methods import ORACLE, ORACLE_SCHEDULES, Comparison, Tuning
+from rlsched.compare.methods import Comparison, Tuning
 from rlsched.compare.plots import plot
 from rlsched.compare.summary import best_fixed, paired_tests, summarize
+from rlsched.experiment.kinds.oracle import ORACLE, ORACLE_SCHEDULES
 
 DICE_METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice")  # bounded in [0, 1]: shown clipped to it
 MORE_INSTANCES = "compare on more held-out instances (env.heldout_instances, and --seeds if given)"
@@ -62,14 +63,8 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main:
-        kind = methods[r["method"]].kind
-        base = (
-            f"{r['base_lr']:.3g}"
-            if r["base_lr"] is not None
-            else {"pbt": "PBT", "range_test": "LR sweep", ORACLE: "per instance"}.get(
-                kind, "instance's initial"
-            )
-        )
+        declared = methods[r["method"]].declared
+        base = f"{r['base_lr']:.3g}" if r["base_lr"] is not None else declared.base_lr_text
         lines.append(
             f"| {label(r['method'])} | {methods[r['method']].needs} | {base} | {_count(r['epochs_before_eval'])} "
             f"| {_ci(r, 'test_dice')} | {_ci(r, 'final_dice')} | {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} "

@@ -12,22 +12,13 @@ from typing import Callable
 from tqdm import tqdm
 
 from rlsched.common.journal import Journal, journal_key
-from rlsched.compare.methods import (
-    BASELINES,
-    NEEDS,
-    ORACLE,
-    ORACLE_SCHEDULES,
-    Comparison,
-    Method,
-    Settings,
-    baseline_methods,
-    sampled_methods,
-)
+from rlsched.compare.methods import BASELINES, Comparison, Method, Settings, baseline_methods, sampled_methods
 from rlsched.config import Config, ConfigError
 from rlsched.control.env import Instance, make_instances
-from rlsched.experiment.baselines import method_job, recipe
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import JobFailure, Outcome, run_journaled
+from rlsched.experiment.kinds import method_job, method_kind, optuna, oracle, pbt, schedule
+from rlsched.experiment.kinds.oracle import ORACLE, ORACLE_SCHEDULES
 from rlsched.experiment.tuning import search_grid, tune_base_lrs
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -133,7 +124,7 @@ def run_comparison(
         f: (lr, _episodes([o for job, o in zip(jobs, outcomes) if job.initial_lr == lr]))
         for f, lr in robust_lrs.items()
     }
-    methods = [_count_sweeps(m, main) if m.kind == "range_test" else m for m in methods]
+    methods = [_count_sweeps(m, main) if m.declared.sweeps else m for m in methods]
     if oracle:
         method, picked = oracle_runs(config, oracle, _episodes(oracle_outcomes), settings.oracle_per_decade)
         methods.append(method)
@@ -156,7 +147,7 @@ def check_baselines(config: Config, settings: Settings, agents: list[Method]) ->
     the run directory exists, so a missing extra costs nothing."""
     for name in settings.baselines:
         kind, arg = BASELINES[name]
-        if kind == "optuna":
+        if kind == optuna.KIND.name:  # searched here, not a job
             from rlsched.experiment.search import require_optuna
 
             require_optuna()
@@ -165,7 +156,7 @@ def check_baselines(config: Config, settings: Settings, agents: list[Method]) ->
                     "--baselines optuna: give its budget with --optuna-epochs N (no learned agent "
                     "whose training epochs are known to match)"
                 )
-        elif kind in ("optimizer", "nnunet"):
+        else:  # its kind checks its job: an optimizer's package, a range test's schedule
             method_job(config, kind, arg, name, make_instances(config, "heldout")[0])
 
 
@@ -176,20 +167,15 @@ def extra_methods(
     methods = []
     for name in settings.baselines:
         kind, arg = BASELINES[name]
-        if kind == "optuna":
+        declared = method_kind(kind)
+        if kind == optuna.KIND.name:
             methods.append(optuna_method(config, settings, agents, train, journal))
-        elif kind == "range_test":
-            methods.append(
-                Method(name, kind, arg, accounting="the LR sweep in front of each run (counted below)")
-            )
-        else:
-            schedule, lr, _ = recipe(kind, arg)
-            source = (
-                f"{arg} at its recommended LR, {schedule}"
-                if kind == "optimizer"
-                else f"nnU-Net's recipe (SGD, Nesterov 0.99, {schedule} 0.9 from {lr:g})"
-            )
-            methods.append(Method(name, kind, arg, lr, accounting=f"nothing: {source}"))
+        elif declared.recipe is not None:
+            schedule_name, lr, _ = declared.recipe(arg)
+            accounting = declared.account(arg=arg, schedule=schedule_name, lr=lr)
+            methods.append(Method(name, kind, arg, lr, accounting=accounting))
+        else:  # a range test: its cost is counted after its runs (_count_sweeps)
+            methods.append(Method(name, kind, arg))
     return methods
 
 
@@ -224,14 +210,13 @@ def optuna_method(
         )
     chosen = journal.get(key)
     return Method(
-        "optuna",
-        "schedule",
+        optuna.KIND.name,
+        schedule.KIND.name,  # its choice runs as a tuned schedule
         chosen["schedule"],
         chosen["base_lr"],
         float(chosen["epochs"]),
-        f"Optuna TPE + median pruning: {chosen['trials']} trials over (schedule, base LR) on "
-        f"{len(train)} train instance(s), budget {budget:,} epochs",
-        needs=NEEDS["optuna"],
+        optuna.KIND.account(trials=chosen["trials"], instances=len(train), budget=budget),
+        needs=optuna.KIND.needs,
     )
 
 
@@ -242,7 +227,7 @@ def _count_sweeps(method: Method, results: list[EpisodeResult]) -> Method:
     return replace(
         method,
         epochs_before=float(sum(sweeps)),
-        accounting=f"an LR sweep before each of {len(sweeps)} runs ({per_run:.2f} epochs each)",
+        accounting=method.declared.account(runs=len(sweeps), per_run=per_run),
     )
 
 
@@ -271,9 +256,9 @@ def oracle_jobs(config: Config, instances: list[Instance], per_decade: int) -> l
         return []
     grid = search_grid(config, per_decade)
     return [
-        Job(f"{ORACLE} {schedule}@{lr:g}", "schedule", schedule, instance, base_lr=lr)
+        Job(f"{ORACLE} {name}@{lr:g}", schedule.KIND.name, name, instance, base_lr=lr)
         for instance in instances
-        for schedule in ORACLE_SCHEDULES
+        for name in ORACLE_SCHEDULES
         for lr in grid
     ]
 
@@ -294,13 +279,15 @@ def oracle_runs(
     per_instance = len(jobs) // max(len(best), 1)
     spent = float(sum(r.epochs for r in results) - sum(r.epochs for r in picked))
     choices = ", ".join(f"{i}: {best[i].method.removeprefix(ORACLE + ' ')}" for i in sorted(best))
-    accounting = (
-        f"{ORACLE}: {per_instance} runs per held-out instance ({', '.join(ORACLE_SCHEDULES)} x "
-        f"{per_instance // len(ORACLE_SCHEDULES)} LRs, {per_decade} per decade), the best by validation Dice "
-        f"reported; epochs beyond one run each; picked {choices}"
+    accounting = oracle.KIND.account(
+        runs=per_instance,
+        schedules=", ".join(ORACLE_SCHEDULES),
+        lrs=per_instance // len(ORACLE_SCHEDULES),
+        per_decade=per_decade,
+        choices=choices,
     )
     return Method(
-        ORACLE, ORACLE, ",".join(ORACLE_SCHEDULES), epochs_before=spent, accounting=accounting
+        ORACLE, oracle.KIND.name, ",".join(ORACLE_SCHEDULES), epochs_before=spent, accounting=accounting
     ), picked
 
 
@@ -337,12 +324,15 @@ def pbt_runs(
         runs.append(EpisodeResult.from_dict(entry["result"]))
         total += int(entry["epochs"])
     own = len(instances) * config.env.epochs
-    accounting = (
-        f"{algorithm.upper()}: population {population} x {config.env.epochs} epochs on each of {len(instances)} "
-        f"held-out instance(s): {total:,} epochs trained in all (nominal {population * own:,}), "
-        "the best member by validation Dice reported (its test Dice in the tables)"
+    accounting = pbt.KIND.account(
+        algorithm=algorithm.upper(),
+        population=population,
+        epochs=config.env.epochs,
+        instances=len(instances),
+        total=total,
+        nominal=population * own,
     )
     method = Method(
-        algorithm, "pbt", str(population), epochs_before=float(total - own), accounting=accounting
+        algorithm, pbt.KIND.name, str(population), epochs_before=float(total - own), accounting=accounting
     )
     return method, runs

@@ -15,8 +15,9 @@ from typing import Any, Callable
 import numpy as np
 
 from rlsched.common.stats import PairedTest, mean_ci, paired_test
-from rlsched.compare.methods import ORACLE, Comparison
+from rlsched.compare.methods import Comparison
 from rlsched.experiment.harness import EpisodeResult
+from rlsched.experiment.kinds.oracle import ORACLE
 
 METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice", "epochs_to_target", "seconds")
 

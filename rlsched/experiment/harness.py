@@ -203,14 +203,14 @@ class Job:
     """One episode to run, described by value so it can travel to a worker process."""
 
     method: str  # the name results are reported under
-    # "policy" (arg = model path; "policy_sample": its sampled actions) | "schedule" (arg = schedule name) |
-    # "random" | "scripted" (base_lr = its target LR) | experiment.baselines.KINDS (made by baselines.method_job)
+    # a registered kind (experiment.kinds: its module says what arg and base_lr mean; make a job whose kind
+    # needs config overrides with kinds.method_job)
     kind: str
     arg: str
     instance: Instance
     base_lr: float | None = None  # schedules: their base LR (None = the instance's initial LR)
     initial_lr: float | None = None  # force the episode's initial LR (robustness runs)
-    # config changes this episode trains under, as ("section.key", "TOML value") pairs (experiment.baselines makes
+    # config changes this episode trains under, as ("section.key", "TOML value") pairs (experiment.kinds makes
     # them)
     overrides: tuple[tuple[str, str], ...] = ()
     rollout: int = 0  # "policy_sample": which stochastic rollout of the policy (seeds its action sampling)

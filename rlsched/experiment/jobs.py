@@ -9,7 +9,6 @@ workers finish in, so tables built from them do not depend on scheduling.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import signal
@@ -24,22 +23,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from rlsched.agents.loading import Predictor, load_policy
 from rlsched.common.journal import Journal
 from rlsched.config import Config, with_overrides
 from rlsched.control.env import UNetLREnv
-from rlsched.control.rules import SUGGESTED_RULE
-from rlsched.experiment.baselines import KINDS, method_controller
-from rlsched.experiment.harness import (
-    Controller,
-    EpisodeResult,
-    Job,
-    PolicyController,
-    RandomController,
-    ScheduleController,
-    ScriptedController,
-    run_episode,
-)
+from rlsched.experiment.harness import Controller, EpisodeResult, Job, run_episode
+from rlsched.experiment.kinds import method_kind
 
 BACKENDS = ("local", "ray")
 ATTEMPTS = 3  # runs of a job whose worker keeps dying before it is reported as failed
@@ -61,31 +49,9 @@ class JobFailure:
 Outcome = EpisodeResult | JobFailure
 
 
-@functools.lru_cache(maxsize=8)
-def _policy(path: str, trust: bool) -> Predictor:
-    return load_policy(path, trust=trust).predictor
-
-
 def make_controller(job: Job) -> Controller:
-    if job.kind in ("policy", "policy_sample"):
-        sampled = job.kind == "policy_sample"
-        return PolicyController(
-            _policy(job.arg, job.trust), name=job.method, deterministic=not sampled, seed=job.rollout
-        )
-    if job.kind == "schedule":
-        return ScheduleController(job.arg, job.base_lr, name=job.method)
-    if job.kind == "random":
-        return RandomController(seed=int(job.arg or 0), name=job.method)
-    if job.kind == "scripted":
-        if job.base_lr is None:
-            raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
-        return ScriptedController(job.base_lr, name=job.method, follow_suggestion=job.arg == SUGGESTED_RULE)
-    if job.kind in KINDS:
-        return method_controller(job)
-    raise ValueError(
-        f"unknown job kind {job.kind!r}: use 'policy', 'schedule', 'random', 'scripted' or one of "
-        f"{', '.join(map(repr, KINDS))}"
-    )
+    """The controller its kind declares (``experiment.kinds``); an unknown kind names the registered ones."""
+    return method_kind(job.kind).control(job)
 
 
 # --------------------------------------------------------------------------------------------- one worker

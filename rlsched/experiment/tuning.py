@@ -15,10 +15,11 @@ from rlsched.control.env import Instance, make_instances
 from rlsched.control.rules import SCRIPTED_RULES
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import Outcome, episodes, run_jobs
+from rlsched.experiment.kinds import schedule, scripted
 from rlsched.seg.schedules import SCHEDULES, lr_grid
 
 # the Job kind of the scripted rules (control.rules.ScriptedRule), their target LR tuned like a base LR
-SCRIPTED = "scripted"
+SCRIPTED = scripted.KIND.name
 TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
 
 Run = Callable[[list[Job]], list[Outcome]]
@@ -26,7 +27,7 @@ Run = Callable[[list[Job]], list[Outcome]]
 
 def tuned_kind(name: str) -> str:
     """The harness Job kind that runs tunable method ``name``: a scripted rule or a fixed schedule."""
-    return SCRIPTED if name in SCRIPTED_RULES else "schedule"
+    return SCRIPTED if name in SCRIPTED_RULES else schedule.KIND.name
 
 
 @dataclass(frozen=True)
