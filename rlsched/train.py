@@ -50,6 +50,12 @@ DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume t
 
 
 RESUMABLE = ("resume", "total_timesteps", "no_eval")  # what a resumed run takes from its command line
+BRANCH_FLAGS = ("branch_episodes", "branch_states", "branch_offsets", "branch_margin")
+BRANCH_HELP = (
+    "after cloning, this many branched episodes of the rule on train instances: in --branch-states states each, "
+    "every --branch-offsets offset (log10 LR) is tried for one slice, the rule ends the run, and the policy is "
+    "cloned again onto the best one where it beats the rule's by > --branch-margin (rlsched.agents.branched)"
+)
 STARTED = ("config.toml", "args.json", "tb")  # what a start writes before its first episode (see main)
 
 
@@ -140,6 +146,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=4,
         help="train instances of the teacher's target-LR search (its epochs count as training)",
     )
+    p.add_argument("--branch-episodes", type=ranged(int, 0), default=0, help=BRANCH_HELP)
+    p.add_argument("--branch-states", type=ranged(int, 1), default=3, help="branched states per episode")
+    p.add_argument(
+        "--branch-offsets",
+        type=float,
+        nargs="+",
+        default=[-2.0, -1.0, -0.5, 0.5],
+        help="offsets tried besides the rule's",
+    )
+    p.add_argument("--branch-margin", type=ranged(float, 0), default=0.01, help="Dice margin")
     p.add_argument(
         "--no-normalize-obs",
         dest="normalize_obs",
@@ -186,7 +202,7 @@ def _refuse_ignored(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         needs["n_envs"] = "--backend sb3 (RLlib's workers are --num-env-runners)"
     if not args.bc_episodes:
         needs |= dict.fromkeys(
-            ("teacher", "teacher_lr", "teacher_search_instances", "bc_explore"),
+            ("teacher", "teacher_lr", "teacher_search_instances", "bc_explore", *BRANCH_FLAGS),
             "the warm start, which is off: --bc-episodes N with --algo sb3 --backend sb3",
         )
     if (args.algo, args.backend) != ("sb3", "sb3"):
@@ -443,6 +459,26 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
         f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
         f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}"
     )
+    if args.branch_episodes:
+        from rlsched.agents.branched import improve_from_branches
+
+        try:
+            print(
+                improve_from_branches(
+                    model,
+                    config,
+                    rule,
+                    run_dir / "episodes.jsonl",
+                    args.branch_episodes,
+                    args.branch_states,
+                    tuple(args.branch_offsets),
+                    args.branch_margin,
+                    args.n_envs,
+                    args.seed,
+                )
+            )
+        except ValueError as err:
+            raise SystemExit(f"error: --branch-offsets: {err}") from None
 
 
 def _resume_point(run_dir: Path, episodes: Any) -> Checkpoint | None:

@@ -1,0 +1,269 @@
+"""Policy improvement from branched rollouts: a Monte-Carlo Q of a few actions in sampled states.
+
+Cloning the teacher rule gives PPO a sane start but no reason to leave it: the rule's own episodes never show
+what another LR would have done. Branching does. In a state of a base-policy episode the env is frozen
+(``UNetLREnv.snapshot``), each candidate action is taken for one slice, the base policy finishes the run, and
+the final validation Dice is that action's value (undiscounted returns telescope to it). The base action's value
+is the main episode's own final Dice, so it costs nothing. Acting on the argmax of these values in every state
+cannot do worse than the base policy in expectation (one step of policy iteration); labelling the branched states
+with it and cloning the labels (``agents.teacher.fit_policy``) is the distillation that carries it to states
+never branched. Only validation Dice is read: test Dice stays for the held-out report.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecNormalize
+from tqdm import tqdm
+
+from rlsched.agents.teacher import fit_policy
+from rlsched.agents.workers import die_with, start_method
+from rlsched.common.files import append_jsonl
+from rlsched.config import Config, EnvConfig
+from rlsched.control.env import Instance, UNetLREnv, make_instances
+from rlsched.control.rules import ScriptedRule
+
+Policy = Callable[[np.ndarray], int]  # raw observation -> action
+
+
+@dataclass(frozen=True)
+class BranchedState:
+    """One state of a base-policy episode and what each candidate action led to from it."""
+
+    observation: np.ndarray  # raw (unnormalised), as the env returned it
+    step: int
+    base_action: int
+    values: dict[int, float]  # action -> final validation Dice when the base policy follows it
+
+    def best(self, margin: float) -> int:
+        """The action to label this state with: the best candidate where it beats the base action by more than
+        ``margin`` (ties and noise keep the base action)."""
+        best = max(self.values, key=self.values.__getitem__)
+        return best if self.values[best] > self.values[self.base_action] + margin else self.base_action
+
+
+@dataclass(frozen=True)
+class BranchedEpisode:
+    """A base-policy episode with its branched states; ``epochs`` counts every epoch trained, branches too."""
+
+    instance: Instance
+    observations: list[np.ndarray]
+    actions: list[int]
+    rewards: list[float]
+    lrs: list[float]  # the LR each step of the main episode trained at
+    initial_dice: float
+    final_dice: float
+    branches: list[BranchedState]
+    epochs: int
+
+    def record(self) -> dict[str, object]:
+        """Its ``episodes.jsonl`` record (the main episode's LRs are not kept: the branches trained others)."""
+        return {
+            "worker": -1,
+            "phase": "branched",
+            "split": self.instance.split,
+            "instance": self.instance.index,
+            "initial_lr": self.instance.initial_lr,
+            "initial_dice": self.initial_dice,
+            "final_dice": self.final_dice,
+            "diverged": False,
+            "epochs": self.epochs,
+            "penalty": 0.0,
+            "lrs": self.lrs,
+            "branched_states": len(self.branches),
+        }
+
+    def labels(self, margin: float) -> list[int]:
+        """The base actions, improved where a branch found better."""
+        improved = {b.step: b.best(margin) for b in self.branches}
+        return [improved.get(t, a) for t, a in enumerate(self.actions)]
+
+
+def _finish(env: UNetLREnv, policy: Policy, obs: np.ndarray, first: int | None) -> tuple[float, int]:
+    """Step to the end (``first``, then the policy); the final validation Dice and the slices trained."""
+    slices, action = 0, first if first is not None else policy(obs)
+    while True:
+        obs, _, terminated, _, info = env.step(action)
+        slices += 1
+        if terminated:
+            return float(info["final_dice"]), slices
+        action = policy(obs)
+
+
+def branch_episode(
+    env: UNetLREnv,
+    policy: Policy,
+    instance: Instance,
+    branch_steps: Iterable[int],
+    candidates: Iterable[int],
+) -> BranchedEpisode:
+    """Run ``policy`` on ``instance``; at each of ``branch_steps`` also try every candidate action from that
+    state (then ``policy`` to the end) and restore. The env is left at the end of the main episode."""
+    steps, per_step = set(branch_steps), env.config.env.epochs_per_step
+    obs, start = env.reset(options={"instance": instance})
+    observations: list[np.ndarray] = []
+    actions: list[int] = []
+    rewards: list[float] = []
+    lrs: list[float] = []
+    pending: list[tuple[int, np.ndarray, int, dict[int, float]]] = []
+    slices = 0
+    while True:
+        action = int(policy(obs))
+        observations.append(obs)
+        actions.append(action)
+        t = len(actions) - 1
+        if t in steps:
+            frozen, values = env.snapshot(), {}
+            for candidate in candidates:
+                if candidate != action:
+                    values[candidate], spent = _finish(env, policy, obs, candidate)
+                    slices += spent
+                    env.restore(frozen)
+            pending.append((t, obs, action, values))
+        obs, reward, terminated, _, info = env.step(action)
+        rewards.append(float(reward))
+        lrs.append(float(info["lr"]))
+        slices += 1
+        if terminated:
+            break
+    final = float(info["final_dice"])
+    branches = [BranchedState(o, t, a, {**v, a: final}) for t, o, a, v in pending]
+    return BranchedEpisode(
+        instance,
+        observations,
+        actions,
+        rewards,
+        lrs,
+        float(start["dice_mean"]),
+        final,
+        branches,
+        slices * per_step,
+    )
+
+
+# ------------------------------------------------------------------------------------------ many episodes
+_worker_env: UNetLREnv | None = None
+
+
+def _init(config: Config, parent: int) -> None:
+    global _worker_env
+    die_with(parent)
+    torch.set_num_threads(1)  # small UNets train fastest one thread per process
+    _worker_env = UNetLREnv(config=config)
+
+
+def _run(rule: ScriptedRule, instance: Instance, steps: tuple[int, ...], candidates: tuple[int, ...]):
+    assert _worker_env is not None, "worker not initialised"
+    return branch_episode(_worker_env, lambda obs: int(rule.actions(obs)[0]), instance, steps, candidates)
+
+
+def candidate_actions(env: EnvConfig, offsets: Iterable[float]) -> tuple[int, ...]:
+    """The residual actions of ``offsets`` (log10 LR offsets from the suggestion); refused if one is missing."""
+    missing = [o for o in offsets if o not in env.offsets]
+    if env.action != "residual" or missing:
+        raise ValueError(
+            f"branching tries residual offsets {list(offsets)}, but env.action = {env.action!r} with offsets "
+            f"{list(env.offsets)}: use env.action = 'residual' and offsets among env.offsets"
+        )
+    return tuple(list(env.offsets).index(o) for o in offsets)
+
+
+def collect(
+    config: Config,
+    rule: ScriptedRule,
+    instances: list[Instance],
+    branches_per_episode: int,
+    candidates: tuple[int, ...],
+    workers: int,
+    seed: int,
+) -> Iterator[BranchedEpisode]:
+    """Branched episodes of ``rule`` on ``instances``, ``branches_per_episode`` states each drawn uniformly
+    without replacement (seeded), in ``workers`` processes; yields each as it finishes."""
+    rng = np.random.default_rng(seed)
+    steps = config.env.steps
+    plans = [
+        tuple(sorted(rng.choice(steps, size=min(branches_per_episode, steps), replace=False).tolist()))
+        for _ in instances
+    ]
+    context = multiprocessing.get_context(start_method())
+    with ProcessPoolExecutor(
+        max(1, workers), mp_context=context, initializer=_init, initargs=(config, os.getpid())
+    ) as pool:
+        futures = [pool.submit(_run, rule, i, p, candidates) for i, p in zip(instances, plans)]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def improve(
+    model: PPO, episodes: list[BranchedEpisode], margin: float, epochs: int = 200
+) -> dict[str, float]:
+    """Clone the improved labels of ``episodes`` into ``model``'s policy (its value head onto the returns that
+    followed). A branched state weighs steps / branches as much as a plain one, so that where every episode was
+    branched once at some step the improved label wins over the base labels of the same step elsewhere."""
+    venv = model.get_env()
+    raw = np.concatenate([np.stack(e.observations) for e in episodes]).astype(np.float32)
+    observations = venv.normalize_obs(raw) if isinstance(venv, VecNormalize) else raw
+    labels = np.concatenate([e.labels(margin) for e in episodes])
+    returns = np.concatenate([np.cumsum(e.rewards[::-1])[::-1] for e in episodes])
+    weights = np.concatenate(
+        [
+            [
+                len(e.actions) / max(1, len(e.branches)) if t in {b.step for b in e.branches} else 1.0
+                for t in range(len(e.actions))
+            ]
+            for e in episodes
+        ]
+    )
+    changed = sum(b.best(margin) != b.base_action for e in episodes for b in e.branches)
+    stats = fit_policy(model.policy, observations, labels, returns, epochs, weights)
+    return {
+        **stats,
+        "branched/states": float(sum(len(e.branches) for e in episodes)),
+        "branched/changed": float(changed),
+    }
+
+
+def improve_from_branches(
+    model: PPO,
+    config: Config,
+    rule: ScriptedRule,
+    episodes_path: Path,
+    episodes: int,
+    states: int,
+    offsets: tuple[float, ...],
+    margin: float,
+    workers: int,
+    seed: int,
+) -> str:
+    """One step of policy improvement over ``rule`` for ``model`` (``python -m rlsched.train
+    --branch-episodes``): branched episodes on train instances drawn with ``seed``, each recorded in
+    ``episodes_path`` as it ends (every epoch they train counts as training), then ``improve``. Returns a
+    one-line summary."""
+    candidates = candidate_actions(config.env, (0.0, *offsets))
+    pool = make_instances(config, "train")
+    order = np.random.default_rng(seed).permutation(max(len(pool), episodes)) % len(pool)
+    picked = [pool[int(i)] for i in order[:episodes]]
+    branched = []
+    for episode in tqdm(
+        collect(config, rule, picked, states, candidates, workers, seed),
+        total=episodes,
+        desc="branched episodes",
+        unit="episode",
+    ):
+        branched.append(episode)
+        append_jsonl(episodes_path, [episode.record()])
+    stats = improve(model, branched, margin)
+    return (
+        f"branched improvement: {sum(e.epochs for e in branched)} epochs in {len(branched)} episodes; "
+        f"{stats['branched/changed']:.0f} of {stats['branched/states']:.0f} branched states relabelled; "
+        f"accuracy {stats['bc/accuracy']:.2f}"
+    )

@@ -1,0 +1,114 @@
+"""Branched rollouts: each candidate's value is what that action, then the rule, really ends at; relabelling
+keeps the rule's action unless a candidate beats it by the margin; cloning the labels moves the policy."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import train_tiny
+
+from rlsched.agents.branched import BranchedState, branch_episode, candidate_actions
+from rlsched.config import with_overrides
+from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.control.rules import ScriptedRule
+
+RESIDUAL = (("env.action", '"residual"'), ("env.epochs", "3"))
+
+
+@pytest.fixture(scope="module")
+def residual(fast_config):
+    return with_overrides(fast_config, RESIDUAL)
+
+
+def test_each_branch_value_is_the_final_dice_of_that_action_then_the_rule(residual):
+    rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
+    policy = lambda obs: int(rule.actions(obs)[0])  # noqa: E731
+    instance = make_instances(residual, "train")[2]
+    candidates = candidate_actions(residual.env, (0.0, -1.0, 0.5))
+    episode = branch_episode(UNetLREnv(config=residual), policy, instance, (1,), candidates)
+    (state,) = episode.branches
+    assert state.step == 1 and set(state.values) == set(candidates) | {state.base_action}
+    assert state.values[state.base_action] == episode.final_dice  # the main episode is the base action's run
+    assert episode.epochs == 3 + sum(3 - 1 for c in candidates if c != state.base_action)
+    # replay one branch by hand in a fresh env: the same final validation Dice
+    env = UNetLREnv(config=residual)
+    obs, _ = env.reset(options={"instance": instance})
+    obs = env.step(episode.actions[0])[0]
+    low = candidates[1]
+    action = low
+    while True:
+        obs, _, terminated, _, info = env.step(action)
+        if terminated:
+            break
+        action = policy(obs)
+    assert info["final_dice"] == state.values[low]
+    assert len(episode.observations) == len(episode.actions) == len(episode.rewards) == 3
+    assert episode.record()["phase"] == "branched" and episode.record()["epochs"] == episode.epochs
+
+
+def test_relabelling_needs_a_win_by_more_than_the_margin():
+    state = BranchedState(np.zeros(3), 4, base_action=12, values={12: 0.50, 8: 0.53, 14: 0.45})
+    assert state.best(margin=0.01) == 8
+    assert state.best(margin=0.05) == 12  # a 0.03 win is within the margin: keep the rule's action
+
+
+def test_candidates_must_be_residual_offsets(fast_config, residual):
+    with pytest.raises(ValueError, match="env.action = 'residual'"):
+        candidate_actions(fast_config.env, (0.0, -1.0))
+    with pytest.raises(ValueError, match="offsets among env.offsets"):
+        candidate_actions(residual.env, (0.0, -0.3))
+
+
+def test_train_relabels_from_branches_and_records_their_epochs(tmp_path):
+    run = train_tiny(
+        tmp_path,
+        [f"{k}={v}" for k, v in RESIDUAL],
+        "--bc-episodes",
+        "1",
+        "--teacher-lr",
+        "0.01",
+        "--branch-episodes",
+        "2",
+        "--branch-states",
+        "1",
+        "--branch-offsets",
+        "-1",
+    )
+    records = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    branched = [r for r in records if r.get("phase") == "branched"]
+    assert len(branched) == 2
+    assert all(r["epochs"] in (3 + 3 - s for s in range(3)) for r in branched)  # 3 main + the branch's rest
+
+
+def test_branch_flags_need_the_warm_start(tmp_path, capsys):
+    from rlsched import train
+
+    with pytest.raises(SystemExit):
+        train.main(
+            ["--preset", "fast", "--bc-episodes", "0", "--branch-episodes", "4", "--runs-dir", str(tmp_path)]
+        )
+    assert "--branch-episodes (needs the warm start" in capsys.readouterr().err
+
+
+def test_improve_clones_the_improved_label_over_the_base_labels_of_that_step(residual):
+    """One episode relabelled at step 1: that label outweighs an unbranched episode's base label at the same
+    state, and the policy then picks it there."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rlsched.agents.branched import BranchedEpisode, improve
+
+    model = PPO("MlpPolicy", DummyVecEnv([lambda: UNetLREnv(config=residual)]), seed=0, device="cpu")
+    rng = np.random.default_rng(0)
+    observations = [rng.normal(size=model.observation_space.shape).astype(np.float32) for _ in range(3)]
+    instance = make_instances(residual, "train")[0]
+
+    def episode(branches):
+        return BranchedEpisode(
+            instance, observations, [12, 12, 12], [0.0] * 3, [0.01] * 3, 0.0, 0.5, branches, 3
+        )
+
+    better = BranchedState(observations[1], 1, 12, {12: 0.5, 4: 0.7})
+    stats = improve(model, [episode([better]), episode([])], margin=0.01)
+    actions = model.policy.predict(np.stack(observations), deterministic=True)[0]
+    assert list(actions) == [12, 4, 12] and stats["branched/changed"] == 1
