@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from rlsched.agents.loading import check_compatible, load_policy
+from rlsched.agents.loading import LoadedPolicy, check_compatible, load_policy
 from rlsched.common.arguments import add_set_flag
 from rlsched.common.files import (
     RunDirError,
@@ -27,26 +26,21 @@ from rlsched.common.files import (
     new_run_dir,
     removed_if_unstarted,
 )
-from rlsched.common.stats import DIFFERENCE, UNIT, clipped_note, mean_ci, paired_test
+from rlsched.common.stats import mean_ci
+from rlsched.compare.methods import CONSTANT_INITIAL, Comparison, Method, Settings, agent_methods
+from rlsched.compare.report import report
+from rlsched.compare.summary import learned_minus_each, per_instance, summarize
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
-from rlsched.control.env import Instance, make_instances
+from rlsched.control.env import make_instances
 from rlsched.control.rules import SCRIPTED_RULES
-from rlsched.experiment.harness import Job
 from rlsched.experiment.jobs import episodes, run_jobs
-from rlsched.experiment.kinds import method_job
+from rlsched.experiment.kinds import method_kind, optimizer, schedule, scripted
+from rlsched.experiment.tuning import Tuning
 from rlsched.pretrained import read_provenance
 
 TEACHER_FILE = "teacher.json"  # written by train's warm start: {"rule": ..., "lr": ...}
 SCHEDULE_FREE = "schedulefree_adamw"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One method of the held-out table and how to make its job on an instance."""
-
-    name: str  # key in heldout.json
-    label: str  # what heldout.md calls it
-    job: Callable[[Instance], Job]
+NO_TUNING = Tuning(grid=(), instances=0, epochs=0, scores={})  # nothing is tuned for a held-out evaluation
 
 
 def read_teacher(model_path: Path) -> tuple[str, float] | None:
@@ -69,32 +63,33 @@ def read_teacher(model_path: Path) -> tuple[str, float] | None:
     return rule, lr
 
 
-def heldout_rows(
-    config: Config, model_path: Path, teacher: tuple[str, float] | None, trust: bool = False
-) -> list[Row]:
-    """Learned first (``trust``: its workers load it with trust=True); the teacher rule only when known;
-    Schedule-Free with the overrides it needs."""
-    rows = [
-        Row("learned", "learned policy", lambda i: Job("learned", "policy", str(model_path), i, trust=trust))
-    ]
+def heldout_methods(
+    config: Config, policy: LoadedPolicy, teacher: tuple[str, float] | None
+) -> dict[str, Method]:
+    """heldout.json key -> method: the learned policy first, its teacher rule only when known, Schedule-Free at
+    its recipe, the constant initial LR."""
+    methods = {"learned": agent_methods([policy], config)[0]}
     if teacher is not None:
         rule, lr = teacher
-        rows.append(
-            Row(
-                "rule",
-                f"its teacher rule ({rule}, LR {lr:g}), no learning",
-                lambda i: Job("rule", "scripted", rule, i, base_lr=lr),
-            )
+        methods["rule"] = Method(
+            f"teacher rule ({rule})",
+            scripted.KIND.name,
+            rule,
+            lr,
+            needs="its LR, searched in the policy's training",
+            accounting="counted in the learned policy's training epochs",
         )
-    rows.append(
-        Row(
-            SCHEDULE_FREE,
-            "Schedule-Free AdamW, its defaults",
-            lambda i: method_job(config, "optimizer", SCHEDULE_FREE, SCHEDULE_FREE, i),
-        )
+    free = method_kind(optimizer.KIND.name)
+    name, lr, _ = free.recipe(SCHEDULE_FREE)
+    methods[SCHEDULE_FREE] = Method(
+        SCHEDULE_FREE,
+        free.name,
+        SCHEDULE_FREE,
+        lr,
+        accounting=free.account(arg=SCHEDULE_FREE, schedule=name, lr=lr),
     )
-    rows.append(Row("constant", "constant initial LR", lambda i: Job("constant", "schedule", "constant", i)))
-    return rows
+    methods["constant"] = Method(CONSTANT_INITIAL, schedule.KIND.name, "constant")
+    return methods
 
 
 def evaluate_heldout(
@@ -106,59 +101,66 @@ def evaluate_heldout(
     trust: bool = False,
 ) -> str:
     """Learned policy vs its teacher rule, Schedule-Free AdamW and the constant initial LR on every held-out
-    instance; writes heldout.json/.md into ``out_dir`` (default: beside the model). ``teacher``: (rule, LR),
-    default: the run directory's ``teacher.json``. ``trust``: load the policy with ``load_policy(trust=True)``.
+    instance; writes heldout.md (the comparison's report: one format for every held-out table) and heldout.json
+    into ``out_dir`` (default: beside the model). ``teacher``: (rule, LR), default: the run directory's
+    ``teacher.json``. ``trust``: load the policy with ``load_policy(trust=True)``.
 
     The headline and the paired tests are on test Dice (each instance's test split, scored once after the last
     step); the final validation Dice, which the policy observed and was rewarded on, stands beside it.
     """
+    start = time.perf_counter()
     policy = load_policy(model_path, trust=trust)
     config = config or policy.config
     check_compatible(policy, config)
     teacher = teacher or read_teacher(policy.path)
     instances = make_instances(config, "heldout")
-    rows = heldout_rows(config, policy.path, teacher, trust)
-    jobs = [row.job(instance) for instance in instances for row in rows]
-    tests: dict[str, list[float]] = {row.name: [] for row in rows}
-    finals: dict[str, list[float]] = {row.name: [] for row in rows}
-    diverged = {row.name: 0 for row in rows}
+    methods = heldout_methods(config, policy, teacher)
+    jobs = [job for m in methods.values() for i in instances for job in m.jobs(config, i)]
     with tqdm(total=len(jobs), desc="held-out evaluation", unit="episode") as bar:
-        results = sorted(
-            episodes(run_jobs(config, jobs, workers, on_result=lambda *_: bar.update())),
-            key=lambda r: r.instance.index,
-        )
-    for result in results:
-        tests[result.method].append(result.test_dice)
-        finals[result.method].append(result.final_dice)
-        diverged[result.method] += result.diverged
+        results = episodes(run_jobs(config, jobs, workers, on_result=lambda *_: bar.update()))
+    comparison = Comparison(
+        config,
+        Settings(workers=workers, robustness=()),
+        list(methods.values()),
+        NO_TUNING,
+        instances,
+        sorted(results, key=lambda r: r.instance.index),
+        seconds=time.perf_counter() - start,
+    )
+    rows = {r["method"]: r for r in summarize(comparison)}
+    tests = learned_minus_each(comparison)[methods["learned"].name]
     summary: dict = {
         "instances": len(instances),
         "epochs_per_episode": config.env.epochs,
         "teacher": {"rule": teacher[0], "lr": teacher[1]} if teacher else None,
+        "methods": {key: m.name for key, m in methods.items()},
     }
-    for row in rows:
-        for kind, values in (("test_dice", tests[row.name]), ("final_dice", finals[row.name])):
+    for key, method in methods.items():
+        runs = [r for r in comparison.results if r.method == method.name]
+        for metric in ("test_dice", "final_dice"):
+            values = [float(v) for v in per_instance(runs, lambda r, metric=metric: getattr(r, metric))]
             ci = mean_ci(values)
             summary.update(
                 {
-                    f"{row.name}_{kind}": values,
-                    f"{row.name}_{kind}_mean": ci.mean,
-                    f"{row.name}_{kind}_ci95": [ci.low, ci.high],
+                    f"{key}_{metric}": values,
+                    f"{key}_{metric}_mean": ci.mean,
+                    f"{key}_{metric}_ci95": [ci.low, ci.high],
                 }
             )
-        summary[f"{row.name}_diverged"] = diverged[row.name]
-    paired = {row.name: paired_test(tests["learned"], tests[row.name]) for row in rows[1:]}
-    differences = {
-        name: {
-            "mean": test.mean_difference,
-            "ci95": [test.ci.low, test.ci.high],
-            "paired_t_pvalue": test.t_pvalue,
-            "wilcoxon_pvalue": test.wilcoxon_pvalue,
+        summary[f"{key}_diverged"] = rows[method.name]["diverged"]
+    summary["learned_minus"] = {
+        key: {
+            "mean": t.mean_difference,
+            "ci95": [t.ci.low, t.ci.high],
+            "wins": t.wins,
+            "losses": t.losses,
+            "paired_t_pvalue": t.t_pvalue,
+            "wilcoxon_pvalue": t.wilcoxon_pvalue,
         }
-        for name, test in paired.items()
+        for key, method in list(methods.items())[1:]
+        for t in (tests[method.name],)
     }
-    summary["learned_minus"] = differences
-    constant = differences["constant"]  # the keys of earlier heldout.json files
+    constant = summary["learned_minus"]["constant"]  # the keys of earlier heldout.json files
     summary.update(
         {
             "test_difference_mean": constant["mean"],
@@ -169,41 +171,11 @@ def evaluate_heldout(
     )
     run_dir = Path(out_dir) if out_dir else policy.path.parent
     atomic_write_json(run_dir / "heldout.json", summary)
-    lines = [
-        f"Held-out evaluation of {policy.path.name}: {summary['instances']} instances, "
-        f"{config.env.epochs} epochs each (preset {config.name}). Test Dice: each instance's test split, scored "
-        "once after the last epoch; the policy observed and was rewarded on validation Dice.",
-        "",
-        "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |",
-        "|---|---|---|---|",
-        *(
-            f"| {row.label} | {mean_ci(tests[row.name]).text(bounds=UNIT)} "
-            f"| {mean_ci(finals[row.name]).text(bounds=UNIT)} | {diverged[row.name]} |"
-            for row in rows
-        ),
-        "",
-        *(
-            f"learned - {row.label}, test Dice: {t.mean_difference:+.3f} (95% CI {t.ci.span(DIFFERENCE)}, "
-            f"paired t p={t.t_pvalue:.3g}, Wilcoxon p={t.wilcoxon_pvalue:.3g})"
-            for row in rows[1:]
-            for t in (paired[row.name],)
-        ),
-    ]
-    note = clipped_note(
-        [(mean_ci(v), UNIT) for v in (*tests.values(), *finals.values())]
-        + [(t.ci, DIFFERENCE) for t in paired.values()],
-        "evaluate on more held-out instances (--set env.heldout_instances=N)",
-    )
-    if note:
-        lines += ["", note]
+    text = report(comparison, list(rows.values()))
     if teacher is None:
-        lines += [
-            "",
-            "No teacher row: the policy's run directory has no teacher.json (not cloned from a rule).",
-        ]
-    report = "\n".join(lines)
-    atomic_write_text(run_dir / "heldout.md", report + "\n")
-    return report
+        text += "\nNo teacher row: the policy's run directory has no teacher.json (not cloned from a rule).\n"
+    atomic_write_text(run_dir / "heldout.md", text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -269,6 +269,20 @@ def test_paired_test_of_each_agent_against_the_best_fixed_schedule(run_dir):
         ) in report
 
 
+def test_each_agent_minus_each_method_is_paired_by_instance_with_wins_and_losses(run_dir):
+    report = (run_dir / "summary.md").read_text()
+    heading = "## Paired differences: each learned policy minus each method"
+    section = report.split(heading)[1].split("\n## ")[0]
+    tests = read_test_dices(run_dir)
+    for name in AGENTS:
+        for other in (o for o in tests if o != name):
+            differences = [a - b for a, b in zip(tests[name], tests[other])]
+            mean, _, _ = by_hand.t_interval(differences)
+            wins, losses = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+            (row,) = [line for line in section.splitlines() if line.startswith(f"| **{name}** − {other} | ")]
+            assert row.split(" | ")[1].startswith(f"{mean:+.3f} (") and f"| {wins} / {losses} |" in row
+
+
 def test_comparator_is_chosen_on_train_instances_not_on_held_out_results():
     """'cosine' wins the grid search on train instances, 'constant' wins on held-out: the paired test must
     compare against cosine, or held-out results would pick the comparator they are then tested against."""

@@ -52,7 +52,8 @@ def test_the_held_out_table_has_the_teacher_rule_and_schedule_free_beside_the_po
     for name in ("rule", "schedulefree_adamw", "constant"):
         expected = sum(learned) / 2 - sum(summary[f"{name}_test_dice"]) / 2
         assert summary["learned_minus"][name]["mean"] == pytest.approx(expected)
-    assert "its teacher rule (suggested, LR 0.01)" in report and "Schedule-Free AdamW, its defaults" in report
+    assert "| teacher rule (suggested) | its LR, searched in the policy's training | 0.01 |" in report
+    assert "| **learned-sb3** − schedulefree_adamw |" in report and "## Compute before evaluation" in report
 
 
 def test_without_a_teacher_record_the_table_says_so(run_dir, tmp_path):
@@ -94,7 +95,7 @@ def test_a_two_instance_interval_is_shown_clipped_with_a_warning_and_kept_raw(ru
     monkeypatch.setattr(evaluate, "run_jobs", lambda config, jobs, workers, on_result=None: jobs)
     monkeypatch.setattr(evaluate, "episodes", results)
     report = evaluate.evaluate_heldout(run_dir / "model.zip", out_dir=tmp_path)
-    assert "| learned policy | 0.500 [0.000, 1.000] (clipped, n=2) | 0.600 ± 0.000 |" in report
+    assert "| a trained controller | instance's initial | 6 | 0.500 [0.000, 1.000] (clipped, n=2) |" in report
     assert "n = 2 is too small a sample" in report and "env.heldout_instances" in report
     low, high = json.loads((tmp_path / "heldout.json").read_text())["learned_test_dice_ci95"]
     assert low < -4 and high > 5

@@ -114,3 +114,9 @@ def test_the_clipped_note_names_the_sample_sizes_and_the_fix():
     assert clipped_note([(narrow, UNIT)], "add instances") == ""
     note = clipped_note([(narrow, UNIT), (wide, UNIT), (mean_ci([0.2, 0.25, 0.9]), UNIT)], "add instances")
     assert "n = 2, 3 is too small a sample" in note and "add instances" in note and "\n" not in note
+
+
+def test_paired_test_counts_wins_and_losses_ties_apart():
+    test = paired_test([0.5, 0.7, 0.2, 0.4], [0.4, 0.7, 0.3, 0.1])
+    assert (test.wins, test.losses, test.n) == (2, 1, 4)
+    assert (paired_test([0.3, 0.3], [0.3, 0.3]).wins, paired_test([0.3, 0.3], [0.3, 0.3]).losses) == (0, 0)

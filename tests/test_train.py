@@ -77,11 +77,11 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
         sum(learned) / 2 - sum(r.test_dice for r in constant) / 2
     )
     assert (
-        "| method | test Dice (mean ± 95% CI) | final val Dice | diverged |"
+        f"| **learned-{'sb3' if algo == 'sb3' else 'reference'}** − constant (initial LR) |"
         in (run_dir / "heldout.md").read_text()
     )
     out = capsys.readouterr().out
-    assert "learned policy" in out and str(run_dir) in out
+    assert "## Paired differences: each learned policy minus each method" in out and str(run_dir) in out
 
 
 def start(tmp_path, *extra):

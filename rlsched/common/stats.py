@@ -87,6 +87,8 @@ class PairedTest:
     t_pvalue: float
     wilcoxon_pvalue: float
     n: int
+    wins: int = 0  # pairs where a ended above b
+    losses: int = 0  # pairs where a ended below b
 
 
 def paired_test(a: list[float], b: list[float]) -> PairedTest:
@@ -96,8 +98,9 @@ def paired_test(a: list[float], b: list[float]) -> PairedTest:
         raise ValueError("paired test needs results on the same instances (equal lengths)")
     diff = x - y
     ci = mean_ci(diff)
+    wins, losses = int(np.sum(diff > 0)), int(np.sum(diff < 0))
     if diff.size < 2 or np.allclose(diff, 0):
-        return PairedTest(ci.mean, ci, 1.0, 1.0, int(diff.size))
+        return PairedTest(ci.mean, ci, 1.0, 1.0, int(diff.size), wins, losses)
     t_p = float(stats.ttest_rel(x, y).pvalue)
     w_p = float(stats.wilcoxon(x, y).pvalue) if np.count_nonzero(diff) > 0 else 1.0
-    return PairedTest(ci.mean, ci, t_p, w_p, int(diff.size))
+    return PairedTest(ci.mean, ci, t_p, w_p, int(diff.size), wins, losses)

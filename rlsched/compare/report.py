@@ -6,13 +6,13 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlsched.common.files import atomic_write_text
 from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note
 from rlsched.compare.methods import Comparison, Tuning
 from rlsched.compare.plots import plot
-from rlsched.compare.summary import best_fixed, paired_tests, summarize
+from rlsched.compare.summary import best_fixed, learned_minus_each, paired_tests, summarize
 from rlsched.experiment.kinds.oracle import ORACLE, ORACLE_SCHEDULES
 
 DICE_METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice")  # bounded in [0, 1]: shown clipped to it
@@ -133,21 +133,49 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
                 f"| **{name}** − {best} | {t.mean_difference:+.3f} ({t.ci.span(DIFFERENCE)}) "
                 f"| {t.t_pvalue:.3g} | {t.wilcoxon_pvalue:.3g} | {t.n} |"
             )
+    each = learned_minus_each(comparison)
+    if any(each.values()):
+        lines += [
+            "",
+            "## Paired differences: each learned policy minus each method",
+            "",
+            "Test Dice difference on the same held-out instances (a failed job removes its instance from that "
+            "pair only); wins / losses count the instances where the policy ended above / below the method.",
+            "",
+            "| difference | mean (95% CI) | wins / losses | paired t p | Wilcoxon p | n |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, against in each.items():
+            for other, t in against.items():
+                lines.append(
+                    f"| **{name}** − {other} | {t.mean_difference:+.3f} ({t.ci.span(DIFFERENCE)}) "
+                    f"| {t.wins} / {t.losses} | {t.t_pvalue:.3g} | {t.wilcoxon_pvalue:.3g} | {t.n} |"
+                )
     shown = [
         (_row_ci(r, key), UNIT)
         for r in rows
         for key in DICE_METRICS  # robustness rows: test Dice only
         if r["factor"] is None or key == "test_dice"
     ]
-    note = clipped_note(shown + [(t.ci, DIFFERENCE) for t in tests.values()], MORE_INSTANCES)
+    differences = [*tests.values(), *(t for against in each.values() for t in against.values())]
+    note = clipped_note(shown + [(t.ci, DIFFERENCE) for t in differences], MORE_INSTANCES)
     if note:
         lines += ["", note]
-    lines += [
+    if tuning.scores:
+        lines += _tuning_section(tuning, settings.grid_per_decade)
+    lines += _accounting_section(comparison, label, n)
+    if comparison.failures:
+        lines += _failures_section(comparison)
+    return "\n".join(lines) + "\n"
+
+
+def _tuning_section(tuning: Tuning, per_decade: int) -> list[str]:
+    lines = [
         "",
         "## Tuned base LRs",
         "",
         f"Grid: {len(tuning.grid)} LRs from {tuning.grid[0]:g} to {tuning.grid[-1]:g} "
-        f"({settings.grid_per_decade} per decade over the preset's initial-LR range), each on "
+        f"({per_decade} per decade over the preset's initial-LR range), each on "
         f"{tuning.instances} train instance(s); best mean final validation Dice wins.",
         "",
         "| schedule | tuned base LR | train final val Dice | train AUC val Dice |",
@@ -156,36 +184,43 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
     for name, lr in tuning.base_lrs.items():
         final, auc = tuning.scores[name][lr]
         lines.append(f"| {name} | {lr:g} | {final:.3f} | {auc:.3f} |")
-    lines += [
+    return lines
+
+
+def _accounting_section(comparison: Comparison, label: Callable[[str], str], n: int) -> list[str]:
+    lines = [
         "",
         "## Compute before evaluation",
         "",
         "UNet training epochs each method consumed before the evaluation; the evaluation itself costs "
-        f"every method the same {n} x {cfg.epochs} epochs.",
+        f"every method the same {n} x {comparison.config.env.epochs} epochs.",
         "",
         "| method | epochs | counted from |",
         "|---|---|---|",
     ]
     for m in comparison.methods:
         lines.append(f"| {label(m.name)} | {_count(m.epochs_before)} | {m.accounting} |")
-    if comparison.failures:
-        lines += [
-            "",
-            "## Failed jobs",
-            "",
-            "Their worker process died on every attempt (killed, out of memory); they are left out of the "
-            "statistics above (n counts the runs that finished). Resume the comparison to run them again.",
-            "",
-            "| job | instance | initial LR forced | attempts | reason |",
-            "|---|---|---|---|---|",
-        ]
-        for f in comparison.failures:
-            forced = "—" if f.job.initial_lr is None else f"{f.job.initial_lr:.3g}"
-            lines.append(
-                f"| {f.method} | {f.job.instance.split} {f.job.instance.index} | {forced} | {f.attempts} "
-                f"| {f.reason} |"
-            )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _failures_section(comparison: Comparison) -> list[str]:
+    lines = [
+        "",
+        "## Failed jobs",
+        "",
+        "Their worker process died on every attempt (killed, out of memory); they are left out of the "
+        "statistics above (n counts the runs that finished). Resume the comparison to run them again.",
+        "",
+        "| job | instance | initial LR forced | attempts | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for f in comparison.failures:
+        forced = "—" if f.job.initial_lr is None else f"{f.job.initial_lr:.3g}"
+        lines.append(
+            f"| {f.method} | {f.job.instance.split} {f.job.instance.index} | {forced} | {f.attempts} "
+            f"| {f.reason} |"
+        )
+    return lines
 
 
 def _duration(comparison: Comparison) -> str:

@@ -141,7 +141,9 @@ def best_fixed(comparison: Comparison) -> str:
 
 def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
     """Each learned policy minus the best fixed schedule, test Dice on the instances both finished (a failed
-    job removes its instance from that pair only)."""
+    job removes its instance from that pair only). None without tuned schedules (a held-out evaluation)."""
+    if not any(m.tuned and m.name in comparison.tuning.scores for m in comparison.methods):
+        return {}
     runs = _test_dice_by_instance(comparison.results)
     best = runs.get(best_fixed(comparison), {})
     tests = {}
@@ -149,4 +151,20 @@ def paired_tests(comparison: Comparison) -> dict[str, PairedTest]:
         if m.learned and m.name in runs:
             common = sorted(runs[m.name].keys() & best.keys())
             tests[m.name] = paired_test([runs[m.name][i] for i in common], [best[i] for i in common])
+    return tests
+
+
+def learned_minus_each(comparison: Comparison) -> dict[str, dict[str, PairedTest]]:
+    """Each learned policy minus every other method but the oracle (its regret table covers it), test Dice on the
+    instances both finished: is it better than its teacher rule, the tuning-free optimizers, each schedule?"""
+    runs = _test_dice_by_instance(comparison.results)
+    tests: dict[str, dict[str, PairedTest]] = {}
+    for learned in (m.name for m in comparison.methods if m.learned and m.name in runs):
+        tests[learned] = {}
+        for other in (m.name for m in comparison.methods if m.name != learned and m.name in runs):
+            if other == ORACLE:
+                continue
+            common = sorted(runs[learned].keys() & runs[other].keys())
+            mine, theirs = [runs[learned][i] for i in common], [runs[other][i] for i in common]
+            tests[learned][other] = paired_test(mine, theirs)
     return tests
