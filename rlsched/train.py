@@ -50,11 +50,12 @@ DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume t
 
 
 RESUMABLE = ("resume", "total_timesteps", "no_eval")  # what a resumed run takes from its command line
-BRANCH_FLAGS = ("branch_episodes", "branch_states", "branch_offsets", "branch_margin")
+BRANCH_FLAGS = ("branch_episodes", "branch_states", "branch_offsets", "branch_margin", "branch_hold")
 BRANCH_HELP = (
     "after cloning, this many branched episodes of the rule on train instances: in --branch-states states each, "
-    "every --branch-offsets offset (log10 LR) is tried for one slice, the rule ends the run, and the policy is "
-    "cloned again onto the best one where it beats the rule's by > --branch-margin (rlsched.agents.branched)"
+    "every --branch-offsets offset (log10 LR) is tried for one slice and the rule ends the run (--branch-hold: "
+    "the offset is held to the end), and the policy is cloned again onto the best one where it beats the rule's "
+    "by > --branch-margin (rlsched.agents.branched)"
 )
 STARTED = ("config.toml", "args.json", "tb")  # what a start writes before its first episode (see main)
 
@@ -148,14 +149,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--branch-episodes", type=ranged(int, 0), default=0, help=BRANCH_HELP)
     p.add_argument("--branch-states", type=ranged(int, 1), default=3, help="branched states per episode")
-    p.add_argument(
-        "--branch-offsets",
-        type=float,
-        nargs="+",
-        default=[-2.0, -1.0, -0.5, 0.5],
-        help="offsets tried besides the rule's",
-    )
+    p.add_argument("--branch-offsets", type=float, nargs="+", default=[-2.0, -1.0, -0.5, 0.5], help="tried")
     p.add_argument("--branch-margin", type=ranged(float, 0), default=0.01, help="Dice margin")
+    p.add_argument("--branch-hold", action="store_true", help="hold a tried offset to the run's end")
     p.add_argument(
         "--no-normalize-obs",
         dest="normalize_obs",
@@ -475,6 +471,7 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
                     args.branch_margin,
                     args.n_envs,
                     args.seed,
+                    args.branch_hold,
                 )
             )
         except ValueError as err:

@@ -46,6 +46,34 @@ def test_each_branch_value_is_the_final_dice_of_that_action_then_the_rule(residu
     assert episode.record()["phase"] == "branched" and episode.record()["epochs"] == episode.epochs
 
 
+def test_a_held_branch_keeps_its_offset_to_the_end_and_the_improved_episode_switches_to_it(residual):
+    rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
+    policy = lambda obs: int(rule.actions(obs)[0])  # noqa: E731
+    instance = make_instances(residual, "train")[2]
+    low = candidate_actions(residual.env, (-1.0,))[0]
+    candidates = candidate_actions(residual.env, (0.0, -1.0))
+    episode = branch_episode(UNetLREnv(config=residual), policy, instance, (1,), candidates, hold=True)
+    (state,) = episode.branches
+    later, rewards = state.paths[low]
+    env = UNetLREnv(config=residual)  # replay by hand: the rule's first action, then the offset throughout
+    obs, _ = env.reset(options={"instance": instance})
+    obs = env.step(episode.actions[0])[0]
+    seen, gains = [], []
+    while True:
+        obs, reward, terminated, _, info = env.step(low)
+        gains.append(reward)
+        if terminated:
+            break
+        seen.append(obs)
+    assert info["final_dice"] == state.values[low] and gains == pytest.approx(rewards)
+    assert len(later) == len(seen) == 1 and np.array_equal(later[0], seen[0])
+    observations, actions, played = episode.switched(margin=-1.0)  # any value beats the base by -1
+    best = state.best(-1.0)
+    assert actions[:1] == episode.actions[:1] and actions[1:] == [best] * 2
+    assert len(observations) == len(actions) == len(played) == 3
+    assert episode.switched(margin=1.0) == (episode.observations, episode.actions, episode.rewards)
+
+
 def test_relabelling_needs_a_win_by_more_than_the_margin():
     state = BranchedState(np.zeros(3), 4, base_action=12, values={12: 0.50, 8: 0.53, 14: 0.45})
     assert state.best(margin=0.01) == 8
@@ -59,7 +87,8 @@ def test_candidates_must_be_residual_offsets(fast_config, residual):
         candidate_actions(residual.env, (0.0, -0.3))
 
 
-def test_train_relabels_from_branches_and_records_their_epochs(tmp_path):
+@pytest.mark.parametrize("hold", [(), ("--branch-hold",)], ids=["one-slice", "held"])
+def test_train_relabels_from_branches_and_records_their_epochs(tmp_path, hold):
     run = train_tiny(
         tmp_path,
         [f"{k}={v}" for k, v in RESIDUAL],
@@ -73,6 +102,7 @@ def test_train_relabels_from_branches_and_records_their_epochs(tmp_path):
         "1",
         "--branch-offsets",
         "-1",
+        *hold,
     )
     records = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
     branched = [r for r in records if r.get("phase") == "branched"]
@@ -112,3 +142,24 @@ def test_improve_clones_the_improved_label_over_the_base_labels_of_that_step(res
     stats = improve(model, [episode([better]), episode([])], margin=0.01)
     actions = model.policy.predict(np.stack(observations), deterministic=True)[0]
     assert list(actions) == [12, 4, 12] and stats["branched/changed"] == 1
+
+
+def test_improve_with_held_branches_clones_the_switched_episode(residual):
+    """Held offset 4 won at step 1: the policy learns the rule's action before it and offset 4 from there on,
+    in the states the switch visited (not the base episode's later states)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rlsched.agents.branched import BranchedEpisode, improve
+
+    model = PPO("MlpPolicy", DummyVecEnv([lambda: UNetLREnv(config=residual)]), seed=0, device="cpu")
+    rng = np.random.default_rng(1)
+    observations = [rng.normal(size=model.observation_space.shape).astype(np.float32) for _ in range(4)]
+    instance = make_instances(residual, "train")[0]
+    better = BranchedState(observations[1], 1, 12, {12: 0.5, 4: 0.7}, {4: ([observations[3]], [0.1, 0.2])})
+    episode = BranchedEpisode(
+        instance, observations[:3], [12, 12, 12], [0.0] * 3, [0.01] * 3, 0.0, 0.5, [better], 5
+    )
+    improve(model, [episode], margin=0.01, hold=True)
+    actions = model.policy.predict(np.stack(observations), deterministic=True)[0]
+    assert actions[0] == 12 and actions[1] == 4 and actions[3] == 4

@@ -8,6 +8,11 @@ is the main episode's own final Dice, so it costs nothing. Acting on the argmax 
 cannot do worse than the base policy in expectation (one step of policy iteration); labelling the branched states
 with it and cloning the labels (``agents.teacher.fit_policy``) is the distillation that carries it to states
 never branched. Only validation Dice is read: test Dice stays for the held-out report.
+
+With residual actions the rule re-applies the suggestion after every slice, so a one-slice deviation is mostly
+undone before it can show (a too-high suggested LR keeps a run collapsed whatever one slice did). ``hold``
+branches keep the candidate offset for the rest of the run instead: the improved policy switches to that offset
+at the branched state, and the labels it is cloned from are the states that switch really visits.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -43,6 +48,8 @@ class BranchedState:
     step: int
     base_action: int
     values: dict[int, float]  # action -> final validation Dice when the base policy follows it
+    # hold branches: action -> (the observations after each of its slices but the last, the rewards of its slices)
+    paths: dict[int, tuple[list[np.ndarray], list[float]]] = field(default_factory=dict)
 
     def best(self, margin: float) -> int:
         """The action to label this state with: the best candidate where it beats the base action by more than
@@ -87,16 +94,37 @@ class BranchedEpisode:
         improved = {b.step: b.best(margin) for b in self.branches}
         return [improved.get(t, a) for t, a in enumerate(self.actions)]
 
+    def switched(self, margin: float) -> tuple[list[np.ndarray], list[int], list[float]]:
+        """Hold branches: the episode of the improved policy (observations, actions, rewards): the base episode up
+        to its first branched state whose best held offset beats the base's by ``margin``, then that offset to the
+        end along the path it took; the base episode where none does."""
+        for b in sorted(self.branches, key=lambda b: b.step):
+            best = b.best(margin)
+            if best != b.base_action:
+                later, rewards = b.paths[best]
+                t = b.step
+                observations = [*self.observations[: t + 1], *later]
+                return (
+                    observations,
+                    [*self.actions[:t], *[best] * (len(later) + 1)],
+                    [*self.rewards[:t], *rewards],
+                )
+        return self.observations, self.actions, self.rewards
 
-def _finish(env: UNetLREnv, policy: Policy, obs: np.ndarray, first: int | None) -> tuple[float, int]:
-    """Step to the end (``first``, then the policy); the final validation Dice and the slices trained."""
-    slices, action = 0, first if first is not None else policy(obs)
+
+def _finish(
+    env: UNetLREnv, policy: Policy, obs: np.ndarray, first: int, hold: bool = False
+) -> tuple[float, int, list[np.ndarray], list[float]]:
+    """Step to the end (``first``, then the policy, or ``first`` throughout with ``hold``); the final validation
+    Dice, the slices trained, the observations after each slice but the last, and the rewards."""
+    action, observations, rewards = first, [], []
     while True:
-        obs, _, terminated, _, info = env.step(action)
-        slices += 1
+        obs, reward, terminated, _, info = env.step(action)
+        rewards.append(float(reward))
         if terminated:
-            return float(info["final_dice"]), slices
-        action = policy(obs)
+            return float(info["final_dice"]), len(rewards), observations, rewards
+        observations.append(obs)
+        action = first if hold else policy(obs)
 
 
 def branch_episode(
@@ -105,16 +133,18 @@ def branch_episode(
     instance: Instance,
     branch_steps: Iterable[int],
     candidates: Iterable[int],
+    hold: bool = False,
 ) -> BranchedEpisode:
     """Run ``policy`` on ``instance``; at each of ``branch_steps`` also try every candidate action from that
-    state (then ``policy`` to the end) and restore. The env is left at the end of the main episode."""
+    state (then ``policy`` to the end, or the candidate throughout with ``hold``) and restore. The env is left at
+    the end of the main episode."""
     steps, per_step = set(branch_steps), env.config.env.epochs_per_step
     obs, start = env.reset(options={"instance": instance})
     observations: list[np.ndarray] = []
     actions: list[int] = []
     rewards: list[float] = []
     lrs: list[float] = []
-    pending: list[tuple[int, np.ndarray, int, dict[int, float]]] = []
+    pending: list[tuple[int, np.ndarray, int, dict[int, float], dict]] = []
     slices = 0
     while True:
         action = int(policy(obs))
@@ -122,13 +152,15 @@ def branch_episode(
         actions.append(action)
         t = len(actions) - 1
         if t in steps:
-            frozen, values = env.snapshot(), {}
+            frozen, values, paths = env.snapshot(), {}, {}
             for candidate in candidates:
                 if candidate != action:
-                    values[candidate], spent = _finish(env, policy, obs, candidate)
+                    values[candidate], spent, later, gains = _finish(env, policy, obs, candidate, hold)
+                    if hold:
+                        paths[candidate] = (later, gains)
                     slices += spent
                     env.restore(frozen)
-            pending.append((t, obs, action, values))
+            pending.append((t, obs, action, values, paths))
         obs, reward, terminated, _, info = env.step(action)
         rewards.append(float(reward))
         lrs.append(float(info["lr"]))
@@ -136,7 +168,7 @@ def branch_episode(
         if terminated:
             break
     final = float(info["final_dice"])
-    branches = [BranchedState(o, t, a, {**v, a: final}) for t, o, a, v in pending]
+    branches = [BranchedState(o, t, a, {**v, a: final}, p) for t, o, a, v, p in pending]
     return BranchedEpisode(
         instance,
         observations,
@@ -161,9 +193,12 @@ def _init(config: Config, parent: int) -> None:
     _worker_env = UNetLREnv(config=config)
 
 
-def _run(rule: ScriptedRule, instance: Instance, steps: tuple[int, ...], candidates: tuple[int, ...]):
+def _run(
+    rule: ScriptedRule, instance: Instance, steps: tuple[int, ...], candidates: tuple[int, ...], hold: bool
+) -> BranchedEpisode:
     assert _worker_env is not None, "worker not initialised"
-    return branch_episode(_worker_env, lambda obs: int(rule.actions(obs)[0]), instance, steps, candidates)
+    policy = lambda obs: int(rule.actions(obs)[0])  # noqa: E731
+    return branch_episode(_worker_env, policy, instance, steps, candidates, hold)
 
 
 def candidate_actions(env: EnvConfig, offsets: Iterable[float]) -> tuple[int, ...]:
@@ -185,6 +220,7 @@ def collect(
     candidates: tuple[int, ...],
     workers: int,
     seed: int,
+    hold: bool = False,
 ) -> Iterator[BranchedEpisode]:
     """Branched episodes of ``rule`` on ``instances``, ``branches_per_episode`` states each drawn uniformly
     without replacement (seeded), in ``workers`` processes; yields each as it finishes."""
@@ -198,31 +234,39 @@ def collect(
     with ProcessPoolExecutor(
         max(1, workers), mp_context=context, initializer=_init, initargs=(config, os.getpid())
     ) as pool:
-        futures = [pool.submit(_run, rule, i, p, candidates) for i, p in zip(instances, plans)]
+        futures = [pool.submit(_run, rule, i, p, candidates, hold) for i, p in zip(instances, plans)]
         for future in as_completed(futures):
             yield future.result()
 
 
 def improve(
-    model: PPO, episodes: list[BranchedEpisode], margin: float, epochs: int = 200
+    model: PPO, episodes: list[BranchedEpisode], margin: float, epochs: int = 200, hold: bool = False
 ) -> dict[str, float]:
     """Clone the improved labels of ``episodes`` into ``model``'s policy (its value head onto the returns that
     followed). A branched state weighs steps / branches as much as a plain one, so that where every episode was
-    branched once at some step the improved label wins over the base labels of the same step elsewhere."""
+    branched once at some step the improved label wins over the base labels of the same step elsewhere. ``hold``:
+    clone each episode as the improved policy plays it (``BranchedEpisode.switched``), every state weighing one."""
     venv = model.get_env()
-    raw = np.concatenate([np.stack(e.observations) for e in episodes]).astype(np.float32)
-    observations = venv.normalize_obs(raw) if isinstance(venv, VecNormalize) else raw
-    labels = np.concatenate([e.labels(margin) for e in episodes])
-    returns = np.concatenate([np.cumsum(e.rewards[::-1])[::-1] for e in episodes])
-    weights = np.concatenate(
-        [
+    if hold:
+        played = [e.switched(margin) for e in episodes]
+        raw = np.concatenate([np.stack(o) for o, _, _ in played]).astype(np.float32)
+        labels = np.concatenate([a for _, a, _ in played])
+        returns = np.concatenate([np.cumsum(r[::-1])[::-1] for _, _, r in played])
+        weights = np.ones(len(labels))
+    else:
+        raw = np.concatenate([np.stack(e.observations) for e in episodes]).astype(np.float32)
+        labels = np.concatenate([e.labels(margin) for e in episodes])
+        returns = np.concatenate([np.cumsum(e.rewards[::-1])[::-1] for e in episodes])
+        weights = np.concatenate(
             [
-                len(e.actions) / max(1, len(e.branches)) if t in {b.step for b in e.branches} else 1.0
-                for t in range(len(e.actions))
+                [
+                    len(e.actions) / max(1, len(e.branches)) if t in {b.step for b in e.branches} else 1.0
+                    for t in range(len(e.actions))
+                ]
+                for e in episodes
             ]
-            for e in episodes
-        ]
-    )
+        )
+    observations = venv.normalize_obs(raw) if isinstance(venv, VecNormalize) else raw
     changed = sum(b.best(margin) != b.base_action for e in episodes for b in e.branches)
     stats = fit_policy(model.policy, observations, labels, returns, epochs, weights)
     return {
@@ -243,9 +287,10 @@ def improve_from_branches(
     margin: float,
     workers: int,
     seed: int,
+    hold: bool = False,
 ) -> str:
     """One step of policy improvement over ``rule`` for ``model`` (``python -m rlsched.train
-    --branch-episodes``): branched episodes on train instances drawn with ``seed``, each recorded in
+    --branch-episodes``, ``--branch-hold``): branched episodes on train instances drawn with ``seed``, each recorded in
     ``episodes_path`` as it ends (every epoch they train counts as training), then ``improve``. Returns a
     one-line summary."""
     candidates = candidate_actions(config.env, (0.0, *offsets))
@@ -254,14 +299,14 @@ def improve_from_branches(
     picked = [pool[int(i)] for i in order[:episodes]]
     branched = []
     for episode in tqdm(
-        collect(config, rule, picked, states, candidates, workers, seed),
+        collect(config, rule, picked, states, candidates, workers, seed, hold),
         total=episodes,
         desc="branched episodes",
         unit="episode",
     ):
         branched.append(episode)
         append_jsonl(episodes_path, [episode.record()])
-    stats = improve(model, branched, margin)
+    stats = improve(model, branched, margin, hold=hold)
     return (
         f"branched improvement: {sum(e.epochs for e in branched)} epochs in {len(branched)} episodes; "
         f"{stats['branched/changed']:.0f} of {stats['branched/states']:.0f} branched states relabelled; "
