@@ -5,6 +5,7 @@ initial LR. ``heldout.json`` / ``heldout.md`` beside the model.
 
     python -m rlsched.evaluate runs/<id>/model.zip [--preset P] [--set SECTION.KEY=VALUE] [--workers N]
     python -m rlsched.evaluate pretrained --preset demo      # the shipped controller: a new runs/ folder
+    python -m rlsched.evaluate pretrained --preset brain-folder --teacher-lr 1e-3   # with its teacher's row
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rlsched.compare.report import report
 from rlsched.compare.summary import learned_minus_each, per_instance, summarize
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
 from rlsched.control.env import make_instances
-from rlsched.control.rules import SCRIPTED_RULES
+from rlsched.control.rules import SCRIPTED_RULES, SUGGESTED_RULE
 from rlsched.experiment.jobs import episodes, run_jobs
 from rlsched.experiment.kinds import method_kind, optimizer, schedule, scripted
 from rlsched.experiment.tuning import Tuning
@@ -199,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for heldout.json/.md (default: beside the model; the shipped controller, whose "
         "folder belongs to the package: a new <runs-dir>/<preset>__heldout__<time>/)",
     )
+    p.add_argument(
+        "--teacher-lr",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="add the suggested-LR rule with this probe LR as the teacher row (default: the run directory's "
+        "teacher.json; the shipped controller has none)",
+    )
     p.add_argument("--runs-dir", default="runs")
     p.add_argument(
         "--trust-model",
@@ -216,8 +225,14 @@ def main(argv: list[str] | None = None) -> int:
             else config_from_dict(nest_overrides(overrides), policy.config, source="overrides")
         )
         check_compatible(policy, config)
+        if args.teacher_lr is not None and not config.env.lr_min <= args.teacher_lr <= config.env.lr_max:
+            raise ValueError(
+                f"--teacher-lr {args.teacher_lr:g}: outside the env's LR range "
+                f"[{config.env.lr_min:g}, {config.env.lr_max:g}]"
+            )
     except (ConfigError, ValueError, FileNotFoundError) as err:
         p.error(str(err))
+    teacher = (SUGGESTED_RULE, args.teacher_lr) if args.teacher_lr is not None else None
     out = args.out
     fresh = out is None and read_provenance(policy.path) is not None  # the package folder is not written into
     if fresh:
@@ -226,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         except RunDirError as err:
             p.error(str(err))
     with removed_if_unstarted(Path(out or policy.path.parent), fresh=fresh, started=()):
-        report = evaluate_heldout(policy.path, config, args.workers, out, trust=args.trust_model)
+        report = evaluate_heldout(policy.path, config, args.workers, out, teacher, trust=args.trust_model)
     print(report)
     print(f"results: {Path(out) if out else policy.path.parent}")
     return 0

@@ -99,3 +99,13 @@ def test_a_two_instance_interval_is_shown_clipped_with_a_warning_and_kept_raw(ru
     assert "n = 2 is too small a sample" in report and "env.heldout_instances" in report
     low, high = json.loads((tmp_path / "heldout.json").read_text())["learned_test_dice_ci95"]
     assert low < -4 and high > 5
+
+
+def test_teacher_lr_adds_the_rule_row_for_a_policy_without_a_teacher_record(run_dir, tmp_path, capsys):
+    args = [str(run_dir / "model.zip"), "--out", str(tmp_path)]
+    assert evaluate.main([*args, "--teacher-lr", "0.001"]) == 0
+    summary = json.loads((tmp_path / "heldout.json").read_text())
+    assert summary["teacher"] == {"rule": "suggested", "lr": 0.001} and "rule" in summary["learned_minus"]
+    with pytest.raises(SystemExit):
+        evaluate.main([*args, "--teacher-lr", "50"])
+    assert "--teacher-lr 50: outside the env's LR range" in capsys.readouterr().err
