@@ -29,7 +29,7 @@ from rlsched.common.files import (
 )
 from rlsched.common.stats import mean_ci
 from rlsched.compare.methods import CONSTANT_INITIAL, Comparison, Method, Settings, agent_methods
-from rlsched.compare.report import report
+from rlsched.compare.report import csv_text, episode_rows, report
 from rlsched.compare.summary import learned_minus_each, per_instance, summarize
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
 from rlsched.control.env import make_instances
@@ -102,8 +102,9 @@ def evaluate_heldout(
     trust: bool = False,
 ) -> str:
     """Learned policy vs its teacher rule, Schedule-Free AdamW and the constant initial LR on every held-out
-    instance; writes heldout.md (the comparison's report: one format for every held-out table) and heldout.json
-    into ``out_dir`` (default: beside the model). ``teacher``: (rule, LR), default: the run directory's
+    instance; writes heldout.md (the comparison's report: one format for every held-out table), heldout.json and
+    heldout_episodes.csv (every epoch of every run, as compare's episodes.csv) into ``out_dir`` (default: beside
+    the model). ``teacher``: (rule, LR), default: the run directory's
     ``teacher.json``. ``trust``: load the policy with ``load_policy(trust=True)``.
 
     The headline and the paired tests are on test Dice (each instance's test split, scored once after the last
@@ -172,6 +173,7 @@ def evaluate_heldout(
     )
     run_dir = Path(out_dir) if out_dir else policy.path.parent
     atomic_write_json(run_dir / "heldout.json", summary)
+    atomic_write_text(run_dir / "heldout_episodes.csv", csv_text(episode_rows(comparison)))
     text = report(comparison, list(rows.values()))
     if teacher is None:
         text += "\nNo teacher row: the policy's run directory has no teacher.json (not cloned from a rule).\n"

@@ -1,6 +1,7 @@
 """The main command's held-out table: the learned policy against its teacher rule, Schedule-Free AdamW at its
 defaults and the constant initial LR, on the same held-out instances."""
 
+import csv
 import json
 
 import pytest
@@ -52,6 +53,15 @@ def test_the_held_out_table_has_the_teacher_rule_and_schedule_free_beside_the_po
     for name in ("rule", "schedulefree_adamw", "constant"):
         expected = sum(learned) / 2 - sum(summary[f"{name}_test_dice"]) / 2
         assert summary["learned_minus"][name]["mean"] == pytest.approx(expected)
+    with open(run_dir / "heldout_episodes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 * 2 * 3  # methods x instances x (epoch 0 and 2 epochs)
+    ends = {
+        r["instance"]: float(r["test_dice"])
+        for r in rows
+        if r["method"] == "schedulefree_adamw" and r["test_dice"]
+    }
+    assert [ends["0"], ends["1"]] == pytest.approx(summary["schedulefree_adamw_test_dice"])
     assert "| teacher rule (suggested) | its LR, searched in the policy's training | 0.01 |" in report
     assert "| **learned-sb3** − schedulefree_adamw |" in report and "## Compute before evaluation" in report
 
@@ -84,7 +94,7 @@ def test_a_two_instance_interval_is_shown_clipped_with_a_warning_and_kept_raw(ru
             EpisodeResult(
                 job.method,
                 job.instance,
-                [{"epoch": 0, "dice_mean": 0.6, "diverged": False}],
+                [{"epoch": 0, "dice_mean": 0.6, "diverged": False, "val_loss": 1.0, "lr": 0.01}],
                 0.0,
                 1.0,
                 test_dice=(0.1, 0.9)[job.instance.index],

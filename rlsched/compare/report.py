@@ -280,7 +280,7 @@ def tuning_rows(tuning: Tuning) -> list[dict[str, Any]]:
     ]
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+def csv_text(rows: list[dict[str, Any]]) -> str:
     """CSV text; missing and non-finite values are empty cells."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -299,9 +299,9 @@ def write_results(comparison: Comparison, out_dir: Path) -> str:
     """Every result file (atomically); returns the markdown summary."""
     rows = summarize(comparison)
     text = report(comparison, rows)
-    atomic_write_text(out_dir / "episodes.csv", _csv(episode_rows(comparison)))
-    atomic_write_text(out_dir / "tuning.csv", _csv(tuning_rows(comparison.tuning)))
-    atomic_write_text(out_dir / "summary.csv", _csv(rows))
+    atomic_write_text(out_dir / "episodes.csv", csv_text(episode_rows(comparison)))
+    atomic_write_text(out_dir / "tuning.csv", csv_text(tuning_rows(comparison.tuning)))
+    atomic_write_text(out_dir / "summary.csv", csv_text(rows))
     atomic_write_text(out_dir / "summary.md", text)
     plot(comparison, out_dir)
     return text
