@@ -28,14 +28,21 @@ from rlsched.common.files import (
     removed_if_unstarted,
 )
 from rlsched.common.stats import mean_ci
-from rlsched.compare.methods import CONSTANT_INITIAL, Comparison, Method, Settings, agent_methods
+from rlsched.compare.methods import (
+    CONSTANT_INITIAL,
+    Comparison,
+    Method,
+    Settings,
+    agent_methods,
+    recipe_method,
+)
 from rlsched.compare.report import csv_text, episode_rows, report
 from rlsched.compare.summary import learned_minus_each, per_instance, summarize
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
 from rlsched.control.env import make_instances
 from rlsched.control.rules import SCRIPTED_RULES, SUGGESTED_RULE
 from rlsched.experiment.jobs import episodes, run_jobs
-from rlsched.experiment.kinds import method_kind, optimizer, schedule, scripted
+from rlsched.experiment.kinds import schedule, scripted
 from rlsched.experiment.tuning import Tuning
 from rlsched.pretrained import read_provenance
 
@@ -80,15 +87,7 @@ def heldout_methods(
             needs="its LR, searched in the policy's training",
             accounting="counted in the learned policy's training epochs",
         )
-    free = method_kind(optimizer.KIND.name)
-    name, lr, _ = free.recipe(SCHEDULE_FREE)
-    methods[SCHEDULE_FREE] = Method(
-        SCHEDULE_FREE,
-        free.name,
-        SCHEDULE_FREE,
-        lr,
-        accounting=free.account(arg=SCHEDULE_FREE, schedule=name, lr=lr),
-    )
+    methods[SCHEDULE_FREE] = recipe_method(SCHEDULE_FREE)
     methods["constant"] = Method(CONSTANT_INITIAL, schedule.KIND.name, "constant")
     return methods
 

@@ -300,3 +300,12 @@ def baseline_methods(tuning: Tuning, at_initial_lr: tuple[str, ...] = ("constant
     ]
     untuned = [Method(initial_lr_name(name), schedule.KIND.name, name) for name in at_initial_lr]
     return tuned + untuned + [Method("random", random_policy.KIND.name, "0")]
+
+
+def recipe_method(name: str) -> Method:
+    """The ``--baselines`` method ``name`` of a kind that trains under a recipe (a tuning-free optimizer, the
+    nnU-Net recipe): at its recipe's LR, with its kind's accounting."""
+    kind, arg = BASELINES[name]
+    declared = method_kind(kind)
+    schedule_name, lr, _ = declared.recipe(arg)
+    return Method(name, kind, arg, lr, accounting=declared.account(arg=arg, schedule=schedule_name, lr=lr))

@@ -12,7 +12,15 @@ from typing import Callable
 from tqdm import tqdm
 
 from rlsched.common.journal import Journal, journal_key
-from rlsched.compare.methods import BASELINES, Comparison, Method, Settings, baseline_methods, sampled_methods
+from rlsched.compare.methods import (
+    BASELINES,
+    Comparison,
+    Method,
+    Settings,
+    baseline_methods,
+    recipe_method,
+    sampled_methods,
+)
 from rlsched.config import Config, ConfigError
 from rlsched.control.env import Instance, make_instances
 from rlsched.experiment.harness import EpisodeResult, Job
@@ -171,9 +179,7 @@ def extra_methods(
         if kind == optuna.KIND.name:
             methods.append(optuna_method(config, settings, agents, train, journal))
         elif declared.recipe is not None:
-            schedule_name, lr, _ = declared.recipe(arg)
-            accounting = declared.account(arg=arg, schedule=schedule_name, lr=lr)
-            methods.append(Method(name, kind, arg, lr, accounting=accounting))
+            methods.append(recipe_method(name))
         else:  # a range test: its cost is counted after its runs (_count_sweeps)
             methods.append(Method(name, kind, arg))
     return methods
