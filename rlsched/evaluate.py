@@ -149,6 +149,7 @@ def evaluate_heldout(
                 }
             )
         summary[f"{key}_diverged"] = rows[method.name]["diverged"]
+        summary[f"{key}_stalled"] = rows[method.name]["stalled"]
     summary["learned_minus"] = {
         key: {
             "mean": t.mean_difference,

@@ -305,9 +305,11 @@ def test_comparator_is_chosen_on_train_instances_not_on_held_out_results():
 
 
 # ------------------------------------------------------------------------------------ metrics, no training
-def episode(dices, diverged_at=None, test_dice=0.5, index=0):
+def episode(dices, diverged_at=None, test_dice=0.5, index=0, lrs=None):
+    lrs = lrs or [0.1] * len(dices)
     records = [
-        {"epoch": e, "lr": 0.1, "dice_mean": d, "diverged": e == diverged_at} for e, d in enumerate(dices)
+        {"epoch": e, "lr": lr, "dice_mean": d, "diverged": e == diverged_at}
+        for e, (d, lr) in enumerate(zip(dices, lrs))
     ]
     return EpisodeResult("m", Instance("heldout", index, 0, 0, 0.1), records, 0.0, 1.0, test_dice=test_dice)
 
@@ -364,6 +366,18 @@ def test_metrics_count_a_diverged_run_as_dice_zero_for_the_rest_of_the_budget():
     assert bad["auc_dice"] == pytest.approx(0.6 / 4)
     curve = episode([0.2, 0.6, math.nan], diverged_at=2).dice_curve(steps)
     assert list(curve) == [0.2, 0.6, 0, 0, 0]
+
+
+def test_a_run_stalls_when_it_sits_at_dice_zero_for_more_than_two_epochs_at_one_lr():
+    # the reset's Dice (index 0) is no slice: an untrained net at 0 is not a stall
+    three_at_one_lr = episode([0.0, 0.3, 0.0, 0.0, 0.0, 0.4], lrs=[0.1, 0.1, 0.5, 0.51, 0.5, 0.5])
+    assert three_at_one_lr.longest_stall == 3 and three_at_one_lr.stalled(1)
+    assert compare.run_metrics(three_at_one_lr, 5, target=0.8)["stalled"] == 1
+    lowered = episode([0.0, 0.0, 0.0, 0.0, 0.0], lrs=[0.1, 0.5, 0.5, 0.1, 0.1])  # the controller moved the LR
+    assert lowered.longest_stall == 2 and not lowered.stalled(1)
+    assert lowered.stalled(2)  # two slices of two epochs each: four epochs at one LR
+    recovered = episode([0.0, 0.0, 0.0, 0.5, 0.0, 0.0], lrs=[0.1] * 6)
+    assert recovered.longest_stall == 2 and not recovered.stalled(1)
 
 
 def test_tuning_picks_the_best_final_dice_and_breaks_ties_by_area():

@@ -13,6 +13,7 @@ from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note
 from rlsched.compare.methods import Comparison, Tuning
 from rlsched.compare.plots import plot
 from rlsched.compare.summary import best_fixed, learned_minus_each, paired_tests, summarize
+from rlsched.experiment.harness import STALL_DICE, STALL_EPOCHS
 from rlsched.experiment.kinds.oracle import ORACLE, ORACLE_SCHEDULES
 
 DICE_METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice")  # bounded in [0, 1]: shown clipped to it
@@ -56,11 +57,12 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         f"on, so it flatters them. AUC = mean validation Dice over the {cfg.epochs} epochs (diverged = 0 from "
         f"then on). Epochs to validation Dice {target:g}: mean over the runs that reached it. Diverged: runs that "
         'ended blown up; "+k undone": epochs that blew up and were rolled back (env.on_divergence), the run going '
-        f"on. Wall time: training and validation per run. {_duration(comparison)}",
+        f"on. Stalled: runs that sat below validation Dice {STALL_DICE:g} for more than {STALL_EPOCHS} epochs at "
+        f"one LR. Wall time: training and validation per run. {_duration(comparison)}",
         "",
         f"| method | needs from the user | base LR | epochs before eval | test Dice | final val Dice "
-        f"| best val Dice | AUC val Dice | epochs to val {target:g} (reached) | diverged | s / run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| best val Dice | AUC val Dice | epochs to val {target:g} (reached) | diverged | stalled | s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main:
         declared = methods[r["method"]].declared
@@ -70,7 +72,7 @@ def report(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
             f"| {_ci(r, 'test_dice')} | {_ci(r, 'final_dice')} | {_ci(r, 'best_dice')} | {_ci(r, 'auc_dice')} "
             f"| {_ci(r, 'epochs_to_target', 1)} "
             f"({r['reached_target']}/{r['runs']}) | {r['diverged']}/{r['runs']}{_undone(r)}{_failed(r)} "
-            f"| {_ci(r, 'seconds', 2)} |"
+            f"| {r['stalled']}/{r['runs']} | {_ci(r, 'seconds', 2)} |"
         )
     if ORACLE in methods:
         lines += [

@@ -30,9 +30,12 @@ def lr_curve(result: EpisodeResult, steps: int) -> np.ndarray:
     return lrs
 
 
-def run_metrics(result: EpisodeResult, steps: int, target: float) -> dict[str, float]:
+def run_metrics(
+    result: EpisodeResult, steps: int, target: float, epochs_per_step: int = 1
+) -> dict[str, float]:
     """Test Dice; final and best validation Dice, area under the validation Dice curve (mean over the budget's
-    steps), epochs to validation Dice ``target`` (NaN if never reached), diverged (0/1) and wall time."""
+    steps), epochs to validation Dice ``target`` (NaN if never reached), diverged and stalled (0/1: at Dice 0 for
+    more than two epochs at one LR, ``EpisodeResult.stalled``) and wall time."""
     dices = result.dice_curve(steps)
     reached = [float(r["epoch"]) for r, d in zip(result.records, result.dices) if d >= target]
     return {
@@ -42,6 +45,7 @@ def run_metrics(result: EpisodeResult, steps: int, target: float) -> dict[str, f
         "auc_dice": float(dices[1:].mean()),
         "epochs_to_target": reached[0] if reached else math.nan,
         "diverged": float(result.diverged),
+        "stalled": float(result.stalled(epochs_per_step)),
         "seconds": result.seconds,
     }
 
@@ -80,7 +84,7 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
         for method in comparison.methods:
             if method.name not in runs:
                 continue
-            metrics = [run_metrics(r, cfg.steps, target) for r in runs[method.name]]
+            metrics = [run_metrics(r, cfg.steps, target, cfg.epochs_per_step) for r in runs[method.name]]
             by_instance: dict[int, list[dict[str, float]]] = {}
             for result, m in zip(runs[method.name], metrics):
                 by_instance.setdefault(result.instance.index, []).append(m)
@@ -101,6 +105,7 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
                 row.update({f"{key}_mean": ci.mean, f"{key}_low": ci.low, f"{key}_high": ci.high})
             row["reached_target"] = sum(math.isfinite(m["epochs_to_target"]) for m in metrics)
             row["diverged"] = int(sum(m["diverged"] for m in metrics))
+            row["stalled"] = int(sum(m["stalled"] for m in metrics))
             row["rollbacks"] = sum(r.rollbacks for r in runs[method.name])
             row["failed"] = failed[method.name, initial_lr]  # worker died on every attempt: not in n
             # regret to the main runs' oracle; robustness runs start elsewhere, so they have none

@@ -8,6 +8,7 @@ processes or on Ray actors (``run_jobs``), each holding one env.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +21,10 @@ from rlsched.control.env import Instance, UNetLREnv
 from rlsched.control.rules import ScriptedRule
 from rlsched.seg.schedules import FixedSchedule
 from rlsched.seg.trainer import counted_dice
+
+# a run "stalls" when it sits below this Dice for more than STALL_EPOCHS epochs at one LR (EpisodeResult.stalled)
+STALL_DICE = 0.01
+STALL_EPOCHS = 2
 
 
 class Controller(Protocol):
@@ -122,6 +127,28 @@ class EpisodeResult:
     def rollbacks(self) -> int:
         """Slices that blew up and were undone (``env.on_divergence = "rollback"``): the run went on after each."""
         return sum(bool(r.get("rolled_back", False)) for r in self.records)
+
+    @property
+    def longest_stall(self) -> int:
+        """The most consecutive slices that ended at Dice below ``STALL_DICE`` while training at one LR (within 5 %
+        of the stretch's first): a run sitting at "all background" while its controller keeps the LR, the failure
+        a comparison must show rather than average away. Undone slices count: the LR they leave is what trains."""
+        longest = current = 0
+        start_lr = math.nan
+        for record, dice in zip(self.records[1:], self.dices[1:]):
+            lr = float(record["lr"])
+            if dice < STALL_DICE and current and abs(math.log(lr / start_lr)) <= math.log(1.05):
+                current += 1
+            elif dice < STALL_DICE:
+                current, start_lr = 1, lr
+            else:
+                current = 0
+            longest = max(longest, current)
+        return longest
+
+    def stalled(self, epochs_per_step: int) -> bool:
+        """More than ``STALL_EPOCHS`` epochs at Dice below ``STALL_DICE`` at one LR (``longest_stall``)."""
+        return self.longest_stall * epochs_per_step > STALL_EPOCHS
 
     @property
     def dices(self) -> list[float]:
