@@ -163,3 +163,43 @@ def test_improve_with_held_branches_clones_the_switched_episode(residual):
     improve(model, [episode], margin=0.01, hold=True)
     actions = model.policy.predict(np.stack(observations), deterministic=True)[0]
     assert actions[0] == 12 and actions[1] == 4 and actions[3] == 4
+
+
+def test_improvement_learns_from_episodes_in_plan_order_whatever_order_workers_finish(
+    residual, tmp_path, monkeypatch
+):
+    """Workers finish in an order the machine's load decides; cloning minibatches follow the episode order, so
+    the same seed must hand ``improve`` the same list either way."""
+    import rlsched.agents.branched as branched
+
+    planned = [f"episode {k}" for k in range(5)]
+    seen = []
+
+    class Done:
+        def __init__(self, name):
+            self.name, self.epochs = name, 3
+
+        def record(self):
+            return {"name": self.name}
+
+    def finish_in(order):
+        def collect(config, rule, picked, *args):
+            return ((k, Done(planned[k])) for k in order)
+
+        return collect
+
+    monkeypatch.setattr(
+        branched,
+        "improve",
+        lambda model, episodes, *a, **kw: (
+            seen.append([e.name for e in episodes])
+            or {"branched/changed": 0.0, "branched/states": 0.0, "bc/accuracy": 1.0}
+        ),
+    )
+    rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
+    for order in ([0, 1, 2, 3, 4], [3, 0, 4, 2, 1]):
+        monkeypatch.setattr(branched, "collect", finish_in(order))
+        branched.improve_from_branches(
+            None, residual, rule, tmp_path / "episodes.jsonl", 5, 1, (-1.0,), 0.01, 2, 0, hold=True
+        )
+    assert seen == [planned, planned]

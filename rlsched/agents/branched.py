@@ -221,9 +221,10 @@ def collect(
     workers: int,
     seed: int,
     hold: bool = False,
-) -> Iterator[BranchedEpisode]:
+) -> Iterator[tuple[int, BranchedEpisode]]:
     """Branched episodes of ``rule`` on ``instances``, ``branches_per_episode`` states each drawn uniformly
-    without replacement (seeded), in ``workers`` processes; yields each as it finishes."""
+    without replacement (seeded), in ``workers`` processes; yields each as it finishes, with its position in
+    ``instances`` (finishing order depends on the machine's load, so whatever learns from them sorts first)."""
     rng = np.random.default_rng(seed)
     steps = config.env.steps
     plans = [
@@ -234,9 +235,12 @@ def collect(
     with ProcessPoolExecutor(
         max(1, workers), mp_context=context, initializer=_init, initargs=(config, os.getpid())
     ) as pool:
-        futures = [pool.submit(_run, rule, i, p, candidates, hold) for i, p in zip(instances, plans)]
+        futures = {
+            pool.submit(_run, rule, i, p, candidates, hold): k
+            for k, (i, p) in enumerate(zip(instances, plans))
+        }
         for future in as_completed(futures):
-            yield future.result()
+            yield futures[future], future.result()
 
 
 def improve(
@@ -297,18 +301,21 @@ def improve_from_branches(
     pool = make_instances(config, "train")
     order = np.random.default_rng(seed).permutation(max(len(pool), episodes)) % len(pool)
     picked = [pool[int(i)] for i in order[:episodes]]
-    branched = []
-    for episode in tqdm(
+    branched: dict[int, BranchedEpisode] = {}
+    for k, episode in tqdm(
         collect(config, rule, picked, states, candidates, workers, seed, hold),
         total=episodes,
         desc="branched episodes",
         unit="episode",
     ):
-        branched.append(episode)
+        branched[k] = episode
         append_jsonl(episodes_path, [episode.record()])
-    stats = improve(model, branched, margin, hold=hold)
+    ordered = [
+        branched[k] for k in sorted(branched)
+    ]  # the same policy whatever order the workers finished in
+    stats = improve(model, ordered, margin, hold=hold)
     return (
-        f"branched improvement: {sum(e.epochs for e in branched)} epochs in {len(branched)} episodes; "
+        f"branched improvement: {sum(e.epochs for e in ordered)} epochs in {len(ordered)} episodes; "
         f"{stats['branched/changed']:.0f} of {stats['branched/states']:.0f} branched states relabelled; "
         f"accuracy {stats['bc/accuracy']:.2f}"
     )
