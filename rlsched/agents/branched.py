@@ -310,9 +310,8 @@ def improve_from_branches(
     ):
         branched[k] = episode
         append_jsonl(episodes_path, [episode.record()])
-    ordered = [
-        branched[k] for k in sorted(branched)
-    ]  # the same policy whatever order the workers finished in
+    # the plan's order, not the workers' finishing order: the same seed clones the same policy
+    ordered = [branched[k] for k in sorted(branched)]
     stats = improve(model, ordered, margin, hold=hold)
     return (
         f"branched improvement: {sum(e.epochs for e in ordered)} epochs in {len(ordered)} episodes; "
