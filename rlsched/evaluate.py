@@ -40,7 +40,7 @@ from rlsched.compare.report import csv_text, episode_rows, report
 from rlsched.compare.summary import learned_minus_each, per_instance, summarize
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
 from rlsched.control.env import make_instances
-from rlsched.control.rules import SCRIPTED_RULES, SUGGESTED_RULE
+from rlsched.control.rules import SUGGESTED_RULE, parse_rule
 from rlsched.experiment.jobs import episodes, run_jobs
 from rlsched.experiment.kinds import schedule, scripted
 from rlsched.experiment.tuning import Tuning
@@ -64,7 +64,12 @@ def read_teacher(model_path: Path) -> tuple[str, float] | None:
         raise ValueError(
             f"{path}: unreadable ({err}); delete it to evaluate without the teacher row"
         ) from None
-    if rule not in SCRIPTED_RULES or not lr > 0:
+    try:
+        parse_rule(rule)
+        known = lr > 0
+    except ValueError:
+        known = False
+    if not known:
         raise ValueError(
             f"{path}: rule {rule!r} at LR {lr!r} is no teacher this version knows; delete the file"
         )
@@ -207,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="LR",
-        help="add the suggested-LR rule with this probe LR as the teacher row (default: the run directory's "
+        help="add the --teacher rule with this probe LR as the teacher row (default: the run directory's "
         "teacher.json; the shipped controller has none)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=SUGGESTED_RULE,
+        metavar="RULE",
+        help="with --teacher-lr: suggested (default), scripted, or offset:<decades> (the suggestion x 10**it)",
     )
     p.add_argument("--runs-dir", default="runs")
     p.add_argument(
@@ -227,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             else config_from_dict(nest_overrides(overrides), policy.config, source="overrides")
         )
         check_compatible(policy, config)
+        parse_rule(args.teacher)
+        if args.teacher != SUGGESTED_RULE and args.teacher_lr is None:
+            raise ValueError(f"--teacher {args.teacher}: the rule's row needs its probe LR: add --teacher-lr")
         if args.teacher_lr is not None and not config.env.lr_min <= args.teacher_lr <= config.env.lr_max:
             raise ValueError(
                 f"--teacher-lr {args.teacher_lr:g}: outside the env's LR range "
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     except (ConfigError, ValueError, FileNotFoundError) as err:
         p.error(str(err))
-    teacher = (SUGGESTED_RULE, args.teacher_lr) if args.teacher_lr is not None else None
+    teacher = (args.teacher, args.teacher_lr) if args.teacher_lr is not None else None
     out = args.out
     fresh = out is None and read_provenance(policy.path) is not None  # the package folder is not written into
     if fresh:

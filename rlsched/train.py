@@ -40,7 +40,7 @@ from rlsched.common.files import (
     removed_if_unstarted,
 )
 from rlsched.config import Config, ConfigError, config_to_toml, load_config, parse_override
-from rlsched.control.rules import SCRIPTED_RULES, SUGGESTED_RULE
+from rlsched.control.rules import OFFSET_RULE, SCRIPTED_RULES, SUGGESTED_RULE
 from rlsched.seg.dataset import DatasetError
 from rlsched.seg.sources import check_dataset
 
@@ -50,6 +50,7 @@ DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume t
 
 
 RESUMABLE = ("resume", "total_timesteps", "no_eval")  # what a resumed run takes from its command line
+TEACHER_FLAGS = ("teacher", "teacher_lr", "teacher_offsets", "teacher_search_instances", "bc_explore")
 BRANCH_FLAGS = ("branch_episodes", "branch_states", "branch_offsets", "branch_margin", "branch_hold")
 BRANCH_HELP = (
     "after cloning, this many branched episodes of the rule on train instances: in --branch-states states each, "
@@ -57,6 +58,7 @@ BRANCH_HELP = (
     "the offset is held to the end), and the policy is cloned again onto the best one where it beats the rule's "
     "by > --branch-margin (rlsched.agents.branched)"
 )
+OFFSETS_HELP = "offset rule: the offsets (decades from the suggestion) its search tries on train instances"
 STARTED = ("config.toml", "args.json", "tb")  # what a start writes before its first episode (see main)
 
 
@@ -82,10 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--num-env-runners", type=ranged(int, 0), default=2, help="rllib: Ray env runners (0 = in the driver)"
     )
     p.add_argument(
-        "--num-gpus-per-env-runner",
-        type=ranged(float, 0),
-        default=0.0,
-        help="rllib: GPU share per env runner",
+        "--num-gpus-per-env-runner", type=ranged(float, 0), default=0.0, help="rllib: GPU per runner"
     )
     p.add_argument("--address", default=None, help="rllib: Ray cluster address (default: start a local Ray)")
     p.add_argument(
@@ -131,8 +130,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--teacher",
         choices=SCRIPTED_RULES,
         default=SUGGESTED_RULE,
-        help="the rule to clone: scripted (steer towards --teacher-lr and hold) or suggested (the first "
-        "slice at --teacher-lr, then steer towards the LR its update size suggests)",
+        help="the rule to clone: scripted (steer towards --teacher-lr and hold), suggested (the first "
+        "slice at --teacher-lr, then steer towards the LR its update size suggests) or offset (the same, "
+        "to the suggestion x 10**the best --teacher-offsets)",
+    )
+    p.add_argument(
+        "--teacher-offsets", type=float, nargs="+", default=[-1.0, -0.5, 0.0, 0.5], help=OFFSETS_HELP
     )
     p.add_argument(
         "--teacher-lr",
@@ -198,9 +201,11 @@ def _refuse_ignored(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         needs["n_envs"] = "--backend sb3 (RLlib's workers are --num-env-runners)"
     if not args.bc_episodes:
         needs |= dict.fromkeys(
-            ("teacher", "teacher_lr", "teacher_search_instances", "bc_explore", *BRANCH_FLAGS),
+            (*TEACHER_FLAGS, *BRANCH_FLAGS),
             "the warm start, which is off: --bc-episodes N with --algo sb3 --backend sb3",
         )
+    elif args.teacher != OFFSET_RULE:
+        needs["teacher_offsets"] = "--teacher offset"
     if (args.algo, args.backend) != ("sb3", "sb3"):
         needs["normalize_obs"] = "--algo sb3 --backend sb3 (the other agents train on raw observations)"
     flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
@@ -441,18 +446,18 @@ def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Con
     from rlsched.evaluate import TEACHER_FILE
     from rlsched.experiment.tuning import search_target
 
-    target = args.teacher_lr
-    if target is None:
-        target, searched = search_target(config, args.teacher_search_instances, args.n_envs, args.teacher)
+    offsets = tuple(args.teacher_offsets)
+    name, target, searched = search_target(
+        config, args.teacher_search_instances, args.n_envs, args.teacher, offsets, args.teacher_lr
+    )
+    if searched:
         append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
-        print(f"teacher target LR {target:g}, searched with {len(searched)} episodes on train instances")
-    rule = ScriptedRule(config.env, target, follow_suggestion=args.teacher == SUGGESTED_RULE)
-    atomic_write_json(
-        run_dir / TEACHER_FILE, {"rule": args.teacher, "lr": target}
-    )  # the held-out table's row
+        print(f"teacher {name} at LR {target:g}, searched with {len(searched)} episodes on train instances")
+    rule = ScriptedRule.named(config.env, name, target)
+    atomic_write_json(run_dir / TEACHER_FILE, {"rule": name, "lr": target})  # the held-out table's row
     stats = behaviour_clone(model, rule, args.bc_episodes, explore=args.bc_explore, seed=args.seed)
     print(
-        f"behaviour cloning of the {args.teacher} rule (LR {target:g}): "
+        f"behaviour cloning of the {name} rule (LR {target:g}): "
         f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}"
     )
     if args.branch_episodes:

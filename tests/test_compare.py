@@ -416,6 +416,11 @@ def test_unknown_schedule_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--preset", "fast", "--schedules", "bogus"])
     assert "choose from: constant, step" in capsys.readouterr().err
+    assert compare.Settings(schedules=("offset:-0.5",)).schedules == (
+        "offset:-0.5",
+    )  # the offset rule, shifted
+    with pytest.raises(ValueError, match=r"unknown schedule\(s\) 'offset'.*offset:<decades>"):
+        compare.Settings(schedules=("offset",))
 
 
 def test_more_seeds_than_held_out_instances_is_refused(capsys):

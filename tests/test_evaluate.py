@@ -119,3 +119,19 @@ def test_teacher_lr_adds_the_rule_row_for_a_policy_without_a_teacher_record(run_
     with pytest.raises(SystemExit):
         evaluate.main([*args, "--teacher-lr", "50"])
     assert "--teacher-lr 50: outside the env's LR range" in capsys.readouterr().err
+
+
+def test_teacher_names_the_rule_of_that_row(run_dir, tmp_path, capsys):
+    args = [str(run_dir / "model.zip"), "--out", str(tmp_path)]
+    assert evaluate.main([*args, "--teacher", "offset:-0.5", "--teacher-lr", "0.001"]) == 0
+    summary = json.loads((tmp_path / "heldout.json").read_text())
+    assert summary["teacher"] == {"rule": "offset:-0.5", "lr": 0.001}
+    assert "| teacher rule (offset:-0.5) |" in (tmp_path / "heldout.md").read_text()
+    capsys.readouterr()
+    for extra, error in (
+        (["--teacher", "offset:-0.5"], "needs its probe LR: add --teacher-lr"),
+        (["--teacher", "offset", "--teacher-lr", "0.001"], "expected one of scripted, suggested or offset"),
+    ):
+        with pytest.raises(SystemExit):
+            evaluate.main([*args, *extra])
+        assert error in capsys.readouterr().err

@@ -124,10 +124,42 @@ def test_behaviour_cloning_makes_the_policy_follow_the_rule(tmp_path):
 def test_the_teacher_target_is_grid_searched_on_train_instances():
     """The warm start's target LR comes from the comparison's base-LR search (one grid point per decade)."""
     config = load_config("fast", {**TINY, "env.epochs": 2})
-    target, episodes = search_target(config, instances=1, workers=1)
+    name, target, episodes = search_target(config, instances=1, workers=1)
     grid = search_grid(config, 1)
-    assert target in grid and len(episodes) == len(grid)
+    assert name == "scripted" and target in grid and len(episodes) == len(grid)
     assert all(e.instance.split == "train" and e.method.startswith("scripted@") for e in episodes)
+
+
+def test_the_offset_rule_shifts_the_suggestion_by_its_offset_after_the_probe():
+    env = load_config("fast", {**TINY, "env.action": "residual"}).env
+    rule = ScriptedRule.named(env, "offset:-0.5", target=0.01)
+    raw = np.zeros((2, len(observation_names(env))), np.float32)
+    raw[:, feature_index("log_lr")] = encode_lr(env, 0.01)
+    raw[:, feature_index("log_lr_suggested")] = encode_lr(env, 0.003)
+    raw[0, feature_index("first_step")] = 1.0  # the probe: nothing suggested yet
+    offsets = np.asarray(env.offsets)[rule.actions(raw)]
+    assert offsets.tolist() == pytest.approx(
+        [1.0, -0.5]
+    )  # probe at 0.01 = probe_lr x 10, then suggestion / 10**0.5
+    assert ScriptedRule.named(env, "suggested", 0.01) == ScriptedRule(env, 0.01, follow_suggestion=True)
+    for bad in ("offset", "suggested:1", "offset:x", "offset:nan", "cosine"):
+        with pytest.raises(ValueError, match="offset:<decades>"):
+            ScriptedRule.named(env, bad, 0.01)
+
+
+def test_the_offset_rule_probes_at_the_suggested_rules_target_then_searches_its_offsets():
+    """Only the non-zero offsets cost episodes: the suggested rule's runs at its target are the offset 0's."""
+    config = load_config("fast", {**TINY, "env.epochs": 2, "env.action": "residual"})
+    name, target, episodes = search_target(config, 1, 1, "offset", (-1.0, 0.0, 0.5))
+    grid = search_grid(config, 1)
+    assert target in grid and len(episodes) == len(grid) + 2
+    assert name in ("offset:-1", "offset:0", "offset:0.5")
+    assert sorted(e.method for e in episodes[len(grid) :]) == [
+        f"offset:-1@{target:g}",
+        f"offset:0.5@{target:g}",
+    ]
+    # a given target and one offset: no search at all
+    assert search_target(config, 1, 1, "offset", (-0.5,), target=0.01) == ("offset:-0.5", 0.01, [])
 
 
 def test_exploring_warm_start_steps_off_the_rule_yet_labels_with_it(tmp_path, monkeypatch):

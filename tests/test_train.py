@@ -317,6 +317,8 @@ def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsy
         (["--teacher-lr", "0.01"], "--teacher-lr", "the warm start"),
         (["--teacher", "scripted"], "--teacher", "the warm start"),
         (["--teacher-search-instances", "2"], "--teacher-search-instances", "the warm start"),
+        (["--teacher-offsets", "-0.5"], "--teacher-offsets", "the warm start"),
+        (["--bc-episodes", "1", "--teacher-offsets", "-0.5"], "--teacher-offsets", "--teacher offset"),
         (["--bc-explore", "0.25"], "--bc-explore", "the warm start"),
         (["--algo", "reference", "--no-normalize-obs"], "--no-normalize-obs", "--algo sb3 --backend sb3"),
     ],

@@ -22,7 +22,7 @@ from rlsched.experiment.kinds import (
     random_policy,
     schedule,
 )
-from rlsched.experiment.tuning import TUNABLE, Tuning, tuned_kind
+from rlsched.experiment.tuning import TUNABLE, Tuning, is_tunable, tuned_kind
 from rlsched.pretrained import AGENT_NAME, PROVENANCE, read_provenance
 from rlsched.seg.schedules import SCHEDULES
 
@@ -94,7 +94,7 @@ class Settings:
                 "--optuna-epochs is the optuna baseline's budget, and it is not compared: add "
                 "--baselines optuna, or drop --optuna-epochs"
             )
-        unknown = [s for s in self.schedules if s not in TUNABLE]
+        unknown = [s for s in self.schedules if not is_tunable(s)]
         if unknown or not self.schedules:
             raise ValueError(
                 f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TUNABLE)}"

@@ -13,10 +13,32 @@ from rlsched.config import EnvConfig
 from rlsched.control.interface import absolute_lrs, decode_lr, feature_index, residual_base
 
 LOG_LR, FIRST_STEP, SUGGESTED = (feature_index(n) for n in ("log_lr", "first_step", "log_lr_suggested"))
-# the scripted rules, run as Job kind "scripted" with one of these as arg: steer to a tuned target LR, or probe
-# one slice at the tuned LR and then steer to the suggested LR
+# the scripted rules, run as Job kind "scripted" with one of these as arg (``rule_arg``): steer to a tuned target
+# LR; probe one slice at the tuned LR and then steer to the suggested LR; or the same, to the suggested LR times
+# 10 ** a tuned offset
 SUGGESTED_RULE = "suggested"
-SCRIPTED_RULES = ("scripted", SUGGESTED_RULE)
+OFFSET_RULE = "offset"
+SCRIPTED_RULES = ("scripted", SUGGESTED_RULE, OFFSET_RULE)
+
+
+def rule_arg(rule: str, offset: float = 0.0) -> str:
+    """The Job arg (and teacher name) of scripted rule ``rule``: the offset rule carries its offset,
+    ``"offset:-0.5"``."""
+    return f"{rule}:{offset:g}" if rule == OFFSET_RULE else rule
+
+
+def parse_rule(arg: str) -> tuple[str, float]:
+    """``rule_arg``'s inverse: (rule, offset in decades); a one-line error for an arg no rule has."""
+    rule, _, offset = arg.partition(":")
+    try:
+        parsed = float(offset) if rule == OFFSET_RULE else 0.0
+    except ValueError:
+        parsed = math.nan
+    if rule not in SCRIPTED_RULES or bool(offset) != (rule == OFFSET_RULE) or not math.isfinite(parsed):
+        raise ValueError(
+            f"scripted rule {arg!r}: expected one of scripted, suggested or offset:<decades> (e.g. offset:-0.5)"
+        )
+    return rule, parsed
 
 
 @dataclass(frozen=True)
@@ -28,13 +50,22 @@ class ScriptedRule:
     change; from below it climbs by the largest factor until the next step would overshoot, then holds.
     Absolute actions: the grid LR closest to the target, at once. Residual actions: the offset from the suggested LR
     (``env.probe_lr`` before the first slice) closest to the target. With ``follow_suggestion`` the target is the
-    observation's suggested LR (``control.suggested_lr``) once the first slice has measured it, so ``target`` is
-    only the LR of that first, probing slice: a constant LR per instance, scaled by the instance itself.
+    observation's suggested LR (``control.suggested_lr``) times ``10 ** offset`` once the first slice has measured
+    it, so ``target`` is only the LR of that first, probing slice: a constant LR per instance, scaled by the
+    instance itself. Why an offset: where the suggestion is systematically too bold (or timid), a tuned constant
+    shift of it is the next-simplest rule, the floor a learned policy's corrections must clear.
     """
 
     env: EnvConfig
     target: float
     follow_suggestion: bool = False
+    offset: float = 0.0  # log10 decades applied to the suggestion (follow_suggestion only)
+
+    @classmethod
+    def named(cls, env: EnvConfig, arg: str, target: float) -> ScriptedRule:
+        """The rule a Job arg / teacher name (``rule_arg``) means, probing or steering at ``target``."""
+        rule, offset = parse_rule(arg)
+        return cls(env, target, follow_suggestion=rule != "scripted", offset=offset)
 
     def __post_init__(self) -> None:
         if self.env.action == "continuous" or (self.env.action == "discrete" and 1.0 not in self.env.factors):
@@ -76,4 +107,4 @@ class ScriptedRule:
 
     def _target(self, row: np.ndarray) -> float:
         suggested = self._suggested(row) if self.follow_suggestion else None
-        return suggested if suggested is not None else self.target
+        return suggested * 10**self.offset if suggested is not None else self.target

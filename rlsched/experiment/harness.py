@@ -81,14 +81,16 @@ class ScheduleController:
 
 @dataclass
 class ScriptedController:
-    """A scripted rule as a controller (``follow_suggestion``: the suggested-LR rule)."""
+    """A scripted rule as a controller (``follow_suggestion``: the suggested-LR rule, shifted by ``offset``
+    decades)."""
 
     target: float
     name: str = "scripted"
     follow_suggestion: bool = False
+    offset: float = 0.0
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
-        self._rule = ScriptedRule(env.config.env, self.target, self.follow_suggestion)
+        self._rule = ScriptedRule(env.config.env, self.target, self.follow_suggestion, self.offset)
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
         return int(self._rule.actions(obs)[0])

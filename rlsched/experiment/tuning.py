@@ -12,7 +12,7 @@ import numpy as np
 
 from rlsched.config import Config
 from rlsched.control.env import Instance, make_instances
-from rlsched.control.rules import SCRIPTED_RULES
+from rlsched.control.rules import OFFSET_RULE, SUGGESTED_RULE, parse_rule, rule_arg
 from rlsched.experiment.harness import EpisodeResult, Job
 from rlsched.experiment.jobs import Outcome, episodes, run_jobs
 from rlsched.experiment.kinds import schedule, scripted
@@ -20,14 +20,27 @@ from rlsched.seg.schedules import SCHEDULES, lr_grid
 
 # the Job kind of the scripted rules (control.rules.ScriptedRule), their target LR tuned like a base LR
 SCRIPTED = scripted.KIND.name
-TUNABLE = (*SCHEDULES, *SCRIPTED_RULES)
+TUNABLE = (*SCHEDULES, "scripted", SUGGESTED_RULE, f"{OFFSET_RULE}:<decades>")
 
 Run = Callable[[list[Job]], list[Outcome]]
 
 
+def is_rule(name: str) -> bool:
+    """Whether tunable method ``name`` is a scripted rule (``control.rules.rule_arg``)."""
+    try:
+        parse_rule(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_tunable(name: str) -> bool:
+    return name in SCHEDULES or is_rule(name)
+
+
 def tuned_kind(name: str) -> str:
     """The harness Job kind that runs tunable method ``name``: a scripted rule or a fixed schedule."""
-    return SCRIPTED if name in SCRIPTED_RULES else schedule.KIND.name
+    return SCRIPTED if is_rule(name) else schedule.KIND.name
 
 
 @dataclass(frozen=True)
@@ -92,11 +105,18 @@ def search_grid(config: Config, per_decade: int) -> list[float]:
 
 
 def search_target(
-    config: Config, instances: int, workers: int, rule: str = "scripted"
-) -> tuple[float, list[EpisodeResult]]:
-    """The target LR of scripted rule ``rule`` (``control.rules.SCRIPTED_RULES``), grid-searched on the first
-    ``instances`` *train* instances like a fixed schedule's base LR in ``rlsched.compare`` (one point per decade
-    of the initial-LR range); returns the target and the episodes it cost."""
+    config: Config,
+    instances: int,
+    workers: int,
+    rule: str = "scripted",
+    offsets: tuple[float, ...] = (0.0,),
+    target: float | None = None,
+) -> tuple[str, float, list[EpisodeResult]]:
+    """Scripted rule ``rule`` (``control.rules.SCRIPTED_RULES``) tuned on the first ``instances`` *train*
+    instances: its target LR (unless given) grid-searched like a fixed schedule's base LR in ``rlsched.compare``
+    (one point per decade of the initial-LR range). The offset rule probes at the suggested rule's target and
+    then takes the best of ``offsets`` (decades from the suggestion) on the same instances, ties to the first.
+    Returns the rule's Job arg (``rule_arg``), its target LR and the episodes it cost."""
     spent: list[EpisodeResult] = []
 
     def run(jobs: list[Job]) -> list[EpisodeResult]:
@@ -104,5 +124,20 @@ def search_target(
         return spent[-len(jobs) :]
 
     train = make_instances(config, "train")[:instances]
-    tuning = tune_base_lrs(config, (rule,), search_grid(config, 1), train, run)
-    return tuning.base_lrs[rule], spent
+    probed = SUGGESTED_RULE if rule == OFFSET_RULE else rule
+    found: dict[str, tuple[float, float]] = {}
+    if target is None:
+        probing = tune_base_lrs(config, (probed,), search_grid(config, 1), train, run)
+        target = probing.base_lrs[probed]
+        # the suggested rule at that target is the offset rule at offset 0: no need to run it again
+        found[rule_arg(OFFSET_RULE, 0.0)] = probing.scores[probed][target]
+    if rule != OFFSET_RULE:
+        return rule, target, spent
+    if len(offsets) == 1:
+        return rule_arg(OFFSET_RULE, offsets[0]), target, spent
+    names = [rule_arg(OFFSET_RULE, k) for k in offsets]
+    missing = tuple(name for name in dict.fromkeys(names) if name not in found)
+    if missing:
+        scores = tune_base_lrs(config, missing, [target], train, run).scores
+        found |= {name: by_lr[target] for name, by_lr in scores.items()}
+    return max(names, key=found.__getitem__), target, spent

@@ -1,9 +1,10 @@
-"""A scripted rule (``control.rules.SCRIPTED_RULES``, ``Job.arg``): steer towards a target LR (``Job.base_lr``)
-grid-searched like a schedule's base LR, or (the suggested-LR rule) follow the LR its update size suggests."""
+"""A scripted rule (``Job.arg``: ``control.rules.rule_arg``): steer towards a target LR (``Job.base_lr``)
+grid-searched like a schedule's base LR, or (the suggested-LR rule) follow the LR its update size suggests,
+times 10 ** the offset rule's tuned offset."""
 
 from __future__ import annotations
 
-from rlsched.control.rules import SUGGESTED_RULE
+from rlsched.control.rules import parse_rule
 from rlsched.experiment.harness import Controller, Job, ScriptedController
 from rlsched.experiment.kinds.schedule import GRID_SEARCH
 from rlsched.experiment.kinds.spec import TUNED, MethodKind
@@ -12,7 +13,8 @@ from rlsched.experiment.kinds.spec import TUNED, MethodKind
 def controller(job: Job) -> Controller:
     if job.base_lr is None:
         raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
-    return ScriptedController(job.base_lr, name=job.method, follow_suggestion=job.arg == SUGGESTED_RULE)
+    rule, offset = parse_rule(job.arg)
+    return ScriptedController(job.base_lr, job.method, follow_suggestion=rule != "scripted", offset=offset)
 
 
 KIND = MethodKind(
