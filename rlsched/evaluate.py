@@ -44,9 +44,9 @@ from rlsched.control.rules import SUGGESTED_RULE, parse_rule
 from rlsched.experiment.jobs import episodes, run_jobs
 from rlsched.experiment.kinds import schedule, scripted
 from rlsched.experiment.tuning import Tuning
+from rlsched.experiment.warm_start import TEACHER_FILE
 from rlsched.pretrained import read_provenance
 
-TEACHER_FILE = "teacher.json"  # written by train's warm start: {"rule": ..., "lr": ...}
 SCHEDULE_FREE = "schedulefree_adamw"
 NO_TUNING = Tuning(grid=(), instances=0, epochs=0, scores={})  # nothing is tuned for a held-out evaluation
 

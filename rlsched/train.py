@@ -51,7 +51,14 @@ DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume t
 
 RESUMABLE = ("resume", "total_timesteps", "no_eval")  # what a resumed run takes from its command line
 TEACHER_FLAGS = ("teacher", "teacher_lr", "teacher_offsets", "teacher_search_instances", "bc_explore")
-BRANCH_FLAGS = ("branch_episodes", "branch_states", "branch_offsets", "branch_margin", "branch_hold")
+BRANCH_FLAGS = (
+    "branch_episodes",
+    "branch_states",
+    "branch_offsets",
+    "branch_margin",
+    "branch_hold",
+    "branch_pool",
+)
 BRANCH_HELP = (
     "after cloning, this many branched episodes of the rule on train instances: in --branch-states states each, "
     "every --branch-offsets offset (log10 LR) is tried for one slice and the rule ends the run (--branch-hold: "
@@ -155,6 +162,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--branch-offsets", type=float, nargs="+", default=[-2.0, -1.0, -0.5, 0.5], help="tried")
     p.add_argument("--branch-margin", type=ranged(float, 0), default=0.01, help="Dice margin")
     p.add_argument("--branch-hold", action="store_true", help="hold a tried offset to the run's end")
+    p.add_argument(
+        "--branch-pool",
+        action="store_true",
+        help="label from a ridge model of the branches' advantages over every state, not each state's own argmax",
+    )
     p.add_argument(
         "--no-normalize-obs",
         dest="normalize_obs",
@@ -334,7 +346,9 @@ def train_sb3(run_dir: Path, args: argparse.Namespace, config: Config) -> Path:
     else:
         model = build_ppo(config, settings, env, args.seed, run_dir / "tb")
         if args.bc_episodes:
-            _warm_start(model, run_dir, args, config)
+            from rlsched.experiment.warm_start import warm_start
+
+            warm_start(model, run_dir, args, config)
     callback = RunCallback(run_dir, episodes)
     remaining = max(0, args.total_timesteps - model.num_timesteps)
     print(
@@ -435,52 +449,6 @@ def train_reference(run_dir: Path, args: argparse.Namespace, config: Config) -> 
     agent.save(run_dir / "model.pt")
     envs.close()
     return run_dir / "model.pt"
-
-
-def _warm_start(model: Any, run_dir: Path, args: argparse.Namespace, config: Config) -> None:
-    """Clone the scripted rule into the fresh policy; its target LR is searched on train instances first
-    unless given. Every episode this costs lands in episodes.jsonl (it is training compute)."""
-    from rlsched.agents.episodes import harness_record
-    from rlsched.agents.teacher import ScriptedRule, behaviour_clone
-    from rlsched.common.files import append_jsonl
-    from rlsched.evaluate import TEACHER_FILE
-    from rlsched.experiment.tuning import search_target
-
-    offsets = tuple(args.teacher_offsets)
-    name, target, searched = search_target(
-        config, args.teacher_search_instances, args.n_envs, args.teacher, offsets, args.teacher_lr
-    )
-    if searched:
-        append_jsonl(run_dir / "episodes.jsonl", [harness_record(r, "teacher-search") for r in searched])
-        print(f"teacher {name} at LR {target:g}, searched with {len(searched)} episodes on train instances")
-    rule = ScriptedRule.named(config.env, name, target)
-    atomic_write_json(run_dir / TEACHER_FILE, {"rule": name, "lr": target})  # the held-out table's row
-    stats = behaviour_clone(model, rule, args.bc_episodes, explore=args.bc_explore, seed=args.seed)
-    print(
-        f"behaviour cloning of the {name} rule (LR {target:g}): "
-        f"{args.bc_episodes * args.n_envs} episodes, accuracy {stats['bc/accuracy']:.2f}"
-    )
-    if args.branch_episodes:
-        from rlsched.agents.branched import improve_from_branches
-
-        try:
-            print(
-                improve_from_branches(
-                    model,
-                    config,
-                    rule,
-                    run_dir / "episodes.jsonl",
-                    args.branch_episodes,
-                    args.branch_states,
-                    tuple(args.branch_offsets),
-                    args.branch_margin,
-                    args.n_envs,
-                    args.seed,
-                    args.branch_hold,
-                )
-            )
-        except ValueError as err:
-            raise SystemExit(f"error: --branch-offsets: {err}") from None
 
 
 def _resume_point(run_dir: Path, episodes: Any) -> Checkpoint | None:

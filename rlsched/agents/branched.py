@@ -20,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -243,6 +243,57 @@ def collect(
             yield futures[future], future.result()
 
 
+# the ridge penalties pooled() cross-validates: from a near-per-state fit to a constant (the mean advantage)
+RIDGE_PENALTIES = (0.1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e6)
+
+
+def pooled(episodes: list[BranchedEpisode], folds: int = 5) -> list[BranchedEpisode]:
+    """``episodes`` with each branched state's values replaced by advantages over its base action predicted by
+    a ridge regression on the observation, one per candidate, fitted on every branched state (the penalty
+    cross-validated over ``RIDGE_PENALTIES``, folds by episode). Why: one run's final Dice is a chaotic function
+    of its LRs, so the argmax of single-rollout values mostly picks noise (the winner's curse over several
+    candidates); pooling keeps the part of an advantage that similar states share, from a constant offset
+    (the largest penalty) to a state-dependent one."""
+    states = [(k, b) for k, e in enumerate(episodes) for b in e.branches]
+    if len(states) < 2 * folds:
+        return episodes
+    x = np.stack([b.observation for _, b in states]).astype(np.float64)
+    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-8)
+    x = np.hstack([x, np.ones((len(x), 1))])  # the intercept (the mean advantage) is not penalised
+    fold = np.array([k % folds for k, _ in states])
+    predicted: dict[int, np.ndarray] = {}
+    for action in sorted({a for _, b in states for a in b.values}):
+        known = np.array([action in b.values for _, b in states])
+        gain = np.array([b.values.get(action, np.nan) - b.values[b.base_action] for _, b in states])
+
+        def fit(rows: np.ndarray, penalty: float) -> np.ndarray:
+            eye = penalty * np.eye(x.shape[1])
+            eye[-1, -1] = 1e-6  # the intercept barely: solvable even on a fold of one episode
+            return np.linalg.solve(x[rows].T @ x[rows] + eye, x[rows].T @ gain[rows])
+
+        def errors(penalty: float) -> np.ndarray:
+            test = [(known & (fold == f), fit(known & (fold != f), penalty)) for f in range(folds)]
+            return np.array(
+                [np.mean((x[rows] @ w - gain[rows]) ** 2) if rows.any() else 0.0 for rows, w in test]
+            )
+
+        # the one-standard-error rule: the strongest penalty within one standard error of the best fold-mean
+        # error, since on a few hundred noisy states the plain minimum still fits noise
+        scores = [errors(penalty) for penalty in RIDGE_PENALTIES]
+        best = min(range(len(scores)), key=lambda i: scores[i].mean())
+        bound = scores[best].mean() + scores[best].std(ddof=1) / np.sqrt(folds)
+        penalty = max(p for p, e in zip(RIDGE_PENALTIES, scores) if e.mean() <= bound)
+        predicted[action] = x @ fit(known, penalty)
+    index = {id(b): n for n, (_, b) in enumerate(states)}
+
+    def smoothed(b: BranchedState) -> BranchedState:
+        n = index[id(b)]
+        values = {a: float(predicted[a][n]) if a in predicted else 0.0 for a in b.values}
+        return replace(b, values={**values, b.base_action: 0.0})
+
+    return [replace(e, branches=[smoothed(b) for b in e.branches]) for e in episodes]
+
+
 def improve(
     model: PPO, episodes: list[BranchedEpisode], margin: float, epochs: int = 200, hold: bool = False
 ) -> dict[str, float]:
@@ -292,11 +343,12 @@ def improve_from_branches(
     workers: int,
     seed: int,
     hold: bool = False,
+    pool_values: bool = False,
 ) -> str:
     """One step of policy improvement over ``rule`` for ``model`` (``python -m rlsched.train
     --branch-episodes``, ``--branch-hold``): branched episodes on train instances drawn with ``seed``, each recorded in
-    ``episodes_path`` as it ends (every epoch they train counts as training), then ``improve``. Returns a
-    one-line summary."""
+    ``episodes_path`` as it ends (every epoch they train counts as training), then ``improve`` (on ``pooled``
+    values with ``pool_values``). Returns a one-line summary."""
     candidates = candidate_actions(config.env, (0.0, *offsets))
     pool = make_instances(config, "train")
     order = np.random.default_rng(seed).permutation(max(len(pool), episodes)) % len(pool)
@@ -312,7 +364,7 @@ def improve_from_branches(
         append_jsonl(episodes_path, [episode.record()])
     # the plan's order, not the workers' finishing order: the same seed clones the same policy
     ordered = [branched[k] for k in sorted(branched)]
-    stats = improve(model, ordered, margin, hold=hold)
+    stats = improve(model, pooled(ordered) if pool_values else ordered, margin, hold=hold)
     return (
         f"branched improvement: {sum(e.epochs for e in ordered)} epochs in {len(ordered)} episodes; "
         f"{stats['branched/changed']:.0f} of {stats['branched/states']:.0f} branched states relabelled; "
