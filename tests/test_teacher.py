@@ -12,7 +12,7 @@ from rlsched.control.env import UNetLREnv
 from rlsched.control.interface import absolute_lrs, encode_lr, feature_index, observation_names
 from rlsched.control.rules import ScriptedRule
 from rlsched.experiment.harness import ScriptedController, run_episode
-from rlsched.experiment.tuning import search_grid, search_target
+from rlsched.experiment.tuning import probe_grid, search_grid, search_target
 
 TINY = {
     "data.image_size": 16,
@@ -130,6 +130,14 @@ def test_the_teacher_target_is_grid_searched_on_train_instances():
     assert all(e.instance.split == "train" and e.method.startswith("scripted@") for e in episodes)
 
 
+def test_the_probe_grid_stops_where_a_residual_first_slice_can_reach():
+    """probe_lr 1e-3 with offsets up to +1.5: the decades 0.1 and 1 would both train the probe at 10**-1.5."""
+    config = load_config("fast", {**TINY, "env.action": "residual"})
+    assert search_grid(config, 1)[-2:] == [0.1, 1.0]
+    assert probe_grid(config) == pytest.approx([1e-4, 1e-3, 1e-2, 10**-1.5])
+    assert probe_grid(load_config("fast", TINY)) == search_grid(load_config("fast", TINY), 1)  # discrete
+
+
 def test_the_offset_rule_shifts_the_suggestion_by_its_offset_after_the_probe():
     env = load_config("fast", {**TINY, "env.action": "residual"}).env
     rule = ScriptedRule.named(env, "offset:-0.5", target=0.01)
@@ -151,7 +159,7 @@ def test_the_offset_rule_probes_at_the_suggested_rules_target_then_searches_its_
     """Only the non-zero offsets cost episodes: the suggested rule's runs at its target are the offset 0's."""
     config = load_config("fast", {**TINY, "env.epochs": 2, "env.action": "residual"})
     name, target, episodes = search_target(config, 1, 1, "offset", (-1.0, 0.0, 0.5))
-    grid = search_grid(config, 1)
+    grid = probe_grid(config)
     assert target in grid and len(episodes) == len(grid) + 2
     assert name in ("offset:-1", "offset:0", "offset:0.5")
     assert sorted(e.method for e in episodes[len(grid) :]) == [

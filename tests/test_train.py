@@ -15,7 +15,7 @@ from rlsched.common.files import read_jsonl
 from rlsched.config import load_config
 from rlsched.control.env import UNetLREnv, make_instances
 from rlsched.experiment.harness import ScheduleController, run_episode
-from rlsched.experiment.tuning import search_grid
+from rlsched.experiment.tuning import probe_grid
 from rlsched.train import main
 
 TINY = [
@@ -60,7 +60,7 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
         algo == "sb3"
     ):  # warm-started by default: the teacher's target search and the cloned episodes count too
         searched = [e for e in episodes if e.get("phase") == "teacher-search"]
-        assert len(searched) == 4 * len(search_grid(load_config(run_dir / "config.toml"), 1))
+        assert len(searched) == 4 * len(probe_grid(load_config(run_dir / "config.toml")))
         assert len(episodes) >= len(searched) + 4 * 2
     assert any((run_dir / "tb").rglob("events.out.tfevents*"))
     heldout = json.loads((run_dir / "heldout.json").read_text())

@@ -104,6 +104,17 @@ def search_grid(config: Config, per_decade: int) -> list[float]:
     return sorted({min(max(lr, env.lr_min), env.lr_max) for lr in grid})
 
 
+def probe_grid(config: Config) -> list[float]:
+    """``search_grid`` at one point per decade, clipped to the LRs a scripted rule's first slice can reach: with
+    residual actions, ``env.probe_lr`` times 10 ** the offsets' range (the points beyond would run one rule
+    twice, and report an LR it never trained at)."""
+    env = config.env
+    if env.action != "residual":
+        return search_grid(config, 1)
+    low, high = (env.probe_lr * 10 ** f(env.offsets) for f in (min, max))
+    return sorted({min(max(lr, low), high) for lr in search_grid(config, 1)})
+
+
 def search_target(
     config: Config,
     instances: int,
@@ -114,8 +125,9 @@ def search_target(
 ) -> tuple[str, float, list[EpisodeResult]]:
     """Scripted rule ``rule`` (``control.rules.SCRIPTED_RULES``) tuned on the first ``instances`` *train*
     instances: its target LR (unless given) grid-searched like a fixed schedule's base LR in ``rlsched.compare``
-    (one point per decade of the initial-LR range). The offset rule probes at the suggested rule's target and
-    then takes the best of ``offsets`` (decades from the suggestion) on the same instances, ties to the first.
+    (``probe_grid``: one point per decade of the initial-LR range). The offset rule probes at the suggested
+    rule's target, then takes the best of ``offsets`` (decades from the suggestion) on the same instances, ties
+    to the first.
     Returns the rule's Job arg (``rule_arg``), its target LR and the episodes it cost."""
     spent: list[EpisodeResult] = []
 
@@ -127,7 +139,7 @@ def search_target(
     probed = SUGGESTED_RULE if rule == OFFSET_RULE else rule
     found: dict[str, tuple[float, float]] = {}
     if target is None:
-        probing = tune_base_lrs(config, (probed,), search_grid(config, 1), train, run)
+        probing = tune_base_lrs(config, (probed,), probe_grid(config), train, run)
         target = probing.base_lrs[probed]
         # the suggested rule at that target is the offset rule at offset 0: no need to run it again
         found[rule_arg(OFFSET_RULE, 0.0)] = probing.scores[probed][target]
