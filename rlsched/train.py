@@ -40,7 +40,7 @@ from rlsched.common.files import (
     removed_if_unstarted,
 )
 from rlsched.config import Config, ConfigError, config_to_toml, load_config, parse_override
-from rlsched.control.rules import OFFSET_RULE, SCRIPTED_RULES, SUGGESTED_RULE
+from rlsched.control.rules import OFFSET_RULE, SCRIPTED_RULES
 from rlsched.seg.dataset import DatasetError
 from rlsched.seg.sources import check_dataset
 
@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--teacher",
         choices=SCRIPTED_RULES,
-        default=SUGGESTED_RULE,
+        default=OFFSET_RULE,
         help="the rule to clone: scripted (steer towards --teacher-lr and hold), suggested (the first "
         "slice at --teacher-lr, then steer towards the LR its update size suggests) or offset (the same, "
         "to the suggestion x 10**the best --teacher-offsets)",

@@ -43,7 +43,10 @@ def test_each_branch_value_is_the_final_dice_of_that_action_then_the_rule(residu
         action = policy(obs)
     assert info["final_dice"] == state.values[low]
     assert len(episode.observations) == len(episode.actions) == len(episode.rewards) == 3
-    assert episode.record()["phase"] == "branched" and episode.record()["epochs"] == episode.epochs
+    record = json.loads(json.dumps(episode.record()))  # what episodes.jsonl keeps
+    assert record["phase"] == "branched" and record["epochs"] == episode.epochs
+    assert [b["step"] for b in record["branches"]] == [b.step for b in episode.branches]
+    assert record["branches"][0]["values"] == {str(a): v for a, v in state.values.items()}
 
 
 def test_a_held_branch_keeps_its_offset_to_the_end_and_the_improved_episode_switches_to_it(residual):

@@ -27,7 +27,16 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    run = train_tiny(tmp_path_factory.mktemp("runs"), TINY, "--bc-episodes", "1", "--teacher-lr", "0.01")
+    run = train_tiny(
+        tmp_path_factory.mktemp("runs"),
+        TINY,
+        "--bc-episodes",
+        "1",
+        "--teacher",
+        "suggested",
+        "--teacher-lr",
+        "0.01",
+    )
     return run
 
 

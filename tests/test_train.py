@@ -58,9 +58,10 @@ def test_train_end_to_end_writes_a_complete_run(tmp_path, algo, capsys):
     )  # NEXT_STEP autoreset: 5 calls/episode
     if (
         algo == "sb3"
-    ):  # warm-started by default: the teacher's target search and the cloned episodes count too
+    ):  # warm-started by default: the offset rule's probe and offset search and the cloned episodes count too
         searched = [e for e in episodes if e.get("phase") == "teacher-search"]
-        assert len(searched) == 4 * len(probe_grid(load_config(run_dir / "config.toml")))
+        assert len(searched) == 4 * (len(probe_grid(load_config(run_dir / "config.toml"))) + 3)
+        assert json.loads((run_dir / "teacher.json").read_text())["rule"].startswith("offset:")
         assert len(episodes) >= len(searched) + 4 * 2
     assert any((run_dir / "tb").rglob("events.out.tfevents*"))
     heldout = json.loads((run_dir / "heldout.json").read_text())
@@ -318,7 +319,11 @@ def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsy
         (["--teacher", "scripted"], "--teacher", "the warm start"),
         (["--teacher-search-instances", "2"], "--teacher-search-instances", "the warm start"),
         (["--teacher-offsets", "-0.5"], "--teacher-offsets", "the warm start"),
-        (["--bc-episodes", "1", "--teacher-offsets", "-0.5"], "--teacher-offsets", "--teacher offset"),
+        (
+            ["--bc-episodes", "1", "--teacher", "suggested", "--teacher-offsets", "-0.5"],
+            "--teacher-offsets",
+            "--teacher offset",
+        ),
         (["--bc-explore", "0.25"], "--bc-explore", "the warm start"),
         (["--algo", "reference", "--no-normalize-obs"], "--no-normalize-obs", "--algo sb3 --backend sb3"),
     ],

@@ -73,7 +73,9 @@ class BranchedEpisode:
     epochs: int
 
     def record(self) -> dict[str, object]:
-        """Its ``episodes.jsonl`` record (the main episode's LRs are not kept: the branches trained others)."""
+        """Its ``episodes.jsonl`` record: the main episode's LRs, and what each branched state's candidates ended
+        at (action index -> final validation Dice), so what branching found can be read back without rerunning
+        it."""
         return {
             "worker": -1,
             "phase": "branched",
@@ -87,6 +89,14 @@ class BranchedEpisode:
             "penalty": 0.0,
             "lrs": self.lrs,
             "branched_states": len(self.branches),
+            "branches": [
+                {
+                    "step": b.step,
+                    "base_action": b.base_action,
+                    "values": {str(a): v for a, v in b.values.items()},
+                }
+                for b in self.branches
+            ],
         }
 
     def labels(self, margin: float) -> list[int]:
