@@ -97,6 +97,8 @@ def test_train_relabels_from_branches_and_records_their_epochs(tmp_path, hold):
         [f"{k}={v}" for k, v in RESIDUAL],
         "--bc-episodes",
         "1",
+        "--teacher",
+        "suggested",
         "--teacher-lr",
         "0.01",
         "--branch-episodes",

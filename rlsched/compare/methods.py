@@ -97,7 +97,8 @@ class Settings:
         unknown = [s for s in self.schedules if not is_tunable(s)]
         if unknown or not self.schedules:
             raise ValueError(
-                f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TUNABLE)}"
+                f"unknown schedule(s) {', '.join(map(repr, unknown))}; choose from: "
+                f"{', '.join(TUNABLE)}, offset:<decades>"
                 if unknown
                 else "no schedules: pass at least one"
             )

@@ -20,7 +20,7 @@ from rlsched.seg.schedules import SCHEDULES, lr_grid
 
 # the Job kind of the scripted rules (control.rules.ScriptedRule), their target LR tuned like a base LR
 SCRIPTED = scripted.KIND.name
-TUNABLE = (*SCHEDULES, "scripted", SUGGESTED_RULE, f"{OFFSET_RULE}:<decades>")
+TUNABLE = (*SCHEDULES, "scripted", SUGGESTED_RULE)  # and the offset rule at any offset (is_tunable)
 
 Run = Callable[[list[Job]], list[Outcome]]
 
