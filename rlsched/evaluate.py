@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--teacher",
-        default=SUGGESTED_RULE,
+        default=None,
         metavar="RULE",
         help="with --teacher-lr: suggested (default), scripted, or offset:<decades> (the suggestion x 10**it)",
     )
@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             else config_from_dict(nest_overrides(overrides), policy.config, source="overrides")
         )
         check_compatible(policy, config)
-        parse_rule(args.teacher)
-        if args.teacher != SUGGESTED_RULE and args.teacher_lr is None:
+        parse_rule(args.teacher or SUGGESTED_RULE)
+        if args.teacher is not None and args.teacher_lr is None:
             raise ValueError(f"--teacher {args.teacher}: the rule's row needs its probe LR: add --teacher-lr")
         if args.teacher_lr is not None and not config.env.lr_min <= args.teacher_lr <= config.env.lr_max:
             raise ValueError(
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     except (ConfigError, ValueError, FileNotFoundError) as err:
         p.error(str(err))
-    teacher = (args.teacher, args.teacher_lr) if args.teacher_lr is not None else None
+    teacher = (args.teacher or SUGGESTED_RULE, args.teacher_lr) if args.teacher_lr is not None else None
     out = args.out
     fresh = out is None and read_provenance(policy.path) is not None  # the package folder is not written into
     if fresh:

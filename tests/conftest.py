@@ -13,6 +13,10 @@ def fast_config() -> Config:
     return load_config("fast")
 
 
+# a warm start of one episode per env from the suggested rule at a given probe LR: no teacher search to wait for
+SUGGESTED_TEACHER = ("--bc-episodes", "1", "--teacher", "suggested", "--teacher-lr", "0.01")
+
+
 def train_tiny(root, overrides, *extra: str):
     """``python -m rlsched.train`` on ``fast`` with ``overrides`` (``section.key=value`` strings): one rollout of 2
     episodes, no warm start unless ``extra`` asks for one, no held-out evaluation; returns the run directory."""

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import train_tiny
+from conftest import SUGGESTED_TEACHER, train_tiny
 
 from rlsched.agents.branched import BranchedState, branch_episode, candidate_actions
 from rlsched.config import with_overrides
@@ -95,12 +95,7 @@ def test_train_relabels_from_branches_and_records_their_epochs(tmp_path, hold):
     run = train_tiny(
         tmp_path,
         [f"{k}={v}" for k, v in RESIDUAL],
-        "--bc-episodes",
-        "1",
-        "--teacher",
-        "suggested",
-        "--teacher-lr",
-        "0.01",
+        *SUGGESTED_TEACHER,
         "--branch-episodes",
         "2",
         "--branch-states",

@@ -5,7 +5,7 @@ import csv
 import json
 
 import pytest
-from conftest import train_tiny
+from conftest import SUGGESTED_TEACHER, train_tiny
 
 from rlsched import evaluate
 from rlsched.config import load_config
@@ -27,17 +27,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    run = train_tiny(
-        tmp_path_factory.mktemp("runs"),
-        TINY,
-        "--bc-episodes",
-        "1",
-        "--teacher",
-        "suggested",
-        "--teacher-lr",
-        "0.01",
-    )
-    return run
+    return train_tiny(tmp_path_factory.mktemp("runs"), TINY, *SUGGESTED_TEACHER)
 
 
 def test_the_held_out_table_has_the_teacher_rule_and_schedule_free_beside_the_policy(run_dir):
