@@ -41,6 +41,13 @@ def parse_rule(arg: str) -> tuple[str, float]:
     return rule, parsed
 
 
+def rule_settings(arg: str) -> tuple[bool, float]:
+    """What ``ScriptedRule`` (and ``ScriptedController``) take for the rule ``arg`` names: whether it follows
+    the suggestion, and its offset."""
+    rule, offset = parse_rule(arg)
+    return rule != "scripted", offset
+
+
 @dataclass(frozen=True)
 class ScriptedRule:
     """Steer the LR towards ``target`` as fast as the actions allow, then hold it: the floor a learned
@@ -64,8 +71,7 @@ class ScriptedRule:
     @classmethod
     def named(cls, env: EnvConfig, arg: str, target: float) -> ScriptedRule:
         """The rule a Job arg / teacher name (``rule_arg``) means, probing or steering at ``target``."""
-        rule, offset = parse_rule(arg)
-        return cls(env, target, follow_suggestion=rule != "scripted", offset=offset)
+        return cls(env, target, *rule_settings(arg))
 
     def __post_init__(self) -> None:
         if self.env.action == "continuous" or (self.env.action == "discrete" and 1.0 not in self.env.factors):

@@ -4,7 +4,7 @@ times 10 ** the offset rule's tuned offset."""
 
 from __future__ import annotations
 
-from rlsched.control.rules import parse_rule
+from rlsched.control.rules import rule_settings
 from rlsched.experiment.harness import Controller, Job, ScriptedController
 from rlsched.experiment.kinds.schedule import GRID_SEARCH
 from rlsched.experiment.kinds.spec import TUNED, MethodKind
@@ -13,8 +13,7 @@ from rlsched.experiment.kinds.spec import TUNED, MethodKind
 def controller(job: Job) -> Controller:
     if job.base_lr is None:
         raise ValueError(f"job {job.method!r}: the scripted rule needs its target LR as base_lr")
-    rule, offset = parse_rule(job.arg)
-    return ScriptedController(job.base_lr, job.method, follow_suggestion=rule != "scripted", offset=offset)
+    return ScriptedController(job.base_lr, job.method, *rule_settings(job.arg))
 
 
 KIND = MethodKind(
