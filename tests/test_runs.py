@@ -197,6 +197,13 @@ def test_an_interrupt_reported_by_a_c_extension_is_unwrapped():
             ) from interrupt
         except SystemError as err:
             assert unwrap_interrupt(err) is interrupt
+    try:  # RLlib's metrics reduction wraps it one level further down, in a ValueError
+        try:
+            raise SystemError("in the C extension") from Interrupted()
+        except SystemError as inner:
+            raise ValueError("Error reducing stats") from inner
+    except ValueError as err:
+        assert isinstance(unwrap_interrupt(err), Interrupted)
     other = SystemError("a real bug")
     assert unwrap_interrupt(other) is other
     try:

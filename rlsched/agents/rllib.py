@@ -185,7 +185,7 @@ def train_rllib(run_dir: Path, args: argparse.Namespace, config: Config, setting
             while steps < args.total_timesteps:
                 try:
                     result = algo.train()
-                except SystemError as err:
+                except Exception as err:  # an interrupt that landed inside Ray comes back wrapped
                     interrupt = unwrap_interrupt(err)
                     if interrupt is err:
                         raise

@@ -30,13 +30,18 @@ class Interrupted(Exception):
 
 
 def unwrap_interrupt(err: BaseException) -> BaseException:
-    """The interrupt behind ``err`` when a SIGTERM or Ctrl-C landed inside a C extension (Ray's core worker
-    waiting on its actors), which reports it as a ``SystemError`` caused by it; else ``err`` itself. Either way
-    the caller re-raises what it gets, so an interrupt gets its clean-up (a checkpoint, a resume hint)."""
-    inner = err.__cause__ or err.__context__
-    return (
-        inner if isinstance(err, SystemError) and isinstance(inner, (KeyboardInterrupt, Interrupted)) else err
-    )
+    """The interrupt behind ``err`` when a SIGTERM or Ctrl-C landed inside a library that reported it as an error
+    of its own caused by it (Ray's core worker: a ``SystemError``; RLlib's metrics reduction: a ``ValueError``);
+    else ``err`` itself. Either way the caller re-raises what it gets, so an interrupt gets its clean-up (a
+    checkpoint, a resume hint)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (KeyboardInterrupt, Interrupted)):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return err
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
