@@ -142,7 +142,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "to the suggestion x 10**the best --teacher-offsets)",
     )
     p.add_argument(
-        "--teacher-offsets", type=float, nargs="+", default=[-1.0, -0.5, 0.0, 0.5], help=OFFSETS_HELP
+        "--teacher-offsets",
+        type=ranged(float, -6, 6),
+        nargs="+",
+        default=[-1.0, -0.5, 0.0, 0.5],
+        help=OFFSETS_HELP,
     )
     p.add_argument(
         "--teacher-lr",

@@ -300,6 +300,7 @@ def refused(argv, capsys):
         ("--bc-episodes", "-1"),
         ("--bc-explore", "1.5"),
         ("--teacher-search-instances", "0"),
+        ("--teacher-offsets", "nan"),
     ],
 )
 def test_a_flag_out_of_its_range_is_refused_before_anything_runs(tmp_path, capsys, flag, value):
