@@ -58,6 +58,7 @@ BRANCH_FLAGS = (
     "branch_margin",
     "branch_hold",
     "branch_pool",
+    "branch_at_stalls",
 )
 BRANCH_HELP = (
     "after cloning, this many branched episodes of the rule on train instances: in --branch-states states each, "
@@ -170,6 +171,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--branch-pool",
         action="store_true",
         help="label from a ridge model of the branches' advantages over every state, not each state's own argmax",
+    )
+    p.add_argument(
+        "--branch-at-stalls",
+        action="store_true",
+        help="branch the first --branch-states states where the run sat at validation Dice < 0.01 for 2 epochs, not "
+        "states drawn at random",
     )
     p.add_argument(
         "--no-normalize-obs",

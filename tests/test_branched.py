@@ -10,8 +10,10 @@ from conftest import SUGGESTED_TEACHER, train_tiny
 from rlsched.agents.branched import BranchedState, branch_episode, candidate_actions
 from rlsched.config import with_overrides
 from rlsched.control.env import UNetLREnv, make_instances
+from rlsched.control.interface import feature_index
 from rlsched.control.rules import ScriptedRule
 
+DICE, BUDGET = feature_index("dice"), feature_index("budget_used")
 RESIDUAL = (("env.action", '"residual"'), ("env.epochs", "3"))
 
 
@@ -75,6 +77,45 @@ def test_a_held_branch_keeps_its_offset_to_the_end_and_the_improved_episode_swit
     assert actions[:1] == episode.actions[:1] and actions[1:] == [best] * 2
     assert len(observations) == len(actions) == len(played) == 3
     assert episode.switched(margin=1.0) == (episode.observations, episode.actions, episode.rewards)
+
+
+class ShowsDiceZero(UNetLREnv):
+    """Reports validation Dice 0 after the slices in ``zero_after`` and 0.5 elsewhere (the rule reads LRs only)."""
+
+    zero_after: tuple[int, ...] = ()
+
+    def _shown(self, obs):
+        obs = obs.copy()
+        slices = round(float(obs[BUDGET]) * self.config.env.steps)
+        obs[DICE] = 0.0 if slices in self.zero_after else 0.5
+        return obs
+
+    def reset(self, **kwargs):
+        obs, info = super().reset(**kwargs)
+        return self._shown(obs), info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return (self._shown(obs), *rest)
+
+
+@pytest.mark.parametrize(
+    "zero_after, stall_states, branched",
+    [((1, 2), 0, []), ((1, 2), 1, [2]), ((1, 2), 3, [2]), ((2,), 3, []), ((0, 1), 3, [])],
+)
+def test_stall_branching_starts_where_the_run_sat_below_the_stall_dice_for_two_epochs(
+    residual, zero_after, stall_states, branched
+):
+    """At Dice 0 after slices 1 and 2 one more slice stalls the run: branched there; after slice 2 alone, or
+    before any slice (nothing trained yet) and after slice 1, it is not."""
+    rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
+    policy = lambda obs: int(rule.actions(obs)[0])  # noqa: E731
+    instance = make_instances(residual, "train")[2]
+    candidates = candidate_actions(residual.env, (0.0, -1.0))
+    env = type("Shown", (ShowsDiceZero,), {"zero_after": zero_after})(config=residual)
+    episode = branch_episode(env, policy, instance, (), candidates, hold=True, stall_states=stall_states)
+    assert [b.step for b in episode.branches] == branched
+    assert episode.epochs == 3 + len(branched)  # a held branch from the last state trains one slice
 
 
 def test_relabelling_needs_a_win_by_more_than_the_margin():

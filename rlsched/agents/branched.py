@@ -35,9 +35,11 @@ from rlsched.agents.workers import die_with, start_method
 from rlsched.common.files import append_jsonl
 from rlsched.config import Config, EnvConfig
 from rlsched.control.env import Instance, UNetLREnv, make_instances
-from rlsched.control.rules import ScriptedRule
+from rlsched.control.interface import STALL_DICE, STALL_EPOCHS, feature_index
+from rlsched.control.rules import FIRST_STEP, ScriptedRule
 
 Policy = Callable[[np.ndarray], int]  # raw observation -> action
+DICE = feature_index("dice")
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,14 @@ def branch_episode(
     branch_steps: Iterable[int],
     candidates: Iterable[int],
     hold: bool = False,
+    stall_states: int = 0,
 ) -> BranchedEpisode:
-    """Run ``policy`` on ``instance``; at each of ``branch_steps`` also try every candidate action from that
-    state (then ``policy`` to the end, or the candidate throughout with ``hold``) and restore. The env is left at
-    the end of the main episode."""
+    """Run ``policy`` on ``instance``; at each of ``branch_steps`` (and at the first ``stall_states`` states
+    where the run has sat below validation Dice ``STALL_DICE`` for ``STALL_EPOCHS`` epochs: one more slice at
+    that LR and it stalls) also try every candidate action from that state (then ``policy`` to the end, or the
+    candidate throughout with ``hold``) and restore. The env is left at the end of the main episode."""
     steps, per_step = set(branch_steps), env.config.env.epochs_per_step
+    below = 0  # slices in a row that ended below STALL_DICE
     obs, start = env.reset(options={"instance": instance})
     observations: list[np.ndarray] = []
     actions: list[int] = []
@@ -161,6 +166,10 @@ def branch_episode(
         observations.append(obs)
         actions.append(action)
         t = len(actions) - 1
+        below = below + 1 if obs[FIRST_STEP] < 0.5 and obs[DICE] < STALL_DICE else 0
+        if below * per_step >= STALL_EPOCHS and stall_states > 0:
+            stall_states -= 1
+            steps.add(t)
         if t in steps:
             frozen, values, paths = env.snapshot(), {}, {}
             for candidate in candidates:
@@ -204,11 +213,16 @@ def _init(config: Config, parent: int) -> None:
 
 
 def _run(
-    rule: ScriptedRule, instance: Instance, steps: tuple[int, ...], candidates: tuple[int, ...], hold: bool
+    rule: ScriptedRule,
+    instance: Instance,
+    steps: tuple[int, ...],
+    candidates: tuple[int, ...],
+    hold: bool,
+    stall_states: int,
 ) -> BranchedEpisode:
     assert _worker_env is not None, "worker not initialised"
     policy = lambda obs: int(rule.actions(obs)[0])  # noqa: E731
-    return branch_episode(_worker_env, policy, instance, steps, candidates, hold)
+    return branch_episode(_worker_env, policy, instance, steps, candidates, hold, stall_states)
 
 
 def candidate_actions(env: EnvConfig, offsets: Iterable[float]) -> tuple[int, ...]:
@@ -231,22 +245,28 @@ def collect(
     workers: int,
     seed: int,
     hold: bool = False,
+    at_stalls: bool = False,
 ) -> Iterator[tuple[int, BranchedEpisode]]:
     """Branched episodes of ``rule`` on ``instances``, ``branches_per_episode`` states each drawn uniformly
-    without replacement (seeded), in ``workers`` processes; yields each as it finishes, with its position in
-    ``instances`` (finishing order depends on the machine's load, so whatever learns from them sorts first)."""
+    without replacement (seeded), or with ``at_stalls`` the first that many where the run is about to stall
+    (none where it never is: ``branch_episode``), in ``workers`` processes; yields each as it finishes, with its
+    position in ``instances`` (finishing order depends on the machine's load, so whatever learns from them sorts
+    first)."""
     rng = np.random.default_rng(seed)
     steps = config.env.steps
     plans = [
-        tuple(sorted(rng.choice(steps, size=min(branches_per_episode, steps), replace=False).tolist()))
+        ()
+        if at_stalls
+        else tuple(sorted(rng.choice(steps, size=min(branches_per_episode, steps), replace=False).tolist()))
         for _ in instances
     ]
+    stall_states = branches_per_episode if at_stalls else 0
     context = multiprocessing.get_context(start_method())
     with ProcessPoolExecutor(
         max(1, workers), mp_context=context, initializer=_init, initargs=(config, os.getpid())
     ) as pool:
         futures = {
-            pool.submit(_run, rule, i, p, candidates, hold): k
+            pool.submit(_run, rule, i, p, candidates, hold, stall_states): k
             for k, (i, p) in enumerate(zip(instances, plans))
         }
         for future in as_completed(futures):
@@ -354,18 +374,19 @@ def improve_from_branches(
     seed: int,
     hold: bool = False,
     pool_values: bool = False,
+    at_stalls: bool = False,
 ) -> str:
     """One step of policy improvement over ``rule`` for ``model`` (``python -m rlsched.train
-    --branch-episodes``, ``--branch-hold``): branched episodes on train instances drawn with ``seed``, each recorded in
-    ``episodes_path`` as it ends (every epoch they train counts as training), then ``improve`` (on ``pooled``
-    values with ``pool_values``). Returns a one-line summary."""
+    --branch-episodes``, ``--branch-hold``, ``--branch-at-stalls``): branched episodes on train instances drawn
+    with ``seed``, each recorded in ``episodes_path`` as it ends (every epoch they train counts as training), then
+    ``improve`` (on ``pooled`` values with ``pool_values``). Returns a one-line summary."""
     candidates = candidate_actions(config.env, (0.0, *offsets))
     pool = make_instances(config, "train")
     order = np.random.default_rng(seed).permutation(max(len(pool), episodes)) % len(pool)
     picked = [pool[int(i)] for i in order[:episodes]]
     branched: dict[int, BranchedEpisode] = {}
     for k, episode in tqdm(
-        collect(config, rule, picked, states, candidates, workers, seed, hold),
+        collect(config, rule, picked, states, candidates, workers, seed, hold, at_stalls),
         total=episodes,
         desc="branched episodes",
         unit="episode",

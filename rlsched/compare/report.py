@@ -13,7 +13,7 @@ from rlsched.common.stats import DIFFERENCE, UNIT, MeanCI, clipped_note
 from rlsched.compare.methods import Comparison, Tuning
 from rlsched.compare.plots import plot
 from rlsched.compare.summary import best_fixed, learned_minus_each, paired_tests, summarize
-from rlsched.experiment.harness import STALL_DICE, STALL_EPOCHS
+from rlsched.control.interface import STALL_DICE, STALL_EPOCHS
 from rlsched.experiment.kinds.oracle import ORACLE, ORACLE_SCHEDULES
 
 DICE_METRICS = ("test_dice", "final_dice", "best_dice", "auc_dice")  # bounded in [0, 1]: shown clipped to it

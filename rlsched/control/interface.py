@@ -38,6 +38,10 @@ OBS_FEATURES: tuple[tuple[str, float, float, str], ...] = (
         "LR before the first slice",
     ),
 )
+# a run "stalls" when it sits below validation Dice STALL_DICE ("all background") for more than STALL_EPOCHS
+# epochs at one LR (experiment.harness); branching can start where a run has sat there that long (agents.branched)
+STALL_DICE = 0.01
+STALL_EPOCHS = 2
 HISTORY_FEATURES = (("dice_lag", 0.0, 1.0), ("log_lr_lag", -1.0, 1.0))
 
 

@@ -18,13 +18,10 @@ import torch
 from rlsched.agents.loading import Predictor
 from rlsched.common.journal import journal_key
 from rlsched.control.env import Instance, UNetLREnv
+from rlsched.control.interface import STALL_DICE, STALL_EPOCHS
 from rlsched.control.rules import ScriptedRule
 from rlsched.seg.schedules import FixedSchedule
 from rlsched.seg.trainer import counted_dice
-
-# a run "stalls" when it sits below this Dice for more than STALL_EPOCHS epochs at one LR (EpisodeResult.stalled)
-STALL_DICE = 0.01
-STALL_EPOCHS = 2
 
 
 class Controller(Protocol):
