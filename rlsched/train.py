@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from rlsched.agents.branched import BRANCH_AT
 from rlsched.agents.sb3 import PPOSettings
 from rlsched.common.arguments import Parser, add_set_flag, given_flags, ranged
 from rlsched.common.checkpoint import MANIFEST, Checkpoint, load_checkpoint, save_checkpoint
@@ -58,7 +59,7 @@ BRANCH_FLAGS = (
     "branch_margin",
     "branch_hold",
     "branch_pool",
-    "branch_at_stalls",
+    "branch_at",
 )
 BRANCH_HELP = (
     "after cloning, this many branched episodes of the rule on train instances: in --branch-states states each, "
@@ -173,10 +174,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="label from a ridge model of the branches' advantages over every state, not each state's own argmax",
     )
     p.add_argument(
-        "--branch-at-stalls",
-        action="store_true",
-        help="branch the first --branch-states states where the run sat at validation Dice < 0.01 for 2 epochs, not "
-        "states drawn at random",
+        "--branch-at",
+        choices=BRANCH_AT,
+        default="random",
+        help="where to branch: --branch-states random states; the first --branch-states where the run sat at "
+        "validation Dice < 0.01 for 2 epochs; or the state after the first slice, where the suggestion is known",
     )
     p.add_argument(
         "--no-normalize-obs",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SUGGESTED_TEACHER, train_tiny
 
-from rlsched.agents.branched import BranchedState, branch_episode, candidate_actions
+from rlsched.agents.branched import BranchedState, branch_episode, candidate_actions, collect
 from rlsched.config import with_overrides
 from rlsched.control.env import UNetLREnv, make_instances
 from rlsched.control.interface import feature_index
@@ -271,3 +271,27 @@ def test_pooled_values_keep_an_advantage_states_share_and_drop_single_rollout_no
     assert sum(a == 7 for a in smooth) < 5
     assert np.mean([(a == 4) == s for a, s in zip(smooth, signs)]) > 0.9
     assert all(b.values[b.base_action] == 0.0 for e in pooled(episodes) for b in e.branches)
+
+
+@pytest.mark.parametrize("at, steps", [("suggestion", [[1], [1]]), ("random", None), ("stalls", [[], []])])
+def test_collect_branches_where_asked(residual, at, steps):
+    """``suggestion``: the one state after the first slice; ``random``: --branch-states distinct steps;
+    ``stalls``: none in runs that never sit below the stall Dice for two slices (checked on their Dice)."""
+    rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
+    instances = make_instances(residual, "train")[:2]
+    candidates = candidate_actions(residual.env, (0.0, -1.0))
+    episodes = [e for _, e in sorted(collect(residual, rule, instances, 2, candidates, 1, 0, True, at))]
+    branched = [[b.step for b in e.branches] for e in episodes]
+    if at == "random":
+        assert all(len(set(s)) == 2 and set(s) <= {0, 1, 2} for s in branched)
+    else:
+        assert branched == steps
+    if at == "stalls":
+        low = [[o[DICE] < 0.01 for o in e.observations[1:]] for e in episodes]
+        assert not any(a and b for run in low for a, b in zip(run, run[1:]))
+
+
+def test_collect_refuses_an_unknown_branching_place(residual):
+    rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
+    with pytest.raises(ValueError, match="expected one of random, stalls, suggestion"):
+        next(collect(residual, rule, [], 1, (0,), 1, 0, at="x"))

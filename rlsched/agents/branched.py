@@ -225,6 +225,11 @@ def _run(
     return branch_episode(_worker_env, policy, instance, steps, candidates, hold, stall_states)
 
 
+# where branching freezes a run (``collect``): random states, the brink of a stall, or the first decision that
+# can read the suggestion: with held branches, that tries each offset rule on the instance from its second slice
+BRANCH_AT = ("random", "stalls", "suggestion")
+
+
 def candidate_actions(env: EnvConfig, offsets: Iterable[float]) -> tuple[int, ...]:
     """The residual actions of ``offsets`` (log10 LR offsets from the suggestion); refused if one is missing."""
     missing = [o for o in offsets if o not in env.offsets]
@@ -245,22 +250,26 @@ def collect(
     workers: int,
     seed: int,
     hold: bool = False,
-    at_stalls: bool = False,
+    at: str = "random",
 ) -> Iterator[tuple[int, BranchedEpisode]]:
-    """Branched episodes of ``rule`` on ``instances``, ``branches_per_episode`` states each drawn uniformly
-    without replacement (seeded), or with ``at_stalls`` the first that many where the run is about to stall
-    (none where it never is: ``branch_episode``), in ``workers`` processes; yields each as it finishes, with its
+    """Branched episodes of ``rule`` on ``instances`` (``at``, one of ``BRANCH_AT``): ``branches_per_episode``
+    states each drawn uniformly without replacement (seeded); the first that many where the run is about to
+    stall (none where it never is: ``branch_episode``); or the one state where the suggestion was first measured
+    (after the first slice), in ``workers`` processes; yields each as it finishes, with its
     position in ``instances`` (finishing order depends on the machine's load, so whatever learns from them sorts
     first)."""
     rng = np.random.default_rng(seed)
     steps = config.env.steps
+    if at not in BRANCH_AT:
+        raise ValueError(f"branching at {at!r}: expected one of {', '.join(BRANCH_AT)}")
+    fixed = {"stalls": (), "suggestion": (1,)}.get(at)
     plans = [
-        ()
-        if at_stalls
+        fixed
+        if fixed is not None
         else tuple(sorted(rng.choice(steps, size=min(branches_per_episode, steps), replace=False).tolist()))
         for _ in instances
     ]
-    stall_states = branches_per_episode if at_stalls else 0
+    stall_states = branches_per_episode if at == "stalls" else 0
     context = multiprocessing.get_context(start_method())
     with ProcessPoolExecutor(
         max(1, workers), mp_context=context, initializer=_init, initargs=(config, os.getpid())
@@ -374,10 +383,10 @@ def improve_from_branches(
     seed: int,
     hold: bool = False,
     pool_values: bool = False,
-    at_stalls: bool = False,
+    at: str = "random",
 ) -> str:
     """One step of policy improvement over ``rule`` for ``model`` (``python -m rlsched.train
-    --branch-episodes``, ``--branch-hold``, ``--branch-at-stalls``): branched episodes on train instances drawn
+    --branch-episodes``, ``--branch-hold``, ``--branch-at``): branched episodes on train instances drawn
     with ``seed``, each recorded in ``episodes_path`` as it ends (every epoch they train counts as training), then
     ``improve`` (on ``pooled`` values with ``pool_values``). Returns a one-line summary."""
     candidates = candidate_actions(config.env, (0.0, *offsets))
@@ -386,7 +395,7 @@ def improve_from_branches(
     picked = [pool[int(i)] for i in order[:episodes]]
     branched: dict[int, BranchedEpisode] = {}
     for k, episode in tqdm(
-        collect(config, rule, picked, states, candidates, workers, seed, hold, at_stalls),
+        collect(config, rule, picked, states, candidates, workers, seed, hold, at),
         total=episodes,
         desc="branched episodes",
         unit="episode",

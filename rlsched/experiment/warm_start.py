@@ -58,7 +58,7 @@ def warm_start(model: PPO, run_dir: Path, args: argparse.Namespace, config: Conf
             args.seed,
             args.branch_hold,
             args.branch_pool,
-            args.branch_at_stalls,
+            args.branch_at,
         )
     except ValueError as err:
         raise SystemExit(f"error: --branch-offsets: {err}") from None
