@@ -49,6 +49,7 @@ def test_each_branch_value_is_the_final_dice_of_that_action_then_the_rule(residu
     assert record["phase"] == "branched" and record["epochs"] == episode.epochs
     assert [b["step"] for b in record["branches"]] == [b.step for b in episode.branches]
     assert record["branches"][0]["values"] == {str(a): v for a, v in state.values.items()}
+    assert np.array_equal(np.array(record["branches"][0]["observation"], np.float32), state.observation)
 
 
 def test_a_held_branch_keeps_its_offset_to_the_end_and_the_improved_episode_switches_to_it(residual):

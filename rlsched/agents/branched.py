@@ -75,9 +75,9 @@ class BranchedEpisode:
     epochs: int
 
     def record(self) -> dict[str, object]:
-        """Its ``episodes.jsonl`` record: the main episode's LRs, and what each branched state's candidates ended
-        at (action index -> final validation Dice), so what branching found can be read back without rerunning
-        it."""
+        """Its ``episodes.jsonl`` record: the main episode's LRs, and each branched state's raw observation and
+        what its candidates ended at (action index -> final validation Dice), so an advantage model can be fitted
+        to what branching found without rerunning it."""
         return {
             "worker": -1,
             "phase": "branched",
@@ -95,6 +95,7 @@ class BranchedEpisode:
                 {
                     "step": b.step,
                     "base_action": b.base_action,
+                    "observation": [float(x) for x in b.observation],
                     "values": {str(a): v for a, v in b.values.items()},
                 }
                 for b in self.branches
