@@ -219,7 +219,7 @@ def test_improvement_learns_from_episodes_in_plan_order_whatever_order_workers_f
 
     class Done:
         def __init__(self, name):
-            self.name, self.epochs = name, 3
+            self.name, self.epochs, self.branches = name, 3, []
 
         def record(self):
             return {"name": self.name}
@@ -296,3 +296,23 @@ def test_collect_refuses_an_unknown_branching_place(residual):
     rule = ScriptedRule(residual.env, 0.01, follow_suggestion=True)
     with pytest.raises(ValueError, match="expected one of random, stalls, suggestion"):
         next(collect(residual, rule, [], 1, (0,), 1, 0, at="x"))
+
+
+def test_advantages_summarise_each_offset_against_the_rule_in_offset_order(residual):
+    from rlsched.agents.branched import BranchedEpisode, advantages
+
+    env = residual.env
+    base, low, high = candidate_actions(env, (0.0, -1.0, 0.5))
+    instance = make_instances(residual, "train")[0]
+    values = [(0.5, 0.3, 0.6), (0.4, 0.4, 0.2), (0.0, 0.1, 0.0)]  # base, low, high per state
+    branches = [
+        BranchedState(np.zeros(3, np.float32), t, base, {base: b, low: lo, high: hi})
+        for t, (b, lo, hi) in enumerate(values)
+    ]
+    text = advantages([BranchedEpisode(instance, [], [], [], [], 0.0, 0.5, branches, 9)], env)
+    low_part, high_part = text.split(": ", 1)[1].split("; ")
+    assert low_part.startswith("-1 -0.033 (") and low_part.endswith("better 33% / worse 33%")  # -0.2, 0, +0.1
+    assert high_part.startswith("+0.5 -0.033 (") and high_part.endswith(
+        "better 33% / worse 33%"
+    )  # +.1, -.2, 0
+    assert advantages([], env).endswith("no branched states")
