@@ -50,6 +50,9 @@ BACKENDS = ("sb3", "rllib")  # sb3: local processes (--algo picks the agent); rl
 DISCARDED = "episodes.discarded.jsonl"  # episode records of training a resume threw away (see _resume_point)
 
 
+# PPO rollouts when --total-timesteps is not given, the cloned rule's episodes among them: sized so the main
+# command (demo, 2 cores) stays within its time budget; --total-timesteps trains longer
+DEFAULT_ROLLOUTS = 8
 RESUMABLE = ("resume", "total_timesteps", "no_eval")  # what a resumed run takes from its command line
 TEACHER_FLAGS = ("teacher", "teacher_lr", "teacher_offsets", "teacher_search_instances", "bc_explore")
 BRANCH_FLAGS = (
@@ -100,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--total-timesteps",
         type=ranged(int, 0),
         default=0,
-        help="env steps (= training slices) to train for; 0 = 16 rollouts",
+        help=f"env steps (= training slices) to train for; 0 = {DEFAULT_ROLLOUTS} rollouts",
     )
     p.add_argument("--seed", type=ranged(int, 0, 2**32 - 1), default=0)
     defaults = PPOSettings()
@@ -330,7 +333,7 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, argparse.Namespace, Confi
     except (ConfigError, DatasetError, ImportError, RuntimeError) as err:  # no brain extra; no such device
         raise SystemExit(f"error: {err}") from None
     if not args.total_timesteps:
-        args.total_timesteps = 16 * settings.n_steps(config) * n_workers(args)
+        args.total_timesteps = DEFAULT_ROLLOUTS * settings.n_steps(config) * n_workers(args)
     agent = "rllib" if args.backend == "rllib" else args.algo
     try:
         run_dir = new_run_dir(config.name, f"ppo-{agent}", f"s{args.seed}", root=args.runs_dir)
