@@ -41,6 +41,7 @@ from rlsched.common.files import (
     removed_if_unstarted,
 )
 from rlsched.config import Config, ConfigError, config_to_toml, load_config, parse_override
+from rlsched.control.interface import STALL_DICE, STALL_EPOCHS
 from rlsched.control.rules import OFFSET_RULE, SCRIPTED_RULES
 from rlsched.seg.dataset import DatasetError
 from rlsched.seg.sources import check_dataset
@@ -181,7 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=BRANCH_AT,
         default="random",
         help="where to branch: --branch-states random states; the first --branch-states where the run sat at "
-        "validation Dice < 0.01 for 2 epochs; or the state after the first slice, where the suggestion is known",
+        f"validation Dice < {STALL_DICE:g} for {STALL_EPOCHS} epochs; or the state after the first slice, where the "
+        "suggestion is known",
     )
     p.add_argument(
         "--no-normalize-obs",

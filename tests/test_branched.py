@@ -309,10 +309,10 @@ def test_advantages_summarise_each_offset_against_the_rule_in_offset_order(resid
         BranchedState(np.zeros(3, np.float32), t, base, {base: b, low: lo, high: hi})
         for t, (b, lo, hi) in enumerate(values)
     ]
-    text = advantages([BranchedEpisode(instance, [], [], [], [], 0.0, 0.5, branches, 9)], env)
+    text = advantages([BranchedEpisode(instance, [], [], [], [], 0.0, 0.5, branches, 9)], env, 0.01)
     low_part, high_part = text.split(": ", 1)[1].split("; ")
     assert low_part.startswith("-1 -0.033 (") and low_part.endswith("better 33% / worse 33%")  # -0.2, 0, +0.1
     assert high_part.startswith("+0.5 -0.033 (") and high_part.endswith(
         "better 33% / worse 33%"
     )  # +.1, -.2, 0
-    assert advantages([], env).endswith("no branched states")
+    assert advantages([], env, 0.01).endswith("no branched states")

@@ -284,10 +284,11 @@ def collect(
             yield futures[future], future.result()
 
 
-def advantages(episodes: list[BranchedEpisode], env: EnvConfig) -> str:
+def advantages(episodes: list[BranchedEpisode], env: EnvConfig, margin: float) -> str:
     """What branching found, before any model reads it: per tried offset, the mean over branched states of its
     final validation Dice minus the rule's, with a 95 % t interval, and how often it was better / worse by more
-    than 0.01. Why: a policy that stays the rule can mean the branches found nothing, or a model that missed it."""
+    than ``margin`` (the relabelling's). Why: a policy that stays the rule can mean the branches found nothing,
+    or a model that missed it."""
     gains: dict[int, list[float]] = {}
     for b in (b for e in episodes for b in e.branches):
         for action, value in b.values.items():
@@ -299,7 +300,7 @@ def advantages(episodes: list[BranchedEpisode], env: EnvConfig) -> str:
         ci = mean_ci(x)
         parts.append(
             f"{env.offsets[action]:+g} {ci.mean:+.3f} ({ci.low:+.3f} .. {ci.high:+.3f}), "
-            f"better {np.mean(x > 0.01):.0%} / worse {np.mean(x < -0.01):.0%}"
+            f"better {np.mean(x > margin):.0%} / worse {np.mean(x < -margin):.0%}"
         )
     return "advantage over the rule by offset, final val Dice: " + ("; ".join(parts) or "no branched states")
 
@@ -431,5 +432,5 @@ def improve_from_branches(
     return (
         f"branched improvement: {sum(e.epochs for e in ordered)} epochs in {len(ordered)} episodes; "
         f"{stats['branched/changed']:.0f} of {stats['branched/states']:.0f} branched states relabelled; "
-        f"accuracy {stats['bc/accuracy']:.2f}\n{advantages(ordered, config.env)}"
+        f"accuracy {stats['bc/accuracy']:.2f}\n{advantages(ordered, config.env, margin)}"
     )
