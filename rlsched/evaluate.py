@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -39,8 +40,9 @@ from rlsched.compare.methods import (
 from rlsched.compare.report import csv_text, episode_rows, report
 from rlsched.compare.summary import learned_minus_each, per_instance, summarize
 from rlsched.config import Config, ConfigError, config_from_dict, load_config, nest_overrides, parse_override
-from rlsched.control.env import make_instances
+from rlsched.control.env import Instance, make_instances
 from rlsched.control.rules import SUGGESTED_RULE, parse_rule
+from rlsched.experiment.harness import EpisodeResult
 from rlsched.experiment.jobs import episodes, run_jobs
 from rlsched.experiment.kinds import schedule, scripted
 from rlsched.experiment.tuning import Tuning
@@ -97,6 +99,35 @@ def heldout_methods(
     return methods
 
 
+def run_heldout(
+    config: Config, methods: dict[str, Method], instances: list[Instance], workers: int
+) -> tuple[list[EpisodeResult], int]:
+    """Every method's episode on every instance, and how many of the teacher rule's were the learned policy's.
+    Why: a policy still cloned from its rule takes the rule's action in every state, and the env is
+    deterministic given the actions, so on those instances its episode *is* the rule's (``PolicyController.twin``
+    checks every state); only the others train the rule again."""
+    learned, rule = methods["learned"], methods.get("rule")
+    twin = (rule.name, rule.arg, float(rule.base_lr)) if rule is not None and rule.base_lr else None
+    first = [
+        replace(job, twin=twin) if job.method == learned.name else job
+        for key, m in methods.items()
+        if key != "rule" or twin is None
+        for i in instances
+        for job in m.jobs(config, i)
+    ]
+    total = len(first) + (len(instances) if twin else 0)
+    with tqdm(total=total, desc="held-out evaluation", unit="episode") as bar:
+        results = episodes(run_jobs(config, first, workers, on_result=lambda *_: bar.update()))
+        if rule is None or twin is None:
+            return results, 0
+        reused = [replace(r, method=rule.name, twins=()) for r in results if rule.name in r.twins]
+        bar.update(len(reused))
+        done = {r.instance for r in reused}
+        rest = [job for i in instances if i not in done for job in rule.jobs(config, i)]
+        results += reused + episodes(run_jobs(config, rest, workers, on_result=lambda *_: bar.update()))
+    return results, len(reused)
+
+
 def evaluate_heldout(
     model_path: str | Path,
     config: Config | None = None,
@@ -121,9 +152,7 @@ def evaluate_heldout(
     teacher = teacher or read_teacher(policy.path)
     instances = make_instances(config, "heldout")
     methods = heldout_methods(config, policy, teacher)
-    jobs = [job for m in methods.values() for i in instances for job in m.jobs(config, i)]
-    with tqdm(total=len(jobs), desc="held-out evaluation", unit="episode") as bar:
-        results = episodes(run_jobs(config, jobs, workers, on_result=lambda *_: bar.update()))
+    results, reused = run_heldout(config, methods, instances, workers)
     comparison = Comparison(
         config,
         Settings(workers=workers, robustness=()),
@@ -179,7 +208,13 @@ def evaluate_heldout(
     run_dir = Path(out_dir) if out_dir else policy.path.parent
     atomic_write_json(run_dir / "heldout.json", summary)
     atomic_write_text(run_dir / "heldout_episodes.csv", csv_text(episode_rows(comparison)))
+    summary["rule_episodes_reused"] = reused
     text = report(comparison, list(rows.values()))
+    if reused:
+        text += (
+            f"\nThe teacher rule's episode on {reused} of {len(instances)} instances is the learned policy's: "
+            "the policy took the rule's action in every state of it, so it was not trained again.\n"
+        )
     if teacher is None:
         text += "\nNo teacher row: the policy's run directory has no teacher.json (not cloned from a rule).\n"
     atomic_write_text(run_dir / "heldout.md", text)

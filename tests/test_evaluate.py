@@ -3,16 +3,21 @@ defaults and the constant initial LR, on the same held-out instances."""
 
 import csv
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import SUGGESTED_TEACHER, train_tiny
 
 from rlsched import evaluate
+from rlsched.agents.loading import load_policy
 from rlsched.config import load_config
 from rlsched.control.env import UNetLREnv, make_instances
-from rlsched.experiment.harness import ScriptedController, run_episode
+from rlsched.control.rules import ScriptedRule
+from rlsched.experiment.harness import PolicyController, ScriptedController, run_episode
 from rlsched.experiment.jobs import episodes, run_jobs
-from rlsched.experiment.kinds import method_job
+from rlsched.experiment.kinds import KINDS, method_job
+from rlsched.experiment.kinds import policy as policy_kind
 
 TINY = [
     "data.image_size=16",
@@ -134,3 +139,69 @@ def test_teacher_names_the_rule_of_that_row(run_dir, tmp_path, capsys):
         with pytest.raises(SystemExit):
             evaluate.main([*args, *extra])
         assert error in capsys.readouterr().err
+
+
+class RuleWithSlip:
+    """A predictor that takes the suggested rule's action, except in state ``slip`` (0 = never slips)."""
+
+    def __init__(self, env_config, slip=0):
+        self.rule, self.slip, self.calls = ScriptedRule(env_config, 0.01, True), slip, 0
+
+    def predict(self, obs, deterministic=True):
+        self.calls += 1
+        action = int(self.rule.actions(obs)[0])
+        return np.array(action + 1 if self.calls == self.slip else action), None
+
+
+@pytest.fixture(scope="module")
+def tiny_env(run_dir):
+    return UNetLREnv(config=load_config(run_dir / "config.toml"))
+
+
+def test_a_policy_that_takes_the_rule_s_action_everywhere_played_the_rule_s_episode(tiny_env):
+    instance = make_instances(tiny_env.config, "heldout")[0]
+    rule = run_episode(tiny_env, ScriptedController(0.01, "rule", follow_suggestion=True), instance)
+    twin = ScriptedController(0.01, "rule", follow_suggestion=True)
+    same = run_episode(tiny_env, PolicyController(RuleWithSlip(tiny_env.config.env), twin=twin), instance)
+    assert same.twins == ("rule",)
+    assert same.test_dice == rule.test_dice and same.records == rule.records
+    for slip in (1, 2):  # the probe or the slice after it
+        other = PolicyController(RuleWithSlip(tiny_env.config.env, slip), twin=twin)
+        assert run_episode(tiny_env, other, instance).twins == ()
+    assert run_episode(tiny_env, PolicyController(RuleWithSlip(tiny_env.config.env)), instance).twins == ()
+
+
+def test_the_rule_row_trains_only_where_the_policy_left_the_rule(run_dir, tiny_env, monkeypatch):
+    """Instance 0's policy takes the rule's action everywhere, instance 1's slips once: the rule trains on 1 alone,
+    and both its rows are what the rule itself scores."""
+    config = tiny_env.config
+    ran = []
+
+    def counted(config, jobs, workers, on_result=None):
+        ran.extend(job.method for job in jobs)
+        return run_jobs(config, jobs, 1, on_result)
+
+    def controller(job):
+        slip = 2 if job.instance.index == 1 else 0
+        name, rule, lr = job.twin
+        return PolicyController(
+            RuleWithSlip(config.env, slip), job.method, twin=ScriptedController(lr, name, True)
+        )
+
+    monkeypatch.setattr(evaluate, "run_jobs", counted)
+    monkeypatch.setitem(KINDS, "policy", replace(policy_kind.KIND, controller=controller))
+    methods = {
+        k: m
+        for k, m in evaluate.heldout_methods(
+            config, load_policy(run_dir / "model.zip", trust=True), ("suggested", 0.01)
+        ).items()
+        if k in ("learned", "rule")
+    }
+    results, reused = evaluate.run_heldout(config, methods, make_instances(config, "heldout"), 1)
+    assert reused == 1 and ran.count(methods["rule"].name) == 1
+    rule = {r.instance.index: r.test_dice for r in results if r.method == methods["rule"].name}
+    fresh = [
+        run_episode(tiny_env, ScriptedController(0.01, follow_suggestion=True), i)
+        for i in make_instances(config, "heldout")
+    ]
+    assert rule == {r.instance.index: r.test_dice for r in fresh}

@@ -36,20 +36,37 @@ class Controller(Protocol):
 
 @dataclass
 class PolicyController:
-    """A trained agent (SB3 or the reference PPO): anything with SB3's ``predict``."""
+    """A trained agent (SB3 or the reference PPO): anything with SB3's ``predict``.
+
+    ``twin``: a scripted rule asked in every state too. Where it would have chosen the same action in every
+    state of the episode, it would have played this very episode (the env is deterministic given its actions),
+    so ``twins`` names it and its row can reuse the episode instead of training it again: how a held-out table
+    affords its teacher row when the policy is still its teacher."""
 
     policy: Predictor
     name: str = "learned"
     deterministic: bool = True
     seed: int = 0  # sampled actions: rollout ``seed`` of an instance draws the same actions every time
+    twin: ScriptedController | None = None
+    _agrees: bool = field(default=False, init=False, repr=False)
 
     def start(self, env: UNetLREnv, info: dict[str, Any]) -> None:
         if not self.deterministic:  # SB3 and the reference PPO sample with torch's global generator
             torch.manual_seed(self.seed * 1_000_003 + (env.instance.index if env.instance else 0))
+        if self.twin is not None:
+            self.twin.start(env, info)
+        self._agrees = self.twin is not None
 
     def act(self, env: UNetLREnv, obs: np.ndarray, info: dict[str, Any]) -> Any:
         action, _ = self.policy.predict(obs, deterministic=self.deterministic)
+        if self._agrees:
+            assert self.twin is not None
+            self._agrees = np.array_equal(np.asarray(action).reshape(-1), [self.twin.act(env, obs, info)])
         return action
+
+    def twins(self) -> tuple[str, ...]:
+        """The controllers that would have played exactly the episode just run."""
+        return (self.twin.name,) if self._agrees and self.twin is not None else ()
 
 
 @dataclass
@@ -117,6 +134,9 @@ class EpisodeResult:
     total_reward: float
     seconds: float  # wall time of training and validation
     test_dice: float  # after the last step (0 if diverged): reported, never seen by the controller
+    # controllers that would have played exactly this episode (``PolicyController.twin``); not saved: a journal
+    # holds each method's own episode
+    twins: tuple[str, ...] = ()
 
     @property
     def diverged(self) -> bool:
@@ -221,7 +241,10 @@ def run_episode(
         obs, reward, terminated, truncated, info = env.step(action)
         records.append(info)
         total += reward
-    return EpisodeResult(controller.name, env.instance, records, total, env.seconds, env.evaluate_test())
+    twins = controller.twins() if isinstance(controller, PolicyController) else ()
+    return EpisodeResult(
+        controller.name, env.instance, records, total, env.seconds, env.evaluate_test(), twins
+    )
 
 
 @dataclass(frozen=True)
@@ -242,9 +265,12 @@ class Job:
     rollout: int = 0  # "policy_sample": which stochastic rollout of the policy (seeds its action sampling)
     # policies: load with trust=True (the user allowed unpickling it); how, not what, it runs
     trust: bool = False
+    # policies: a scripted rule (its method name, rule arg and LR) to check against in every state
+    # (``PolicyController.twin``); what is reported about the run, not what it runs
+    twin: tuple[str, str, float] | None = None
 
     @property
     def key(self) -> str:
         """The job's full description as one string: what a journal of finished jobs is keyed by (not how its
-        policy is loaded)."""
-        return journal_key({k: v for k, v in asdict(self).items() if k != "trust"})
+        policy is loaded, nor which rule it is checked against)."""
+        return journal_key({k: v for k, v in asdict(self).items() if k not in ("trust", "twin")})

@@ -7,7 +7,8 @@ import functools
 from dataclasses import replace
 
 from rlsched.agents.loading import Predictor, load_policy
-from rlsched.experiment.harness import Controller, Job, PolicyController
+from rlsched.control.rules import rule_settings
+from rlsched.experiment.harness import Controller, Job, PolicyController, ScriptedController
 from rlsched.experiment.kinds.spec import LEARNED, MethodKind
 
 
@@ -17,8 +18,12 @@ def _policy(path: str, trust: bool) -> Predictor:
 
 
 def argmax(job: Job) -> Controller:
+    twin = None
+    if job.twin is not None:
+        name, rule, lr = job.twin
+        twin = ScriptedController(lr, name, *rule_settings(rule))
     return PolicyController(
-        _policy(job.arg, job.trust), name=job.method, deterministic=True, seed=job.rollout
+        _policy(job.arg, job.trust), name=job.method, deterministic=True, seed=job.rollout, twin=twin
     )
 
 
