@@ -137,6 +137,7 @@ class EpisodeResult:
     # controllers that would have played exactly this episode (``PolicyController.twin``); not saved: a journal
     # holds each method's own episode
     twins: tuple[str, ...] = ()
+    observations: list[list[float]] = field(default_factory=list)  # each the controller acted on; not saved
 
     @property
     def diverged(self) -> bool:
@@ -234,16 +235,17 @@ def run_episode(
         options["lr"] = initial_lr
     obs, info = env.reset(options=options)
     controller.start(env, info)
-    records, total = [info], 0.0
+    records, total, seen = [info], 0.0, []
     terminated = truncated = False
     while not (terminated or truncated):
+        seen.append(np.asarray(obs, dtype=float).tolist())
         action = controller.act(env, obs, info)
         obs, reward, terminated, truncated, info = env.step(action)
         records.append(info)
         total += reward
     twins = controller.twins() if isinstance(controller, PolicyController) else ()
     return EpisodeResult(
-        controller.name, env.instance, records, total, env.seconds, env.evaluate_test(), twins
+        controller.name, env.instance, records, total, env.seconds, env.evaluate_test(), twins, seen
     )
 
 
