@@ -8,6 +8,7 @@ import pytest
 from rlsched import coverage
 
 NAMES = ["a", "b", "c"]
+RUNS = np.arange(200) // 10  # 20 runs of 10 states
 TINY = [
     "--set",
     "env.epochs=2",
@@ -26,14 +27,23 @@ def train():
 
 
 def test_states_seen_in_training_are_covered(train):
-    c = coverage.measure(train, train[:50], NAMES)
+    c = coverage.measure(train, RUNS, train[:50], NAMES)
     assert c.outside_any == 0 and c.novel == 0 and c.distance_ratio == 0
     assert c.states == (200, 50)
 
 
+def test_a_training_state_s_neighbour_is_sought_in_other_runs():
+    """Two runs of closely spaced states, far apart: a state between them is as far from training as training
+    states are from the other run, so it is not novel; counted within a run, it would be."""
+    train = np.array([[0.0], [0.01], [0.02], [5.0], [5.01], [5.02]])
+    between = np.array([[2.5]])
+    assert coverage.measure(train, np.array([0, 0, 0, 1, 1, 1]), between, ["x"]).novel == 0
+    assert coverage.measure(train, np.arange(6), between, ["x"]).novel == 1
+
+
 def test_a_shifted_feature_is_named_and_its_states_are_novel(train):
     shifted = train[:50] + np.array([10.0, 0.0, 0.0])
-    c = coverage.measure(train, shifted, NAMES)
+    c = coverage.measure(train, RUNS, shifted, NAMES)
     assert list(c.outside) == [1.0, 0.0, 0.0] and c.outside_any == 1 and c.novel == 1
     assert c.distance_ratio > 10
     page = coverage.report("train", {"task": c}, "suggested", 1e-3)
@@ -43,7 +53,7 @@ def test_a_shifted_feature_is_named_and_its_states_are_novel(train):
 def test_a_feature_constant_in_training_counts_by_range_alone(train):
     train = np.column_stack([train[:, :2], np.zeros(len(train))])
     evaluated = np.column_stack([train[:20, :2], np.ones(20)])
-    c = coverage.measure(train, evaluated, NAMES)
+    c = coverage.measure(train, RUNS, evaluated, NAMES)
     assert list(c.outside) == [0.0, 0.0, 1.0] and c.novel == 0
 
 
