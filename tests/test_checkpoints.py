@@ -6,31 +6,14 @@ import json
 import shutil
 
 import pytest
+from conftest import tiny_fast
 
 from rlsched.common import checkpoint as checkpoint_module
 from rlsched.common.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
 from rlsched.common.files import read_jsonl
 from rlsched.train import main
 
-TINY = [
-    "--preset",
-    "fast",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "data.n_train=16",
-    "--set",
-    "data.n_val=8",
-    "--set",
-    "env.epochs=4",
-    "--episodes-per-rollout",
-    "1",
-    "--n-envs",
-    "1",
-    "--bc-episodes",
-    "0",
-    "--no-eval",
-]
+TINY = [*tiny_fast(4), "--episodes-per-rollout", "1", "--n-envs", "1", "--bc-episodes", "0", "--no-eval"]
 
 
 def writer(payload: bytes):

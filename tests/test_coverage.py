@@ -4,21 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_fast
 
 from rlsched import coverage
 
 NAMES = ["a", "b", "c"]
 RUNS = np.arange(200) // 10  # 20 runs of 10 states
-TINY = [
-    "--set",
-    "env.epochs=2",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "data.n_train=16",
-    "--set",
-    "data.n_val=8",
-]
+TINY = tiny_fast(2)[2:]  # without --preset: coverage names its presets itself
 
 
 @pytest.fixture

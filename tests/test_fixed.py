@@ -1,21 +1,11 @@
 """``python -m rlsched.fixed``: bad input is one error line and leaves no run directory."""
 
 import pytest
+from conftest import tiny_fast
 
 from rlsched import fixed
 
-TINY = [
-    "--preset",
-    "fast",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "data.n_train=16",
-    "--set",
-    "data.n_val=8",
-    "--set",
-    "env.epochs=2",
-]
+TINY = tiny_fast(2)
 
 
 def error_line(argv, capsys):

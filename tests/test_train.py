@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_fast
 
 from rlsched.common.checkpoint import load_checkpoint
 from rlsched.common.files import read_jsonl
@@ -18,22 +19,7 @@ from rlsched.experiment.harness import ScheduleController, run_episode
 from rlsched.experiment.tuning import probe_grid
 from rlsched.train import main
 
-TINY = [
-    "--preset",
-    "fast",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "data.n_train=16",
-    "--set",
-    "data.n_val=8",
-    "--set",
-    "env.epochs=4",
-    "--set",
-    "env.heldout_instances=2",
-    "--episodes-per-rollout",
-    "1",
-]
+TINY = [*tiny_fast(4, "env.heldout_instances=2"), "--episodes-per-rollout", "1"]
 
 
 def only_run(runs: Path) -> Path:
