@@ -39,9 +39,10 @@ class PolicyController:
     """A trained agent (SB3 or the reference PPO): anything with SB3's ``predict``.
 
     ``twin``: a scripted rule asked in every state too. Where it would have chosen the same action in every
-    state of the episode, it would have played this very episode (the env is deterministic given its actions),
-    so ``twins`` names it and its row can reuse the episode instead of training it again: how a held-out table
-    affords its teacher row when the policy is still its teacher."""
+    state of the episode, it would have played this very episode (on a CPU the env is deterministic given its
+    actions; on a GPU this is one draw of the rule's run), so ``twins`` names it and its row can reuse the
+    episode instead of training it again: how a held-out table affords its teacher row when the policy is still
+    its teacher."""
 
     policy: Predictor
     name: str = "learned"
