@@ -206,9 +206,9 @@ def evaluate_heldout(
         }
     )
     run_dir = Path(out_dir) if out_dir else policy.path.parent
+    summary["rule_episodes_reused"] = reused
     atomic_write_json(run_dir / "heldout.json", summary)
     atomic_write_text(run_dir / "heldout_episodes.csv", csv_text(episode_rows(comparison)))
-    summary["rule_episodes_reused"] = reused
     text = report(comparison, list(rows.values()))
     if reused:
         text += (

@@ -40,6 +40,8 @@ def test_the_held_out_table_has_the_teacher_rule_and_schedule_free_beside_the_po
     report = evaluate.evaluate_heldout(run_dir / "model.zip")
     summary = json.loads((run_dir / "heldout.json").read_text())
     assert summary["teacher"] == {"rule": "suggested", "lr": 0.01}
+    reused = summary["rule_episodes_reused"]
+    assert reused in (0, 1, 2) and (f"rule's episode on {reused} of 2 instances" in report) == (reused > 0)
     config = load_config(run_dir / "config.toml")
     instances = make_instances(config, "heldout")
     env = UNetLREnv(config=config)
