@@ -103,7 +103,7 @@ def run_heldout(
     config: Config, methods: dict[str, Method], instances: list[Instance], workers: int
 ) -> tuple[list[EpisodeResult], int]:
     """Every method's episode on every instance, and how many of the teacher rule's were the learned policy's.
-    Why: a policy still cloned from its rule takes the rule's action in every state, and the env is
+    Why: a policy still cloned from its rule takes the rule's action in every state, and on a CPU the env is
     deterministic given the actions, so on those instances its episode *is* the rule's (``PolicyController.twin``
     checks every state); only the others train the rule again."""
     learned, rule = methods["learned"], methods.get("rule")
