@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 from rlsched.common.arguments import add_set_flag, ranged
 from rlsched.common.files import RunDirError, atomic_write_json, atomic_write_text, new_run_dir
@@ -55,7 +56,7 @@ class Coverage:
     outside: np.ndarray  # per feature: share of evaluation states below the training minimum or above its max
     outside_any: float  # share of evaluation states with at least one feature outside the training range
     novel: float  # share whose nearest training state is farther than NOVEL_QUANTILE of training's own
-    distance_ratio: float  # median nearest-training distance, evaluation over training's leave-one-out
+    distance_ratio: float  # median nearest-training distance, evaluation over training's (other runs)
     train_range: np.ndarray  # (features, 2): training min and max
     eval_range: np.ndarray  # (features, 2): evaluation min and max
     states: tuple[int, int]  # training and evaluation states measured
@@ -73,10 +74,10 @@ def measure(train: np.ndarray, runs: np.ndarray, evaluated: np.ndarray, names: l
     varying = spread > 1e-9
     scale = lambda x: (x[:, varying] - train.mean(axis=0)[varying]) / spread[varying]  # noqa: E731
     t, e = scale(train), scale(evaluated)
-    within = np.sqrt(((t[:, None, :] - t[None, :, :]) ** 2).sum(-1))
+    within = cdist(t, t)
     within[runs[:, None] == runs[None, :]] = np.inf
     own = within.min(axis=1)
-    nearest = np.sqrt(((e[:, None, :] - t[None, :, :]) ** 2).sum(-1)).min(axis=1)
+    nearest = cdist(e, t).min(axis=1)
     return Coverage(
         names,
         out.mean(axis=0),
